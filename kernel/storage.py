@@ -1,0 +1,153 @@
+"""The object-store boundary: content-addressed, streaming blobs.
+
+Every blob is addressed by the sha256 of its bytes, so the same bytes registered twice are
+stored once. Writes go through a *staging* file on local disk that is hashed while it is
+written; :meth:`ObjectStore.commit` then moves it into the store under its digest. Nothing
+reads a whole object into memory: reads are iterators of chunks with optional byte ranges.
+
+Implementations live in :mod:`node.storage` (local files, S3/MinIO); domains only see
+this interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from kernel.errors import NotFound
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    sha256: str
+    size: int
+    created: bool  # False when identical bytes were already stored
+
+
+class StagedObject:
+    """A temp file being written and hashed; removed on exit unless committed."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.committed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self._file.write(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def finish(self) -> None:
+        """Flush and fsync: after this the bytes survive a crash."""
+        if not self._file.closed:
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> StagedObject:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.committed:
+            self.discard()
+
+
+class ObjectStore(ABC):
+    """Content-addressed blob storage."""
+
+    kind: str = "abstract"
+
+    def __init__(self, staging_dir: Path) -> None:
+        self.staging_dir = staging_dir
+
+    def stage(self) -> StagedObject:
+        """Start a write; use as a context manager so a failure leaves nothing behind."""
+        return StagedObject(self.staging_dir)
+
+    def commit(self, staged: StagedObject, media_type: str = "application/octet-stream") -> ObjectInfo:
+        """Move a finished staged file into the store under its digest."""
+        staged.finish()
+        info = self._commit(staged, media_type)
+        staged.committed = True
+        staged.path.unlink(missing_ok=True)
+        return info
+
+    def put_file(self, path: Path, media_type: str = "application/octet-stream") -> ObjectInfo:
+        """Copy a local file into the store (hashing it on the way)."""
+        with self.stage() as staged, path.open("rb", buffering=0) as src:
+            while chunk := src.read(CHUNK):
+                staged.write(chunk)
+            return self.commit(staged, media_type)
+
+    def put_bytes(self, data: bytes, media_type: str = "application/octet-stream") -> ObjectInfo:
+        with self.stage() as staged:
+            staged.write(data)
+            return self.commit(staged, media_type)
+
+    def read_all(self, sha256: str) -> bytes:
+        """For small objects only (manifests, sidecars); large ones are streamed."""
+        return b"".join(self.read(sha256))
+
+    def sweep_staging(self) -> int:
+        """Remove staging files left by a crash; returns how many were removed."""
+        if not self.staging_dir.exists():
+            return 0
+        removed = 0
+        for part in self.staging_dir.glob("upload-*.part"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    @abstractmethod
+    def _commit(self, staged: StagedObject, media_type: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def exists(self, sha256: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, sha256: str) -> int:
+        """Stored size in bytes; :class:`NotFound` when absent."""
+
+    @abstractmethod
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Chunks of bytes ``[start, end)``; :class:`NotFound` when absent."""
+
+    @abstractmethod
+    def delete(self, sha256: str) -> None: ...
+
+    @abstractmethod
+    def digests(self) -> Iterator[str]:
+        """Every stored digest (for garbage collection and audits)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`ServiceUnavailable` when the store cannot be reached."""
+
+
+def missing(sha256: str) -> NotFound:
+    return NotFound(f"object sha256:{sha256} is not in the store")

@@ -1,0 +1,225 @@
+"""``agora offerings …``: register, list, show and download this node's offerings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kernel.cli import (
+    HomeOpt,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    connect_from,
+    console,
+    handle_errors,
+    print_json,
+    transfer_progress,
+)
+from kernel.errors import InvalidInput
+
+app = typer.Typer(help="Offerings (datasets and models) of this node.", no_args_is_help=True)
+
+
+def _metadata(
+    metadata_file: Path | None,
+    title: str | None,
+    kind: str,
+    description: str,
+    keywords: list[str],
+    license_: str,
+    media_type: str | None,
+    access_modes: list[str],
+    name: str | None,
+) -> dict[str, Any]:
+    if metadata_file is not None:
+        try:
+            data: dict[str, Any] = json.loads(metadata_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read metadata from {metadata_file}: {exc}") from exc
+        return data
+    if not title:
+        raise InvalidInput("give --title (or --metadata FILE.json)")
+    data = {
+        "title": title,
+        "kind": kind,
+        "description": description,
+        "keywords": keywords,
+        "license": license_,
+        "access_modes": access_modes or ["download"],
+    }
+    if media_type:
+        data["media_type"] = media_type
+    if name:
+        data["name"] = name
+    return data
+
+
+def _guess_media_type(path: Path) -> str:
+    import mimetypes
+
+    special = {".onnx": "application/onnx", ".csv": "text/csv", ".parquet": "application/vnd.apache.parquet"}
+    return (
+        special.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    )
+
+
+@app.command("add")
+@handle_errors
+def add(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(help="file to register", exists=True, dir_okay=False, readable=True)
+    ],
+    title: Annotated[str | None, typer.Option(help="title shown in the catalog")] = None,
+    kind: Annotated[str, typer.Option(help="dataset | model")] = "dataset",
+    description: Annotated[str, typer.Option(help="what it is")] = "",
+    keyword: Annotated[list[str] | None, typer.Option("--keyword", "-k", help="repeatable")] = None,
+    license_: Annotated[str, typer.Option("--license", help="e.g. CC-BY-4.0")] = "",
+    media_type: Annotated[str | None, typer.Option(help="default: guessed from the file name")] = None,
+    access_mode: Annotated[
+        list[str] | None, typer.Option("--access-mode", "-m", help="download | compute | federate")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="stable key (manifests match on it)")] = None,
+    metadata: Annotated[Path | None, typer.Option("--metadata", help="JSON file with all metadata")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload FILE as a new offering."""
+    meta = _metadata(
+        metadata,
+        title,
+        kind,
+        description,
+        keyword or [],
+        license_,
+        media_type or _guess_media_type(file),
+        access_mode or [],
+        name,
+    )
+    with connect_from(ctx)(url=url, token=token, home=home, scope="offerings:write") as client:
+        with transfer_progress(f"uploading {file.name}", file.stat().st_size) as advance:
+            result = client.upload("/api/v1/offerings", file, {"metadata": json.dumps(meta)}, advance)
+    if as_json:
+        print_json(result)
+        return
+    stored = "stored" if result["created"] else "already stored, deduplicated"
+    console.print(f"[green]registered[/] {result['id']}  {result['title']}")
+    console.print(
+        f"  {result['sha256']}  {result['size']} bytes ({stored}); anchor {result['anchor']['status']}"
+    )
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    ctx: typer.Context,
+    kind: Annotated[str | None, typer.Option(help="dataset | model")] = None,
+    limit: Annotated[int, typer.Option(help="page size")] = 50,
+    all_pages: Annotated[bool, typer.Option("--all", help="follow every page")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """This node's offerings, newest first."""
+    items: list[dict[str, Any]] = []
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        cursor = None
+        while True:
+            page = client.get("/api/v1/offerings", kind=kind, limit=limit, cursor=cursor)
+            items.extend(page["items"])
+            cursor = page["next_cursor"]
+            if not (all_pages and cursor):
+                break
+    if as_json:
+        print_json(items)
+        return
+    from rich.table import Table
+
+    table = Table("id", "kind", "title", "v", "size", "sha256", "anchor", box=None)
+    for o in items:
+        table.add_row(
+            o["id"],
+            o["kind"],
+            o["title"],
+            str(o["version"]),
+            _size(o["size"]),
+            o["sha256"][:19] + "…",
+            o["anchor"]["status"],
+        )
+    console.print(table)
+    if not items:
+        console.print("no offerings yet: `agora offerings add FILE --title …`")
+
+
+@app.command("show")
+@handle_errors
+def show(
+    ctx: typer.Context,
+    offering_id: Annotated[str, typer.Argument(help="offering id")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One offering with all its versions."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        o = client.get(f"/api/v1/offerings/{offering_id}")
+    if as_json:
+        print_json(o)
+        return
+    console.print(f"[bold]{o['title']}[/]  ({o['kind']}, {o['status']})")
+    for label, key in [
+        ("id", "id"),
+        ("name", "name"),
+        ("provider", "provider"),
+        ("license", "license"),
+        ("media type", "media_type"),
+        ("description", "description"),
+    ]:
+        if o.get(key):
+            console.print(f"  {label:12} {o[key]}")
+    console.print(f"  {'keywords':12} {', '.join(o['keywords']) or '-'}")
+    console.print(f"  {'access':12} {', '.join(o['access_modes'])}")
+    for v in o["versions"]:
+        console.print(f"  v{v['version']}  {v['sha256']}  {_size(v['size'])}  anchor {v['anchor']['status']}")
+
+
+@app.command("download")
+@handle_errors
+def download(
+    ctx: typer.Context,
+    offering_id: Annotated[str, typer.Argument(help="offering id")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the file")],
+    version: Annotated[int | None, typer.Option(help="default: latest")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Download an offering's bytes (resumes an interrupted download) and check its sha256."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        o = client.get(f"/api/v1/offerings/{offering_id}")
+        wanted = version or o["version"]
+        match = next((v for v in o["versions"] if v["version"] == wanted), None)
+        if match is None:
+            raise InvalidInput(f"offering {offering_id} has no version {wanted}")
+        expected = match["sha256"].removeprefix("sha256:")
+        path = f"/api/v1/offerings/{offering_id}/download" + (f"?version={version}" if version else "")
+        with transfer_progress(f"downloading {output.name}", match["size"]) as advance:
+            digest, size = client.download(path, output, expected_sha256=expected, progress=advance)
+    console.print(f"[green]downloaded[/] {output}  {size} bytes  sha256:{digest} (matches)")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)

@@ -1,0 +1,78 @@
+"""Offerings, their versions and the content-addressed assets they point at."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from kernel.db import utcnow
+
+
+def _ts() -> Any:
+    return Column(DateTime(timezone=True), nullable=False)
+
+
+class Asset(SQLModel, table=True):
+    """Bytes known by their sha256; the identity of an asset version."""
+
+    __tablename__ = "asset"
+
+    sha256: str = Field(primary_key=True, max_length=64, description="hex digest of the content")
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    media_type: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Offering(SQLModel, table=True):
+    """A dataset or model this node offers, with its descriptive metadata."""
+
+    __tablename__ = "offering"
+    __table_args__ = (
+        UniqueConstraint("provider", "name", name="uq_offering_provider_name"),
+        Index("ix_offering_created_id", "created_at", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str | None = Field(default=None, max_length=100, description="manifest key")
+    provider: str = Field(max_length=42, foreign_key="participant.address", index=True)
+    kind: str = Field(max_length=20, index=True)
+    title: str = Field(max_length=200)
+    description: str = Field(default="", sa_column=Column(String, nullable=False, default=""))
+    keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    license: str = Field(default="", max_length=100)
+    media_type: str = Field(max_length=255)
+    access_modes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="active", max_length=20, index=True)
+    latest_version: int = Field(default=1)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class OfferingVersion(SQLModel, table=True):
+    """One version of an offering: a pointer to an asset, with its notarization status."""
+
+    __tablename__ = "offering_version"
+    __table_args__ = (UniqueConstraint("offering_id", "version", name="uq_offering_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    offering_id: str = Field(
+        sa_column=Column(
+            String(36), ForeignKey("offering.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    version: int
+    asset_sha256: str = Field(max_length=64, foreign_key="asset.sha256", index=True)
+    anchor_status: str = Field(default="PENDING", max_length=20, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())

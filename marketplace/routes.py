@@ -1,0 +1,172 @@
+"""HTTP routes of the marketplace: ``/api/v1/offerings``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+from litestar import Controller, Request, get, post
+from litestar.exceptions import InternalServerException
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
+from litestar.openapi.spec.operation import Operation
+from litestar.response import Stream
+
+from kernel.errors import ClientGone, FieldError, InvalidInput, PayloadTooLarge
+from kernel.hashing import repr_digest
+from kernel.ranges import parse_range
+from kernel.uploads import receive_multipart
+from kernel.validation import validate
+from marketplace.schemas import (
+    ImportRequest,
+    OfferingDetail,
+    OfferingMetadata,
+    OfferingOut,
+    OfferingPage,
+)
+from marketplace.services import OfferingService
+
+MAX_JSON_BYTES = 1024 * 1024
+
+
+@dataclass
+class _UploadOperation(Operation):
+    """OpenAPI description of the body we parse ourselves (streamed, never buffered)."""
+
+    request_body: Any = field(
+        default_factory=lambda: RequestBody(
+            required=True,
+            description="multipart upload, or JSON {metadata, path} for a server-side file",
+            content={
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["metadata", "file"],
+                        properties={
+                            "metadata": Schema(
+                                type=OpenAPIType.STRING, description="OfferingMetadata as JSON"
+                            ),
+                            "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                        },
+                    )
+                ),
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["metadata", "path"],
+                        properties={
+                            "metadata": Schema(type=OpenAPIType.OBJECT),
+                            "path": Schema(type=OpenAPIType.STRING),
+                        },
+                    )
+                ),
+            },
+        )
+    )
+
+
+async def _chunks(request: Request[Any, Any, Any]) -> Any:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except InternalServerException as exc:
+        raise ClientGone("the client disconnected before the upload finished; nothing was stored") from exc
+
+
+async def _receive_file(request: Request[Any, Any, Any], service: OfferingService) -> Any:
+    """Stream a multipart body into a staging file; returns the parsed upload."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > service.max_upload_bytes + 1024 * 1024:
+        raise PayloadTooLarge(f"the upload exceeds this node's limit of {service.max_upload_bytes} bytes")
+    upload = await receive_multipart(
+        _chunks(request),
+        request.headers.get("content-type", ""),
+        service.store,
+        max_file_bytes=service.max_upload_bytes,
+    )
+    if upload.staged is None:
+        raise InvalidInput("the upload has no 'file' part", errors=[FieldError("file", "missing")])
+    return upload
+
+
+class OfferingController(Controller):
+    path = "/offerings"
+    tags = ["offerings"]
+
+    @post("", opt={"scope": "offerings:write"}, request_max_body_size=None, operation_class=_UploadOperation)
+    async def create(self, request: Request[Any, Any, Any], offering_service: OfferingService) -> OfferingOut:
+        """Register a dataset or model: multipart (metadata + file) or JSON (metadata + path)."""
+        actor = request.user.subject
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = await request.body()
+            if len(body) > MAX_JSON_BYTES:
+                raise PayloadTooLarge(f"JSON body over {MAX_JSON_BYTES} bytes")
+            req = validate(ImportRequest, body, what="import request")
+            return await to_thread.run_sync(offering_service.import_path, req, actor)
+        upload = await _receive_file(request, offering_service)
+        with upload.staged:
+            if "metadata" not in upload.fields:
+                raise InvalidInput(
+                    "the upload has no 'metadata' part", errors=[FieldError("metadata", "missing")]
+                )
+            metadata = validate(
+                OfferingMetadata, upload.fields["metadata"], prefix="metadata", what="metadata"
+            )
+            return await to_thread.run_sync(offering_service.register, upload.staged, metadata, actor)
+
+    @post("/{offering_id:str}/versions", opt={"scope": "offerings:write"}, request_max_body_size=None)
+    async def add_version(
+        self, request: Request[Any, Any, Any], offering_id: str, offering_service: OfferingService
+    ) -> OfferingOut:
+        """Upload new bytes for an existing offering (multipart part 'file')."""
+        upload = await _receive_file(request, offering_service)
+        with upload.staged:
+            return await to_thread.run_sync(
+                offering_service.add_version, offering_id, upload.staged, request.user.subject
+            )
+
+    @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def list_offerings(
+        self,
+        offering_service: OfferingService,
+        kind: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> OfferingPage:
+        """This node's active offerings, newest first; follow ``next_cursor`` for more."""
+        return offering_service.list(kind=kind, cursor=cursor, limit=limit)
+
+    @get("/{offering_id:str}", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def show(self, offering_id: str, offering_service: OfferingService) -> OfferingDetail:
+        return offering_service.get(offering_id)
+
+    @get("/{offering_id:str}/download", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def download(
+        self,
+        request: Request[Any, Any, Any],
+        offering_id: str,
+        offering_service: OfferingService,
+        version: int | None = None,
+    ) -> Stream:
+        """The bytes of a version (latest by default); honours ``Range`` for resuming."""
+        item = offering_service.download(offering_id, version)
+        span = parse_range(request.headers.get("range"), item.size)
+        start, end = span or (0, item.size)
+        headers = {
+            "Content-Length": str(end - start),
+            "Accept-Ranges": "bytes",
+            "Repr-Digest": repr_digest(item.sha256),
+            "ETag": f'"{item.sha256}"',
+            "Content-Disposition": f'attachment; filename="{item.filename}"',
+        }
+        if span:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{item.size}"
+        return Stream(
+            offering_service.read(item.sha256, start, end),
+            media_type=item.media_type,
+            status_code=206 if span else 200,
+            headers=headers,
+        )
+
+
+api_handlers = [OfferingController]

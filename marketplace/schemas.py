@@ -1,0 +1,108 @@
+"""Request and response shapes of the offerings API."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Kind = Literal["dataset", "model"]
+AccessMode = Literal["download", "compute", "federate"]
+ACCESS_MODES: tuple[str, ...] = ("download", "compute", "federate")
+
+_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
+MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;\s*[a-z0-9_.-]+=[^;\s]+)*$")
+Keyword = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class OfferingMetadata(BaseModel):
+    """What a provider says about an offering; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$",
+        description="stable key (lower-case, digits, . _ -); manifests match on it",
+    )
+    kind: Kind = "dataset"
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=20_000)
+    keywords: list[Keyword] = Field(default_factory=list, max_length=32)
+    license: str = Field(default="", max_length=100)
+    media_type: str = Field(default="application/octet-stream", max_length=255)
+    access_modes: list[AccessMode] = Field(default_factory=lambda: ["download"], min_length=1)
+
+    @field_validator("media_type")
+    @classmethod
+    def _media_type(cls, value: str) -> str:
+        value = value.lower()
+        if not MEDIA_TYPE.match(value):
+            raise ValueError(f"not a media type (type/subtype): {value!r}")
+        return value
+
+    @field_validator("access_modes")
+    @classmethod
+    def _unique_modes(cls, value: list[AccessMode]) -> list[AccessMode]:
+        if len(set(value)) != len(value):
+            raise ValueError("access modes must not repeat")
+        return value
+
+    @field_validator("keywords")
+    @classmethod
+    def _unique_keywords(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class ImportRequest(BaseModel):
+    """Register a file that already sits on the node's disk, under an allowed directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: OfferingMetadata
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class Anchor(BaseModel):
+    status: str
+
+
+class VersionOut(BaseModel):
+    version: int
+    sha256: str
+    size: int
+    media_type: str
+    created_at: datetime
+    anchor: Anchor
+
+
+class OfferingOut(BaseModel):
+    id: str
+    name: str | None
+    kind: str
+    title: str
+    description: str
+    keywords: list[str]
+    license: str
+    media_type: str
+    access_modes: list[str]
+    provider: str
+    status: str
+    version: int
+    sha256: str
+    size: int
+    anchor: Anchor
+    created_at: datetime
+    updated_at: datetime
+    created: bool = Field(default=True, description="False when these bytes were already stored")
+
+
+class OfferingDetail(OfferingOut):
+    versions: list[VersionOut]
+
+
+class OfferingPage(BaseModel):
+    items: list[OfferingOut]
+    next_cursor: str | None

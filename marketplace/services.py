@@ -1,0 +1,343 @@
+"""Offerings: registering, versioning, listing and serving their bytes.
+
+Every write follows the same order so a failure half-way leaves nothing behind: the bytes
+are staged and hashed, the metadata is validated, the object is committed to the store
+under its digest, and then the rows (asset, offering, version, audit entry) are written in
+one transaction. If that transaction fails, an object this request created and no row
+references is deleted again.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, and_, or_
+from sqlmodel import Session, col, select
+
+from kernel import audit
+from kernel.db import as_utc, transaction, utcnow
+from kernel.errors import FieldError, Forbidden, InvalidInput, NotFound
+from kernel.storage import ObjectInfo, ObjectStore, StagedObject
+from marketplace.models import Asset, Offering, OfferingVersion
+from marketplace.schemas import (
+    Anchor,
+    ImportRequest,
+    OfferingDetail,
+    OfferingMetadata,
+    OfferingOut,
+    OfferingPage,
+    VersionOut,
+)
+
+T = TypeVar("T")
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Download:
+    sha256: str
+    size: int
+    media_type: str
+    filename: str
+
+
+class OfferingService:
+    """The offerings of this node's own organisation."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ObjectStore,
+        provider: str,
+        *,
+        import_dirs: list[Path],
+        max_upload_bytes: int,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.provider = provider
+        self.import_dirs = import_dirs
+        self.max_upload_bytes = max_upload_bytes
+
+    # Writing --------------------------------------------------------------------------
+
+    def register(self, staged: StagedObject, metadata: OfferingMetadata, actor: str) -> OfferingOut:
+        """Create an offering from bytes already staged (an upload)."""
+        _require_content(staged)
+
+        def write(session: Session, info: ObjectInfo) -> OfferingOut:
+            if metadata.name and self._by_name(session, metadata.name) is not None:
+                raise _name_taken(metadata.name)
+            offering = Offering(
+                id=str(uuid.uuid4()),
+                provider=self.provider,
+                **metadata.model_dump(),
+            )
+            session.add(offering)
+            session.flush()
+            version, asset = self._add_version_rows(session, offering, info, metadata.media_type)
+            audit.record(
+                session,
+                actor=actor,
+                action="offering.create",
+                subject_type="offering",
+                subject_id=offering.id,
+                details={"sha256": info.sha256, "size": info.size, "title": offering.title},
+            )
+            return _out(offering, version, asset, created=info.created)
+
+        return self._store_then_record(staged, metadata.media_type, write)
+
+    def import_path(self, request: ImportRequest, actor: str) -> OfferingOut:
+        """Register a file from a server-side directory the operator allows."""
+        path = self._allowed_path(request.path)
+        with self.store.stage() as staged, path.open("rb", buffering=0) as src:
+            while chunk := src.read(1024 * 1024):
+                staged.write(chunk)
+            return self.register(staged, request.metadata, actor)
+
+    def add_version(self, offering_id: str, staged: StagedObject, actor: str) -> OfferingOut:
+        """A new version of an existing offering (new bytes, same metadata)."""
+        _require_content(staged)
+        offering = self._get(offering_id)
+
+        def write(session: Session, info: ObjectInfo) -> OfferingOut:
+            row = session.get(Offering, offering_id, with_for_update=True)
+            if row is None:
+                raise _not_found(offering_id)
+            latest = self._version(session, row, row.latest_version)
+            if latest.asset_sha256 == info.sha256:
+                raise InvalidInput(
+                    f"version {row.latest_version} of offering {offering_id} already has these bytes",
+                    errors=[FieldError("file", "identical to the latest version")],
+                )
+            version, asset = self._add_version_rows(
+                session, row, info, row.media_type, row.latest_version + 1
+            )
+            audit.record(
+                session,
+                actor=actor,
+                action="offering.version",
+                subject_type="offering",
+                subject_id=row.id,
+                details={"version": version.version, "sha256": info.sha256, "size": info.size},
+            )
+            return _out(row, version, asset, created=info.created)
+
+        return self._store_then_record(staged, offering.media_type, write)
+
+    def _add_version_rows(
+        self, session: Session, offering: Offering, info: ObjectInfo, media_type: str, number: int = 1
+    ) -> tuple[OfferingVersion, Asset]:
+        asset = session.get(Asset, info.sha256)
+        if asset is None:
+            asset = Asset(sha256=info.sha256, size=info.size, media_type=media_type)
+            session.add(asset)
+            session.flush()
+        version = OfferingVersion(offering_id=offering.id, version=number, asset_sha256=info.sha256)
+        session.add(version)
+        offering.latest_version = number
+        offering.updated_at = utcnow()
+        session.flush()
+        return version, asset
+
+    def _store_then_record(
+        self, staged: StagedObject, media_type: str, write: Callable[[Session, ObjectInfo], T]
+    ) -> T:
+        info = self.store.commit(staged, media_type)
+        try:
+            with transaction(self.engine) as session:
+                return write(session, info)
+        except BaseException:
+            if info.created:
+                self._forget_unreferenced(info.sha256)
+            raise
+
+    def _forget_unreferenced(self, sha256: str) -> None:
+        with Session(self.engine) as session:
+            if session.get(Asset, sha256) is None:
+                self.store.delete(sha256)
+
+    def _allowed_path(self, text: str) -> Path:
+        if not self.import_dirs:
+            raise Forbidden(
+                "registering server-side files is disabled on this node (set AGORA_IMPORT_DIRS)",
+                errors=[FieldError("path", "no import directory is configured")],
+            )
+        raw = Path(text)
+        if not raw.is_absolute():
+            raise InvalidInput("path must be absolute", errors=[FieldError("path", "not an absolute path")])
+        try:
+            resolved = raw.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            raise InvalidInput(
+                f"no such file: {text}", errors=[FieldError("path", "does not exist")]
+            ) from None
+        if not any(resolved.is_relative_to(d) for d in self.import_dirs):
+            raise Forbidden(
+                f"{text} is outside the directories this node imports from",
+                errors=[FieldError("path", "outside AGORA_IMPORT_DIRS")],
+            )
+        if not resolved.is_file():
+            raise InvalidInput(f"{text} is not a regular file", errors=[FieldError("path", "not a file")])
+        return resolved
+
+    # Reading --------------------------------------------------------------------------
+
+    def list(self, *, kind: str | None = None, cursor: str | None = None, limit: int = 50) -> OfferingPage:
+        """Newest first, keyset-paginated on (created_at, id) so pages are stable."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(
+                f"limit must be between 1 and {MAX_PAGE}", errors=[FieldError("limit", "out of range")]
+            )
+        query = (
+            select(Offering, OfferingVersion, Asset)
+            .join(
+                OfferingVersion,
+                and_(
+                    col(OfferingVersion.offering_id) == Offering.id,
+                    col(OfferingVersion.version) == Offering.latest_version,
+                ),
+            )
+            .join(Asset, col(Asset.sha256) == OfferingVersion.asset_sha256)
+            .where(Offering.status == "active")
+            .order_by(col(Offering.created_at).desc(), col(Offering.id).desc())
+            .limit(limit + 1)
+        )
+        if kind:
+            query = query.where(Offering.kind == kind)
+        if cursor:
+            at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    col(Offering.created_at) < at,
+                    and_(col(Offering.created_at) == at, col(Offering.id) < last_id),
+                )
+            )
+        with Session(self.engine) as session:
+            rows = session.exec(query).all()
+        items = [_out(offering, version, asset) for offering, version, asset in rows[:limit]]
+        next_cursor = _encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+        return OfferingPage(items=items, next_cursor=next_cursor)
+
+    def get(self, offering_id: str) -> OfferingDetail:
+        with Session(self.engine) as session:
+            offering = session.get(Offering, offering_id)
+            if offering is None:
+                raise _not_found(offering_id)
+            rows = session.exec(
+                select(OfferingVersion, Asset)
+                .join(Asset, col(Asset.sha256) == OfferingVersion.asset_sha256)
+                .where(OfferingVersion.offering_id == offering_id)
+                .order_by(col(OfferingVersion.version))
+            ).all()
+        base = _out(offering, *rows[-1])
+        return OfferingDetail(**base.model_dump(), versions=[_version_out(v, a) for v, a in rows])
+
+    def download(self, offering_id: str, version: int | None = None) -> Download:
+        detail = self.get(offering_id)
+        wanted = version or detail.version
+        match = next((v for v in detail.versions if v.version == wanted), None)
+        if match is None:
+            raise NotFound(f"offering {offering_id} has no version {wanted}")
+        ext = mimetypes.guess_extension(detail.media_type.split(";")[0]) or ""
+        filename = f"{detail.name or detail.id}-v{wanted}{ext}"
+        return Download(match.sha256.removeprefix("sha256:"), match.size, detail.media_type, filename)
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        return self.store.read(sha256, start, end)
+
+    def _get(self, offering_id: str) -> Offering:
+        with Session(self.engine) as session:
+            offering = session.get(Offering, offering_id)
+        if offering is None:
+            raise _not_found(offering_id)
+        return offering
+
+    def _by_name(self, session: Session, name: str) -> Offering | None:
+        return session.exec(
+            select(Offering).where(Offering.provider == self.provider, Offering.name == name)
+        ).first()
+
+    @staticmethod
+    def _version(session: Session, offering: Offering, number: int) -> OfferingVersion:
+        row = session.exec(
+            select(OfferingVersion).where(
+                OfferingVersion.offering_id == offering.id, OfferingVersion.version == number
+            )
+        ).one()
+        return row
+
+
+def _require_content(staged: StagedObject) -> None:
+    if staged.size == 0:
+        raise InvalidInput("the file is empty", errors=[FieldError("file", "empty file")])
+
+
+def _not_found(offering_id: str) -> NotFound:
+    return NotFound(f"no offering {offering_id}")
+
+
+def _name_taken(name: str) -> InvalidInput:
+    from kernel.errors import Conflict
+
+    return Conflict(
+        f"an offering named {name!r} already exists", errors=[FieldError("metadata.name", "taken")]
+    )
+
+
+def _version_out(version: OfferingVersion, asset: Asset) -> VersionOut:
+    return VersionOut(
+        version=version.version,
+        sha256=f"sha256:{asset.sha256}",
+        size=asset.size,
+        media_type=asset.media_type,
+        created_at=as_utc(version.created_at),
+        anchor=Anchor(status=version.anchor_status),
+    )
+
+
+def _out(offering: Offering, version: OfferingVersion, asset: Asset, created: bool = True) -> OfferingOut:
+    return OfferingOut(
+        id=offering.id,
+        name=offering.name,
+        kind=offering.kind,
+        title=offering.title,
+        description=offering.description,
+        keywords=offering.keywords,
+        license=offering.license,
+        media_type=offering.media_type,
+        access_modes=offering.access_modes,
+        provider=offering.provider,
+        status=offering.status,
+        version=version.version,
+        sha256=f"sha256:{asset.sha256}",
+        size=asset.size,
+        anchor=Anchor(status=version.anchor_status),
+        created_at=as_utc(offering.created_at),
+        updated_at=as_utc(offering.updated_at),
+        created=created,
+    )
+
+
+def _encode_cursor(offering: Offering) -> str:
+    raw = f"{as_utc(offering.created_at).isoformat()}|{offering.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, last_id = raw.split("|", 1)
+        return datetime.fromisoformat(at), last_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput(
+            "bad cursor", errors=[FieldError("cursor", "not a cursor this node issued")]
+        ) from None

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions: the only way Agora's schema changes."""

@@ -1,0 +1,1 @@
+"""The Agora node process: settings, identity, auth, storage, app factory and CLI."""

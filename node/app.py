@@ -1,0 +1,114 @@
+"""The Litestar application: collects each domain's routes under one node.
+
+``/health`` and ``/.well-known/jwks.json`` need no token; everything under ``/api/v1``
+passes the bearer-token guard, which also checks the scope each handler declares in its
+``opt={"scope": …}`` (a handler without one needs ``admin``: the guard fails closed).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from anyio import to_thread
+from litestar import Litestar, Router, get
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy import text
+
+import connector.routes
+import marketplace.routes
+from kernel.errors import ServiceUnavailable
+from node.auth import bearer_token, require_scope
+from node.problems import exception_handlers
+from node.runtime import Runtime
+
+log = logging.getLogger("agora.node")
+VERSION = "0.1.0"
+DOMAINS = (marketplace.routes, connector.routes)
+
+
+async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard of every ``/api/v1`` route: a valid bearer token holding the handler's scope."""
+    runtime: Runtime = connection.app.state.runtime
+    token = bearer_token(connection.headers.get("authorization"))
+    principal = runtime.verifier.cached(token) or await to_thread.run_sync(runtime.verifier.verify, token)
+    require_scope(principal, handler.opt.get("scope", "admin"))
+    connection.scope["user"] = principal
+
+
+@get("/health", tags=["node"], sync_to_thread=True)
+def health(state: State) -> dict[str, Any]:
+    """Liveness and what this node runs on; 503 when the database or storage is down."""
+    runtime: Runtime = state.runtime
+    with runtime.engine.connect() as conn:
+        try:
+            conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise ServiceUnavailable(f"database unavailable: {exc}") from exc
+    runtime.store.check()
+    return {
+        "status": "ok",
+        "version": VERSION,
+        "participant": runtime.address,
+        "name": runtime.settings.name,
+        "public_url": runtime.settings.public_url,
+        "chain": runtime.settings.chain_url,
+        "storage": runtime.store.kind,
+        "database": runtime.database_kind,
+    }
+
+
+@get("/.well-known/jwks.json", tags=["node"], sync_to_thread=False)
+def jwks(state: State) -> dict[str, Any]:
+    """Public keys of the tokens this node signs."""
+    runtime: Runtime = state.runtime
+    return runtime.issuer.public_jwks()
+
+
+def create_app(runtime: Runtime) -> Litestar:
+    """The node's ASGI app for a runtime (database, store and keys already opened)."""
+
+    def on_startup() -> None:
+        settings = runtime.settings
+        runtime.participants.ensure_self(
+            address=runtime.address, name=settings.name, endpoint=settings.public_url
+        )
+        removed = runtime.store.sweep_staging()
+        if removed:
+            log.warning("removed %d staging file(s) left by an interrupted upload", removed)
+
+    api = Router(
+        path="/api/v1",
+        route_handlers=[h for d in DOMAINS for h in d.api_handlers],
+        guards=[authenticate],
+        security=[{"bearer": []}],
+    )
+    return Litestar(
+        route_handlers=[health, jwks, api],
+        dependencies={
+            "offering_service": Provide(lambda: runtime.offerings, sync_to_thread=False, use_cache=True),
+            "participant_service": Provide(
+                lambda: runtime.participants, sync_to_thread=False, use_cache=True
+            ),
+        },
+        exception_handlers=exception_handlers,
+        state=State({"runtime": runtime}),
+        on_startup=[on_startup],
+        on_shutdown=[runtime.close],
+        openapi_config=OpenAPIConfig(
+            title="Agora node",
+            version=VERSION,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+        ),
+        debug=False,
+    )

@@ -1,0 +1,181 @@
+"""The ``agora`` command line.
+
+Start-up must stay fast (``agora --help`` under half a second): heavy libraries (litestar,
+sqlalchemy, web3, torch, onnx) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
+from kernel.errors import AgoraError
+from marketplace.cli import app as offerings_app
+
+if TYPE_CHECKING:
+    from kernel.client import NodeClient
+    from node.settings import Settings
+
+app = typer.Typer(
+    name="agora",
+    help="Agora: a data-space and model-marketplace node.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+token_app = typer.Typer(help="Bearer tokens signed by this node.", no_args_is_help=True)
+db_app = typer.Typer(help="The node's database schema.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
+app.add_typer(offerings_app, name="offerings")
+
+CLI_TOKEN_TTL = 600
+
+
+def _settings(**overrides: object) -> Settings:
+    from node.settings import Settings
+
+    return Settings.load(**overrides)
+
+
+def connect(*, url: str | None, token: str | None, home: Path | None, scope: str) -> NodeClient:
+    """A client for the node at ``url`` (default: this node); without a token, one is
+    minted from the node's own key in ``home`` for this one command."""
+    from kernel.client import NodeClient
+
+    settings = _settings(home=home, url=url)
+    base = settings.url or settings.public_url
+    bearer = token or (settings.token.get_secret_value() if settings.token else None)
+    if bearer is None and settings.token_key_path.exists():
+        bearer = _issuer(settings).issue([scope], CLI_TOKEN_TTL, subject="cli")
+    return NodeClient(base, bearer)
+
+
+def _issuer(settings: Settings):  # type: ignore[no-untyped-def]
+    from node.auth import TokenIssuer
+    from node.identity import participant_address, token_signing_key
+
+    return TokenIssuer(
+        token_signing_key(settings),
+        settings.token_issuer,
+        participant_address(settings),
+        settings.token_ttl_max_seconds,
+    )
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    ctx.obj = connect
+
+
+@app.command()
+@handle_errors
+def init(
+    name: Annotated[str, typer.Option(help="the organisation's name")],
+    home: HomeOpt = None,
+    public_url: Annotated[str | None, typer.Option(help="URL peers reach this node at")] = None,
+) -> None:
+    """Create the data dir, the organisation's key and the token-signing key."""
+    from node.identity import init_home
+
+    settings = _settings(home=home, public_url=public_url)
+    result = init_home(settings, name, public_url)
+    console.print(f"[green]initialised[/] {result.home}")
+    console.print(f"participant address: [bold]{result.address}[/]")
+    if result.passphrase_file:
+        err_console.print(
+            f"[yellow]note:[/] the keystore passphrase was generated into {result.passphrase_file}; "
+            "in production set AGORA_KEY_PASSPHRASE instead and remove that file"
+        )
+    print(result.address)
+
+
+@app.command()
+@handle_errors
+def serve(
+    home: HomeOpt = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="default: the port of AGORA_PUBLIC_URL")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Migrate the database, then serve the API, protocol endpoints and UI."""
+    from urllib.parse import urlparse
+
+    import uvicorn
+
+    from node import db
+    from node.app import create_app
+    from node.runtime import build_runtime
+
+    settings = _settings(home=home)
+    revision = db.upgrade(settings.effective_database_url)
+    err_console.print(f"database at revision {revision}")
+    runtime = build_runtime(settings)
+    listen_port = port or urlparse(settings.public_url).port or 8000
+    uvicorn.run(
+        create_app(runtime),
+        host=host,
+        port=listen_port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+
+
+@token_app.command("create")
+@handle_errors
+def token_create(
+    scope: Annotated[list[str], typer.Option("--scope", help="repeatable; e.g. catalog:read")],
+    ttl: Annotated[str, typer.Option(help="lifetime: 90s, 15m, 1h, 7d")] = "1h",
+    subject: Annotated[str, typer.Option(help="who the token is for")] = "operator",
+    home: HomeOpt = None,
+) -> None:
+    """Print a bearer token signed by this node."""
+    from node.auth import parse_ttl
+
+    settings = _settings(home=home)
+    print(_issuer(settings).issue(scope, parse_ttl(ttl), subject=subject))
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade(home: HomeOpt = None) -> None:
+    """Apply every migration up to the newest (Alembic ``upgrade head``)."""
+    from node import db
+
+    settings = _settings(home=home)
+    console.print(f"database at revision {db.upgrade(settings.effective_database_url)}")
+
+
+@db_app.command("current")
+@handle_errors
+def db_current(home: HomeOpt = None) -> None:
+    """Print the database's current revision."""
+    from node import db
+
+    settings = _settings(home=home)
+    console.print(db.current(settings.effective_database_url) or "empty (no revision applied)")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="keep the demo's temporary home")] = False,
+) -> None:
+    """The end-to-end story on embedded defaults, told step by step."""
+    from node.demo import run_demo
+
+    try:
+        run_demo(keep=keep)
+    except AgoraError as exc:
+        fail(exc)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The organisation's identity: a secp256k1 key in an encrypted keystore, and the node's
+token-signing key.
+
+``agora init`` creates both. The org key's checksummed Ethereum address is the
+participant id; the keystore is the standard Web3 Secret Storage format (eth-account), so
+any Ethereum tool can open it. The token-signing key is a P-256 JWK used to sign the
+bearer tokens the node issues (``agora token create``); its public half is served at
+``/.well-known/jwks.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernel.errors import ConfigurationError, Conflict
+from node.settings import CONFIG_FILE, Settings
+
+KEYSTORE_SCRYPT_N = 2**15
+
+
+@dataclass(frozen=True)
+class InitResult:
+    address: str
+    home: Path
+    passphrase_file: Path | None
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def init_home(settings: Settings, name: str, public_url: str | None = None) -> InitResult:
+    """Create the data dir, org key, token key and config; refuse to overwrite an identity."""
+    from eth_account import Account
+    from joserfc.jwk import ECKey
+
+    home = settings.home
+    if settings.keystore_path.exists():
+        raise Conflict(f"{home} already holds an identity ({settings.keystore_path.name}); not overwriting")
+    if not name.strip():
+        raise ConfigurationError("the organisation needs a name (--name)")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    passphrase_file: Path | None = None
+    if settings.key_passphrase is not None:
+        passphrase = settings.key_passphrase.get_secret_value()
+    else:
+        passphrase = secrets.token_urlsafe(32)
+        _write_private(settings.passphrase_path, passphrase)
+        passphrase_file = settings.passphrase_path
+
+    account = Account.create()
+    keystore = Account.encrypt(account.key, passphrase, kdf="scrypt", iterations=KEYSTORE_SCRYPT_N)
+    _write_private(settings.keystore_path, json.dumps(keystore))
+
+    token_key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"}, private=True)
+    token_key.ensure_kid()
+    if not settings.token_key_path.exists():
+        _write_private(settings.token_key_path, json.dumps(token_key.as_dict(private=True)))
+
+    config = home / CONFIG_FILE
+    lines = [f"name = {_toml_str(name.strip())}"]
+    if public_url:
+        lines.append(f"public_url = {_toml_str(public_url)}")
+    config.write_text("\n".join(lines) + "\n")
+    return InitResult(address=account.address, home=home, passphrase_file=passphrase_file)
+
+
+def participant_address(settings: Settings) -> str:
+    """The checksummed address of the org key, read without decrypting the keystore."""
+    from eth_utils import to_checksum_address
+
+    return str(to_checksum_address("0x" + _keystore(settings)["address"]))
+
+
+def _keystore(settings: Settings) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(settings.keystore_path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"no node identity in {settings.home}: run `agora init --name NAME` first"
+        ) from None
+    return data
+
+
+def org_private_key(settings: Settings) -> bytes:
+    """Decrypt the org key (for signing protocol messages and transactions)."""
+    from eth_account import Account
+
+    if settings.key_passphrase is not None:
+        passphrase = settings.key_passphrase.get_secret_value()
+    elif settings.passphrase_path.exists():
+        passphrase = settings.passphrase_path.read_text().strip()
+    else:
+        raise ConfigurationError("the keystore is encrypted: set AGORA_KEY_PASSPHRASE")
+    try:
+        return bytes(Account.decrypt(_keystore(settings), passphrase))
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot decrypt the keystore: {exc}") from exc
+
+
+def token_signing_key(settings: Settings) -> Any:
+    """The node's private JWK (joserfc ``ECKey``)."""
+    from joserfc.jwk import ECKey
+
+    try:
+        data = json.loads(settings.token_key_path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"no token-signing key in {settings.home}: run `agora init --name NAME` first"
+        ) from None
+    return ECKey.import_key(data)

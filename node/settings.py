@@ -1,0 +1,147 @@
+"""The node's one settings object.
+
+Built once per process (``Settings.load``) from, in order of precedence: explicit
+arguments (CLI flags), ``AGORA_*`` environment variables, the node's config file
+``$AGORA_HOME/config.toml`` written by ``agora init``, and the defaults below. It is then
+passed to whatever needs it; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_FILE = "config.toml"
+DEFAULT_HOME = Path("~/.agora")
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from ``config.toml`` in the node's home (below environment variables)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], home: Path) -> None:
+        super().__init__(settings_cls)
+        path = home / CONFIG_FILE
+        self._values: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """Configuration of one node; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="AGORA_", extra="ignore", frozen=True)
+
+    home: Path = Field(default=DEFAULT_HOME, description="data dir: keys, config, SQLite, objects")
+    name: str = Field(default="", description="the organisation's display name")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite in home")
+    storage_url: str = Field(default="", description="file://DIR or s3://BUCKET")
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    chain_url: str = "embedded"
+    chain_registry: str = ""
+    public_url: str = "http://127.0.0.1:8000"
+    oidc_issuer: str = ""
+    oidc_jwks_url: str = ""
+    oidc_audience: str = ""
+    sandbox: Literal["bwrap", "podman", "docker", "kubernetes"] = "bwrap"
+    key_passphrase: SecretStr | None = None
+    max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="largest accepted upload")
+    import_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="server-side directories offerings may be registered from (by path)",
+    )
+    token_ttl_max_seconds: int = 90 * 24 * 3600
+    url: str = Field(default="", description="node the CLI talks to; default: public_url")
+    token: SecretStr | None = Field(default=None, description="bearer token the CLI sends")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("import_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p for p in value.split(":") if p]
+        return value
+
+    @field_validator("import_dirs", mode="after")
+    @classmethod
+    def _resolve_dirs(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        home = _home_from(init_settings(), env_settings())
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls, home))
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Build the settings; ``None`` overrides (unset CLI flags) are ignored."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'agora.db'}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.home / 'objects'}"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.home / "keystore.json"
+
+    @property
+    def passphrase_path(self) -> Path:
+        return self.home / "keystore.passphrase"
+
+    @property
+    def token_key_path(self) -> Path:
+        return self.home / "token-key.jwk"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def token_issuer(self) -> str:
+        """The ``iss`` of tokens this node signs: its public URL."""
+        return self.public_url.rstrip("/")
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+
+def _home_from(*sources: dict[str, Any]) -> Path:
+    for source in sources:
+        if source.get("home"):
+            return Path(source["home"]).expanduser()
+    return DEFAULT_HOME.expanduser()
