@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 
 from connector.schemas import ParticipantOut
 from connector.services import ParticipantService
@@ -13,7 +14,9 @@ class ParticipantController(Controller):
     tags = ["participants"]
 
     @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
-    def list_participants(self, participant_service: ParticipantService) -> list[ParticipantOut]:
+    def list_participants(
+        self, participant_service: NamedDependency[ParticipantService]
+    ) -> list[ParticipantOut]:
         """The participants this node knows (itself first)."""
         return participant_service.list()
 

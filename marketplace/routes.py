@@ -10,6 +10,8 @@ from litestar import Controller, Request, get, post
 from litestar.exceptions import InternalServerException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.openapi.spec.operation import Operation
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from kernel.errors import ClientGone, FieldError, InvalidInput, PayloadTooLarge
@@ -94,7 +96,9 @@ class OfferingController(Controller):
     tags = ["offerings"]
 
     @post("", opt={"scope": "offerings:write"}, request_max_body_size=None, operation_class=_UploadOperation)
-    async def create(self, request: Request[Any, Any, Any], offering_service: OfferingService) -> OfferingOut:
+    async def create(
+        self, request: Request[Any, Any, Any], offering_service: NamedDependency[OfferingService]
+    ) -> OfferingOut:
         """Register a dataset or model: multipart (metadata + file) or JSON (metadata + path)."""
         actor = request.user.subject
         if request.headers.get("content-type", "").startswith("application/json"):
@@ -116,7 +120,10 @@ class OfferingController(Controller):
 
     @post("/{offering_id:str}/versions", opt={"scope": "offerings:write"}, request_max_body_size=None)
     async def add_version(
-        self, request: Request[Any, Any, Any], offering_id: str, offering_service: OfferingService
+        self,
+        request: Request[Any, Any, Any],
+        offering_id: FromPath[str],
+        offering_service: NamedDependency[OfferingService],
     ) -> OfferingOut:
         """Upload new bytes for an existing offering (multipart part 'file')."""
         upload = await _receive_file(request, offering_service)
@@ -128,25 +135,27 @@ class OfferingController(Controller):
     @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
     def list_offerings(
         self,
-        offering_service: OfferingService,
-        kind: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
+        offering_service: NamedDependency[OfferingService],
+        kind: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
     ) -> OfferingPage:
         """This node's active offerings, newest first; follow ``next_cursor`` for more."""
         return offering_service.list(kind=kind, cursor=cursor, limit=limit)
 
     @get("/{offering_id:str}", opt={"scope": "catalog:read"}, sync_to_thread=True)
-    def show(self, offering_id: str, offering_service: OfferingService) -> OfferingDetail:
+    def show(
+        self, offering_id: FromPath[str], offering_service: NamedDependency[OfferingService]
+    ) -> OfferingDetail:
         return offering_service.get(offering_id)
 
     @get("/{offering_id:str}/download", opt={"scope": "catalog:read"}, sync_to_thread=True)
     def download(
         self,
         request: Request[Any, Any, Any],
-        offering_id: str,
-        offering_service: OfferingService,
-        version: int | None = None,
+        offering_id: FromPath[str],
+        offering_service: NamedDependency[OfferingService],
+        version: FromQuery[int | None] = None,
     ) -> Stream:
         """The bytes of a version (latest by default); honours ``Range`` for resuming."""
         item = offering_service.download(offering_id, version)

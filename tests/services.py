@@ -1,0 +1,211 @@
+"""Real servers the integration tests start on loopback: PostgreSQL, an S3 server, a node.
+
+Each start function returns a handle with a ``stop()``; none of them is a mock. When a
+part is missing, tests skip locally and fail in CI (``CI=true``), as the README promises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = Path(__file__).resolve().parent.parent
+AGORA = str(Path(sys.executable).with_name("agora"))
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail in CI: CI must run every integration test."""
+    if IN_CI:
+        pytest.fail(f"required test service unavailable in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+# PostgreSQL -------------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    port: int
+    datadir: Path
+    bindir: Path
+    user: str = "agora"
+    _counter: int = 0
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._counter += 1
+        name = f"t{os.getpid()}_{self._counter}_{int(time.time() * 1000) % 100000}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        _as_postgres(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop"], check=False
+        )
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def _as_postgres(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, check=check, capture_output=True, timeout=120)
+
+
+def start_postgres() -> Postgres:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+    bindir = Path(found[-1]).parent
+    base = Path(tempfile.mkdtemp(prefix="agora-pg-"))
+    datadir = base / "data"
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    _as_postgres(
+        [str(bindir / "initdb"), "-D", str(datadir), "-U", "agora", "-A", "trust", "-E", "UTF8", "--no-sync"]
+    )
+    port = free_port()
+    opts = f"-p {port} -h 127.0.0.1 -k {base} -c fsync=off -c synchronous_commit=off -c max_connections=200"
+    _as_postgres(
+        [str(bindir / "pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(base / "log"), "-w", "start"]
+    )
+    wait_for_port(port)
+    return Postgres(port=port, datadir=datadir, bindir=bindir)
+
+
+# S3 ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    port: int
+    server: object
+    access_key: str = "agora-test"
+    secret_key: str = "agora-test-secret"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop()  # type: ignore[attr-defined]
+
+
+def start_s3() -> S3Server:
+    """moto's standalone server speaks the S3 protocol; the product uses only the minio SDK."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        unavailable("moto[server] is not installed")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    wait_for_port(port)
+    return S3Server(port=port, server=server)
+
+
+# A node as a real process --------------------------------------------------------------------
+
+
+@dataclass
+class LiveNode:
+    home: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([AGORA, *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"agora {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def token(self, *scopes: str) -> str:
+        args = ["token", "create", "--home", str(self.home)]
+        for s in scopes or ("admin",):
+            args += ["--scope", s]
+        return self.cli(*args).stdout.strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def node_env(home: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
+    env.update(
+        AGORA_HOME=str(home),
+        AGORA_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        AGORA_KEY_PASSPHRASE="test-passphrase",
+    )
+    env.update(extra)
+    return env
+
+
+def start_node(home: Path, name: str = "Test Org", **extra_env: str) -> LiveNode:
+    """``agora init`` (once) and ``agora serve`` on a free loopback port."""
+    port = free_port()
+    env = node_env(home, port, **extra_env)
+    if not (home / "keystore.json").exists():
+        subprocess.run([AGORA, "init", "--name", name], env=env, check=True, capture_output=True, timeout=60)
+    log = (home / "serve.log").open("ab")
+    proc = subprocess.Popen(
+        [AGORA, "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).raise_for_status()
+    except Exception:
+        proc.kill()
+        raise RuntimeError(f"node failed to start:\n{(home / 'serve.log').read_text()[-3000:]}") from None
+    return LiveNode(home=home, port=port, proc=proc, env=env)
