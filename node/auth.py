@@ -4,7 +4,7 @@ The node signs ES256 JWTs with its token key (``iss`` = its public URL, ``aud`` 
 participant address). When ``AGORA_OIDC_ISSUER`` is set, tokens from that issuer are also
 accepted: their keys come from ``AGORA_OIDC_JWKS_URL`` or, when unset, from the issuer's
 discovery document; the audience must be ``AGORA_OIDC_AUDIENCE``. Scopes are read from
-``scope`` (space-separated) or ``scp`` (list). ``admin`` grants every scope.
+``scope`` and ``scp`` (a space-separated string or a list). ``admin`` grants every scope.
 
 Every failure is :class:`Unauthorized` with the reason; a valid token lacking a scope is
 :class:`Forbidden`.
@@ -27,6 +27,7 @@ from joserfc.errors import (
     DecodeError,
     ExpiredTokenError,
     InvalidClaimError,
+    InvalidKeyIdError,
     JoseError,
     MissingClaimError,
 )
@@ -75,6 +76,7 @@ class TokenIssuer:
     """Signs the node's own bearer tokens."""
 
     def __init__(self, key: ECKey, issuer: str, audience: str, max_ttl: int) -> None:
+        key.ensure_kid()  # the header names the key; a JWK without "kid" gets its thumbprint
         self.key = key
         self.issuer = issuer
         self.audience = audience
@@ -137,7 +139,7 @@ class OIDCKeyFetcher:
             metadata = OpenIDProviderMetadata(response.json())
             metadata.validate_issuer()
             metadata.validate_jwks_uri()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, TypeError) as exc:
             raise Unauthorized(f"cannot read the OIDC discovery document at {url}: {exc}") from exc
         if metadata["issuer"].rstrip("/") != issuer.rstrip("/"):
             raise Unauthorized(f"OIDC discovery at {url} names another issuer: {metadata['issuer']}")
@@ -148,7 +150,8 @@ class OIDCKeyFetcher:
             response = self.http.get(jwks_url)
             response.raise_for_status()
             return KeySet.import_key_set(response.json())
-        except (httpx.HTTPError, ValueError, JoseError) as exc:
+        except (httpx.HTTPError, ValueError, TypeError, KeyError, JoseError) as exc:
+            # KeyError/TypeError: a body that is JSON but not a JWKS (no "keys" list)
             raise Unauthorized(f"cannot fetch the identity provider's keys from {jwks_url}: {exc}") from exc
 
 
@@ -224,14 +227,13 @@ class TokenVerifier:
         except ExpiredTokenError:
             raise Unauthorized("the token has expired") from None
         except MissingClaimError as exc:
-            raise Unauthorized(f"the token lacks a required claim: {exc.description}") from None
+            raise Unauthorized(f"the token lacks a required claim: {exc.claim}") from None
         except InvalidClaimError as exc:
-            claim = exc.description.rsplit(":", 1)[-1].strip().strip("'")
-            if claim == "aud":
+            if exc.claim == "aud":
                 raise Unauthorized(
                     f"the token is not meant for this node (audience {trust.audience})"
                 ) from None
-            raise Unauthorized(f"invalid token claim {claim}") from None
+            raise Unauthorized(f"invalid token claim {exc.claim}: {exc.description}") from None
         except JoseError as exc:
             raise Unauthorized(f"invalid token: {exc.error}") from None
         claims = decoded.claims
@@ -246,15 +248,16 @@ class TokenVerifier:
         keys = self._keys(trust, refresh=False)
         try:
             return jwt.decode(token, keys, algorithms=ACCEPTED_ALGORITHMS)
-        except (BadSignatureError, ValueError) as exc:
+        except (BadSignatureError, InvalidKeyIdError, ValueError) as exc:
+            # InvalidKeyIdError: signed by a key (kid) the trusted key set does not hold
             if trust.refreshable:
                 # the provider may have rotated its keys: refetch once and retry
                 keys = self._keys(trust, refresh=True)
                 try:
                     return jwt.decode(token, keys, algorithms=ACCEPTED_ALGORITHMS)
-                except (BadSignatureError, ValueError, JoseError):
+                except (BadSignatureError, InvalidKeyIdError, ValueError, JoseError):
                     pass
-            raise Unauthorized("the token's signature is not valid") from exc
+            raise Unauthorized("the token's signature is not valid (unknown key or bad signature)") from exc
         except DecodeError:
             raise Unauthorized("the token is malformed") from None
         except JoseError as exc:
@@ -290,13 +293,16 @@ def _unverified_issuer(token: str) -> str:
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
-    scope = claims.get("scope")
-    if isinstance(scope, str):
-        return frozenset(scope.split())
-    scp = claims.get("scp")
-    if isinstance(scp, list):
-        return frozenset(str(s) for s in scp)
-    return frozenset()
+    """Scopes from ``scope`` and ``scp``, each a space-separated string or a list (Azure AD
+    sends ``scp`` as a string, Okta as a list)."""
+    scopes: set[str] = set()
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            scopes.update(value.split())
+        elif isinstance(value, list):
+            scopes.update(s for s in value if isinstance(s, str))
+    return frozenset(scopes)
 
 
 def require_scope(principal: Principal, scope: str) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,38 +33,76 @@ class InitResult:
 
 
 def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` (0600); fails with ``FileExistsError`` if it exists."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
 
 
 def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
+    """A TOML basic string. (``json.dumps`` is not one: it writes characters outside the
+    BMP as surrogate pairs, ``\\ud83d\\ude00``, which TOML rejects.)"""
+    out = []
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+@contextmanager
+def _init_lock(home: Path) -> Iterator[None]:
+    """Serialise concurrent ``agora init`` runs on one home (released if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    fd = os.open(home, os.O_RDONLY)  # lock the directory itself: no lock file left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def init_home(settings: Settings, name: str, public_url: str | None = None) -> InitResult:
     """Create the data dir, org key, token key and config; refuse to overwrite an identity."""
-    from eth_account import Account
-    from joserfc.jwk import ECKey
-
     home = settings.home
     if settings.keystore_path.exists():
         raise Conflict(f"{home} already holds an identity ({settings.keystore_path.name}); not overwriting")
     if not name.strip():
         raise ConfigurationError("the organisation needs a name (--name)")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _init_lock(home):
+        if settings.keystore_path.exists():  # another init finished meanwhile
+            raise Conflict(
+                f"{home} already holds an identity ({settings.keystore_path.name}); not overwriting"
+            )
+        return _init_identity(settings, name, public_url)
 
+
+def _init_identity(settings: Settings, name: str, public_url: str | None) -> InitResult:
+    from eth_account import Account
+    from joserfc.jwk import ECKey
+
+    home = settings.home
+    # The keystore is written last: it marks the home as initialised, so an init that was
+    # interrupted half-way can simply be run again (leftovers are replaced).
     passphrase_file: Path | None = None
     if settings.key_passphrase is not None:
         passphrase = settings.key_passphrase.get_secret_value()
     else:
         passphrase = secrets.token_urlsafe(32)
+        settings.passphrase_path.unlink(missing_ok=True)  # left by an interrupted init
         _write_private(settings.passphrase_path, passphrase)
         passphrase_file = settings.passphrase_path
 
     account = Account.create()
     keystore = Account.encrypt(account.key, passphrase, kdf="scrypt", iterations=KEYSTORE_SCRYPT_N)
-    _write_private(settings.keystore_path, json.dumps(keystore))
 
     token_key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"}, private=True)
     token_key.ensure_kid()
@@ -73,7 +113,9 @@ def init_home(settings: Settings, name: str, public_url: str | None = None) -> I
     lines = [f"name = {_toml_str(name.strip())}"]
     if public_url:
         lines.append(f"public_url = {_toml_str(public_url)}")
-    config.write_text("\n".join(lines) + "\n")
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    _write_private(settings.keystore_path, json.dumps(keystore))
     return InitResult(address=account.address, home=home, passphrase_file=passphrase_file)
 
 

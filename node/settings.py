@@ -12,13 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from kernel.errors import ConfigurationError
 
 CONFIG_FILE = "config.toml"
 DEFAULT_HOME = Path("~/.agora")
@@ -30,7 +32,12 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], home: Path) -> None:
         super().__init__(settings_cls)
         path = home / CONFIG_FILE
-        self._values: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
+        self._values: dict[str, Any] = {}
+        if path.exists():
+            try:
+                self._values = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
@@ -101,8 +108,18 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Build the settings; ``None`` overrides (unset CLI flags) are ignored."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
+        """Build the settings; ``None`` overrides (unset CLI flags) are ignored.
+
+        An invalid value (say ``AGORA_MAX_UPLOAD_BYTES=lots``) is a
+        :class:`ConfigurationError` naming the setting, not a traceback.
+        """
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"AGORA_{str(e['loc'][0]).upper() if e['loc'] else ''}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigurationError(f"invalid settings: {problems}") from None
 
     # Derived values -------------------------------------------------------------------
 
