@@ -21,8 +21,8 @@ from rich.console import Console
 from kernel.client import NodeClient
 from kernel.errors import AgoraError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

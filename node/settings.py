@@ -43,7 +43,7 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields and k != "home"}
 
 
 class Settings(BaseSettings):
