@@ -22,3 +22,4 @@ class ParticipantController(Controller):
 
 
 api_handlers = [ParticipantController]
+public_handlers: list[object] = []

@@ -15,6 +15,7 @@ Both sign transactions locally with the organisation's key; nothing is unlocked 
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -30,8 +31,8 @@ REGISTRY_VERSION = "agora-registry/1"
 # accounts: the embedded chain and `agora devchain` are for one machine, never a consortium.
 DEV_FAUCET_KEY = "0x" + "a9" * 32
 DEV_FUNDING_WEI = 10**24
-GAS_MARGIN = 1.25
 EMBEDDED_CHAIN_ID = 1337
+GAS_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,18 @@ class Chain(ABC):
                 time.sleep(0.5)
         return receipt
 
+    def as_account(self, account: Any) -> Chain:
+        """The same chain connection signing with another key (own nonce counter)."""
+        other = copy.copy(self)
+        other.account = account
+        other._nonce = None
+        other._tx_lock = threading.RLock()
+        return other
+
+    @abstractmethod
+    def fund(self, address: str) -> None:
+        """Give an account development ether (embedded chain, anvil, ``agora devchain``)."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -215,6 +228,7 @@ class EmbeddedChain(Chain):
         from eth_tester import EthereumTester, PyEVMBackend
         from eth_tester.backends.pyevm.main import get_default_genesis_params
         from web3 import EthereumTesterProvider, Web3
+        from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
 
         from contracts.kvstore import SqliteKV
 
@@ -251,7 +265,23 @@ class EmbeddedChain(Chain):
 
         backend.mine_blocks = mine_and_commit
         self.tester = EthereumTester(backend=backend, auto_mine_transactions=True)
-        super().__init__(Web3(EthereumTesterProvider(self.tester)), account)
+        # web3's tester provider answers eth_chainId with a constant of its own, while the EVM
+        # (block.chainid, so the registry's EIP-712 domain) uses the chain class's id: report that.
+        endpoints = {
+            **API_ENDPOINTS,
+            "eth": {**API_ENDPOINTS["eth"], "chainId": static_return(EMBEDDED_CHAIN_ID)},
+        }
+        provider = EthereumTesterProvider(self.tester, api_endpoints=endpoints)
+        # py-evm is not thread-safe: every request to the in-process chain takes one lock
+        self.lock = threading.RLock()
+        unlocked = provider.make_request
+
+        def make_request(method: Any, params: Any) -> Any:
+            with self.lock:
+                return unlocked(method, params)
+
+        provider.make_request = make_request  # type: ignore[method-assign]
+        super().__init__(Web3(provider), account)
         # eth-tester prices read-only calls too: make them from the funded faucet
         self.w3.eth.default_account = Account.from_key(DEV_FAUCET_KEY).address
         if account is not None:
@@ -320,7 +350,8 @@ class RpcChain(Chain):
             request_kwargs={"timeout": timeout},
             exception_retry_configuration=ExceptionRetryConfiguration(
                 errors=(requests.ConnectionError, requests.Timeout, requests.HTTPError),
-                retries=retries,
+                # web3 counts attempts, not retries: 0 attempts would send nothing at all
+                retries=max(0, retries) + 1,
                 backoff_factor=0.2,
                 method_allowlist=[
                     "eth_chainId",
@@ -348,6 +379,18 @@ class RpcChain(Chain):
 
             self.registry_address = to_checksum_address(registry)
             self.check_registry(self.registry_address)
+
+    def fund(self, address: str, minimum: int = DEV_FUNDING_WEI // 10) -> None:
+        """Top up a development account with ``anvil_setBalance`` (anvil and ``agora devchain``)."""
+        with self.guard():
+            if int(self.w3.eth.get_balance(address)) >= minimum:
+                return
+            response = self.w3.provider.make_request("anvil_setBalance", [address, hex(DEV_FUNDING_WEI)])
+        if "error" in response:
+            raise ChainUnavailable(
+                f"{address} has no funds on chain {self.chain_id} and the node does not fund development "
+                f"accounts ({response['error'].get('message')}); fund it from the chain's operator"
+            )
 
     def close(self) -> None:
         return None

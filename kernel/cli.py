@@ -102,4 +102,5 @@ def transfer_progress(description: str, total: int | None) -> Iterator[Callable[
 
         def advance(n: int) -> None:
             progress.advance(task, n)
+
         yield advance

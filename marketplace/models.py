@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     String,
     UniqueConstraint,
 )
@@ -61,7 +62,7 @@ class Offering(SQLModel, table=True):
 
 
 class OfferingVersion(SQLModel, table=True):
-    """One version of an offering: a pointer to an asset, with its notarization status."""
+    """One version of an offering: a pointer to an asset and to its notarization."""
 
     __tablename__ = "offering_version"
     __table_args__ = (UniqueConstraint("offering_id", "version", name="uq_offering_version"),)
@@ -74,5 +75,13 @@ class OfferingVersion(SQLModel, table=True):
     )
     version: int
     asset_sha256: str = Field(max_length=64, foreign_key="asset.sha256", index=True)
-    anchor_status: str = Field(default="PENDING", max_length=20, index=True)
+    notarization_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer,
+            ForeignKey("notarization.id", name="fk_offering_version_notarization"),
+            nullable=True,
+            index=True,
+        ),
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())

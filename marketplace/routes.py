@@ -7,10 +7,10 @@ from typing import Any
 
 from anyio import to_thread
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.openapi.spec.operation import Operation
-from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
@@ -179,3 +179,4 @@ class OfferingController(Controller):
 
 
 api_handlers = [OfferingController]
+public_handlers: list[object] = []

@@ -66,7 +66,16 @@ class ImportRequest(BaseModel):
 
 
 class Anchor(BaseModel):
+    """Where the notarization of a version stands (see contracts.notary)."""
+
     status: str
+    asset_id: str | None = None
+    chain_id: int | None = None
+    registry: str | None = None
+    batch_root: str | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+    error: str | None = None
 
 
 class VersionOut(BaseModel):

@@ -21,6 +21,8 @@ from typing import TypeVar
 from sqlalchemy import Engine, and_, or_
 from sqlmodel import Session, col, select
 
+from contracts.models import Notarization
+from contracts.notary import enqueue as enqueue_notarization
 from kernel import audit
 from kernel.db import as_utc, transaction, utcnow
 from kernel.errors import FieldError, Forbidden, InvalidInput, NotFound
@@ -59,12 +61,14 @@ class OfferingService:
         *,
         import_dirs: list[Path],
         max_upload_bytes: int,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.provider = provider
         self.import_dirs = import_dirs
         self.max_upload_bytes = max_upload_bytes
+        self.on_queued = on_queued
 
     # Writing --------------------------------------------------------------------------
 
@@ -82,7 +86,9 @@ class OfferingService:
             )
             session.add(offering)
             session.flush()
-            version, asset = self._add_version_rows(session, offering, info, metadata.media_type)
+            version, asset, notarization = self._add_version_rows(
+                session, offering, info, metadata.media_type
+            )
             audit.record(
                 session,
                 actor=actor,
@@ -91,7 +97,7 @@ class OfferingService:
                 subject_id=offering.id,
                 details={"sha256": info.sha256, "size": info.size, "title": offering.title},
             )
-            return _out(offering, version, asset, created=info.created)
+            return _out(offering, version, asset, notarization, created=info.created)
 
         return self._store_then_record(staged, metadata.media_type, write)
 
@@ -118,7 +124,7 @@ class OfferingService:
                     f"version {row.latest_version} of offering {offering_id} already has these bytes",
                     errors=[FieldError("file", "identical to the latest version")],
                 )
-            version, asset = self._add_version_rows(
+            version, asset, notarization = self._add_version_rows(
                 session, row, info, row.media_type, row.latest_version + 1
             )
             audit.record(
@@ -129,24 +135,33 @@ class OfferingService:
                 subject_id=row.id,
                 details={"version": version.version, "sha256": info.sha256, "size": info.size},
             )
-            return _out(row, version, asset, created=info.created)
+            return _out(row, version, asset, notarization, created=info.created)
 
         return self._store_then_record(staged, offering.media_type, write)
 
     def _add_version_rows(
         self, session: Session, offering: Offering, info: ObjectInfo, media_type: str, number: int = 1
-    ) -> tuple[OfferingVersion, Asset]:
+    ) -> tuple[OfferingVersion, Asset, Notarization]:
         asset = session.get(Asset, info.sha256)
         if asset is None:
             asset = Asset(sha256=info.sha256, size=info.size, media_type=media_type)
             session.add(asset)
             session.flush()
-        version = OfferingVersion(offering_id=offering.id, version=number, asset_sha256=info.sha256)
+        notarization = enqueue_notarization(
+            session,
+            kind=offering.kind,
+            content_hash=info.sha256,
+            owner=self.provider,
+            metadata=notarized_metadata(offering),
+        )
+        version = OfferingVersion(
+            offering_id=offering.id, version=number, asset_sha256=info.sha256, notarization_id=notarization.id
+        )
         session.add(version)
         offering.latest_version = number
         offering.updated_at = utcnow()
         session.flush()
-        return version, asset
+        return version, asset, notarization
 
     def _store_then_record(
         self, staged: StagedObject, media_type: str, write: Callable[[Session, ObjectInfo], T]
@@ -154,11 +169,33 @@ class OfferingService:
         info = self.store.commit(staged, media_type)
         try:
             with transaction(self.engine) as session:
-                return write(session, info)
+                result = write(session, info)
         except BaseException:
             if info.created:
                 self._forget_unreferenced(info.sha256)
             raise
+        if self.on_queued is not None:
+            self.on_queued()
+        return result
+
+    def backfill_notarizations(self) -> int:
+        """Queue the versions registered before notarization existed (after an upgrade)."""
+        with transaction(self.engine) as session:
+            rows = session.exec(
+                select(OfferingVersion, Offering)
+                .join(Offering, col(Offering.id) == OfferingVersion.offering_id)
+                .where(col(OfferingVersion.notarization_id).is_(None))
+            ).all()
+            for version, offering in rows:
+                notarization = enqueue_notarization(
+                    session,
+                    kind=offering.kind,
+                    content_hash=version.asset_sha256,
+                    owner=offering.provider,
+                    metadata=notarized_metadata(offering),
+                )
+                version.notarization_id = notarization.id
+        return len(rows)
 
     def _forget_unreferenced(self, sha256: str) -> None:
         with Session(self.engine) as session:
@@ -198,7 +235,7 @@ class OfferingService:
                 f"limit must be between 1 and {MAX_PAGE}", errors=[FieldError("limit", "out of range")]
             )
         query = (
-            select(Offering, OfferingVersion, Asset)
+            select(Offering, OfferingVersion, Asset, Notarization)
             .join(
                 OfferingVersion,
                 and_(
@@ -207,6 +244,7 @@ class OfferingService:
                 ),
             )
             .join(Asset, col(Asset.sha256) == OfferingVersion.asset_sha256)
+            .outerjoin(Notarization, col(Notarization.id) == OfferingVersion.notarization_id)
             .where(Offering.status == "active")
             .order_by(col(Offering.created_at).desc(), col(Offering.id).desc())
             .limit(limit + 1)
@@ -223,7 +261,7 @@ class OfferingService:
             )
         with Session(self.engine) as session:
             rows = session.exec(query).all()
-        items = [_out(offering, version, asset) for offering, version, asset in rows[:limit]]
+        items = [_out(*row) for row in rows[:limit]]
         next_cursor = _encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
         return OfferingPage(items=items, next_cursor=next_cursor)
 
@@ -233,13 +271,14 @@ class OfferingService:
             if offering is None:
                 raise _not_found(offering_id)
             rows = session.exec(
-                select(OfferingVersion, Asset)
+                select(OfferingVersion, Asset, Notarization)
                 .join(Asset, col(Asset.sha256) == OfferingVersion.asset_sha256)
+                .outerjoin(Notarization, col(Notarization.id) == OfferingVersion.notarization_id)
                 .where(OfferingVersion.offering_id == offering_id)
                 .order_by(col(OfferingVersion.version))
             ).all()
         base = _out(offering, *rows[-1])
-        return OfferingDetail(**base.model_dump(), versions=[_version_out(v, a) for v, a in rows])
+        return OfferingDetail(**base.model_dump(), versions=[_version_out(*row) for row in rows])
 
     def download(self, offering_id: str, version: int | None = None) -> Download:
         detail = self.get(offering_id)
@@ -293,18 +332,53 @@ def _name_taken(name: str) -> InvalidInput:
     )
 
 
-def _version_out(version: OfferingVersion, asset: Asset) -> VersionOut:
+def anchor_of(notarization: Notarization | None) -> Anchor:
+    if notarization is None:
+        return Anchor(status="NOT_QUEUED")
+    return Anchor(
+        status=notarization.status,
+        asset_id=notarization.asset_id,
+        chain_id=notarization.chain_id,
+        registry=notarization.registry_address,
+        batch_root=notarization.batch_root,
+        tx_hash=notarization.tx_hash,
+        block_number=notarization.block_number,
+        error=notarization.last_error or None,
+    )
+
+
+def notarized_metadata(offering: Offering) -> dict[str, object]:
+    """What an offering version's anchor covers besides its bytes (its metadata hash)."""
+    return {
+        "provider": offering.provider,
+        "name": offering.name,
+        "kind": offering.kind,
+        "title": offering.title,
+        "description": offering.description,
+        "keywords": list(offering.keywords),
+        "license": offering.license,
+        "media_type": offering.media_type,
+    }
+
+
+def _version_out(version: OfferingVersion, asset: Asset, notarization: Notarization | None) -> VersionOut:
     return VersionOut(
         version=version.version,
         sha256=f"sha256:{asset.sha256}",
         size=asset.size,
         media_type=asset.media_type,
         created_at=as_utc(version.created_at),
-        anchor=Anchor(status=version.anchor_status),
+        anchor=anchor_of(notarization),
     )
 
 
-def _out(offering: Offering, version: OfferingVersion, asset: Asset, created: bool = True) -> OfferingOut:
+def _out(
+    offering: Offering,
+    version: OfferingVersion,
+    asset: Asset,
+    notarization: Notarization | None,
+    created: bool = True,
+) -> OfferingOut:
     return OfferingOut(
         id=offering.id,
         name=offering.name,
@@ -320,7 +394,7 @@ def _out(offering: Offering, version: OfferingVersion, asset: Asset, created: bo
         version=version.version,
         sha256=f"sha256:{asset.sha256}",
         size=asset.size,
-        anchor=Anchor(status=version.anchor_status),
+        anchor=anchor_of(notarization),
         created_at=as_utc(offering.created_at),
         updated_at=as_utc(offering.updated_at),
         created=created,

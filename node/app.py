@@ -22,6 +22,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
 import connector.routes
+import contracts.routes
 import marketplace.routes
 from kernel.errors import ServiceUnavailable
 from node.auth import bearer_token, require_scope
@@ -30,7 +31,7 @@ from node.runtime import Runtime
 
 log = logging.getLogger("agora.node")
 VERSION = "0.1.0"
-DOMAINS = (marketplace.routes, connector.routes)
+DOMAINS = (marketplace.routes, connector.routes, contracts.routes)
 
 
 async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -52,13 +53,19 @@ def health(state: State) -> dict[str, Any]:
         except Exception as exc:
             raise ServiceUnavailable(f"database unavailable: {exc}") from exc
     runtime.store.check()
+    settings = runtime.settings
     return {
         "status": "ok",
         "version": VERSION,
         "participant": runtime.address,
         "name": runtime.settings.name,
         "public_url": runtime.settings.public_url,
-        "chain": runtime.settings.chain_url,
+        "chain": settings.chain_url,
+        "chain_rpc": settings.chain_rpc_url,
+        "notary": {
+            "backlog": runtime.notary.pending_count(),
+            "last_error": runtime.notary.last_error or None,
+        },
         "storage": runtime.store.kind,
         "database": runtime.database_kind,
     }
@@ -69,6 +76,13 @@ def jwks(state: State) -> dict[str, Any]:
     """Public keys of the tokens this node signs."""
     runtime: Runtime = state.runtime
     return runtime.issuer.public_jwks()
+
+
+def _constant(value: Any) -> Any:
+    def provide() -> Any:
+        return value
+
+    return provide
 
 
 def create_app(runtime: Runtime) -> Litestar:
@@ -82,6 +96,10 @@ def create_app(runtime: Runtime) -> Litestar:
         removed = runtime.store.sweep_staging()
         if removed:
             log.warning("removed %d staging file(s) left by an interrupted upload", removed)
+        queued = runtime.offerings.backfill_notarizations()
+        if queued:
+            log.info("queued %d offering version(s) registered before notarization", queued)
+        runtime.notary.start()
 
     api = Router(
         path="/api/v1",
@@ -90,12 +108,15 @@ def create_app(runtime: Runtime) -> Litestar:
         security=[{"bearer": []}],
     )
     return Litestar(
-        route_handlers=[health, jwks, api],
+        route_handlers=[health, jwks, api, *[h for d in DOMAINS for h in d.public_handlers]],
         dependencies={
-            "offering_service": Provide(lambda: runtime.offerings, sync_to_thread=False, use_cache=True),
-            "participant_service": Provide(
-                lambda: runtime.participants, sync_to_thread=False, use_cache=True
-            ),
+            name: Provide(_constant(value), sync_to_thread=False, use_cache=True)
+            for name, value in {
+                "offering_service": runtime.offerings,
+                "participant_service": runtime.participants,
+                "provenance_service": runtime.provenance,
+                "chain_getter": runtime.chain,
+            }.items()
         },
         exception_handlers=exception_handlers,
         state=State({"runtime": runtime}),

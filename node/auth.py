@@ -178,7 +178,9 @@ class TokenVerifier:
             if not oidc_audience:
                 raise ConfigurationError("AGORA_OIDC_ISSUER is set but AGORA_OIDC_AUDIENCE is not")
             if oidc_issuer.rstrip("/") == own_issuer.rstrip("/"):
-                raise ConfigurationError("AGORA_OIDC_ISSUER must differ from the node's own issuer (AGORA_PUBLIC_URL)")
+                raise ConfigurationError(
+                    "AGORA_OIDC_ISSUER must differ from the node's own issuer (AGORA_PUBLIC_URL)"
+                )
             self._trusts[oidc_issuer] = _Trust(
                 oidc_issuer, oidc_audience, None, oidc_jwks_url, refreshable=True
             )

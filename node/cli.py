@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from contracts.cli import contracts_app, devchain, run_verify
 from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
 from kernel.errors import AgoraError
 from marketplace.cli import app as offerings_app
@@ -31,6 +32,8 @@ db_app = typer.Typer(help="The node's database schema.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(offerings_app, name="offerings")
+app.add_typer(contracts_app, name="contracts")
+app.command()(devchain)
 
 CLI_TOKEN_TTL = 600
 
@@ -158,6 +161,49 @@ def db_current(home: HomeOpt = None) -> None:
 
     settings = _settings(home=home)
     console.print(db.current(settings.effective_database_url) or "empty (no revision applied)")
+
+
+@app.command()
+def verify(
+    target: Annotated[
+        str, typer.Argument(help="a file (with FILE.provenance.json), an asset id or a sha256")
+    ],
+    chain: Annotated[
+        str | None, typer.Option("--chain", help="JSON-RPC URL of the chain to check against")
+    ] = None,
+    registry: Annotated[str | None, typer.Option("--registry", help="the registry address you trust")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="a node to ask for the provenance record")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="bearer token for --url")] = None,
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check a file or asset against the chain: exit 0 verified, 1 not verified, 2 could not check.
+
+    A file's provenance comes from FILE.provenance.json (written by downloads); without one,
+    from the node at --url (or this node), or from the chain's own events with --registry.
+    """
+    fetch = None
+    settings = _settings(home=home, url=url)
+    if url or token or settings.url or settings.token_key_path.exists():
+
+        def fetch(key: str) -> dict[str, object] | None:
+            from kernel.errors import NotFound, ServiceUnavailable
+
+            try:
+                with connect(url=url, token=token, home=home, scope="catalog:read") as client:
+                    doc: dict[str, object] = client.get(f"/api/v1/provenance/{key}")
+                    return doc
+            except (NotFound, ServiceUnavailable):
+                return None
+
+    code = run_verify(
+        target,
+        chain_url=chain or (settings.chain_url if settings.chain_url != "embedded" else None),
+        trusted_registry=registry or settings.chain_registry or None,
+        fetch_document=fetch,
+        as_json=as_json,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -16,6 +16,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 def target_metadata() -> MetaData:
     """The metadata of every domain's tables (importing the models registers them)."""
     import connector.models  # noqa: F401
+    import contracts.models  # noqa: F401
     import kernel.audit  # noqa: F401
     import marketplace.models  # noqa: F401
 

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     chain_url: str = "embedded"
     chain_registry: str = ""
+    chain_id: int | None = Field(default=None, description="refuse a JSON-RPC chain with another id")
+    chain_confirmations: int = Field(default=1, ge=1, le=64)
+    anchor_batch_size: int = Field(default=100, ge=1, le=10_000, description="assets per Merkle batch")
+    anchor_max_delay: float = Field(default=2.0, ge=0, description="seconds a record waits for a full batch")
     public_url: str = "http://127.0.0.1:8000"
     oidc_issuer: str = ""
     oidc_jwks_url: str = ""
@@ -146,6 +150,18 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.home / "staging"
+
+    @property
+    def chain_dir(self) -> Path:
+        return self.home / "chain"
+
+    @property
+    def chain_rpc_url(self) -> str:
+        """Where verifiers reach this node's chain: the JSON-RPC URL, or the embedded chain
+        served read-only by this node."""
+        if self.chain_url == "embedded":
+            return self.public_url.rstrip("/") + "/chain/rpc"
+        return self.chain_url
 
     @property
     def token_issuer(self) -> str:

@@ -89,3 +89,10 @@ def live_node(tmp_path: Path) -> Iterator[services.LiveNode]:
     node = services.start_node(tmp_path / "live")
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[services.Anvil]:
+    node = services.start_anvil()
+    yield node
+    node.stop()

@@ -209,3 +209,50 @@ def start_node(home: Path, name: str = "Test Org", **extra_env: str) -> LiveNode
         proc.kill()
         raise RuntimeError(f"node failed to start:\n{(home / 'serve.log').read_text()[-3000:]}") from None
     return LiveNode(home=home, port=port, proc=proc, env=env)
+
+
+# anvil (a local EVM node) ------------------------------------------------------------------
+
+ANVIL = REPO / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+
+
+@dataclass
+class Anvil:
+    port: int
+    proc: subprocess.Popen[bytes]
+    state: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """SIGTERM: anvil writes its ``--state`` file (if any) on the way out."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_anvil(state: Path | None = None) -> Anvil:
+    """anvil on a free loopback port; with ``state`` the chain is loaded from and saved to that file."""
+    if not ANVIL.is_file():
+        unavailable("anvil not installed: run npm install")
+    port = free_port()
+    cmd = [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent"]
+    if state is not None:
+        cmd += ["--state", str(state)]
+    with tempfile.TemporaryFile() as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, timeout=30, proc=proc)
+        except Exception:
+            proc.kill()
+            proc.wait()
+            log.seek(0)
+            output = log.read().decode("utf-8", "replace")[-3000:]
+            raise RuntimeError(f"anvil failed to start:\n{output}") from None
+    return Anvil(port=port, proc=proc, state=state)

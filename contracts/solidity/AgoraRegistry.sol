@@ -107,7 +107,7 @@ contract AgoraRegistry {
     error UnknownBatch(bytes32 root);
     error InvalidProof(bytes32 root, bytes32 leaf);
     error AgreementExists(bytes32 agreementId);
-    error UnknownAgreement(bytes32 agreementId);
+    error AgreementExpired(bytes32 agreementId, uint64 validUntil);
     error SameParties(address party);
     error MalformedSignature();
     error BadSignature(address expected, address recovered);
@@ -117,8 +117,10 @@ contract AgoraRegistry {
         _;
     }
 
-    modifier onlyRegistered() {
+    /// @dev Registered, and still allowed when the registry runs in allow-list mode.
+    modifier onlyParticipant() {
         if (participants[msg.sender].registeredAt == 0) revert NotRegistered(msg.sender);
+        if (allowListMode && !allowed[msg.sender]) revert NotAllowed(msg.sender);
         _;
     }
 
@@ -183,7 +185,7 @@ contract AgoraRegistry {
     /// @notice Anchor an asset, write-once. Parents are the ids of what it was made from.
     function anchor(uint8 kind, bytes32 contentHash, bytes32 metadataHash, bytes32[] calldata parents)
         external
-        onlyRegistered
+        onlyParticipant
         returns (bytes32 id)
     {
         if (kind > KIND_MAX) revert BadKind(kind);
@@ -222,7 +224,7 @@ contract AgoraRegistry {
     // ---------------------------------------------------------------- batch anchors
 
     /// @notice Anchor a Merkle root over `count` assets in one transaction.
-    function anchorBatch(bytes32 root, uint32 count) external onlyRegistered {
+    function anchorBatch(bytes32 root, uint32 count) external onlyParticipant {
         if (count == 0) revert EmptyBatch();
         if (root == bytes32(0)) revert EmptyHash();
         if (batches[root].owner != address(0)) revert BatchExists(root);
@@ -290,6 +292,7 @@ contract AgoraRegistry {
     }
 
     /// @notice Record an agreement signed by both parties; both signatures are checked here.
+    ///         ``validUntil`` is a unix time, or 0 for an agreement without an end.
     function recordAgreement(
         bytes32 agreementId,
         bytes32 termsHash,
@@ -302,6 +305,7 @@ contract AgoraRegistry {
         if (agreements[agreementId].provider != address(0)) revert AgreementExists(agreementId);
         if (termsHash == bytes32(0)) revert EmptyHash();
         if (provider == consumer) revert SameParties(provider);
+        if (validUntil != 0 && validUntil <= block.timestamp) revert AgreementExpired(agreementId, validUntil);
         bytes32 digest = agreementDigest(agreementId, termsHash, provider, consumer, validUntil);
         _checkSigner(digest, providerSignature, provider);
         _checkSigner(digest, consumerSignature, consumer);

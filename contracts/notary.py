@@ -1,0 +1,325 @@
+"""The notary: drains the notarization outbox onto the chain.
+
+Registration never waits for the chain. A record is queued (:func:`enqueue`) in the same
+database transaction as the thing it notarizes; the notary worker then
+
+1. takes up to ``batch_size`` pending rows once there are that many or the oldest has
+   waited ``max_delay`` seconds,
+2. fixes their Merkle root and each row's inclusion proof (status ``SUBMITTED``) *before*
+   sending, so a crash or an unreachable chain resends exactly the same root,
+3. sends one ``anchorBatch`` transaction and marks the rows ``ANCHORED`` with the
+   transaction hash and block.
+
+The registry refuses a root it already holds (``BatchExists``); the notary takes that as
+proof the batch is on chain, so a resend never anchors anything twice. Rows with parents
+(lineage) are anchored one by one with ``anchor`` and are equally idempotent
+(``AlreadyAnchored``). While the chain is down rows stay where they are and the worker
+retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from contracts.errors import ChainReverted, ChainUnavailable
+from contracts.merkle import MerkleTree, leaf
+from contracts.models import ANCHORED, FAILED, PENDING, SUBMITTED, Notarization
+from contracts.registry import Registry, asset_id, kind_code
+from kernel.canonical import canonical_hash
+from kernel.db import as_utc, transaction, utcnow
+from kernel.errors import AgoraError
+
+log = logging.getLogger("agora.notary")
+
+
+def _hex32(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def enqueue(
+    session: Session,
+    *,
+    kind: str,
+    content_hash: str,
+    owner: str,
+    metadata: dict[str, Any],
+    parents: list[str] | None = None,
+) -> Notarization:
+    """Queue an asset for notarization in the caller's transaction; idempotent per asset id.
+
+    ``metadata`` is what the anchor's metadata hash covers (canonical JSON, sha256). Assets
+    with parents are anchored directly, so the lineage is on chain; the others go in batches.
+    """
+    aid = _hex32(asset_id(owner, kind, bytes.fromhex(content_hash)))
+    existing = session.exec(select(Notarization).where(Notarization.asset_id == aid)).first()
+    if existing is not None:
+        return existing
+    row = Notarization(
+        asset_id=aid,
+        kind=kind,
+        content_hash=content_hash,
+        metadata_hash=canonical_hash(metadata),
+        metadata_doc=metadata,
+        owner=owner,
+        parents=list(parents or []),
+        mode="direct" if parents else "batch",
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass
+class NotaryConfig:
+    batch_size: int = 100
+    max_delay: float = 2.0
+    poll_interval: float = 0.5
+    max_backoff: float = 30.0
+
+
+class Notary:
+    """Anchors queued assets; ``run_once`` is one pass, ``start`` runs passes in a thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry_factory: Callable[[], Registry],
+        *,
+        participant_name: str,
+        endpoint: str,
+        config: NotaryConfig | None = None,
+    ) -> None:
+        self.engine = engine
+        self._registry_factory = registry_factory
+        self._registry: Registry | None = None
+        self.participant_name = participant_name
+        self.endpoint = endpoint
+        self.config = config or NotaryConfig()
+        self._registered = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str = ""
+
+    # The worker -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="agora-notary", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        backoff = self.config.poll_interval
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                self.last_error = ""
+                backoff = self.config.poll_interval
+            except ChainUnavailable as exc:
+                self.last_error = exc.detail
+                self._registry = None  # reconnect on the next pass
+                log.warning("chain unavailable, retrying in %.1fs: %s", backoff, exc.detail)
+                backoff = min(backoff * 2, self.config.max_backoff)
+            except Exception as exc:  # keep the worker alive; the error is logged and shown
+                self.last_error = str(exc)
+                log.exception("notary pass failed")
+                backoff = min(backoff * 2, self.config.max_backoff)
+            self._wake.wait(backoff)
+            self._wake.clear()
+
+    # One pass -------------------------------------------------------------------------
+
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._registry_factory()
+            self._registered = False
+        return self._registry
+
+    def ensure_registered(self) -> None:
+        """This organisation in the registry's participant list, with its current endpoint."""
+        if self._registered:
+            return
+        registry = self.registry()
+        me = registry.participant(registry.chain.sender)
+        if me is None or (me.name, me.endpoint) != (self.participant_name, self.endpoint):
+            registry.register_participant(self.participant_name, self.endpoint)
+            log.info("registered %s on chain %s", registry.chain.sender, registry.chain.chain_id)
+        self._registered = True
+
+    def pending_count(self) -> int:
+        with Session(self.engine) as session:
+            return len(
+                session.exec(
+                    select(Notarization.id).where(col(Notarization.status).in_([PENDING, SUBMITTED]))
+                ).all()
+            )
+
+    def run_once(self, *, force: bool = False) -> int:
+        """Anchor what is due; returns how many rows were anchored. ``force`` ignores max_delay."""
+        anchored = self._resend_submitted()
+        anchored += self._anchor_direct()
+        while True:
+            batch = self._take_batch(force)
+            if not batch:
+                break
+            anchored += self._anchor_batch(batch)
+        return anchored
+
+    def _rows(self, *where: Any, limit: int | None = None) -> list[Notarization]:
+        with Session(self.engine) as session:
+            query = select(Notarization).where(*where).order_by(col(Notarization.id))
+            if limit:
+                query = query.limit(limit)
+            return list(session.exec(query).all())
+
+    def _take_batch(self, force: bool) -> list[Notarization]:
+        rows = self._rows(
+            Notarization.status == PENDING, Notarization.mode == "batch", limit=self.config.batch_size
+        )
+        if not rows:
+            return []
+        oldest = as_utc(rows[0].created_at)
+        due = force or len(rows) >= self.config.batch_size
+        due = due or utcnow() - oldest >= timedelta(seconds=self.config.max_delay)
+        if not due:
+            return []
+        self.ensure_registered()
+        registry = self.registry()
+        leaves = {row.id: self._leaf(row) for row in rows}
+        tree = MerkleTree.build(list(leaves.values()))
+        root = _hex32(tree.root)
+        with transaction(self.engine) as session:
+            for row in rows:
+                fresh = session.get(Notarization, row.id, with_for_update=True)
+                if fresh is None or fresh.status != PENDING:
+                    raise _Raced()
+                fresh.status = SUBMITTED
+                fresh.batch_root = root
+                fresh.batch_size = len(rows)
+                fresh.proof = [_hex32(p) for p in tree.proofs[leaves[row.id]]]
+                fresh.chain_id = registry.chain.chain_id
+                fresh.registry_address = registry.address
+        return self._rows(Notarization.batch_root == root)
+
+    @staticmethod
+    def _leaf(row: Notarization) -> bytes:
+        return leaf(
+            row.owner, kind_code(row.kind), bytes.fromhex(row.content_hash), bytes.fromhex(row.metadata_hash)
+        )
+
+    def _resend_submitted(self) -> int:
+        rows = self._rows(Notarization.status == SUBMITTED, Notarization.mode == "batch")
+        roots: dict[str, list[Notarization]] = {}
+        for row in rows:
+            roots.setdefault(row.batch_root or "", []).append(row)
+        return sum(self._anchor_batch(group) for group in roots.values())
+
+    def _anchor_batch(self, rows: list[Notarization]) -> int:
+        root_hex = rows[0].batch_root
+        assert root_hex is not None
+        root = bytes.fromhex(root_hex[2:])
+        self.ensure_registered()
+        registry = self.registry()
+        try:
+            result = registry.anchor_batch(root, len(rows))
+            tx_hash, block = result.tx_hash, result.block_number
+        except ChainReverted as exc:
+            if exc.reason != "BatchExists":
+                self._fail(rows, exc)
+                return 0
+            tx_hash, block = self._find_batch_tx(registry, root)
+        self._mark_anchored(rows, tx_hash, block, registry)
+        log.info("anchored a batch of %d under root %s in block %s", len(rows), root_hex, block)
+        return len(rows)
+
+    def _anchor_direct(self) -> int:
+        rows = self._rows(col(Notarization.status).in_([PENDING, SUBMITTED]), Notarization.mode == "direct")
+        if not rows:
+            return 0
+        self.ensure_registered()
+        registry = self.registry()
+        done = 0
+        for row in rows:
+            parents = [bytes.fromhex(p.removeprefix("0x")) for p in row.parents]
+            try:
+                _, result = registry.anchor(
+                    row.kind, bytes.fromhex(row.content_hash), bytes.fromhex(row.metadata_hash), parents
+                )
+                tx_hash, block = result.tx_hash, result.block_number
+            except ChainReverted as exc:
+                if exc.reason != "AlreadyAnchored":
+                    self._fail([row], exc)
+                    continue
+                tx_hash, block = self._find_anchor_tx(registry, bytes.fromhex(row.asset_id[2:]))
+            self._mark_anchored([row], tx_hash, block, registry)
+            done += 1
+        return done
+
+    def _mark_anchored(
+        self, rows: list[Notarization], tx_hash: str | None, block: int | None, registry: Registry
+    ) -> None:
+        with transaction(self.engine) as session:
+            for row in rows:
+                fresh = session.get(Notarization, row.id)
+                if fresh is None:
+                    continue
+                fresh.status = ANCHORED
+                fresh.tx_hash = tx_hash
+                fresh.block_number = block
+                fresh.chain_id = registry.chain.chain_id
+                fresh.registry_address = registry.address
+                fresh.anchored_at = utcnow()
+                fresh.attempts += 1
+                fresh.last_error = ""
+
+    def _fail(self, rows: list[Notarization], exc: AgoraError) -> None:
+        log.error("the registry refused %d notarization(s): %s", len(rows), exc.detail)
+        with transaction(self.engine) as session:
+            for row in rows:
+                fresh = session.get(Notarization, row.id)
+                if fresh is not None:
+                    fresh.status = FAILED
+                    fresh.attempts += 1
+                    fresh.last_error = exc.detail
+
+    @staticmethod
+    def _find_batch_tx(registry: Registry, root: bytes) -> tuple[str | None, int | None]:
+        """The transaction of a batch already on chain (after a resend found it there)."""
+        logs = registry.contract.events.BatchAnchored().get_logs(
+            from_block=0, argument_filters={"root": root}
+        )
+        if not logs:
+            return None, None
+        entry = logs[0]
+        return "0x" + bytes(entry["transactionHash"]).hex().removeprefix("0x"), int(entry["blockNumber"])
+
+    @staticmethod
+    def _find_anchor_tx(registry: Registry, id_: bytes) -> tuple[str | None, int | None]:
+        logs = registry.contract.events.AssetAnchored().get_logs(from_block=0, argument_filters={"id": id_})
+        if not logs:
+            return None, None
+        entry = logs[0]
+        return "0x" + bytes(entry["transactionHash"]).hex().removeprefix("0x"), int(entry["blockNumber"])
+
+
+class _Raced(Exception):
+    """Another worker took these rows first (several replicas on PostgreSQL)."""
