@@ -62,7 +62,7 @@ def map_chain_errors(decoder: Any = None) -> Iterator[None]:
     except (ContractCustomError, ContractLogicError) as exc:
         data = exc.data if isinstance(exc.data, str) and exc.data.startswith("0x") else None
         raise _reverted(data, str(exc.message or exc), decoder) from exc
-    except (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError, TimeExhausted) as exc:
+    except (requests.RequestException, ConnectionError, TimeoutError, TimeExhausted) as exc:
         raise ChainUnavailable(f"chain unreachable: {exc}") from exc
     except Web3RPCError as exc:
         raise ChainUnavailable(f"chain error: {exc}") from exc

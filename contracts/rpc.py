@@ -93,9 +93,10 @@ def _object_in(value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _params_in(method: str, params: list[Any]) -> list[Any]:
+def _params_in(chain: EmbeddedChain, method: str, params: list[Any]) -> list[Any]:
     if method in ("eth_call", "eth_estimateGas") and params:
         tx = _object_in(params[0])
+        tx.setdefault("from", chain.w3.eth.default_account)  # eth-tester needs a (funded) sender
         return [tx, *[_block(p) for p in params[1:]]]
     if method == "eth_getLogs" and params:
         return [_object_in(params[0])]
@@ -141,7 +142,7 @@ def _dispatch(chain: EmbeddedChain, method: str, params: list[Any]) -> Any:
     if method == "anvil_setBalance":
         chain.fund(params[0], minimum=min(int(params[1], 16), DEV_FUNDING_WEI))
         return True
-    response = chain.w3.provider.make_request(method, _params_in(method, params))
+    response = chain.w3.provider.make_request(method, _params_in(chain, method, params))
     if "error" in response:
         error = response["error"]
         raise RuntimeError(error.get("message") if isinstance(error, dict) else str(error))

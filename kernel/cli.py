@@ -21,8 +21,9 @@ from rich.console import Console
 from kernel.client import NodeClient
 from kernel.errors import AgoraError
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# wide when not a terminal, so pipes and logs get whole lines (reasons, hashes, trees)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 240)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

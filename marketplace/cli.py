@@ -102,9 +102,11 @@ def add(
         access_mode or [],
         name,
     )
-    with connect_from(ctx)(url=url, token=token, home=home, scope="offerings:write") as client:
-        with transfer_progress(f"uploading {file.name}", file.stat().st_size) as advance:
-            result = client.upload("/api/v1/offerings", file, {"metadata": json.dumps(meta)}, advance)
+    with (
+        connect_from(ctx)(url=url, token=token, home=home, scope="offerings:write") as client,
+        transfer_progress(f"uploading {file.name}", file.stat().st_size) as advance,
+    ):
+        result = client.upload("/api/v1/offerings", file, {"metadata": json.dumps(meta)}, advance)
     if as_json:
         print_json(result)
         return
@@ -213,7 +215,24 @@ def download(
         path = f"/api/v1/offerings/{offering_id}/download" + (f"?version={version}" if version else "")
         with transfer_progress(f"downloading {output.name}", match["size"]) as advance:
             digest, size = client.download(path, output, expected_sha256=expected, progress=advance)
+        sidecar = write_sidecar(client, match, output)
     console.print(f"[green]downloaded[/] {output}  {size} bytes  sha256:{digest} (matches)")
+    if sidecar:
+        console.print(f"provenance in {sidecar} (check it with `agora verify {output}`)")
+    else:
+        console.print(
+            f"[yellow]not notarized yet[/] (anchor {match['anchor']['status']}): no provenance sidecar"
+        )
+
+
+def write_sidecar(client: Any, version: dict[str, Any], output: Path) -> Path | None:
+    """Write ``OUTPUT.provenance.json`` for a downloaded version once it is anchored."""
+    if version["anchor"]["status"] != "ANCHORED":
+        return None
+    doc = client.get(f"/api/v1/provenance/{version['anchor']['asset_id']}")
+    sidecar = output.with_name(output.name + ".provenance.json")
+    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
+    return sidecar
 
 
 def _size(n: int) -> str:
