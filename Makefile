@@ -8,7 +8,9 @@ DEV_STAMP := $(VENV)/.installed-dev
 # the CPU wheel of torch lies on this disk; pinning it keeps pip from pulling a CUDA build
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast lint typecheck services bench clean
+NPM_STAMP := node_modules/.installed
+
+.PHONY: demo test test-fast lint typecheck services contracts-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,11 @@ $(DEV_STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP) $@
 
+# solcjs (the Solidity compiler when no native solc is installed) and anvil (a local EVM node)
+$(NPM_STAMP): package.json package-lock.json | services
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/agora demo
 
@@ -31,9 +38,13 @@ demo: $(STAMP)
 services:
 	bash .ci/install-services.sh
 
-test: $(DEV_STAMP) services
+test: services $(DEV_STAMP) $(NPM_STAMP) contracts-check
 	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs migrations tests bench
 	$(PY) -m pytest -q
+
+# the committed contracts/build artifacts must be what the sources compile to
+contracts-check: $(DEV_STAMP) $(NPM_STAMP)
+	$(VENV)/bin/agora contracts compile --check
 
 test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -45,9 +56,11 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
-bench: $(DEV_STAMP)
+bench: $(DEV_STAMP) $(NPM_STAMP)
 	$(PY) bench/upload.py
 	$(PY) bench/api.py
+	$(PY) bench/notarize.py
+	$(PY) bench/verify.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) node_modules .pytest_cache test-artifacts
