@@ -158,7 +158,8 @@ def _print_report(report: Any) -> None:
 
     def add(tree: Any, check: Any) -> None:
         if check.owner:
-            tree.add(f"owner    {check.owner_name or '?'} ({check.owner})")
+            name = f"{check.owner_name} " if check.owner_name else ""
+            tree.add(f"owner    {name}({check.owner})")
         if check.anchor:
             when = f", {check.anchored_at}" if check.anchored_at else ""
             tree.add(f"anchored {check.anchor}{when}")

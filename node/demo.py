@@ -19,11 +19,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kernel.cli import console
 from kernel.client import NodeClient
 from kernel.errors import AgoraError, ServiceUnavailable
 from kernel.hashing import sha256_file
+from marketplace.cli import write_sidecar
 
 PASSPHRASE = "demo-passphrase-not-for-production"
 
@@ -52,7 +54,12 @@ def _served_node(home: Path, name: str) -> Iterator[tuple[str, dict[str, str]]]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-    env.update(AGORA_HOME=str(home), AGORA_PUBLIC_URL=url, AGORA_KEY_PASSPHRASE=PASSPHRASE)
+    env.update(
+        AGORA_HOME=str(home),
+        AGORA_PUBLIC_URL=url,
+        AGORA_KEY_PASSPHRASE=PASSPHRASE,
+        AGORA_ANCHOR_MAX_DELAY="0.5",
+    )
     init = subprocess.run([*_agora(), "init", "--name", name], env=env, capture_output=True, text=True)
     if init.returncode != 0:
         raise ServiceUnavailable(f"agora init failed: {init.stderr.strip()}")
@@ -119,6 +126,31 @@ def _make_model(directory: Path) -> tuple[Path, float]:
     return path, float(model.score(x_test, y_test))
 
 
+def _wait_anchored(client: NodeClient, offering_ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        anchors = [client.get(f"/api/v1/offerings/{oid}")["anchor"] for oid in offering_ids]
+        if all(a["status"] == "ANCHORED" for a in anchors):
+            return anchors
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"not anchored within {timeout:.0f} s: {[a['status'] for a in anchors]}")
+        time.sleep(0.2)
+
+
+def _verify(path: Path, root: Path, expect_ok: bool = True) -> None:
+    """Run `agora verify` as a bystander would: no node home, only the file and its sidecar."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
+    env["AGORA_HOME"] = str(root / "bystander")
+    result = subprocess.run([*_agora(), "verify", str(path)], env=env, capture_output=True, text=True)
+    _say(f"$ agora verify {path.name}   (exit {result.returncode})")
+    for line in (result.stdout + result.stderr).strip().splitlines():
+        _say("  " + line)
+    if (result.returncode == 0) != expect_ok:
+        raise AgoraError(
+            f"agora verify {path.name} exited {result.returncode}, which the story did not expect"
+        )
+
+
 def run_demo(keep: bool = False) -> None:
     console.print(
         "[bold]Agora demo[/]: one organisation's node, on embedded defaults "
@@ -143,7 +175,7 @@ def _story(root: Path, work: Path) -> None:
 
     _step(1, "Acme Wind sets up its node")
     home = root / "acme"
-    with _served_node(home, "Acme Wind") as (url, env):
+    with _served_node(home, "Acme Wind") as (url, _env):
         settings = Settings.load(home=home, public_url=url)
         address = participant_address(settings)
         _say(f"$ agora init --name 'Acme Wind'   → participant {address}")
@@ -216,17 +248,39 @@ def _story(root: Path, work: Path) -> None:
             for o in page["items"]:
                 _say(f"{o['kind']:8} {o['title']:28} v{o['version']}  {o['sha256'][:19]}…")
 
-            _step(6, "A download comes back byte for byte")
+            _step(6, "The node notarizes what it registered on its chain")
+            anchors = _wait_anchored(client, [o["id"] for o in registered])
+            first = anchors[0]
+            _say(f"embedded EVM chain {first['chain_id']}, registry {first['registry']}")
+            _say(
+                f"one Merkle batch for all versions: root {first['batch_root'][:18]}…, "
+                f"tx {first['tx_hash'][:18]}…, block {first['block_number']}"
+            )
+
+            _step(7, "A download comes back byte for byte, with its provenance")
             out = work / "digits-downloaded.csv"
-            digest, size = client.download(f"/api/v1/offerings/{registered[0]['id']}/download", out)
+            offering = client.get(f"/api/v1/offerings/{registered[0]['id']}")
+            digest, size = client.download(f"/api/v1/offerings/{offering['id']}/download", out)
+            sidecar = write_sidecar(client, offering["versions"][-1], out)
             original, _ = sha256_file(dataset)
             verdict = "identical" if digest == original else "DIFFERENT"
-            _say(f"$ agora offerings download {registered[0]['id'][:8]}… -o {out.name}")
+            _say(f"$ agora offerings download {offering['id'][:8]}… -o {out.name}")
             _say(f"  → {size} bytes, sha256:{digest[:16]}… — {verdict} to what was registered")
-            if digest != original:
-                raise AgoraError("the downloaded file differs from the registered one")
+            _say(f"  → provenance sidecar {sidecar.name if sidecar else '(none)'}")
+            if digest != original or sidecar is None:
+                raise AgoraError("the download differs from the registered file or has no provenance")
 
-            _step(7, "Bad input is refused with its reason, and changes nothing")
+            _step(8, "Anyone checks it against the chain alone: agora verify")
+            _verify(out, root)
+            tampered = work / "digits-tampered.csv"
+            data = bytearray(out.read_bytes())
+            data[100] ^= 0x01
+            tampered.write_bytes(bytes(data))
+            shutil.copy(sidecar, tampered.with_name(tampered.name + ".provenance.json"))
+            _say("one flipped bit later:")
+            _verify(tampered, root, expect_ok=False)
+
+            _step(9, "Bad input is refused with its reason, and changes nothing")
             before = len(client.get("/api/v1/offerings")["items"])
             try:
                 client.upload(
@@ -240,6 +294,6 @@ def _story(root: Path, work: Path) -> None:
             _say(f"offerings before and after: {before} → {after}")
 
     console.print(
-        "\n[bold green]Demo complete.[/] Notarization on a chain, policies and the federated "
-        "catalog, negotiation, training jobs and `agora verify` join this story as they are built."
+        "\n[bold green]Demo complete.[/] Usage policies and the federated catalog, negotiation between "
+        "organisations, training jobs and federated learning join this story as they are built."
     )
