@@ -144,7 +144,7 @@ class Chain(ABC):
             if self._nonce is None:
                 self._nonce = int(self.w3.eth.get_transaction_count(self.sender, "pending"))
             tx["nonce"] = self._nonce
-            signed = self.account.sign_transaction(tx)
+            signed = self.account.sign_transaction(tx)  # type: ignore[union-attr]  # sender checked it
         try:
             with self.guard():
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -193,7 +193,7 @@ class _ErrorDecoder:
     """Names the registry's custom errors from revert data (selector + ABI-encoded args)."""
 
     def __init__(self, abi: list[dict[str, Any]]) -> None:
-        from eth_utils import keccak
+        from eth_utils.crypto import keccak
 
         self._errors: dict[str, tuple[str, list[str]]] = {}
         for entry in abi:
@@ -203,7 +203,7 @@ class _ErrorDecoder:
                 self._errors[selector] = (entry["name"], types)
 
     def decode(self, data: str) -> tuple[str, tuple[Any, ...]]:
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         raw = data.removeprefix("0x")
         found = self._errors.get(raw[:8])
@@ -375,7 +375,7 @@ class RpcChain(Chain):
         if expected_chain_id is not None and self.chain_id != expected_chain_id:
             raise WrongChain(f"{url} is chain {self.chain_id}, expected {expected_chain_id}")
         if registry:
-            from eth_utils import to_checksum_address
+            from eth_utils.address import to_checksum_address
 
             self.registry_address = to_checksum_address(registry)
             self.check_registry(self.registry_address)

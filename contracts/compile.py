@@ -71,7 +71,7 @@ def find_compiler() -> Compiler:
     if which := shutil.which("solc"):
         candidates.append(Path(which))
     with contextlib.suppress(Exception):  # py-solc-x raises several kinds when none is installed
-        candidates.append(Path(solcx.get_executable(SOLC_VERSION)))
+        candidates.append(Path(solcx.install.get_executable(SOLC_VERSION)))
     for binary in candidates:
         try:
             version = str(get_solc_version(binary))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_abi import encode
-from eth_utils import keccak, to_canonical_address
+from eth_abi.abi import encode
+from eth_utils.address import to_canonical_address
+from eth_utils.crypto import keccak
 
 
 def leaf(owner: str, kind: int, content_hash: bytes, metadata_hash: bytes) -> bytes:

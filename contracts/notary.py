@@ -239,6 +239,8 @@ class Notary:
         root = bytes.fromhex(root_hex[2:])
         self.ensure_registered()
         registry = self.registry()
+        tx_hash: str | None
+        block: int | None
         try:
             result = registry.anchor_batch(root, len(rows))
             tx_hash, block = result.tx_hash, result.block_number
@@ -260,6 +262,8 @@ class Notary:
         done = 0
         for row in rows:
             parents = [bytes.fromhex(p.removeprefix("0x")) for p in row.parents]
+            tx_hash: str | None
+            block: int | None
             try:
                 _, result = registry.anchor(
                     row.kind, bytes.fromhex(row.content_hash), bytes.fromhex(row.metadata_hash), parents

@@ -33,7 +33,9 @@ class OfferingMetadata(BaseModel):
     keywords: list[Keyword] = Field(default_factory=list, max_length=32)
     license: str = Field(default="", max_length=100)
     media_type: str = Field(default="application/octet-stream", max_length=255)
-    access_modes: list[AccessMode] = Field(default_factory=lambda: ["download"], min_length=1)
+    access_modes: list[AccessMode] = Field(
+        default_factory=lambda: list[AccessMode](["download"]), min_length=1
+    )
 
     @field_validator("media_type")
     @classmethod

@@ -25,7 +25,7 @@ from contracts.models import Notarization
 from contracts.notary import enqueue as enqueue_notarization
 from kernel import audit
 from kernel.db import as_utc, transaction, utcnow
-from kernel.errors import FieldError, Forbidden, InvalidInput, NotFound
+from kernel.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from kernel.storage import ObjectInfo, ObjectStore, StagedObject
 from marketplace.models import Asset, Offering, OfferingVersion
 from marketplace.schemas import (
@@ -324,9 +324,7 @@ def _not_found(offering_id: str) -> NotFound:
     return NotFound(f"no offering {offering_id}")
 
 
-def _name_taken(name: str) -> InvalidInput:
-    from kernel.errors import Conflict
-
+def _name_taken(name: str) -> Conflict:
     return Conflict(
         f"an offering named {name!r} already exists", errors=[FieldError("metadata.name", "taken")]
     )

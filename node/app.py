@@ -38,7 +38,9 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     """Guard of every ``/api/v1`` route: a valid bearer token holding the handler's scope."""
     runtime: Runtime = connection.app.state.runtime
     token = bearer_token(connection.headers.get("authorization"))
-    principal = runtime.verifier.cached(token) or await to_thread.run_sync(runtime.verifier.verify, token)
+    principal = runtime.verifier.cached(token)
+    if principal is None:
+        principal = await to_thread.run_sync(runtime.verifier.verify, token)
     require_scope(principal, handler.opt.get("scope", "admin"))
     connection.scope["user"] = principal
 

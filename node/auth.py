@@ -293,7 +293,7 @@ def _unverified_issuer(token: str) -> str:
         raise Unauthorized("the token is malformed (payload is not JSON)") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("iss"), str):
         raise Unauthorized("the token has no issuer (iss)")
-    return claims["iss"]
+    return str(claims["iss"])
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:

@@ -121,7 +121,7 @@ def _init_identity(settings: Settings, name: str, public_url: str | None) -> Ini
 
 def participant_address(settings: Settings) -> str:
     """The checksummed address of the org key, read without decrypting the keystore."""
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     return str(to_checksum_address("0x" + _keystore(settings)["address"]))
 

@@ -77,7 +77,7 @@ def _title(status: int) -> str:
         return "Error"
 
 
-exception_handlers: dict[type[Exception], Any] = {
+exception_handlers: dict[int | type[Exception], Any] = {
     AgoraError: agora_error,
     HTTPException: http_error,
     Exception: unexpected_error,
