@@ -40,6 +40,7 @@ services:
 
 test: services $(DEV_STAMP) $(NPM_STAMP) contracts-check
 	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs migrations tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # the committed contracts/build artifacts must be what the sources compile to
