@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime
+from sqlalchemy import Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kernel.db import utcnow
@@ -22,4 +22,18 @@ class Participant(SQLModel, table=True):
     )
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class SeenNonce(SQLModel, table=True):
+    """Nonces of accepted protocol messages, kept for the replay window."""
+
+    __tablename__ = "seen_nonce"
+    __table_args__ = (UniqueConstraint("sender", "nonce", name="uq_seen_nonce"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sender: str = Field(max_length=42)
+    nonce: str = Field(max_length=128)
+    seen_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
     )

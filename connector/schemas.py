@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ParticipantOut(BaseModel):
@@ -13,3 +13,9 @@ class ParticipantOut(BaseModel):
     endpoint: str
     is_self: bool
     created_at: datetime
+
+
+class PeerAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=500, pattern=r"^https?://")

@@ -9,6 +9,7 @@ from connector.models import Participant
 from connector.schemas import ParticipantOut
 from kernel import audit
 from kernel.db import as_utc, transaction, utcnow
+from kernel.errors import FieldError, InvalidInput
 
 
 class ParticipantService:
@@ -47,6 +48,49 @@ class ParticipantService:
                 other.is_self = False
             session.flush()
             return _out(row)
+
+    def add_peer(self, url: str, actor: str) -> ParticipantOut:
+        """Learn a peer from its signed identity statement at ``URL/dsp/identity``."""
+        from connector.client import fetch_identity
+
+        identity = fetch_identity(url)
+        address = str(identity["address"])
+        endpoint = str(identity.get("endpoint") or url).rstrip("/")
+        if endpoint != url.rstrip("/"):
+            raise InvalidInput(
+                f"{url} says its endpoint is {endpoint}; add the peer by that URL",
+                errors=[FieldError("url", "differs from the endpoint the peer states")],
+            )
+        with transaction(self.engine) as session:
+            row = session.get(Participant, address)
+            if row is not None and row.is_self:
+                raise InvalidInput("that is this node itself", errors=[FieldError("url", "this node")])
+            name = str(identity.get("name") or address)
+            if row is None:
+                row = Participant(address=address, name=name, endpoint=endpoint, is_self=False)
+                session.add(row)
+                action = "participant.add"
+            else:
+                row.name, row.endpoint, row.updated_at = name, endpoint, utcnow()
+                action = "participant.update"
+            audit.record(
+                session,
+                actor=actor,
+                action=action,
+                subject_type="participant",
+                subject_id=address,
+                details={"name": name, "endpoint": endpoint},
+            )
+            session.flush()
+            return _out(row)
+
+    def peers(self) -> list[Participant]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Participant).where(col(Participant.is_self).is_(False))).all())
+
+    def get(self, address: str) -> Participant | None:
+        with Session(self.engine) as session:
+            return session.get(Participant, address)
 
     def list(self) -> list[ParticipantOut]:
         with Session(self.engine) as session:

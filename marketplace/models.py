@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlmodel import Field, SQLModel
 
@@ -55,10 +57,27 @@ class Offering(SQLModel, table=True):
     license: str = Field(default="", max_length=100)
     media_type: str = Field(max_length=255)
     access_modes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    policy: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="usage policy; None: offered to no one",
+    )
+    approval: str = Field(
+        default="auto",
+        sa_column=Column(String(10), nullable=False, server_default="auto"),
+        description="auto | manual (negotiations)",
+    )
+    managed: bool = Field(
+        default=False,
+        sa_column=Column(Boolean, nullable=False, server_default=false()),
+        description="declared in a manifest (plan/apply may retire it)",
+    )
     status: str = Field(default="active", max_length=20, index=True)
     latest_version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
 
 
 class OfferingVersion(SQLModel, table=True):

@@ -118,6 +118,8 @@ def create_app(runtime: Runtime) -> Litestar:
                 "participant_service": runtime.participants,
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
+                "identity_statement": runtime.identity_statement,
+                "protocol_gate": runtime.protocol,
             }.items()
         },
         exception_handlers=exception_handlers,

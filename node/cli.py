@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from connector.cli import app as peers_app
 from contracts.cli import contracts_app, devchain, run_verify
 from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
 from kernel.errors import AgoraError
@@ -33,6 +34,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(offerings_app, name="offerings")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(peers_app, name="peers")
 app.command()(devchain)
 
 CLI_TOKEN_TTL = 600

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
 from contracts.chain import Chain
 from contracts.notary import Notary, NotaryConfig
 from contracts.provenance import ProvenanceService
 from contracts.registry import Registry
 from kernel.db import backend_name, make_engine
+from kernel.errors import AgoraError
 from kernel.storage import ObjectStore
 from marketplace.services import OfferingService
 from node.auth import TokenIssuer, TokenVerifier
@@ -33,8 +35,10 @@ class Runtime:
     participants: ParticipantService
     notary: Notary
     provenance: ProvenanceService
+    protocol: ProtocolGate | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
+    _org_key: bytes | None = None
 
     @property
     def database_kind(self) -> str:
@@ -52,7 +56,7 @@ class Runtime:
                 self._chain = open_chain(
                     settings.chain_url,
                     data_dir=settings.chain_dir,
-                    account=Account.from_key(org_private_key(settings)),
+                    account=Account.from_key(self.org_key()),
                     registry=settings.chain_registry or None,
                     expected_chain_id=settings.chain_id,
                     confirmations=settings.chain_confirmations,
@@ -61,6 +65,35 @@ class Runtime:
 
     def registry(self) -> Registry:
         return Registry(self.chain())
+
+    def org_key(self) -> bytes:
+        """The organisation's private key, decrypted once per process."""
+        if self._org_key is None:
+            self._org_key = org_private_key(self.settings)
+        return self._org_key
+
+    def registered_participant(self, address: str) -> tuple[str, str] | None:
+        """(name, endpoint) of a participant in the on-chain registry, or None (also when the
+        chain cannot be reached: an unknown sender is then refused, never let in)."""
+        try:
+            record = self.registry().participant(address)
+            if record is None or not self.registry().is_participant(address):
+                return None
+            return record.name, record.endpoint
+        except AgoraError:
+            return None
+
+    def identity_statement(self) -> dict[str, object]:
+        """This node's self-signed identity, served at /dsp/identity."""
+        from connector.envelope import seal
+
+        body = {
+            "address": self.address,
+            "name": self.settings.name,
+            "endpoint": self.settings.public_url.rstrip("/"),
+            "chain": self.settings.chain_url if self.settings.chain_url != "embedded" else "embedded",
+        }
+        return seal(body, private_key=self.org_key(), recipient=self.address)
 
     def close(self) -> None:
         self.notary.stop()
@@ -110,5 +143,8 @@ def build_runtime(settings: Settings) -> Runtime:
         participants=ParticipantService(engine),
         notary=notary,
         provenance=ProvenanceService(engine, chain_rpc_url=settings.chain_rpc_url),
+    )
+    runtime.protocol = ProtocolGate(
+        engine, address=address, private_key=runtime.org_key, registry_lookup=runtime.registered_participant
     )
     return runtime
