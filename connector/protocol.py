@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from connector.envelope import MAX_SKEW_SECONDS, Opened, ReplayedMessage, UnknownSender, open_envelope, seal
 from connector.models import Participant, SeenNonce
@@ -78,5 +78,5 @@ class ProtocolGate:
         """Forget nonces older than twice the clock-skew window (their messages are stale anyway)."""
         cutoff = utcnow() - timedelta(seconds=2 * MAX_SKEW_SECONDS)
         with transaction(self.engine) as session:
-            result = session.exec(delete(SeenNonce).where(SeenNonce.seen_at < cutoff))  # type: ignore[call-overload]
-            return int(result.rowcount or 0)
+            result = session.execute(delete(SeenNonce).where(col(SeenNonce.seen_at) < cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
