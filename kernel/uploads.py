@@ -8,7 +8,7 @@ object and must commit or discard it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -22,11 +22,20 @@ MAX_FIELD_BYTES = 256 * 1024
 
 @dataclass
 class Upload:
-    """The parsed form: small fields by name, and the staged file part."""
+    """The parsed form: small fields by name, and the staged file parts by name."""
 
     fields: dict[str, bytes]
-    staged: StagedObject | None
-    filename: str | None = None
+    files: dict[str, StagedObject] = field(default_factory=dict)
+    filenames: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def staged(self) -> StagedObject | None:
+        """The single ``file`` part of an offering upload."""
+        return self.files.get("file")
+
+    def discard(self) -> None:
+        for staged in self.files.values():
+            staged.discard()
 
 
 @dataclass
@@ -56,13 +65,13 @@ async def receive_multipart(
     content_type: str,
     store: ObjectStore,
     *,
-    file_field: str = "file",
+    file_fields: Callable[[str], bool] = lambda name: name == "file",
     max_file_bytes: int,
     max_field_bytes: int = MAX_FIELD_BYTES,
 ) -> Upload:
     """Parse the body; on any error the staged file is removed and the error raised."""
     boundary = boundary_of(content_type)
-    upload = Upload(fields={}, staged=None)
+    upload = Upload(fields={})
     part = _PartState()
 
     def on_part_begin() -> None:
@@ -82,22 +91,22 @@ async def receive_multipart(
     def on_headers_finished() -> None:
         _, options = parse_options_header(part.headers.get(b"content-disposition", b""))
         part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        if part.name == file_field:
-            if upload.staged is not None:
-                raise InvalidInput(f"more than one '{file_field}' part")
+        if file_fields(part.name):
+            if part.name in upload.files:
+                raise InvalidInput(f"more than one '{part.name}' part")
             part.is_file = True
-            upload.staged = store.stage()
+            upload.files[part.name] = store.stage()
             raw = options.get(b"filename")
-            upload.filename = raw.decode("utf-8", "replace") if raw else None
+            if raw:
+                upload.filenames[part.name] = raw.decode("utf-8", "replace")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if part.is_file:
-            staged = upload.staged
-            assert staged is not None
+            staged = upload.files[part.name]
             if staged.size + (end - start) > max_file_bytes:
                 raise PayloadTooLarge(
                     f"the file exceeds this node's upload limit of {max_file_bytes} bytes",
-                    errors=[FieldError(file_field, "too large")],
+                    errors=[FieldError(part.name, "too large")],
                 )
             staged.write(memoryview(data)[start:end])
         else:
@@ -130,8 +139,7 @@ async def receive_multipart(
                 parser.write(chunk)
         parser.finalize()
     except BaseException as exc:
-        if upload.staged is not None:
-            upload.staged.discard()
+        upload.discard()
         if isinstance(exc, MultipartParseError):
             raise InvalidInput(f"malformed multipart body: {exc}") from exc
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -35,6 +35,13 @@ class OfferingMetadata(BaseModel):
     media_type: str = Field(default="application/octet-stream", max_length=255)
     access_modes: list[AccessMode] = Field(
         default_factory=lambda: list[AccessMode](["download"]), min_length=1
+    )
+    approval: Literal["auto", "manual"] = Field(
+        default="auto", description="negotiations: agree automatically or wait"
+    )
+    policy: dict[str, Any] | None = Field(
+        default=None,
+        description="usage policy (template or ODRL-shaped rules); none: offered to no other party",
     )
 
     @field_validator("media_type")
@@ -99,6 +106,8 @@ class OfferingOut(BaseModel):
     license: str
     media_type: str
     access_modes: list[str]
+    approval: str
+    policy: dict[str, Any] | None
     provider: str
     status: str
     version: int

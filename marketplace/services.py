@@ -40,6 +40,17 @@ from marketplace.schemas import (
 
 T = TypeVar("T")
 MAX_PAGE = 500
+UPDATABLE_FIELDS = (
+    "title",
+    "description",
+    "keywords",
+    "license",
+    "media_type",
+    "access_modes",
+    "approval",
+    "policy",
+    "managed",
+)
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,9 @@ class OfferingService:
 
     # Writing --------------------------------------------------------------------------
 
-    def register(self, staged: StagedObject, metadata: OfferingMetadata, actor: str) -> OfferingOut:
+    def register(
+        self, staged: StagedObject, metadata: OfferingMetadata, actor: str, *, managed: bool = False
+    ) -> OfferingOut:
         """Create an offering from bytes already staged (an upload)."""
         _require_content(staged)
 
@@ -82,6 +95,7 @@ class OfferingService:
             offering = Offering(
                 id=str(uuid.uuid4()),
                 provider=self.provider,
+                managed=managed,
                 **metadata.model_dump(),
             )
             session.add(offering)
@@ -138,6 +152,65 @@ class OfferingService:
             return _out(row, version, asset, notarization, created=info.created)
 
         return self._store_then_record(staged, offering.media_type, write)
+
+    def update(self, offering_id: str, changes: dict[str, object], actor: str) -> OfferingOut:
+        """Change metadata fields (validated by the caller); audited with old and new values."""
+        allowed = set(UPDATABLE_FIELDS)
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise InvalidInput(
+                f"cannot change {', '.join(unknown)}",
+                errors=[FieldError(k, "not updatable") for k in unknown],
+            )
+        with transaction(self.engine) as session:
+            row = session.get(Offering, offering_id, with_for_update=True)
+            if row is None:
+                raise _not_found(offering_id)
+            before = {k: getattr(row, k) for k in changes}
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            audit.record(
+                session,
+                actor=actor,
+                action="offering.update",
+                subject_type="offering",
+                subject_id=row.id,
+                details={"before": before, "after": changes},
+            )
+        return self.get(offering_id)
+
+    def set_status(self, offering_id: str, status: str, actor: str) -> OfferingOut:
+        """Retire an offering (it leaves the catalog; agreements stay valid) or reactivate it."""
+        if status not in ("active", "retired"):
+            raise InvalidInput(
+                f"unknown status {status!r}", errors=[FieldError("status", "active or retired")]
+            )
+        with transaction(self.engine) as session:
+            row = session.get(Offering, offering_id, with_for_update=True)
+            if row is None:
+                raise _not_found(offering_id)
+            if row.status != status:
+                audit.record(
+                    session,
+                    actor=actor,
+                    action=f"offering.{'retire' if status == 'retired' else 'reactivate'}",
+                    subject_type="offering",
+                    subject_id=row.id,
+                    details={"from": row.status},
+                )
+                row.status = status
+                row.updated_at = utcnow()
+        return self.get(offering_id)
+
+    def by_name(self, name: str) -> Offering | None:
+        with Session(self.engine) as session:
+            return self._by_name(session, name)
+
+    def managed(self) -> list[Offering]:
+        """Offerings declared in a manifest (plan/apply compare against these)."""
+        with Session(self.engine) as session:
+            return list(session.exec(select(Offering).where(col(Offering.managed))).all())
 
     def _add_version_rows(
         self, session: Session, offering: Offering, info: ObjectInfo, media_type: str, number: int = 1
@@ -387,6 +460,8 @@ def _out(
         license=offering.license,
         media_type=offering.media_type,
         access_modes=offering.access_modes,
+        approval=offering.approval,
+        policy=offering.policy,
         provider=offering.provider,
         status=offering.status,
         version=version.version,
