@@ -83,6 +83,16 @@ class NodeClient:
             files = {"file": (file.name, _CountingReader(f, progress), "application/octet-stream")}
             return self._send("POST", path, data=fields, files=files).json()
 
+    def post_files(self, path: str, fields: dict[str, str], files: dict[str, Path]) -> Any:
+        """Multipart POST of small fields and several files, each streamed from disk."""
+        handles = {name: p.open("rb") for name, p in files.items()}
+        try:
+            parts = [(name, (files[name].name, f, "application/octet-stream")) for name, f in handles.items()]
+            return self._send("POST", path, data=fields, files=parts).json()
+        finally:
+            for f in handles.values():
+                f.close()
+
     def download(
         self,
         path: str,

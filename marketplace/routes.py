@@ -8,17 +8,17 @@ from typing import Any
 from anyio import to_thread
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import InternalServerException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.openapi.spec.operation import Operation
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
-from kernel.errors import ClientGone, FieldError, InvalidInput, PayloadTooLarge
+from kernel.errors import FieldError, InvalidInput, PayloadTooLarge
 from kernel.hashing import repr_digest
 from kernel.ranges import parse_range
 from kernel.uploads import receive_multipart
 from kernel.validation import validate
+from marketplace.manifests.routes import api_handlers as manifest_handlers
 from marketplace.schemas import (
     ImportRequest,
     OfferingDetail,
@@ -27,6 +27,7 @@ from marketplace.schemas import (
     OfferingPage,
 )
 from marketplace.services import OfferingService
+from marketplace.streaming import body_chunks
 
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -67,21 +68,13 @@ class _UploadOperation(Operation):
     )
 
 
-async def _chunks(request: Request[Any, Any, Any]) -> Any:
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except InternalServerException as exc:
-        raise ClientGone("the client disconnected before the upload finished; nothing was stored") from exc
-
-
 async def _receive_file(request: Request[Any, Any, Any], service: OfferingService) -> Any:
     """Stream a multipart body into a staging file; returns the parsed upload."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > service.max_upload_bytes + 1024 * 1024:
         raise PayloadTooLarge(f"the upload exceeds this node's limit of {service.max_upload_bytes} bytes")
     upload = await receive_multipart(
-        _chunks(request),
+        body_chunks(request),
         request.headers.get("content-type", ""),
         service.store,
         max_file_bytes=service.max_upload_bytes,
@@ -178,5 +171,5 @@ class OfferingController(Controller):
         )
 
 
-api_handlers = [OfferingController]
+api_handlers = [OfferingController, *manifest_handlers]
 public_handlers: list[object] = []

@@ -88,6 +88,8 @@ class OfferingService:
     ) -> OfferingOut:
         """Create an offering from bytes already staged (an upload)."""
         _require_content(staged)
+        if metadata.policy is not None:
+            _check_at("metadata.policy", metadata.policy)
 
         def write(session: Session, info: ObjectInfo) -> OfferingOut:
             if metadata.name and self._by_name(session, metadata.name) is not None:
@@ -117,7 +119,7 @@ class OfferingService:
 
     def import_path(self, request: ImportRequest, actor: str) -> OfferingOut:
         """Register a file from a server-side directory the operator allows."""
-        path = self._allowed_path(request.path)
+        path = self.allowed_path(request.path)
         with self.store.stage() as staged, path.open("rb", buffering=0) as src:
             while chunk := src.read(1024 * 1024):
                 staged.write(chunk)
@@ -156,6 +158,8 @@ class OfferingService:
     def update(self, offering_id: str, changes: dict[str, object], actor: str) -> OfferingOut:
         """Change metadata fields (validated by the caller); audited with old and new values."""
         allowed = set(UPDATABLE_FIELDS)
+        if changes.get("policy") is not None:
+            _check_at("policy", changes["policy"])  # type: ignore[arg-type]
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidInput(
@@ -275,7 +279,8 @@ class OfferingService:
             if session.get(Asset, sha256) is None:
                 self.store.delete(sha256)
 
-    def _allowed_path(self, text: str) -> Path:
+    def allowed_path(self, text: str) -> Path:
+        """A server-side file under AGORA_IMPORT_DIRS (symlinks resolved), or the reason it is not."""
         if not self.import_dirs:
             raise Forbidden(
                 "registering server-side files is disabled on this node (set AGORA_IMPORT_DIRS)",
@@ -386,6 +391,23 @@ class OfferingService:
             )
         ).one()
         return row
+
+
+def check_policy(policy: dict[str, object]) -> None:
+    """Raise :class:`InvalidInput` (with field paths inside the policy) for a bad policy."""
+    from marketplace.policy import parse_policy
+
+    parse_policy(policy)
+
+
+def _check_at(prefix: str, policy: dict[str, object]) -> None:
+    try:
+        check_policy(policy)
+    except InvalidInput as exc:
+        errors = [FieldError(f"{prefix}.{e.path}" if e.path else prefix, e.message) for e in exc.errors]
+        raise InvalidInput(
+            f"invalid {prefix}: {exc.detail}", errors=errors or [FieldError(prefix, exc.detail)]
+        ) from None
 
 
 def _require_content(staged: StagedObject) -> None:

@@ -116,6 +116,7 @@ def create_app(runtime: Runtime) -> Litestar:
             for name, value in {
                 "offering_service": runtime.offerings,
                 "participant_service": runtime.participants,
+                "manifest_service": runtime.manifests,
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
                 "identity_statement": runtime.identity_statement,

@@ -16,7 +16,8 @@ from contracts.registry import Registry
 from kernel.db import backend_name, make_engine
 from kernel.errors import AgoraError
 from kernel.storage import ObjectStore
-from marketplace.services import OfferingService
+from marketplace.manifests.service import ManifestService
+from marketplace.services import OfferingService, check_policy
 from node.auth import TokenIssuer, TokenVerifier
 from node.identity import org_private_key, participant_address, token_signing_key
 from node.settings import Settings
@@ -35,6 +36,7 @@ class Runtime:
     participants: ParticipantService
     notary: Notary
     provenance: ProvenanceService
+    manifests: ManifestService
     protocol: ProtocolGate | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -132,6 +134,13 @@ def build_runtime(settings: Settings) -> Runtime:
         max_upload_bytes=settings.max_upload_bytes,
         on_queued=notary.wake,
     )
+    participants = ParticipantService(engine)
+    manifests = ManifestService(
+        offerings,
+        known_peer_urls=lambda: {p.endpoint for p in participants.peers()},
+        add_peer=participants.add_peer,
+        check_policy=check_policy,
+    )
     runtime = Runtime(
         settings=settings,
         address=address,
@@ -140,9 +149,10 @@ def build_runtime(settings: Settings) -> Runtime:
         issuer=issuer,
         verifier=verifier,
         offerings=offerings,
-        participants=ParticipantService(engine),
+        participants=participants,
         notary=notary,
         provenance=ProvenanceService(engine, chain_rpc_url=settings.chain_rpc_url),
+        manifests=manifests,
     )
     runtime.protocol = ProtocolGate(
         engine, address=address, private_key=runtime.org_key, registry_lookup=runtime.registered_participant
