@@ -3,15 +3,23 @@ endpoints other nodes call (``/dsp/…``, signed envelopes, no bearer tokens).""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from anyio import to_thread
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromQuery
 
+from connector.dsp import catalog_request_since
+from connector.protocol import ProtocolGate
 from connector.schemas import ParticipantOut, PeerAdd
 from connector.services import ParticipantService
+from kernel.errors import InvalidInput
 from kernel.validation import validate
+from marketplace.catalog import CatalogService
+
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class ParticipantController(Controller):
@@ -41,5 +49,42 @@ def identity(identity_statement: NamedDependency[Any]) -> dict[str, Any]:
     return statement
 
 
+@post("/dsp/catalog/request", tags=["protocol"], status_code=200)
+async def catalog_request(
+    request: Request[Any, Any, Any],
+    protocol_gate: NamedDependency[ProtocolGate],
+    catalog_service: NamedDependency[CatalogService],
+    participant_service: NamedDependency[ParticipantService],
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+) -> Response[Any]:
+    """This node's catalog for the signed requester: only what its policies could grant it."""
+    envelope = await _json(request)
+    opened = await to_thread.run_sync(protocol_gate.accept, envelope)
+    since = catalog_request_since(opened.body)
+    who = participant_service.get(opened.sender)
+
+    def render() -> tuple[dict[str, Any], str | None]:
+        return catalog_service.dcat_catalog(
+            opened.sender, requester_name=who.name if who else "", since=since, cursor=cursor, limit=limit
+        )
+
+    catalog, next_cursor = await to_thread.run_sync(render)
+    headers = {}
+    if next_cursor:
+        headers["Link"] = f'<{request.url.path}?cursor={next_cursor}&limit={limit}>; rel="next"'
+    return Response(protocol_gate.seal(catalog, opened.sender), headers=headers)
+
+
+async def _json(request: Request[Any, Any, Any]) -> Any:
+    body = await request.body()
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidInput(f"protocol messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"not JSON: {exc}") from None
+
+
 api_handlers = [ParticipantController]
-public_handlers: list[object] = [identity]
+public_handlers: list[object] = [identity, catalog_request]

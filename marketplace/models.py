@@ -104,3 +104,61 @@ class OfferingVersion(SQLModel, table=True):
         ),
     )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class CatalogEntry(SQLModel, table=True):
+    """One offering in the marketplace catalog: this node's own (kept in step with the
+    offering) or a peer's (copied by the crawler). Searched with full text: SQLite FTS5 or
+    PostgreSQL tsvector, both maintained by the database itself (see migration 0004)."""
+
+    __tablename__ = "catalog_entry"
+    __table_args__ = (
+        UniqueConstraint("provider", "offering_id", name="uq_catalog_entry"),
+        Index("ix_catalog_entry_order", "modified_at", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=42, index=True)
+    offering_id: str = Field(max_length=100)
+    local: bool = Field(default=False, index=True)
+    name: str | None = Field(default=None, max_length=100)
+    kind: str = Field(max_length=20, index=True)
+    title: str = Field(max_length=200)
+    description: str = Field(default="", sa_column=Column(String, nullable=False, default=""))
+    keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    license: str = Field(default="", max_length=100, index=True)
+    media_type: str = Field(default="", max_length=255)
+    access_modes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    version: int = 1
+    sha256: str = Field(default="", max_length=64)
+    anchor_status: str = Field(default="", max_length=20)
+    policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    search_text: str = Field(default="", sa_column=Column(String, nullable=False, default=""))
+    filter_tags: str = Field(
+        default="",
+        sa_column=Column(String, nullable=False, default=""),
+        description="|kw:x|mode:y| for filters",
+    )
+    modified_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    fetched_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    document: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class PeerCatalogState(SQLModel, table=True):
+    """How fresh the copy of a peer's catalog is."""
+
+    __tablename__ = "peer_catalog_state"
+
+    provider: str = Field(primary_key=True, max_length=42)
+    endpoint: str = Field(max_length=500)
+    modified_cursor: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_attempt_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_success_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_error: str = Field(default="", max_length=2000)
+    entries: int = 0

@@ -18,6 +18,7 @@ from kernel.hashing import repr_digest
 from kernel.ranges import parse_range
 from kernel.uploads import receive_multipart
 from kernel.validation import validate
+from marketplace.catalog import CatalogFilters, CatalogService
 from marketplace.manifests.routes import api_handlers as manifest_handlers
 from marketplace.schemas import (
     ImportRequest,
@@ -171,5 +172,29 @@ class OfferingController(Controller):
         )
 
 
-api_handlers = [OfferingController, *manifest_handlers]
+class CatalogController(Controller):
+    path = "/catalog"
+    tags = ["catalog"]
+
+    @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def search(
+        self,
+        catalog_service: NamedDependency[CatalogService],
+        q: FromQuery[str | None] = None,
+        kind: FromQuery[str | None] = None,
+        provider: FromQuery[str | None] = None,
+        keyword: FromQuery[str | None] = None,
+        access_mode: FromQuery[str | None] = None,
+        license: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+    ) -> dict[str, Any]:
+        """Search this node's offerings and its peers' (as last crawled; ``stale`` when a peer is down)."""
+        filters = CatalogFilters(
+            q=q, kind=kind, provider=provider, keyword=keyword, access_mode=access_mode, license=license
+        )
+        return catalog_service.search(filters, cursor=cursor, limit=limit)
+
+
+api_handlers = [OfferingController, CatalogController, *manifest_handlers]
 public_handlers: list[object] = []

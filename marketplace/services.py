@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, or_
 from sqlmodel import Session, col, select
@@ -27,6 +27,7 @@ from kernel import audit
 from kernel.db import as_utc, transaction, utcnow
 from kernel.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from kernel.storage import ObjectInfo, ObjectStore, StagedObject
+from marketplace.catalog import sync_local
 from marketplace.models import Asset, Offering, OfferingVersion
 from marketplace.schemas import (
     Anchor,
@@ -105,13 +106,12 @@ class OfferingService:
             version, asset, notarization = self._add_version_rows(
                 session, offering, info, metadata.media_type
             )
-            audit.record(
+            _changed(
                 session,
-                actor=actor,
-                action="offering.create",
-                subject_type="offering",
-                subject_id=offering.id,
-                details={"sha256": info.sha256, "size": info.size, "title": offering.title},
+                offering,
+                actor,
+                "offering.create",
+                {"sha256": info.sha256, "size": info.size, "title": offering.title},
             )
             return _out(offering, version, asset, notarization, created=info.created)
 
@@ -143,13 +143,12 @@ class OfferingService:
             version, asset, notarization = self._add_version_rows(
                 session, row, info, row.media_type, row.latest_version + 1
             )
-            audit.record(
+            _changed(
                 session,
-                actor=actor,
-                action="offering.version",
-                subject_type="offering",
-                subject_id=row.id,
-                details={"version": version.version, "sha256": info.sha256, "size": info.size},
+                row,
+                actor,
+                "offering.version",
+                {"version": version.version, "sha256": info.sha256, "size": info.size},
             )
             return _out(row, version, asset, notarization, created=info.created)
 
@@ -174,14 +173,7 @@ class OfferingService:
             for key, value in changes.items():
                 setattr(row, key, value)
             row.updated_at = utcnow()
-            audit.record(
-                session,
-                actor=actor,
-                action="offering.update",
-                subject_type="offering",
-                subject_id=row.id,
-                details={"before": before, "after": changes},
-            )
+            _changed(session, row, actor, "offering.update", {"before": before, "after": changes})
         return self.get(offering_id)
 
     def set_status(self, offering_id: str, status: str, actor: str) -> OfferingOut:
@@ -195,16 +187,9 @@ class OfferingService:
             if row is None:
                 raise _not_found(offering_id)
             if row.status != status:
-                audit.record(
-                    session,
-                    actor=actor,
-                    action=f"offering.{'retire' if status == 'retired' else 'reactivate'}",
-                    subject_type="offering",
-                    subject_id=row.id,
-                    details={"from": row.status},
-                )
-                row.status = status
-                row.updated_at = utcnow()
+                previous, row.status, row.updated_at = row.status, status, utcnow()
+                action = "offering.retire" if status == "retired" else "offering.reactivate"
+                _changed(session, row, actor, action, {"from": previous})
         return self.get(offering_id)
 
     def by_name(self, name: str) -> Offering | None:
@@ -391,6 +376,15 @@ class OfferingService:
             )
         ).one()
         return row
+
+
+def _changed(session: Session, offering: Offering, actor: str, action: str, details: dict[str, Any]) -> None:
+    """Every change to an offering: audited, and its catalog entry kept in step, in its transaction."""
+    session.flush()
+    audit.record(
+        session, actor=actor, action=action, subject_type="offering", subject_id=offering.id, details=details
+    )
+    sync_local(session, offering)
 
 
 def check_policy(policy: dict[str, object]) -> None:

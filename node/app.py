@@ -68,6 +68,7 @@ def health(state: State) -> dict[str, Any]:
             "backlog": runtime.notary.pending_count(),
             "last_error": runtime.notary.last_error or None,
         },
+        "peers": runtime.catalog.freshness(),
         "storage": runtime.store.kind,
         "database": runtime.database_kind,
     }
@@ -102,6 +103,8 @@ def create_app(runtime: Runtime) -> Litestar:
         if queued:
             log.info("queued %d offering version(s) registered before notarization", queued)
         runtime.notary.start()
+        if runtime.crawler is not None:
+            runtime.crawler.start()
 
     api = Router(
         path="/api/v1",
@@ -117,6 +120,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 "offering_service": runtime.offerings,
                 "participant_service": runtime.participants,
                 "manifest_service": runtime.manifests,
+                "catalog_service": runtime.catalog,
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
                 "identity_statement": runtime.identity_statement,

@@ -11,6 +11,13 @@ from sqlmodel import SQLModel
 from kernel.db import make_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Full-text search objects the migrations create outside the SQLModel metadata.
+SEARCH_OBJECTS = ("catalog_fts", "search_vector", "ix_catalog_entry_search")
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic hook: leave the full-text search objects out of comparisons."""
+    return not (name and (name in SEARCH_OBJECTS or name.startswith("catalog_fts")))
 
 
 def target_metadata() -> MetaData:
@@ -68,7 +75,8 @@ def pending_changes(url: str) -> list[Any]:
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
+                conn,
+                opts={"compare_type": True, "compare_server_default": True, "include_name": include_name},
             )
             return list(compare_metadata(ctx, target_metadata()))
     finally:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from connector.crawler import CatalogCrawler
 from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
 from contracts.chain import Chain
@@ -16,6 +17,7 @@ from contracts.registry import Registry
 from kernel.db import backend_name, make_engine
 from kernel.errors import AgoraError
 from kernel.storage import ObjectStore
+from marketplace.catalog import CatalogService
 from marketplace.manifests.service import ManifestService
 from marketplace.services import OfferingService, check_policy
 from node.auth import TokenIssuer, TokenVerifier
@@ -37,6 +39,8 @@ class Runtime:
     notary: Notary
     provenance: ProvenanceService
     manifests: ManifestService
+    catalog: CatalogService
+    crawler: CatalogCrawler | None = None
     protocol: ProtocolGate | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -99,6 +103,8 @@ class Runtime:
 
     def close(self) -> None:
         self.notary.stop()
+        if self.crawler is not None:
+            self.crawler.stop()
         if self._chain is not None:
             self._chain.close()
         self.engine.dispose()
@@ -153,8 +159,16 @@ def build_runtime(settings: Settings) -> Runtime:
         notary=notary,
         provenance=ProvenanceService(engine, chain_rpc_url=settings.chain_rpc_url),
         manifests=manifests,
+        catalog=CatalogService(engine, self_address=address, public_url=settings.public_url),
     )
     runtime.protocol = ProtocolGate(
         engine, address=address, private_key=runtime.org_key, registry_lookup=runtime.registered_participant
+    )
+    runtime.crawler = CatalogCrawler(
+        runtime.catalog,
+        peers=participants.peers,
+        own_address=address,
+        private_key=runtime.org_key,
+        interval=settings.catalog_crawl_interval,
     )
     return runtime

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     chain_id: int | None = Field(default=None, description="refuse a JSON-RPC chain with another id")
     chain_confirmations: int = Field(default=1, ge=1, le=64)
     anchor_batch_size: int = Field(default=100, ge=1, le=10_000, description="assets per Merkle batch")
+    catalog_crawl_interval: float = Field(
+        default=30.0, gt=0, description="seconds between peer catalog crawls"
+    )
     anchor_max_delay: float = Field(default=2.0, ge=0, description="seconds a record waits for a full batch")
     public_url: str = "http://127.0.0.1:8000"
     oidc_issuer: str = ""

@@ -1,0 +1,129 @@
+"""The federated catalog crawler: keeps a copy of every peer's catalog, in the background.
+
+Each pass asks every peer for what changed since the last successful crawl (a signed DSP
+``CatalogRequestMessage`` whose filter carries ``agora:modifiedSince``), follows the pages
+(``Link: <…>; rel="next"``), and stores the datasets and removals. A peer that is down keeps
+its last copy, marked stale with its age; user requests only ever read the copy. Every
+``full_every`` passes a full crawl drops entries a peer no longer lists to this node (its
+policy may have changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from connector.client import PeerClient
+from connector.models import Participant
+from kernel.db import as_utc
+from kernel.errors import AgoraError
+from marketplace.catalog import DSP_CONTEXT, CatalogService
+
+log = logging.getLogger("agora.crawler")
+MAX_PAGES = 1000
+
+
+class CatalogCrawler:
+    def __init__(
+        self,
+        catalog: CatalogService,
+        *,
+        peers: Callable[[], list[Participant]],
+        own_address: str,
+        private_key: Callable[[], bytes],
+        interval: float = 30.0,
+        full_every: int = 10,
+    ) -> None:
+        self.catalog = catalog
+        self._peers = peers
+        self.own_address = own_address
+        self._private_key = private_key
+        self.interval = interval
+        self.full_every = full_every
+        self._passes = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="agora-crawler", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.crawl_all()
+            except Exception:  # the crawler must outlive any one bad pass
+                log.exception("catalog crawl pass failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def crawl_all(self, *, full: bool | None = None) -> dict[str, str]:
+        """One pass over every peer; returns each peer's outcome."""
+        self._passes += 1
+        full_pass = full if full is not None else self._passes % self.full_every == 1
+        outcome = {}
+        for peer in self._peers():
+            try:
+                count = self.crawl(peer, full=full_pass)
+                outcome[peer.address] = f"ok: {count} dataset(s)"
+            except AgoraError as exc:
+                self.catalog.record_crawl(peer.address, peer.endpoint, ok=False, error=exc.detail)
+                outcome[peer.address] = f"failed: {exc.detail}"
+                log.warning("crawl of %s (%s) failed: %s", peer.name, peer.endpoint, exc.detail)
+        return outcome
+
+    def crawl(self, peer: Participant, *, full: bool = False) -> int:
+        """Fetch one peer's catalog (changes since the last crawl unless ``full``)."""
+        state = self.catalog.crawl_state(peer.address)
+        since = (
+            None if full or state is None or state.modified_cursor is None else as_utc(state.modified_cursor)
+        )
+        client = PeerClient(
+            peer.endpoint,
+            private_key=self._private_key(),
+            own_address=self.own_address,
+            peer_address=peer.address,
+        )
+        message: dict[str, Any] = {"@context": [DSP_CONTEXT], "@type": "CatalogRequestMessage", "filter": []}
+        if since is not None:
+            message["filter"] = [{"agora:modifiedSince": since.isoformat()}]
+        seen: set[str] = set()
+        cursor, newest = None, since
+        try:
+            for _ in range(MAX_PAGES):
+                params = {"cursor": cursor} if cursor else None
+                body, response = client.post("/dsp/catalog/request", message, params=params)
+                if str(body.get("participantId", "")).lower() != peer.address.lower():
+                    raise AgoraError(f"{peer.endpoint} served the catalog of {body.get('participantId')}")
+                seen |= self.catalog.store_peer_page(peer.address, body)
+                until = body.get("agora:modifiedUntil")
+                if until:
+                    stamp = as_utc(datetime.fromisoformat(until))
+                    newest = stamp if newest is None or stamp > newest else newest
+                nxt = response.links.get("next", {}).get("url")
+                if not nxt:
+                    break
+                cursor = httpx.URL(nxt).params.get("cursor")
+        finally:
+            client.close()
+        if full:
+            self.catalog.retain_only(peer.address, seen)
+        self.catalog.record_crawl(peer.address, peer.endpoint, ok=True, cursor=newest)
+        return len(seen)

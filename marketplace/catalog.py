@@ -1,0 +1,507 @@
+"""The marketplace catalog: this node's offerings and its peers', in one searchable table.
+
+* :func:`sync_local` keeps the entry of an own offering in step, in the same transaction as
+  every change to the offering.
+* :meth:`CatalogService.search` serves ``GET /api/v1/catalog``: full text (FTS5 on SQLite,
+  tsvector on PostgreSQL; the database maintains both), filters, keyset pagination in a
+  stable order (newest change first).
+* :meth:`CatalogService.dcat_catalog` renders what a requesting participant may see as a
+  Dataspace Protocol catalog (DCAT datasets with ODRL offers); offerings whose policy
+  excludes the requester are left out.
+* :meth:`CatalogService.store_peer_page` takes a page a crawler fetched from a peer.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, text
+from sqlmodel import Session, col, delete, select
+
+from kernel.db import as_utc, backend_name, transaction, utcnow
+from kernel.errors import FieldError, InvalidInput
+from marketplace.models import Asset, CatalogEntry, Offering, OfferingVersion, PeerCatalogState
+
+DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
+AGORA_NS = "https://agora.dev/ns#"
+MAX_PAGE = 200
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+# Keeping own offerings in the catalog ---------------------------------------------------
+
+
+def sync_local(session: Session, offering: Offering) -> None:
+    """Upsert (or, once retired, remove) the catalog entry of an own offering."""
+    entry = session.exec(
+        select(CatalogEntry).where(
+            CatalogEntry.provider == offering.provider, CatalogEntry.offering_id == offering.id
+        )
+    ).first()
+    if offering.status != "active":
+        if entry is not None:
+            session.delete(entry)
+        return
+    version = session.exec(
+        select(OfferingVersion).where(
+            OfferingVersion.offering_id == offering.id, OfferingVersion.version == offering.latest_version
+        )
+    ).one()
+    asset = session.get(Asset, version.asset_sha256)
+    from contracts.models import Notarization
+
+    notarization = session.get(Notarization, version.notarization_id) if version.notarization_id else None
+    fields = _entry_fields(
+        name=offering.name,
+        kind=offering.kind,
+        title=offering.title,
+        description=offering.description,
+        keywords=list(offering.keywords),
+        license=offering.license,
+        media_type=offering.media_type,
+        access_modes=list(offering.access_modes),
+        version=offering.latest_version,
+        sha256=asset.sha256 if asset else "",
+        policy=offering.policy,
+        anchor_status=notarization.status if notarization else "",
+    )
+    if entry is None:
+        entry = CatalogEntry(provider=offering.provider, offering_id=offering.id, local=True, **fields)
+        session.add(entry)
+    else:
+        for key, value in fields.items():
+            setattr(entry, key, value)
+    entry.modified_at = as_utc(offering.updated_at)
+    entry.fetched_at = utcnow()
+
+
+def _entry_fields(**values: Any) -> dict[str, Any]:
+    keywords = values["keywords"]
+    values["search_text"] = " ".join(
+        [
+            values["title"],
+            values["description"],
+            " ".join(keywords),
+            values.get("name") or "",
+            values["license"],
+        ]
+    )
+    tags = [f"kw:{k.lower()}" for k in keywords] + [f"mode:{m}" for m in values["access_modes"]]
+    values["filter_tags"] = "|" + "|".join(tags) + "|"
+    return values
+
+
+# Search -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogFilters:
+    q: str | None = None
+    kind: str | None = None
+    provider: str | None = None
+    keyword: str | None = None
+    access_mode: str | None = None
+    license: str | None = None
+
+
+def fts_query(q: str) -> str:
+    """A safe full-text query: each word a prefix term, all required."""
+    words = _TOKEN.findall(q.lower())[:12]
+    if not words:
+        raise InvalidInput("the search has no words", errors=[FieldError("q", "no searchable words")])
+    return " ".join(f'"{w}"*' for w in words)
+
+
+class CatalogService:
+    def __init__(self, engine: Engine, *, self_address: str, public_url: str) -> None:
+        self.engine = engine
+        self.self_address = self_address
+        self.public_url = public_url.rstrip("/")
+        self.backend = backend_name(str(engine.url))
+
+    def search(
+        self, filters: CatalogFilters, *, cursor: str | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(
+                f"limit must be between 1 and {MAX_PAGE}", errors=[FieldError("limit", "out of range")]
+            )
+        query = select(CatalogEntry).order_by(
+            col(CatalogEntry.modified_at).desc(), col(CatalogEntry.id).desc()
+        )
+        if filters.q:
+            query = query.where(self._matches(filters.q))
+        for column, value in (
+            (CatalogEntry.kind, filters.kind),
+            (CatalogEntry.provider, filters.provider),
+            (CatalogEntry.license, filters.license),
+        ):
+            if value:
+                query = query.where(column == value)
+        if filters.keyword:
+            query = query.where(col(CatalogEntry.filter_tags).contains(f"|kw:{filters.keyword.lower()}|"))
+        if filters.access_mode:
+            query = query.where(col(CatalogEntry.filter_tags).contains(f"|mode:{filters.access_mode}|"))
+        if cursor:
+            at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    col(CatalogEntry.modified_at) < at,
+                    and_(col(CatalogEntry.modified_at) == at, col(CatalogEntry.id) < last_id),
+                )
+            )
+        with Session(self.engine) as session:
+            rows = list(session.exec(query.limit(limit + 1)).all())
+            states = {s.provider: s for s in session.exec(select(PeerCatalogState)).all()}
+            _refresh_anchor_status(session, rows[:limit])
+        items = [self._item(row, states.get(row.provider)) for row in rows[:limit]]
+        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    def _matches(self, q: str) -> Any:
+        if self.backend == "sqlite":
+            return col(CatalogEntry.id).in_(
+                text("SELECT rowid FROM catalog_fts WHERE catalog_fts MATCH :fts").bindparams(
+                    fts=fts_query(q)
+                )
+            )
+        words = _TOKEN.findall(q.lower())[:12]
+        if not words:
+            raise InvalidInput("the search has no words", errors=[FieldError("q", "no searchable words")])
+        tsquery = " & ".join(f"{w}:*" for w in words)
+        return text("catalog_entry.search_vector @@ to_tsquery('simple', :tsq)").bindparams(tsq=tsquery)
+
+    def _item(self, row: CatalogEntry, state: PeerCatalogState | None) -> dict[str, Any]:
+        item = {
+            "provider": row.provider,
+            "offering_id": row.offering_id,
+            "local": row.local,
+            "name": row.name,
+            "kind": row.kind,
+            "title": row.title,
+            "description": row.description,
+            "keywords": row.keywords,
+            "license": row.license,
+            "media_type": row.media_type,
+            "access_modes": row.access_modes,
+            "version": row.version,
+            "sha256": f"sha256:{row.sha256}" if row.sha256 else None,
+            "anchor_status": row.anchor_status or None,
+            "policy": row.policy,
+            "modified_at": as_utc(row.modified_at).isoformat(),
+            "fetched_at": as_utc(row.fetched_at).isoformat(),
+            "stale": False,
+        }
+        if not row.local and state is not None:
+            item["stale"] = bool(state.last_error) or state.last_success_at is None
+            item["provider_endpoint"] = state.endpoint
+            item["age_seconds"] = int((utcnow() - as_utc(row.fetched_at)).total_seconds())
+        return item
+
+    # The catalog this node serves to peers ------------------------------------------------
+
+    def dcat_catalog(
+        self,
+        requester: str,
+        *,
+        requester_name: str = "",
+        groups: Iterable[str] = (),
+        since: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[dict[str, Any], str | None]:
+        """The page of this node's catalog that ``requester`` may see (DSP ``Catalog``)."""
+        from marketplace.policy import odrl
+
+        limit = max(1, min(limit, 1000))
+        query = (
+            select(CatalogEntry)
+            .where(col(CatalogEntry.local))
+            .order_by(col(CatalogEntry.modified_at), col(CatalogEntry.id))
+        )
+        if since is not None:
+            query = query.where(col(CatalogEntry.modified_at) > since)
+        if cursor:
+            at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    col(CatalogEntry.modified_at) > at,
+                    and_(col(CatalogEntry.modified_at) == at, col(CatalogEntry.id) > last_id),
+                )
+            )
+        with Session(self.engine) as session:
+            rows = list(session.exec(query.limit(limit + 1)).all())
+            _refresh_anchor_status(session, rows[:limit])
+            removed: list[str] = []
+            if since is not None and cursor is None:
+                removed = [
+                    o.id
+                    for o in session.exec(
+                        select(Offering).where(
+                            Offering.provider == self.self_address,
+                            Offering.status != "active",
+                            col(Offering.updated_at) > since,
+                        )
+                    ).all()
+                ]
+        service_id = f"urn:agora:service:{self.self_address}"
+        datasets = []
+        group_list = list(groups)
+        for row in rows[:limit]:
+            if not visible_to(row.policy, requester, requester_name, group_list):
+                removed.append(row.offering_id)
+                continue
+            datasets.append(self._dataset(row, service_id, odrl))
+        catalog = {
+            "@context": [DSP_CONTEXT],
+            "@id": f"urn:agora:catalog:{self.self_address}",
+            "@type": "Catalog",
+            "participantId": self.self_address,
+            "service": [{"@id": service_id, "@type": "DataService", "endpointURL": self.public_url + "/dsp"}],
+            "dataset": datasets,
+            "agora:removed": removed,
+            "agora:modifiedUntil": as_utc(rows[min(len(rows), limit) - 1].modified_at).isoformat()
+            if rows
+            else None,
+        }
+        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return catalog, next_cursor
+
+    def _dataset(self, row: CatalogEntry, service_id: str, odrl: Any) -> dict[str, Any]:
+        from marketplace.policy import parse_policy
+
+        dataset_id = f"urn:uuid:{row.offering_id}"
+        offer = odrl.to_odrl_offer(
+            parse_policy(row.policy or {"template": "prohibit-access"}),
+            offer_id=f"urn:agora:offer:{row.offering_id}:{row.version}",
+            target=dataset_id,
+            assigner=self.self_address,
+        )
+        return {
+            "@id": dataset_id,
+            "@type": "Dataset",
+            "hasPolicy": [offer],
+            "distribution": [
+                {"@type": "Distribution", "format": "HttpData-PULL", "accessService": service_id}
+            ],
+            "dct:title": row.title,
+            "dct:description": row.description,
+            "dcat:keyword": row.keywords,
+            "dct:license": row.license,
+            "dcat:mediaType": row.media_type,
+            "dct:modified": as_utc(row.modified_at).isoformat(),
+            "agora:name": row.name,
+            "agora:kind": row.kind,
+            "agora:version": row.version,
+            "agora:sha256": row.sha256,
+            "agora:accessModes": row.access_modes,
+            "agora:anchorStatus": row.anchor_status,
+            "agora:policy": row.policy,
+        }
+
+    # Peers' catalogs ------------------------------------------------------------------------
+
+    def store_peer_page(self, provider: str, catalog: dict[str, Any]) -> set[str]:
+        """Upsert a page of a peer's catalog and drop what it reports removed; returns the ids stored."""
+        datasets = [d for d in catalog.get("dataset") or [] if isinstance(d, dict)]
+        removed = {str(r) for r in catalog.get("agora:removed") or []}
+        now = utcnow()
+        with transaction(self.engine) as session:
+            existing = {
+                e.offering_id: e
+                for e in session.exec(select(CatalogEntry).where(CatalogEntry.provider == provider)).all()
+            }
+            for dataset in datasets:
+                offering_id = str(dataset.get("@id", "")).removeprefix("urn:uuid:")
+                if not offering_id:
+                    continue
+                fields = _entry_fields(
+                    name=dataset.get("agora:name"),
+                    kind=str(dataset.get("agora:kind") or "dataset"),
+                    title=str(dataset.get("dct:title") or offering_id)[:200],
+                    description=str(dataset.get("dct:description") or ""),
+                    keywords=[str(k) for k in dataset.get("dcat:keyword") or []][:32],
+                    license=str(dataset.get("dct:license") or "")[:100],
+                    media_type=str(dataset.get("dcat:mediaType") or "")[:255],
+                    access_modes=[str(m) for m in dataset.get("agora:accessModes") or []],
+                    version=int(dataset.get("agora:version") or 1),
+                    sha256=str(dataset.get("agora:sha256") or ""),
+                    policy=dataset.get("agora:policy"),
+                    anchor_status=str(dataset.get("agora:anchorStatus") or ""),
+                )
+                entry = existing.pop(offering_id, None)
+                if entry is None:
+                    entry = CatalogEntry(provider=provider, offering_id=offering_id, local=False, **fields)
+                    session.add(entry)
+                else:
+                    for key, value in fields.items():
+                        setattr(entry, key, value)
+                entry.document = dataset
+                entry.modified_at = _parse_time(dataset.get("dct:modified")) or now
+                entry.fetched_at = now
+            stored = {str(d.get("@id", "")).removeprefix("urn:uuid:") for d in datasets} - {""}
+            gone = removed - stored
+            if gone:
+                session.exec(
+                    delete(CatalogEntry).where(
+                        col(CatalogEntry.provider) == provider, col(CatalogEntry.offering_id).in_(gone)
+                    )
+                )
+            for entry in existing.values():
+                if entry.offering_id not in gone:
+                    entry.fetched_at = now
+        return stored
+
+    def retain_only(self, provider: str, offering_ids: set[str]) -> int:
+        """After a full crawl: drop the peer's entries it no longer lists to this node."""
+        with transaction(self.engine) as session:
+            stale = [
+                e
+                for e in session.exec(select(CatalogEntry).where(CatalogEntry.provider == provider)).all()
+                if e.offering_id not in offering_ids
+            ]
+            for entry in stale:
+                session.delete(entry)
+        return len(stale)
+
+    def crawl_state(self, provider: str) -> PeerCatalogState | None:
+        with Session(self.engine) as session:
+            return session.get(PeerCatalogState, provider)
+
+    def record_crawl(
+        self, provider: str, endpoint: str, *, ok: bool, error: str = "", cursor: datetime | None = None
+    ) -> None:
+        with transaction(self.engine) as session:
+            state = session.get(PeerCatalogState, provider)
+            if state is None:
+                state = PeerCatalogState(provider=provider, endpoint=endpoint)
+                session.add(state)
+            now = utcnow()
+            state.endpoint = endpoint
+            state.last_attempt_at = now
+            if ok:
+                state.last_success_at = now
+                state.last_error = ""
+                if cursor is not None:
+                    state.modified_cursor = cursor
+                session.flush()
+                state.entries = len(
+                    session.exec(select(CatalogEntry.id).where(CatalogEntry.provider == provider)).all()
+                )
+            else:
+                state.last_error = error[:2000]
+
+    def freshness(self) -> list[dict[str, Any]]:
+        """How fresh each peer's copy is (the dashboard and /health show it)."""
+        with Session(self.engine) as session:
+            states = session.exec(select(PeerCatalogState)).all()
+        now = utcnow()
+        return [
+            {
+                "provider": s.provider,
+                "endpoint": s.endpoint,
+                "entries": s.entries,
+                "last_success_at": as_utc(s.last_success_at).isoformat() if s.last_success_at else None,
+                "age_seconds": int((now - as_utc(s.last_success_at)).total_seconds())
+                if s.last_success_at
+                else None,
+                "last_error": s.last_error or None,
+            }
+            for s in states
+        ]
+
+
+# Visibility ----------------------------------------------------------------------------------
+
+_WHO = ("participant", "participantName", "participantGroup")
+
+
+def visible_to(
+    policy_data: dict[str, Any] | None, address: str, name: str = "", groups: list[str] | None = None
+) -> bool:
+    """Could ``address`` be granted some use? Only constraints on who asks decide here
+    (purpose, time and counts are settled when negotiating); no policy: offered to no one."""
+    if policy_data is None:
+        return False
+    from marketplace.policy import RequestContext, expand, parse_policy
+    from marketplace.policy.engine import _GETTERS, _test
+
+    policy = expand(parse_policy(policy_data))
+    ctx = RequestContext(
+        participant=address, participant_name=name or None, groups=groups or [], mode="compute"
+    )
+
+    def tri(node: Any) -> bool | None:
+        members = getattr(node, "members", None)
+        if members is None:
+            if node.leftOperand not in _WHO:
+                return None
+            value = _GETTERS[node.leftOperand](ctx)
+            return False if value is None else bool(_test(node)(value))
+        results = [tri(m) for m in members]
+        kind = type(node).__name__
+        if kind == "AndGroup":
+            return False if False in results else (True if all(r is True for r in results) else None)
+        if kind == "OrGroup":
+            return True if True in results else (False if all(r is False for r in results) else None)
+        trues = results.count(True)
+        if trues > 1:
+            return False
+        if None in results:
+            return None
+        return trues == 1
+
+    def all_of(constraints: list[Any]) -> bool | None:
+        results = [tri(c) for c in constraints]
+        return False if False in results else (True if all(r is True for r in results) else None)
+
+    permitted = any(all_of(list(p.constraints)) is not False for p in policy.permissions)
+    banned = any(p.action == "use" and all_of(list(p.constraints)) is True for p in policy.prohibitions)
+    return permitted and not banned
+
+
+def _refresh_anchor_status(session: Session, rows: list[CatalogEntry]) -> None:
+    """Own entries show their notarization as it stands now (the notary moves it on)."""
+    from contracts.models import Notarization
+
+    local = {(r.provider, r.sha256): r for r in rows if r.local and r.sha256}
+    if not local:
+        return
+    found = session.exec(
+        select(Notarization.owner, Notarization.content_hash, Notarization.status).where(
+            col(Notarization.content_hash).in_([sha for _, sha in local])
+        )
+    ).all()
+    for owner, content_hash, status in found:
+        row = local.get((owner, content_hash))
+        if row is not None:
+            row.anchor_status = status
+    session.expunge_all()
+
+
+def _encode_cursor(row: CatalogEntry) -> str:
+    raw = f"{as_utc(row.modified_at).isoformat()}|{row.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, last_id = raw.split("|", 1)
+        return datetime.fromisoformat(at), int(last_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput(
+            "bad cursor", errors=[FieldError("cursor", "not a cursor this node issued")]
+        ) from None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return as_utc(datetime.fromisoformat(str(value))) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,146 @@
+"""Two nodes as real processes: a manifest on A, the federated catalog on B."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests import services
+
+
+def _wait(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _catalog(node: services.LiveNode, token: str, **params: Any) -> list[dict[str, Any]]:
+    r = httpx.get(f"{node.url}/api/v1/catalog", params=params, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
+
+
+def _manifest(work: Path, b_address: str, b_url: str, other: str, with_public: bool = True) -> Path:
+    shutil.copytree(services.REPO / "examples" / "data", work / "data", dirs_exist_ok=True)
+    offerings = [
+        {
+            "name": "bearing-faults",
+            "title": "Bearing fault labels",
+            "source": "data/bearings.csv",
+            "keywords": ["bearings"],
+            "access_modes": ["compute"],
+            "policy": {"template": "connector-restricted-usage", "params": {"participants": [b_address]}},
+        },
+        {
+            "name": "maintenance-log",
+            "title": "Maintenance log for partners only",
+            "source": "data/maintenance-log.csv",
+            "policy": {"template": "connector-restricted-usage", "params": {"participants": [other]}},
+        },
+        {
+            "name": "internal",
+            "title": "Internal vibration notes",
+            "source": "data/maintenance-log.csv",
+            "policy": {"template": "prohibit-access"},
+        },
+    ]
+    if with_public:
+        offerings.insert(
+            0,
+            {
+                "name": "turbine-vibration",
+                "title": "Turbine vibration 2026",
+                "source": "data/vibration.csv",
+                "keywords": ["vibration", "wind"],
+                "access_modes": ["compute", "download"],
+                "policy": {"template": "n-times-usage", "params": {"count": 10}},
+            },
+        )
+    path = work / "manifest.yaml"
+    path.write_text(json.dumps({"apiVersion": "agora/v1", "offerings": offerings, "peers": [{"url": b_url}]}))
+    return path
+
+
+def test_federated_catalog_between_two_nodes(tmp_path: Path) -> None:
+    b = services.start_node(tmp_path / "b", name="Beta Analytics", AGORA_CATALOG_CRAWL_INTERVAL="0.5")
+    a = services.start_node(tmp_path / "a", name="Acme Wind")
+    try:
+        b_address = httpx.get(f"{b.url}/health").json()["participant"]
+        a_address = httpx.get(f"{a.url}/health").json()["participant"]
+        other = "0x" + "12" * 20
+        manifest = _manifest(tmp_path / "m", b_address, b.url, other)
+        applied = a.cli("apply", "-f", str(manifest), "--home", str(a.home))
+        assert "4 create" in applied.stdout and "1 add-peer" in applied.stdout
+        b.cli("peers", "add", a.url, "--home", str(b.home))
+        token = b.token("catalog:read")
+
+        def remote() -> list[dict[str, Any]]:
+            return [i for i in _catalog(b, token) if i["provider"] == a_address]
+
+        seen = _wait(lambda: remote() if len(remote()) >= 2 else None, what="B's first crawl of A")
+        assert sorted(i["name"] for i in seen) == ["bearing-faults", "turbine-vibration"], (
+            "B sees exactly what A's policies could grant it"
+        )
+        assert all(not i["stale"] for i in seen)
+
+        hits = _catalog(b, token, q="vibration")
+        assert [h["name"] for h in hits] == ["turbine-vibration"]
+        assert [h["name"] for h in _catalog(b, token, keyword="bearings")] == ["bearing-faults"]
+        assert [h["name"] for h in _catalog(b, token, access_mode="download")] == ["turbine-vibration"]
+        assert _catalog(b, token, q="partners") == [], "an offering B may not see is not searchable either"
+
+        # A retires one offering; B's next (incremental) crawl drops it
+        a.cli(
+            "apply",
+            "-f",
+            str(_manifest(tmp_path / "m", b_address, b.url, other, with_public=False)),
+            "--home",
+            str(a.home),
+        )
+        _wait(lambda: [i["name"] for i in remote()] == ["bearing-faults"], what="the retired offering to go")
+
+        # A goes down: B keeps serving its last copy, marked stale, without waiting on A
+        a.stop()
+        _wait(lambda: all(i["stale"] for i in remote()) and remote(), what="stale marking")
+        started = time.monotonic()
+        cached = remote()
+        assert time.monotonic() - started < 2
+        assert [i["name"] for i in cached] == ["bearing-faults"]
+        assert cached[0]["age_seconds"] >= 0
+        peers = httpx.get(f"{b.url}/health").json()["peers"]
+        assert peers[0]["last_error"]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_catalog_request_requires_a_known_signed_sender(live_node: services.LiveNode) -> None:
+    from eth_account import Account
+
+    from connector.envelope import seal
+
+    address = httpx.get(f"{live_node.url}/health").json()["participant"]
+    stranger = Account.create()
+    message = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "CatalogRequestMessage",
+        "filter": [],
+    }
+    r = httpx.post(
+        f"{live_node.url}/dsp/catalog/request",
+        json=seal(message, private_key=stranger.key, recipient=address),
+    )
+    assert r.status_code == 403
+    assert "neither a known peer" in r.json()["detail"]
+    unsigned = httpx.post(f"{live_node.url}/dsp/catalog/request", json=message)
+    assert unsigned.status_code == 401
