@@ -163,6 +163,20 @@ class CatalogService:
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return {"items": items, "next_cursor": next_cursor}
 
+    def entry(self, provider: str, offering_id: str) -> dict[str, Any] | None:
+        """One catalog entry as a search result item (the web UI's offering page)."""
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(CatalogEntry).where(
+                    CatalogEntry.provider == provider, CatalogEntry.offering_id == offering_id
+                )
+            ).first()
+            if row is None:
+                return None
+            state = session.get(PeerCatalogState, provider)
+            _refresh_anchor_status(session, [row])
+        return self._item(row, state)
+
     def _matches(self, q: str) -> Any:
         if self.backend == "sqlite":
             return col(CatalogEntry.id).in_(

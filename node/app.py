@@ -112,8 +112,14 @@ def create_app(runtime: Runtime) -> Litestar:
         guards=[authenticate],
         security=[{"bearer": []}],
     )
+    from litestar.plugins.jinja import JinjaTemplateEngine
+    from litestar.template.config import TemplateConfig
+
+    from node.ui.routes import TEMPLATES, ui_router
+
     return Litestar(
-        route_handlers=[health, jwks, api, *[h for d in DOMAINS for h in d.public_handlers]],
+        route_handlers=[health, jwks, api, ui_router(), *[h for d in DOMAINS for h in d.public_handlers]],
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         dependencies={
             name: Provide(_constant(value), sync_to_thread=False, use_cache=True)
             for name, value in {

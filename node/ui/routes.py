@@ -1,0 +1,227 @@
+"""The web UI: server-rendered pages (Jinja templates) with htmx for live search.
+
+No JavaScript build step: htmx is one vendored file. A person signs in by pasting a bearer
+token (``agora token create --scope catalog:read``), kept in an HttpOnly, SameSite=Strict
+cookie; every page checks it like the API checks its header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from anyio import to_thread
+from litestar import Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie, State
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Body, FromPath, FromQuery
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+
+from kernel.errors import AgoraError, NotFound, Unauthorized
+from marketplace.catalog import CatalogFilters
+from node.auth import require_scope
+from node.runtime import Runtime
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+COOKIE = "agora_ui_token"
+KINDS = ("dataset", "model")
+MODES = ("download", "compute", "federate")
+
+
+class LoginRequired(HTTPException):
+    status_code = 303
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+async def ui_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A valid token with catalog:read in the UI cookie, else off to the sign-in page."""
+    token = connection.cookies.get(COOKIE)
+    if not token:
+        raise LoginRequired()
+    runtime = _runtime(connection.app.state)
+    try:
+        principal = runtime.verifier.cached(token) or await to_thread.run_sync(runtime.verifier.verify, token)
+        require_scope(principal, "catalog:read")
+    except AgoraError:
+        raise LoginRequired() from None
+    connection.scope["user"] = principal
+
+
+def _to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
+    return Redirect("/ui/login", status_code=303)
+
+
+@get("/login", sync_to_thread=False)
+def login_page(error: FromQuery[str | None] = None) -> Template:
+    return Template("login.html", context={"error": error})
+
+
+@post("/login", sync_to_thread=True, status_code=303)
+def login(
+    state: State, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Response[Any]:
+    token = (data.get("token") or "").strip()
+    runtime = _runtime(state)
+    try:
+        require_scope(runtime.verifier.verify(token), "catalog:read")
+    except (Unauthorized, AgoraError) as exc:
+        return Redirect(f"/ui/login?error={exc.detail}", status_code=303)
+    return Redirect(
+        "/ui/",
+        status_code=303,
+        cookies=[
+            Cookie(key=COOKIE, value=token, httponly=True, samesite="strict", path="/ui", max_age=8 * 3600)
+        ],
+    )
+
+
+@get("/logout", sync_to_thread=False, status_code=303)
+def logout() -> Response[Any]:
+    return Redirect(
+        "/ui/login", status_code=303, cookies=[Cookie(key=COOKIE, value="", path="/ui", max_age=0)]
+    )
+
+
+@get("/", sync_to_thread=True, guards=[ui_guard])
+def dashboard(state: State) -> Template:
+    runtime = _runtime(state)
+    own = runtime.catalog.search(CatalogFilters(provider=runtime.address), limit=200)["items"]
+    context = {
+        "node": {
+            "name": runtime.settings.name,
+            "address": runtime.address,
+            "url": runtime.settings.public_url,
+            "chain": runtime.settings.chain_url,
+            "database": runtime.database_kind,
+            "storage": runtime.store.kind,
+        },
+        "counts": {
+            "offerings": len(own),
+            "datasets": sum(1 for o in own if o["kind"] == "dataset"),
+            "models": sum(1 for o in own if o["kind"] == "model"),
+            "anchored": sum(1 for o in own if o["anchor_status"] == "ANCHORED"),
+            "backlog": runtime.notary.pending_count(),
+        },
+        "peers": _peers(runtime),
+        "notary_error": runtime.notary.last_error,
+    }
+    return Template("dashboard.html", context=context)
+
+
+def _peers(runtime: Runtime) -> list[dict[str, Any]]:
+    freshness = {f["provider"]: f for f in runtime.catalog.freshness()}
+    rows = []
+    for peer in runtime.participants.peers():
+        fresh = freshness.get(peer.address, {})
+        rows.append(
+            {
+                "name": peer.name,
+                "address": peer.address,
+                "endpoint": peer.endpoint,
+                "entries": fresh.get("entries", 0),
+                "age": _age(fresh.get("age_seconds")),
+                "error": fresh.get("last_error"),
+            }
+        )
+    return rows
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "never crawled"
+    if seconds < 90:
+        return f"{seconds} s ago"
+    if seconds < 5400:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+@get("/catalog", sync_to_thread=True, guards=[ui_guard])
+def catalog(
+    request: Request[Any, Any, Any],
+    state: State,
+    q: FromQuery[str | None] = None,
+    kind: FromQuery[str | None] = None,
+    provider: FromQuery[str | None] = None,
+    keyword: FromQuery[str | None] = None,
+    access_mode: FromQuery[str | None] = None,
+    license: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
+) -> Template:
+    runtime = _runtime(state)
+    filters = CatalogFilters(
+        q=q or None,
+        kind=kind or None,
+        provider=provider or None,
+        keyword=keyword or None,
+        access_mode=access_mode or None,
+        license=license or None,
+    )
+    error = None
+    try:
+        page = runtime.catalog.search(filters, cursor=cursor or None, limit=25)
+    except AgoraError as exc:
+        page, error = {"items": [], "next_cursor": None}, exc.detail
+    names = {p.address: p.name for p in runtime.participants.peers()}
+    names[runtime.address] = runtime.settings.name
+    for item in page["items"]:
+        item["provider_name"] = names.get(item["provider"], item["provider"])
+        item["age"] = _age(item.get("age_seconds")) if not item["local"] else ""
+    context = {
+        "page": page,
+        "filters": filters,
+        "error": error,
+        "kinds": KINDS,
+        "modes": MODES,
+        "providers": sorted(names.items(), key=lambda kv: kv[1]),
+        "query": str(request.url.query) if request.url.query else "",
+    }
+    partial = request.headers.get("hx-request") == "true"
+    return Template("_results.html" if partial else "catalog.html", context=context)
+
+
+@get("/offerings/{provider:str}/{offering_id:str}", sync_to_thread=True, guards=[ui_guard])
+def offering_page(state: State, provider: FromPath[str], offering_id: FromPath[str]) -> Template:
+    from marketplace.policy import describe, parse_policy
+
+    runtime = _runtime(state)
+    entry = runtime.catalog.entry(provider, offering_id)
+    if entry is None:
+        raise NotFound(f"no offering {offering_id} from {provider} in the catalog")
+    detail = runtime.offerings.get(offering_id) if entry["local"] else None
+    policy = entry.get("policy")
+    sentences = (
+        describe(parse_policy(policy)) if policy else ["Not offered to other organisations (no policy)."]
+    )
+    provenance = None
+    if detail is not None and detail.anchor.asset_id and detail.anchor.status == "ANCHORED":
+        provenance = runtime.provenance.document(detail.anchor.asset_id)
+    names = {p.address: p.name for p in runtime.participants.peers()}
+    names[runtime.address] = runtime.settings.name
+    context = {
+        "entry": entry,
+        "detail": detail,
+        "sentences": sentences,
+        "provenance": provenance,
+        "provider_name": names.get(provider, provider),
+    }
+    return Template("offering.html", context=context)
+
+
+def ui_router() -> Router:
+    static = create_static_files_router(path="/static", directories=[HERE / "static"], name="ui-static")
+    return Router(
+        path="/ui",
+        route_handlers=[login_page, login, logout, dashboard, catalog, offering_page, static],
+        exception_handlers={LoginRequired: _to_login},
+        include_in_schema=False,
+    )

@@ -1,0 +1,163 @@
+"""The web UI in headless Chromium (Debian's package, driven by Playwright): sign in, the
+dashboard with a peer's freshness, live catalog search, an offering page with its policy in
+plain words and its provenance. Screenshots land in test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import services
+
+ARTIFACTS = services.REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        services.unavailable("chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        services.unavailable("playwright is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.LiveNode, services.LiveNode]]:
+    root = tmp_path_factory.mktemp("ui")
+    a = services.start_node(root / "a", name="Acme Wind", AGORA_ANCHOR_MAX_DELAY="0.2")
+    b = services.start_node(root / "b", name="Beta Analytics", AGORA_CATALOG_CRAWL_INTERVAL="0.5")
+    try:
+        work = root / "manifest"
+        shutil.copytree(services.REPO / "examples", work)
+        text = (work / "manifest.yaml").read_text() + f"peers:\n  - url: {b.url}\n"
+        (work / "manifest.yaml").write_text(text)
+        a.cli("apply", "-f", str(work / "manifest.yaml"), "--home", str(a.home))
+        b.cli("peers", "add", a.url, "--home", str(b.home))
+        token = b.token("catalog:read")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            items = httpx.get(f"{b.url}/api/v1/catalog", headers={"Authorization": f"Bearer {token}"}).json()[
+                "items"
+            ]
+            if len(items) >= 2:
+                break
+            time.sleep(0.2)
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _sign_in(browser: Any, node: services.LiveNode) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{node.url}/ui/")
+    assert page.url.endswith("/ui/login"), "the UI asks who you are first"
+    page.get_by_label("Bearer token").fill(node.token("catalog:read"))
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{node.url}/ui/")
+    return page
+
+
+def _shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"), full_page=True)
+
+
+def test_bad_token_is_refused(browser: Any, nodes: tuple[services.LiveNode, services.LiveNode]) -> None:
+    _, b = nodes
+    page = browser.new_page()
+    page.goto(f"{b.url}/ui/login")
+    page.get_by_label("Bearer token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").inner_text().startswith("the token is malformed")
+    page.goto(f"{b.url}/ui/catalog")
+    assert page.url.endswith("/ui/login")
+    page.close()
+
+
+def test_dashboard_shows_peer_freshness(
+    browser: Any, nodes: tuple[services.LiveNode, services.LiveNode]
+) -> None:
+    _, b = nodes
+    page = _sign_in(browser, b)
+    assert page.get_by_role("heading", level=1).inner_text() == "Beta Analytics"
+    row = page.get_by_role("row", name="Acme Wind")
+    assert "fresh" in row.inner_text()
+    assert "never crawled" not in row.inner_text()
+    _shot(page, "dashboard")
+    page.close()
+
+
+def test_catalog_search_with_the_keyboard(
+    browser: Any, nodes: tuple[services.LiveNode, services.LiveNode]
+) -> None:
+    _, b = nodes
+    page = _sign_in(browser, b)
+    page.get_by_role("link", name="Catalog").click()
+    results = page.locator("#results")
+    assert "Turbine vibration 2026" in results.inner_text()
+    assert "Maintenance log (internal)" not in results.inner_text(), (
+        "prohibit-access stays out of peers' catalogs"
+    )
+    search = page.get_by_label("Search")
+    search.focus()
+    page.keyboard.type("bearing")
+    page.wait_for_function(
+        "() => !document.querySelector('#results').innerText.includes('Turbine vibration')"
+    )
+    assert "Bearing fault labels" in results.inner_text()
+    _shot(page, "catalog-search")
+    page.keyboard.press("Tab")  # on to the Kind filter, every field reachable by keyboard
+    assert page.evaluate("document.activeElement.id") == "kind"
+    page.get_by_role("link", name="Bearing fault labels").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Bearing fault labels"
+    terms = page.locator("ul.policy").inner_text()
+    assert "predictive-maintenance" in terms and "research" in terms
+    assert "prohibited" in terms.lower()
+    _shot(page, "offering-remote")
+    page.close()
+
+
+def test_own_offering_page_shows_versions_and_provenance(
+    browser: Any, nodes: tuple[services.LiveNode, services.LiveNode]
+) -> None:
+    a, _ = nodes
+    token = a.token("catalog:read")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        items = httpx.get(f"{a.url}/api/v1/offerings", headers={"Authorization": f"Bearer {token}"}).json()[
+            "items"
+        ]
+        if items and all(o["anchor"]["status"] == "ANCHORED" for o in items):
+            break
+        time.sleep(0.2)
+    page = _sign_in(browser, a)
+    page.goto(f"{a.url}/ui/catalog?q=vibration")
+    page.get_by_role("link", name="Turbine vibration 2026").click()
+    table = page.get_by_role("table").inner_text()
+    assert "v1" in table and "ANCHORED" in table
+    assert "agora verify" in page.get_by_role("region", name="Versions and provenance").inner_text()
+    assert "at most 10" in page.locator("ul.policy").inner_text()
+    _shot(page, "offering-own")
+    page.close()
