@@ -242,3 +242,57 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return str(n)
+
+
+@handle_errors
+def catalog_command(
+    ctx: typer.Context,
+    q: Annotated[str | None, typer.Option("-q", "--query", help="full-text search")] = None,
+    kind: Annotated[str | None, typer.Option(help="dataset | model")] = None,
+    peer: Annotated[str | None, typer.Option("--peer", help="only this peer's offerings (its URL)")] = None,
+    keyword: Annotated[str | None, typer.Option(help="offerings with this keyword")] = None,
+    access_mode: Annotated[str | None, typer.Option(help="download | compute | federate")] = None,
+    limit: Annotated[int, typer.Option(help="page size")] = 50,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Browse the marketplace: this node's offerings and its peers' (as last crawled)."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        provider = None
+        names = {p["address"]: p["name"] for p in client.get("/api/v1/participants")}
+        if peer:
+            endpoints = {p["endpoint"].rstrip("/"): p["address"] for p in client.get("/api/v1/participants")}
+            provider = endpoints.get(peer.rstrip("/"))
+            if provider is None:
+                raise InvalidInput(f"{peer} is not a known peer: `agora peers add {peer}` first")
+        page = client.get(
+            "/api/v1/catalog",
+            q=q,
+            kind=kind,
+            provider=provider,
+            keyword=keyword,
+            access_mode=access_mode,
+            limit=limit,
+        )
+    if as_json:
+        print_json(page["items"])
+        return
+    from rich.table import Table
+
+    table = Table("provider", "kind", "title", "access", "v", "anchor", "freshness", box=None)
+    for item in page["items"]:
+        freshness = "this node" if item["local"] else ("STALE" if item["stale"] else "fresh")
+        table.add_row(
+            names.get(item["provider"], item["provider"]),
+            item["kind"],
+            item["title"],
+            ", ".join(item["access_modes"]),
+            str(item["version"]),
+            item["anchor_status"] or "-",
+            freshness,
+        )
+    console.print(table)
+    if not page["items"]:
+        console.print("nothing matches")

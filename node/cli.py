@@ -16,6 +16,7 @@ from contracts.cli import contracts_app, devchain, run_verify
 from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
 from kernel.errors import AgoraError
 from marketplace.cli import app as offerings_app
+from marketplace.cli import catalog_command
 from marketplace.manifests.cli import apply_command, plan_command
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ app.add_typer(offerings_app, name="offerings")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(peers_app, name="peers")
 app.command()(devchain)
+app.command("catalog")(catalog_command)
 app.command("plan")(plan_command)
 app.command("apply")(apply_command)
 

@@ -49,7 +49,7 @@ def _agora() -> list[str]:
 
 
 @contextmanager
-def _served_node(home: Path, name: str) -> Iterator[tuple[str, dict[str, str]]]:
+def _served_node(home: Path, name: str, crawl_interval: str = "30") -> Iterator[tuple[str, dict[str, str]]]:
     """``agora init`` + ``agora serve`` as a real process on a free loopback port."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -59,6 +59,7 @@ def _served_node(home: Path, name: str) -> Iterator[tuple[str, dict[str, str]]]:
         AGORA_PUBLIC_URL=url,
         AGORA_KEY_PASSPHRASE=PASSPHRASE,
         AGORA_ANCHOR_MAX_DELAY="0.5",
+        AGORA_CATALOG_CRAWL_INTERVAL=crawl_interval,
     )
     init = subprocess.run([*_agora(), "init", "--name", name], env=env, capture_output=True, text=True)
     if init.returncode != 0:
@@ -93,19 +94,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], home: Path) -> None:
             pass
         time.sleep(0.1)
     raise ServiceUnavailable("the node did not become healthy within 60 s")
-
-
-def _make_dataset(directory: Path) -> Path:
-    """The digits dataset bundled with scikit-learn, as CSV (nothing is downloaded)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    path = directory / "digits.csv"
-    with path.open("w") as f:
-        f.write(",".join([f"p{i}" for i in range(64)] + ["label"]) + "\n")
-        for row, label in zip(digits.data, digits.target, strict=True):
-            f.write(",".join(str(int(v)) for v in row) + f",{int(label)}\n")
-    return path
 
 
 def _make_model(directory: Path) -> tuple[Path, float]:
@@ -153,8 +141,8 @@ def _verify(path: Path, root: Path, expect_ok: bool = True) -> None:
 
 def run_demo(keep: bool = False) -> None:
     console.print(
-        "[bold]Agora demo[/]: one organisation's node, on embedded defaults "
-        "(SQLite, local object store), as real processes on loopback."
+        "[bold]Agora demo[/]: two organisations' nodes on embedded defaults (SQLite, local object "
+        "store, an in-process EVM chain each), as real processes on loopback."
     )
     root = Path(tempfile.mkdtemp(prefix="agora-demo-"))
     work = root / "work"
@@ -168,111 +156,119 @@ def run_demo(keep: bool = False) -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _story(root: Path, work: Path) -> None:
+def _token(home: Path, url: str, scopes: list[str], subject: str) -> str:
     from node.auth import TokenIssuer
     from node.identity import participant_address, token_signing_key
     from node.settings import Settings
 
-    _step(1, "Acme Wind sets up its node")
-    home = root / "acme"
-    with _served_node(home, "Acme Wind") as (url, _env):
-        settings = Settings.load(home=home, public_url=url)
-        address = participant_address(settings)
-        _say(f"$ agora init --name 'Acme Wind'   → participant {address}")
-        _say(f"$ agora serve                      → listening on {url}")
-        _say(f"the org key lives in an encrypted keystore: {settings.keystore_path.name}")
+    settings = Settings.load(home=home, public_url=url)
+    issuer = TokenIssuer(
+        token_signing_key(settings), settings.token_issuer, participant_address(settings), 3600
+    )
+    return issuer.issue(scopes, 900, subject=subject)
 
-        issuer = TokenIssuer(token_signing_key(settings), settings.token_issuer, address, 3600)
-        token = issuer.issue(["offerings:write", "catalog:read"], 900, subject="data-steward")
-        _step(2, "A data steward gets a bearer token")
-        _say("$ agora token create --scope offerings:write --scope catalog:read --ttl 15m")
-        with NodeClient(url, token) as client:
-            health = client.get("/health")
+
+def _story(root: Path, work: Path) -> None:
+    from marketplace.manifests.cli import apply_manifest, plan_manifest
+
+    _step(1, "Acme Wind and Beta Analytics each set up a node")
+    with (
+        _served_node(root / "acme", "Acme Wind") as (acme_url, _),
+        _served_node(root / "beta", "Beta Analytics", crawl_interval="0.5") as (beta_url, _),
+    ):
+        acme_token = _token(root / "acme", acme_url, ["admin"], "acme-data-steward")
+        beta_token = _token(root / "beta", beta_url, ["admin"], "beta-data-scientist")
+        with NodeClient(acme_url, acme_token) as acme, NodeClient(beta_url, beta_token) as beta:
+            acme_id, beta_id = acme.get("/health"), beta.get("/health")
+            _say(f"$ agora init --name 'Acme Wind'       → participant {acme_id['participant']}, {acme_url}")
+            _say(f"$ agora init --name 'Beta Analytics'  → participant {beta_id['participant']}, {beta_url}")
             _say(
-                f"GET /health → {health['status']}: database {health['database']}, "
-                f"storage {health['storage']}, chain {health['chain']}"
+                f"each: database {acme_id['database']}, storage {acme_id['storage']}, "
+                f"chain {acme_id['chain']}"
             )
 
-            _step(3, "She registers a dataset and a model")
-            dataset = _make_dataset(work)
+            _step(2, "Acme's data steward declares three offerings and their terms in a manifest")
+            manifest = _demo_manifest(work, beta_url)
+            plan = plan_manifest(acme, manifest)
+            _say("$ agora plan -f manifest.yaml")
+            for change in plan["changes"]:
+                _say(f"  {change['action']:10} {change['target']:18} {change['detail']}")
+            applied = apply_manifest(acme, manifest)
+            _say(f"$ agora apply -f manifest.yaml   → {applied['summary']}")
+            again = apply_manifest(acme, manifest)
+            _say(f"$ agora apply -f manifest.yaml   → {again['summary']}")
+            for offering in acme.get("/api/v1/offerings")["items"]:
+                from marketplace.policy import describe, parse_policy
+
+                terms = " ".join(describe(parse_policy(offering["policy"]))) if offering["policy"] else "-"
+                _say(f"  {offering['name']:18} {terms}")
+
+            _step(3, "She also registers a model by upload")
             model, accuracy = _make_model(work)
-            _say(
-                f"generated {dataset.name} ({dataset.stat().st_size} bytes, sklearn's digits) and "
-                f"{model.name} (logistic regression, test accuracy {accuracy:.3f})"
-            )
-            registered = []
-            for path, meta in [
-                (
-                    dataset,
-                    {
-                        "name": "digits",
-                        "kind": "dataset",
-                        "title": "Handwritten digits 8x8",
-                        "media_type": "text/csv",
-                        "keywords": ["vision", "digits"],
-                        "license": "CC-BY-4.0",
-                        "access_modes": ["compute", "download"],
-                    },
-                ),
-                (
-                    model,
-                    {
-                        "name": "digits-logreg",
-                        "kind": "model",
-                        "title": "Digits classifier (ONNX)",
-                        "media_type": "application/onnx",
-                        "keywords": ["classifier"],
-                        "license": "Apache-2.0",
-                        "access_modes": ["download"],
-                    },
-                ),
-            ]:
-                offering = client.upload("/api/v1/offerings", path, {"metadata": json.dumps(meta)})
-                registered.append(offering)
-                _say(f"$ agora offerings add {path.name} --title '{meta['title']}'")
-                _say(
-                    f"  → {offering['id']}  {offering['sha256'][:23]}…  {offering['size']} bytes, "
-                    f"anchor {offering['anchor']['status']}"
-                )
-
-            _step(4, "The same bytes registered again are stored once")
-            again = client.upload(
+            uploaded = acme.upload(
                 "/api/v1/offerings",
-                dataset,
-                {"metadata": json.dumps({"title": "Digits (copy)", "media_type": "text/csv"})},
+                model,
+                {
+                    "metadata": json.dumps(
+                        {
+                            "name": "digits-logreg",
+                            "kind": "model",
+                            "title": "Digits classifier (ONNX)",
+                            "media_type": "application/onnx",
+                            "license": "Apache-2.0",
+                            "policy": {"template": "provide-access"},
+                        }
+                    )
+                },
             )
-            _say(f"new offering {again['id'][:8]}…, same sha256, stored again: {again['created']}")
-
-            _step(5, "Anyone with catalog:read lists the offerings")
-            page = client.get("/api/v1/offerings")
-            for o in page["items"]:
-                _say(f"{o['kind']:8} {o['title']:28} v{o['version']}  {o['sha256'][:19]}…")
-
-            _step(6, "The node notarizes what it registered on its chain")
-            anchors = _wait_anchored(client, [o["id"] for o in registered])
-            first = anchors[0]
-            _say(f"embedded EVM chain {first['chain_id']}, registry {first['registry']}")
             _say(
-                f"one Merkle batch for all versions: root {first['batch_root'][:18]}…, "
+                f"$ agora offerings add {model.name} --kind model   (logistic regression, test accuracy "
+                f"{accuracy:.3f}) → {uploaded['sha256'][:23]}…, anchor {uploaded['anchor']['status']}"
+            )
+
+            _step(4, "Acme's node notarizes every version on its chain, in one Merkle batch")
+            ids = [o["id"] for o in acme.get("/api/v1/offerings")["items"]]
+            anchors = _wait_anchored(acme, ids)
+            first = anchors[0]
+            _say(f"EVM chain {first['chain_id']}, registry {first['registry']}")
+            roots = {a["batch_root"] for a in anchors}
+            _say(
+                f"{len(anchors)} versions under {len(roots)} batch root(s), "
+                f"e.g. {first['batch_root'][:18]}…, "
                 f"tx {first['tx_hash'][:18]}…, block {first['block_number']}"
             )
 
-            _step(7, "A download comes back byte for byte, with its provenance")
-            out = work / "digits-downloaded.csv"
-            offering = client.get(f"/api/v1/offerings/{registered[0]['id']}")
-            digest, size = client.download(f"/api/v1/offerings/{offering['id']}/download", out)
-            sidecar = write_sidecar(client, offering["versions"][-1], out)
-            original, _ = sha256_file(dataset)
+            _step(5, "Beta adds Acme as a peer; its catalog shows what Acme's policies could grant Beta")
+            beta.post_json("/api/v1/participants", {"url": acme_url})
+            _say(f"$ agora peers add {acme_url}")
+            items = _wait_catalog(beta, acme_id["participant"], 3)
+            for item in items:
+                _say(f"  {item['kind']:8} {item['title']:32} access {', '.join(item['access_modes'])}")
+            _say("  (the internal maintenance log is prohibit-access: Beta's catalog never hears of it)")
+            hits = beta.get("/api/v1/catalog", q="turbines")["items"]
+            _say(f"$ agora catalog -q turbines   → {', '.join(h['title'] for h in hits)}")
+
+            _step(6, "A download comes back byte for byte, with its provenance")
+            vibration = next(
+                o for o in acme.get("/api/v1/offerings")["items"] if o["name"] == "turbine-vibration"
+            )
+            offering = acme.get(f"/api/v1/offerings/{vibration['id']}")
+            out = work / "vibration-downloaded.csv"
+            digest, size = acme.download(f"/api/v1/offerings/{offering['id']}/download", out)
+            sidecar = write_sidecar(acme, offering["versions"][-1], out)
+            original, _ = sha256_file(work / "data" / "vibration.csv")
             verdict = "identical" if digest == original else "DIFFERENT"
             _say(f"$ agora offerings download {offering['id'][:8]}… -o {out.name}")
-            _say(f"  → {size} bytes, sha256:{digest[:16]}… — {verdict} to what was registered")
-            _say(f"  → provenance sidecar {sidecar.name if sidecar else '(none)'}")
+            _say(
+                f"  → {size} bytes, sha256:{digest[:16]}… — {verdict} to the source; sidecar "
+                f"{sidecar.name if sidecar else '(none)'}"
+            )
             if digest != original or sidecar is None:
                 raise AgoraError("the download differs from the registered file or has no provenance")
 
-            _step(8, "Anyone checks it against the chain alone: agora verify")
+            _step(7, "Anyone checks it against the chain alone: agora verify")
             _verify(out, root)
-            tampered = work / "digits-tampered.csv"
+            tampered = work / "vibration-tampered.csv"
             data = bytearray(out.read_bytes())
             data[100] ^= 0x01
             tampered.write_bytes(bytes(data))
@@ -280,20 +276,38 @@ def _story(root: Path, work: Path) -> None:
             _say("one flipped bit later:")
             _verify(tampered, root, expect_ok=False)
 
-            _step(9, "Bad input is refused with its reason, and changes nothing")
-            before = len(client.get("/api/v1/offerings")["items"])
+            _step(8, "Bad input is refused with its reason, and changes nothing")
+            before = len(acme.get("/api/v1/offerings")["items"])
             try:
-                client.upload(
-                    "/api/v1/offerings",
-                    dataset,
-                    {"metadata": json.dumps({"title": "", "kind": "spreadsheet"})},
+                acme.upload(
+                    "/api/v1/offerings", model, {"metadata": json.dumps({"title": "", "kind": "spreadsheet"})}
                 )
             except AgoraError as exc:
                 _say(f"refused ({exc.status}): {exc.detail}")
-            after = len(client.get("/api/v1/offerings")["items"])
+            after = len(acme.get("/api/v1/offerings")["items"])
             _say(f"offerings before and after: {before} → {after}")
 
     console.print(
-        "\n[bold green]Demo complete.[/] Usage policies and the federated catalog, negotiation between "
-        "organisations, training jobs and federated learning join this story as they are built."
+        "\n[bold green]Demo complete.[/] Negotiation between organisations, training jobs and federated "
+        "learning join this story as they are built."
     )
+
+
+def _demo_manifest(work: Path, beta_url: str) -> Path:
+    """The example manifest (three offerings, generated data) plus Beta as a peer."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    shutil.copytree(examples / "data", work / "data")
+    path = work / "manifest.yaml"
+    path.write_text((examples / "manifest.yaml").read_text() + f"peers:\n  - url: {beta_url}\n")
+    return path
+
+
+def _wait_catalog(client: NodeClient, provider: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        items = [i for i in client.get("/api/v1/catalog")["items"] if i["provider"] == provider]
+        if len(items) >= count:
+            return items
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"the peer's catalog did not arrive within {timeout:.0f} s")
+        time.sleep(0.2)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from kernel.cli import HomeOpt, JsonOpt, TokenOpt, UrlOpt, connect_from, console, handle_errors, print_json
+from kernel.client import NodeClient
 from kernel.errors import InvalidInput
 from kernel.hashing import sha256_file
 
@@ -25,7 +26,7 @@ SYMBOLS = {
 }
 
 
-def _prepare(file: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+def prepare_request(file: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """Validate locally (errors name file and line) and hash the sources next to the manifest."""
     from marketplace.manifests.loader import load_manifest
 
@@ -49,7 +50,7 @@ def _prepare(file: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     return {"manifest": text, "source_name": file.name, "sources": sources}, paths
 
 
-def _print_plan(plan: dict[str, Any], applied: bool) -> None:
+def print_plan(plan: dict[str, Any], applied: bool) -> None:
     for change in plan["changes"]:
         symbol = SYMBOLS.get(change["action"], "?")
         console.print(f"  {symbol} {change['action']:12} {change['target']}  {change['detail']}")
@@ -69,10 +70,9 @@ def plan_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the changes a manifest asks for; changes nothing."""
-    request, _ = _prepare(file)
     with connect_from(ctx)(url=url, token=token, home=home, scope="offerings:write") as client:
-        plan = client.post_json("/api/v1/manifests/plan", request)
-    print_json(plan) if as_json else _print_plan(plan, applied=False)
+        plan = plan_manifest(client, file)
+    print_json(plan) if as_json else print_plan(plan, applied=False)
 
 
 @handle_errors
@@ -85,12 +85,26 @@ def apply_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Carry out a manifest; a second apply finds nothing to do."""
-    request, paths = _prepare(file)
     with connect_from(ctx)(url=url, token=token, home=home, scope="offerings:write") as client:
-        plan = client.post_json("/api/v1/manifests/plan", request)
-        needed = {f"source:{name}": paths[name] for name in plan["needs_bytes"] if name in paths}
-        if needed:
-            result = client.post_files("/api/v1/manifests/apply", {"request": json.dumps(request)}, needed)
-        else:
-            result = client.post_json("/api/v1/manifests/apply", request)
-    print_json(result) if as_json else _print_plan(result, applied=True)
+        result = apply_manifest(client, file)
+    print_json(result) if as_json else print_plan(result, applied=True)
+
+
+def plan_manifest(client: NodeClient, file: Path) -> dict[str, Any]:
+    request, _ = prepare_request(file)
+    plan: dict[str, Any] = client.post_json("/api/v1/manifests/plan", request)
+    return plan
+
+
+def apply_manifest(client: NodeClient, file: Path) -> dict[str, Any]:
+    """Plan, then apply, uploading only the sources the plan needs."""
+    request, paths = prepare_request(file)
+    plan = client.post_json("/api/v1/manifests/plan", request)
+    needed = {f"source:{name}": paths[name] for name in plan["needs_bytes"] if name in paths}
+    if needed:
+        result: dict[str, Any] = client.post_files(
+            "/api/v1/manifests/apply", {"request": json.dumps(request)}, needed
+        )
+    else:
+        result = client.post_json("/api/v1/manifests/apply", request)
+    return result

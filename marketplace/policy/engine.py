@@ -25,9 +25,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from marketplace.policy.explain import LABELS, MISSING, PHRASES, constraint_words, describe, duty_sentence
 from marketplace.policy.explain import elapsed_words as _elapsed_words
 from marketplace.policy.language import (
-    ACCESS_MODES,
     MAX_LIST,
-    AccessMode,
     Address,
     Constraint,
     ConstraintNode,
@@ -42,6 +40,7 @@ from marketplace.policy.language import (
     utc_now,
 )
 from marketplace.policy.templates import expand
+from marketplace.schemas import ACCESS_MODES, AccessMode
 
 
 def _in_utc(moment: datetime) -> datetime:
@@ -112,7 +111,7 @@ class Decision:
         return asdict(self)
 
 
-Check = Callable[["RequestContext", list[Reason]], bool]
+Check = Callable[[RequestContext, list[Reason]], bool]
 Test = Callable[[Any], bool]
 
 _ORDER: dict[str, Callable[[Any, Any], bool]] = {"lt": op.lt, "lteq": op.le, "gt": op.gt, "gteq": op.ge}
@@ -272,7 +271,7 @@ class _Rule:
     path: str
     action: str
     checks: tuple[Check, ...]
-    always: Reason | None = None
+    always: bool = False  # no constraints: the rule always applies, and says so
     duties: tuple[Duty, ...] = ()
     notes: tuple[DutyNote, ...] = ()  # the duties in words, for one access mode
 
@@ -284,8 +283,8 @@ class _Rule:
         for check in self.checks:
             if not check(ctx, out):
                 ok = False
-        if self.always is not None:
-            out.append(self.always)
+        if self.always:
+            out.append(Reason(self.path, self.path, "always", True, "the rule has no constraints"))
         return ok
 
     def for_mode(self, mode: str) -> _Rule:
@@ -312,8 +311,7 @@ def _compile_rule(
 ) -> _Rule:
     path = f"{kind}[{index}]"
     checks = tuple(_compile_node(c, path, f"{path}.constraints[{i}]", 0) for i, c in enumerate(constraints))
-    always = None if checks else Reason(path, path, "always", True, "the rule has no constraints")
-    return _Rule(path, action, checks, always, tuple(duties or ()))
+    return _Rule(path, action, checks, not checks, tuple(duties or ()))
 
 
 class CompiledPolicy:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -47,8 +46,8 @@ from pydantic_core import PydanticCustomError
 
 from kernel.errors import FieldError, InvalidInput
 from kernel.validation import field_errors
+from marketplace.schemas import ACCESS_MODES
 
-AccessMode = Literal["download", "compute", "federate"]
 Action = Literal["use", "download", "compute", "federate"]
 DutyAction = Literal["log", "notify", "delete"]
 LeftOperand = Literal[
@@ -75,7 +74,6 @@ TemplateName = Literal[
     "connector-restricted-usage",
 ]
 
-ACCESS_MODES: tuple[AccessMode, ...] = get_args(AccessMode)
 ACTIONS: tuple[Action, ...] = get_args(Action)
 LEFT_OPERANDS: tuple[LeftOperand, ...] = get_args(LeftOperand)
 OPERATORS: tuple[Operator, ...] = get_args(Operator)
@@ -660,17 +658,6 @@ def load_policy(text: str, *, source: str = "policy") -> Policy:
         error = FieldError("(root)", message)
         raise InvalidInput(f"{source} is not valid YAML: {message}", errors=[error]) from None
     return parse_policy(data)
-
-
-def iter_atomic(nodes: Sequence[ConstraintNode]) -> list[Constraint]:
-    """Every atomic constraint under ``nodes``, depth first."""
-    found: list[Constraint] = []
-    for node in nodes:
-        if isinstance(node, Constraint):
-            found.append(node)
-        else:
-            found.extend(iter_atomic(node.members))
-    return found
 
 
 def utc_now() -> datetime:

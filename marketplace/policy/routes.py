@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Controller, post
 from litestar.params import JSONBody
 from pydantic import BaseModel, ConfigDict
 
-from kernel.validation import validate
 from marketplace.policy.engine import Evaluation, RequestContext, evaluate_policy
 from marketplace.policy.language import Policy
 
@@ -35,16 +32,14 @@ class PolicyController(Controller):
         sync_to_thread=False,
         request_max_body_size=MAX_JSON_BYTES,
     )
-    def evaluate(self, data: JSONBody[dict[str, Any]]) -> Evaluation:
+    def evaluate(self, data: JSONBody[EvaluateRequest]) -> Evaluation:
         """Decide a request against a policy: allow or deny, the reason for each constraint,
         the duties that come with access, and the policy in plain sentences.
 
-        The body is ``{"policy": …, "context": …}`` (see :class:`EvaluateRequest`); it is
-        validated here rather than by the framework, so errors carry the same field paths
-        as everywhere else (``policy.permissions.0.constraints.1.operator``).
+        A bad policy or context is a 400 whose ``errors`` carry the field paths
+        (``policy.permissions.0.constraints.1.operator``, ``context.participant``).
         """
-        request = validate(EvaluateRequest, data, what="policy evaluation")
-        return evaluate_policy(request.policy, request.context)
+        return evaluate_policy(data.policy, data.context)
 
 
 api_handlers = [PolicyController]

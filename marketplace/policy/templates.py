@@ -139,8 +139,7 @@ def expand(policy: Policy) -> Policy:
     """The explicit rules of ``policy`` (the policy itself when it has no template)."""
     if policy.template is None:
         return policy
-    template = TEMPLATES[policy.template]
-    return template.build(template.params.model_validate(policy.params or {}))
+    return TEMPLATES[policy.template].build(policy.template_params())
 
 
 def from_template(name: str, **params: Any) -> Policy:

@@ -49,7 +49,9 @@ async def ui_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
         raise LoginRequired()
     runtime = _runtime(connection.app.state)
     try:
-        principal = runtime.verifier.cached(token) or await to_thread.run_sync(runtime.verifier.verify, token)
+        principal = runtime.verifier.cached(token)
+        if principal is None:
+            principal = await to_thread.run_sync(runtime.verifier.verify, token)
         require_scope(principal, "catalog:read")
     except AgoraError:
         raise LoginRequired() from None
