@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 import connector.routes
 import contracts.routes
+import marketplace.policy.routes
 import marketplace.routes
 from kernel.errors import ServiceUnavailable
 from node.auth import bearer_token, require_scope
@@ -31,7 +32,7 @@ from node.runtime import Runtime
 
 log = logging.getLogger("agora.node")
 VERSION = "0.1.0"
-DOMAINS = (marketplace.routes, connector.routes, contracts.routes)
+DOMAINS = (marketplace.routes, marketplace.policy.routes, connector.routes, contracts.routes)
 
 
 async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -18,6 +18,7 @@ from kernel.errors import AgoraError
 from marketplace.cli import app as offerings_app
 from marketplace.cli import catalog_command
 from marketplace.manifests.cli import apply_command, plan_command
+from marketplace.policy.cli import app as policy_app
 
 if TYPE_CHECKING:
     from kernel.client import NodeClient
@@ -37,6 +38,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(offerings_app, name="offerings")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(peers_app, name="peers")
+app.add_typer(policy_app, name="policy")
 app.command()(devchain)
 app.command("catalog")(catalog_command)
 app.command("plan")(plan_command)
