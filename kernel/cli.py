@@ -13,13 +13,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 from rich.console import Console
 
-from kernel.client import NodeClient
 from kernel.errors import AgoraError
+
+if TYPE_CHECKING:
+    from kernel.client import NodeClient
 
 # wide when not a terminal, so pipes and logs get whole lines (reasons, hashes, trees)
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kernel.cli import HomeOpt, JsonOpt, TokenOpt, UrlOpt, connect_from, console, handle_errors, print_json
-from kernel.client import NodeClient
 from kernel.errors import InvalidInput
 from kernel.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from kernel.client import NodeClient
 
 FileOpt = Annotated[
     Path, typer.Option("-f", "--file", help="the manifest (YAML or JSON)", exists=True, dir_okay=False)
