@@ -152,7 +152,11 @@ class Chain(ABC):
             self._nonce = None  # the node may or may not have taken it: resync before the next try
             raise
         self._nonce += 1
-        receipt = self._wait(tx_hash)
+        try:
+            receipt = self._wait(tx_hash)
+        except ChainUnavailable:
+            self._nonce = None  # the transaction may have been dropped: never leave a nonce gap
+            raise
         if receipt["status"] != 1:
             raise ChainReverted(f"transaction {tx_hash.hex()} reverted")
         return TxResult(

@@ -77,6 +77,8 @@ def run_verify(
     except AgoraError as exc:
         if isinstance(exc, CannotCheck) or exc.status >= 500:
             err_console.print(f"[bold yellow]COULD NOT CHECK:[/] {exc.detail}", highlight=False)
+            if as_json:  # a document on stdout for every outcome, not only for verdicts
+                print_json({"subject": target, "verified": False, "checked": False, "reason": exc.detail})
             return EXIT_CANNOT_CHECK
         if as_json:
             print_json({"subject": target, "verified": False, "reason": exc.detail})
@@ -123,6 +125,12 @@ def _verify(
     if doc is None and fetch_document is not None:
         doc = fetch_document(key)
     importer.join()
+    if doc is None and (content_sha is None or not trusted):
+        # nothing to check and nothing to search the chain for: no --chain would help
+        raise InvalidInput(
+            f"no provenance record for {target}: no sidecar, no node that knows it"
+            + ("" if trusted else ", and no --registry to search the chain for it")
+        )
     from contracts.chain import RpcChain
     from contracts.verify import CannotCheck, Verifier
 
@@ -135,11 +143,7 @@ def _verify(
         raise CannotCheck(f"cannot reach the chain at {rpc_url}: {exc.detail}") from exc
     verifier = Verifier(chain, trusted_registry=trusted)
     if doc is None:
-        if content_sha is None or not trusted:
-            raise InvalidInput(
-                f"no provenance record for {target}: no sidecar, no node that knows it"
-                + ("" if trusted else ", and no --registry to search the chain for it")
-            )
+        assert content_sha is not None and trusted is not None  # checked above
         doc = verifier.find_by_content(content_sha, trusted)
         if doc is None:
             raise InvalidInput(

@@ -9,6 +9,7 @@ on anvil. It is a development chain: never expose it beyond loopback.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,7 +73,8 @@ class DevChainServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread is not None:
+            self.server.shutdown()
         self.server.server_close()
         if self._thread is not None:
             self._thread.join(5)
@@ -84,6 +86,7 @@ def serve_devchain(data_dir: Path, port: int) -> None:
     print(f"AGORA_CHAIN_URL={server.url}")
     print(f"AGORA_CHAIN_REGISTRY={server.registry}")
     print(f"# chain id {server.chain.chain_id}; state in {data_dir}; Ctrl-C to stop", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     try:
         server.server.serve_forever()
     except KeyboardInterrupt:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from contracts.errors import ChainReverted, ChainUnavailable
@@ -167,18 +168,22 @@ class Notary:
 
     def pending_count(self) -> int:
         with Session(self.engine) as session:
-            return len(
-                session.exec(
-                    select(Notarization.id).where(col(Notarization.status).in_([PENDING, SUBMITTED]))
-                ).all()
+            query = (
+                sa_select(func.count())
+                .select_from(Notarization)
+                .where(col(Notarization.status).in_([PENDING, SUBMITTED]))
             )
+            return int(session.execute(query).scalar_one())
 
     def run_once(self, *, force: bool = False) -> int:
         """Anchor what is due; returns how many rows were anchored. ``force`` ignores max_delay."""
         anchored = self._resend_submitted()
         anchored += self._anchor_direct()
         while True:
-            batch = self._take_batch(force)
+            try:
+                batch = self._take_batch(force)
+            except _Raced:
+                break  # another worker (another replica on PostgreSQL) took these rows
             if not batch:
                 break
             anchored += self._anchor_batch(batch)
@@ -245,9 +250,11 @@ class Notary:
             result = registry.anchor_batch(root, len(rows))
             tx_hash, block = result.tx_hash, result.block_number
         except ChainReverted as exc:
-            if exc.reason != "BatchExists":
+            batch = registry.get_batch(root)
+            if batch is None or batch.owner.lower() != registry.chain.sender.lower():
                 self._fail(rows, exc)
                 return 0
+            # already on chain (a resend, or another worker mined it first): anchored, once
             tx_hash, block = self._find_batch_tx(registry, root)
         self._mark_anchored(rows, tx_hash, block, registry)
         log.info("anchored a batch of %d under root %s in block %s", len(rows), root_hex, block)

@@ -243,17 +243,24 @@ class Verifier:
         if metadata is not None and canonical_hash(metadata) != metadata_hash.hex():
             raise _Fail("the metadata in the provenance record does not match its anchored metadata hash")
         if anchor.get("mode") == "batch":
-            self._check_batch(check, registry, anchor, content, metadata_hash)
+            root = self._check_batch(check, registry, anchor, content, metadata_hash)
             on_chain_parents: list[str] = []
+            anchored_by = ("BatchAnchored", "root", root, f"batch 0x{root.hex()}")
         else:
             on_chain_parents = self._check_direct(check, registry, content, metadata_hash)
+            anchored_by = (
+                "AssetAnchored",
+                "id",
+                bytes.fromhex(check.asset_id.removeprefix("0x")),
+                f"asset {check.asset_id}",
+            )
         participant = registry.participant(check.owner)
         if participant is None:
             raise _Fail(f"the owner {check.owner} is not a registered participant")
         if not registry.is_participant(check.owner):
             raise _Fail(f"the owner {check.owner} is no longer allowed in this registry")
         check.owner_name = participant.name
-        self._check_tx(check, anchor)
+        self._check_tx(check, registry, anchor, *anchored_by)
         parent_docs = {str((p.get("asset") or {}).get("id", "")).lower(): p for p in doc.get("parents") or []}
         for parent_id in on_chain_parents:
             parent_doc = parent_docs.get(parent_id.lower())
@@ -273,7 +280,7 @@ class Verifier:
         anchor: dict[str, Any],
         content: bytes,
         metadata_hash: bytes,
-    ) -> None:
+    ) -> bytes:
         try:
             root = bytes.fromhex(str(anchor.get("batch_root", "")).removeprefix("0x"))
             proof = [bytes.fromhex(str(p).removeprefix("0x")) for p in anchor.get("proof") or []]
@@ -293,6 +300,7 @@ class Verifier:
             raise _Fail(reasons.get(exc.reason, exc.detail)) from None
         check.anchor = f"batch 0x{root.hex()[:16]}… ({len(proof)}-step proof)"
         check.anchored_at = _time(timestamp)
+        return root
 
     def _check_direct(
         self, check: AssetCheck, registry: Registry, content: bytes, metadata_hash: bytes
@@ -311,7 +319,17 @@ class Verifier:
         check.result_hash = record.result_hash.hex() if record.result_hash else None
         return ["0x" + p.hex() for p in record.parents]
 
-    def _check_tx(self, check: AssetCheck, anchor: dict[str, Any]) -> None:
+    def _check_tx(
+        self,
+        check: AssetCheck,
+        registry: Registry,
+        anchor: dict[str, Any],
+        event: str,
+        key: str,
+        value: bytes,
+        what: str,
+    ) -> None:
+        """The transaction the record names succeeded, in that block, and emitted this anchor."""
         tx_hash = anchor.get("tx_hash")
         if not tx_hash:
             return
@@ -327,7 +345,24 @@ class Verifier:
         block = int(receipt["blockNumber"])
         if anchor.get("block_number") is not None and int(anchor["block_number"]) != block:
             raise _Fail(f"transaction {tx_hash} is in block {block}, not {anchor['block_number']}")
+        if not _emitted(registry, receipt, event, key, value):
+            raise _Fail(f"transaction {tx_hash} did not anchor {what} in registry {registry.address}")
         check.tx_hash, check.block_number = tx_hash, block
+
+
+def _emitted(registry: Registry, receipt: Any, event: str, key: str, value: bytes) -> bool:
+    """Whether the receipt holds the registry's ``event`` with ``args[key] == value``."""
+    contract_event = getattr(registry.contract.events, event)()
+    for log in receipt["logs"]:
+        if str(log["address"]).lower() != registry.address.lower():
+            continue
+        try:
+            decoded = contract_event.process_log(log)
+        except Exception:  # another event of the registry
+            continue
+        if bytes(decoded["args"][key]) == value:
+            return True
+    return False
 
 
 class _Fail(Exception):

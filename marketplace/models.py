@@ -44,7 +44,7 @@ class Offering(SQLModel, table=True):
     __tablename__ = "offering"
     __table_args__ = (
         UniqueConstraint("provider", "name", name="uq_offering_provider_name"),
-        Index("ix_offering_created_id", "created_at", "id"),
+        Index("ix_offering_status_created_id", "status", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=36)
@@ -72,7 +72,7 @@ class Offering(SQLModel, table=True):
         sa_column=Column(Boolean, nullable=False, server_default=false()),
         description="declared in a manifest (plan/apply may retire it)",
     )
-    status: str = Field(default="active", max_length=20, index=True)
+    status: str = Field(default="active", max_length=20)
     latest_version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from contracts.models import Notarization
@@ -292,41 +293,65 @@ class OfferingService:
     # Reading --------------------------------------------------------------------------
 
     def list(self, *, kind: str | None = None, cursor: str | None = None, limit: int = 50) -> OfferingPage:
-        """Newest first, keyset-paginated on (created_at, id) so pages are stable."""
+        """Newest first, keyset-paginated on (created_at, id) so pages are stable.
+
+        The hot read path: plain columns (no ORM objects) over the (status, created_at, id)
+        index, so a page costs about the same at 10 or 100,000 offerings.
+        """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(
                 f"limit must be between 1 and {MAX_PAGE}", errors=[FieldError("limit", "out of range")]
             )
+        tables: list[Any] = [m.__table__ for m in (Offering, OfferingVersion, Asset, Notarization)]  # type: ignore[union-attr]
+        o, v, a, n = (t.c for t in tables)
         query = (
-            select(Offering, OfferingVersion, Asset, Notarization)
-            .join(
-                OfferingVersion,
-                and_(
-                    col(OfferingVersion.offering_id) == Offering.id,
-                    col(OfferingVersion.version) == Offering.latest_version,
-                ),
+            sa_select(
+                o.id,
+                o.name,
+                o.kind,
+                o.title,
+                o.description,
+                o.keywords,
+                o.license,
+                o.media_type,
+                o.access_modes,
+                o.approval,
+                o.policy,
+                o.provider,
+                o.status,
+                o.created_at,
+                o.updated_at,
+                v.version,
+                a.sha256,
+                a.size,
+                n.status.label("anchor_status"),
+                n.asset_id,
+                n.chain_id,
+                n.registry_address,
+                n.batch_root,
+                n.tx_hash,
+                n.block_number,
+                n.last_error,
             )
-            .join(Asset, col(Asset.sha256) == OfferingVersion.asset_sha256)
-            .outerjoin(Notarization, col(Notarization.id) == OfferingVersion.notarization_id)
-            .where(Offering.status == "active")
-            .order_by(col(Offering.created_at).desc(), col(Offering.id).desc())
+            .select_from(tables[0])
+            .join(tables[1], and_(v.offering_id == o.id, v.version == o.latest_version))
+            .join(tables[2], a.sha256 == v.asset_sha256)
+            .outerjoin(tables[3], n.id == v.notarization_id)
+            .where(o.status == "active")
+            .order_by(o.created_at.desc(), o.id.desc())
             .limit(limit + 1)
         )
         if kind:
-            query = query.where(Offering.kind == kind)
+            query = query.where(o.kind == kind)
         if cursor:
             at, last_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    col(Offering.created_at) < at,
-                    and_(col(Offering.created_at) == at, col(Offering.id) < last_id),
-                )
-            )
-        with Session(self.engine) as session:
-            rows = session.exec(query).all()
-        items = [_out(*row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
-        return OfferingPage(items=items, next_cursor=next_cursor)
+            query = query.where(or_(o.created_at < at, and_(o.created_at == at, o.id < last_id)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        items = [_row_out(row) for row in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        next_cursor = _cursor_of(last["created_at"], last["id"]) if last is not None else None
+        return OfferingPage.model_construct(items=items, next_cursor=next_cursor)
 
     def get(self, offering_id: str) -> OfferingDetail:
         with Session(self.engine) as session:
@@ -490,9 +515,45 @@ def _out(
     )
 
 
-def _encode_cursor(offering: Offering) -> str:
-    raw = f"{as_utc(offering.created_at).isoformat()}|{offering.id}"
+def _cursor_of(created_at: datetime, offering_id: str) -> str:
+    raw = f"{as_utc(created_at).isoformat()}|{offering_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _row_out(m: Any) -> OfferingOut:
+    """A listed offering from a plain result row (validated when written, not again here)."""
+    anchor = Anchor.model_construct(
+        status=m["anchor_status"] or "NOT_QUEUED",
+        asset_id=m["asset_id"],
+        chain_id=m["chain_id"],
+        registry=m["registry_address"],
+        batch_root=m["batch_root"],
+        tx_hash=m["tx_hash"],
+        block_number=m["block_number"],
+        error=m["last_error"] or None,
+    )
+    return OfferingOut.model_construct(
+        id=m["id"],
+        name=m["name"],
+        kind=m["kind"],
+        title=m["title"],
+        description=m["description"],
+        keywords=m["keywords"],
+        license=m["license"],
+        media_type=m["media_type"],
+        access_modes=m["access_modes"],
+        approval=m["approval"],
+        policy=m["policy"],
+        provider=m["provider"],
+        status=m["status"],
+        version=m["version"],
+        sha256=f"sha256:{m['sha256']}",
+        size=m["size"],
+        anchor=anchor,
+        created_at=as_utc(m["created_at"]),
+        updated_at=as_utc(m["updated_at"]),
+        created=True,
+    )
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:

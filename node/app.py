@@ -7,6 +7,7 @@ passes the bearer-token guard, which also checks the scope each handler declares
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -106,6 +107,10 @@ def create_app(runtime: Runtime) -> Litestar:
         runtime.notary.start()
         if runtime.crawler is not None:
             runtime.crawler.start()
+        # what start-up loaded lives as long as the process: keep it out of every later
+        # full garbage collection (they otherwise cost ~25 ms and show in the p99)
+        gc.collect()
+        gc.freeze()
 
     api = Router(
         path="/api/v1",

@@ -102,11 +102,14 @@ class Runtime:
         return seal(body, private_key=self.org_key(), recipient=self.address)
 
     def close(self) -> None:
+        """Stop the workers and close the chain and database; safe to call twice."""
         self.notary.stop()
         if self.crawler is not None:
             self.crawler.stop()
-        if self._chain is not None:
-            self._chain.close()
+        with self._chain_lock:
+            chain, self._chain = self._chain, None
+        if chain is not None:
+            chain.close()
         self.engine.dispose()
 
 

@@ -237,11 +237,12 @@ class Anvil:
                 self.proc.wait()
 
 
-def start_anvil(state: Path | None = None) -> Anvil:
-    """anvil on a free loopback port; with ``state`` the chain is loaded from and saved to that file."""
+def start_anvil(state: Path | None = None, port: int | None = None) -> Anvil:
+    """anvil on a free loopback port (or ``port``, to restart one where it was); with ``state``
+    the chain is loaded from and saved to that file."""
     if not ANVIL.is_file():
         unavailable("anvil not installed: run npm install")
-    port = free_port()
+    port = port or free_port()
     cmd = [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent"]
     if state is not None:
         cmd += ["--state", str(state)]
