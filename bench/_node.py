@@ -90,10 +90,10 @@ def node_env(home: Path, port: int) -> dict[str, str]:
     return env
 
 
-def start_node(home: Path, name: str = "Bench Org") -> Node:
+def start_node(home: Path, name: str = "Bench Org", extra_env: dict[str, str] | None = None) -> Node:
     """``agora init`` then ``agora serve`` on a free loopback port; waits for /health."""
     port = free_port()
-    env = node_env(home, port)
+    env = {**node_env(home, port), **(extra_env or {})}
     subprocess.run([AGORA, "init", "--name", name], env=env, check=True, capture_output=True, timeout=120)
     with (home / "serve.log").open("ab") as log:
         proc = subprocess.Popen(

@@ -18,9 +18,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Engine, and_, or_, text
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, delete, select
 
 from kernel.db import as_utc, backend_name, transaction, utcnow
@@ -131,15 +133,15 @@ class CatalogService:
             raise InvalidInput(
                 f"limit must be between 1 and {MAX_PAGE}", errors=[FieldError("limit", "out of range")]
             )
-        query = select(CatalogEntry).order_by(
-            col(CatalogEntry.modified_at).desc(), col(CatalogEntry.id).desc()
-        )
+        table: Any = CatalogEntry.__table__  # type: ignore[attr-defined]
+        wanted = [c for c in table.c if c.name not in ("document", "search_text", "filter_tags")]
+        query = sa_select(*wanted).order_by(col(CatalogEntry.modified_at).desc(), col(CatalogEntry.id).desc())
         if filters.q:
             query = query.where(self._matches(filters.q))
         for column, value in (
-            (CatalogEntry.kind, filters.kind),
-            (CatalogEntry.provider, filters.provider),
-            (CatalogEntry.license, filters.license),
+            (col(CatalogEntry.kind), filters.kind),
+            (col(CatalogEntry.provider), filters.provider),
+            (col(CatalogEntry.license), filters.license),
         ):
             if value:
                 query = query.where(column == value)
@@ -156,7 +158,10 @@ class CatalogService:
                 )
             )
         with Session(self.engine) as session:
-            rows = list(session.exec(query.limit(limit + 1)).all())
+            # plain rows, not ORM objects: hydrating a page of entities costs more than the query
+            rows: list[Any] = [
+                SimpleNamespace(**m) for m in session.execute(query.limit(limit + 1)).mappings()
+            ]
             states = {s.provider: s for s in session.exec(select(PeerCatalogState)).all()}
             _refresh_anchor_status(session, rows[:limit])
         items = [self._item(row, states.get(row.provider)) for row in rows[:limit]]
@@ -190,7 +195,7 @@ class CatalogService:
         tsquery = " & ".join(f"{w}:*" for w in words)
         return text("catalog_entry.search_vector @@ to_tsquery('simple', :tsq)").bindparams(tsq=tsquery)
 
-    def _item(self, row: CatalogEntry, state: PeerCatalogState | None) -> dict[str, Any]:
+    def _item(self, row: Any, state: PeerCatalogState | None) -> dict[str, Any]:
         item = {
             "provider": row.provider,
             "offering_id": row.offering_id,
@@ -479,7 +484,7 @@ def visible_to(
     return permitted and not banned
 
 
-def _refresh_anchor_status(session: Session, rows: list[CatalogEntry]) -> None:
+def _refresh_anchor_status(session: Session, rows: list[Any]) -> None:
     """Own entries show their notarization as it stands now (the notary moves it on)."""
     from contracts.models import Notarization
 
@@ -498,7 +503,7 @@ def _refresh_anchor_status(session: Session, rows: list[CatalogEntry]) -> None:
     session.expunge_all()
 
 
-def _encode_cursor(row: CatalogEntry) -> str:
+def _encode_cursor(row: Any) -> str:
     raw = f"{as_utc(row.modified_at).isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
