@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from node.auth import TokenIssuer, TokenVerifier
 from node.identity import org_private_key, participant_address, token_signing_key
 from node.settings import Settings
 from node.storage import make_object_store
+
+log = logging.getLogger("agora.node")
 
 
 @dataclass
@@ -67,7 +70,20 @@ class Runtime:
                     expected_chain_id=settings.chain_id,
                     confirmations=settings.chain_confirmations,
                 )
+                self._fund_on_dev_chain(self._chain)
             return self._chain
+
+    @staticmethod
+    def _fund_on_dev_chain(chain: Chain) -> None:
+        """An account with no ether on a development chain (anvil, ``agora devchain``) asks it
+        for some; elsewhere the operator funds the key (or the chain is gas-free)."""
+        if chain.kind != "jsonrpc" or chain.account is None:
+            return
+        try:
+            if int(chain.w3.eth.get_balance(chain.account.address)) == 0:
+                chain.fund(chain.account.address)
+        except AgoraError as exc:
+            log.warning("the org key has no funds on the chain and could not be funded: %s", exc.detail)
 
     def registry(self) -> Registry:
         return Registry(self.chain())
