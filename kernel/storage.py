@@ -11,9 +11,12 @@ this interface.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +36,16 @@ class ObjectInfo:
 
 
 class StagedObject:
-    """A temp file being written and hashed; removed on exit unless committed."""
+    """A temp file being written and hashed; removed on exit unless committed.
 
-    def __init__(self, directory: Path) -> None:
+    With ``background=True`` the hashing and writing happen in a thread of their own, fed
+    through a small bounded queue: an upload's receiving and parsing then overlap with the
+    hashing and disk writes (both release the GIL), while memory stays bounded.
+    """
+
+    QUEUE_CHUNKS = 16
+
+    def __init__(self, directory: Path, *, background: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
         self.path = Path(name)
@@ -43,23 +53,60 @@ class StagedObject:
         self._hash = hashlib.sha256()
         self.size = 0
         self.committed = False
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[bytes | memoryview | None] | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=self.QUEUE_CHUNKS)
+            self._thread = threading.Thread(target=self._drain, name="agora-staging", daemon=True)
+            self._thread.start()
 
     def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        if self._queue is None:
+            self._write_now(data)
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def _write_now(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
         self._file.write(data)
-        self.size += len(data)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write_now(item)
+                except BaseException as exc:  # e.g. a full disk: raised to the writer
+                    self._error = exc
+
+    def _settle(self) -> None:
+        """Wait until everything queued is hashed and written; re-raise a writer error."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread, self._queue = None, None  # later writes (if any) go straight through
+        if self._error is not None:
+            raise self._error
 
     @property
     def sha256(self) -> str:
+        self._settle()
         return self._hash.hexdigest()
 
     def finish(self) -> None:
         """Flush and fsync: after this the bytes survive a crash."""
+        self._settle()
         if not self._file.closed:
             os.fsync(self._file.fileno())
             self._file.close()
 
     def discard(self) -> None:
+        with contextlib.suppress(BaseException):  # discarding anyway: a writer error no longer matters
+            self._settle()
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
@@ -85,9 +132,9 @@ class ObjectStore(ABC):
     def __init__(self, staging_dir: Path) -> None:
         self.staging_dir = staging_dir
 
-    def stage(self) -> StagedObject:
+    def stage(self, *, background: bool = False) -> StagedObject:
         """Start a write; use as a context manager so a failure leaves nothing behind."""
-        return StagedObject(self.staging_dir)
+        return StagedObject(self.staging_dir, background=background)
 
     def commit(self, staged: StagedObject, media_type: str = "application/octet-stream") -> ObjectInfo:
         """Move a finished staged file into the store under its digest."""

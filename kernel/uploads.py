@@ -95,7 +95,7 @@ async def receive_multipart(
             if part.name in upload.files:
                 raise InvalidInput(f"more than one '{part.name}' part")
             part.is_file = True
-            upload.files[part.name] = store.stage()
+            upload.files[part.name] = store.stage(background=True)
             raw = options.get(b"filename")
             if raw:
                 upload.filenames[part.name] = raw.decode("utf-8", "replace")

@@ -123,3 +123,35 @@ class TestS3ObjectStore(ObjectStoreSuite):
         settings = Settings(home=tmp_path, storage_url="s3://nowhere", s3_endpoint=f"127.0.0.1:{free_port()}")
         with pytest.raises(ServiceUnavailable):
             make_object_store(settings)
+
+
+def test_background_staging_hashes_in_order(tmp_path: Path) -> None:
+    from kernel.storage import StagedObject
+
+    chunks = [os.urandom(70_000) for _ in range(50)]
+    with StagedObject(tmp_path, background=True) as staged:
+        for chunk in chunks:
+            staged.write(memoryview(chunk)[5:])
+        staged.finish()
+        expected = hashlib.sha256(b"".join(c[5:] for c in chunks)).hexdigest()
+        assert staged.sha256 == expected
+        assert staged.path.read_bytes() == b"".join(c[5:] for c in chunks)
+
+
+def test_background_staging_reports_a_failed_disk(tmp_path: Path) -> None:
+    import errno
+
+    from kernel.storage import StagedObject
+
+    staged = StagedObject(tmp_path, background=True)
+
+    def full(data: bytes | memoryview) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    staged._write_now = full  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(100):
+            staged.write(b"x" * 1000)
+        staged.finish()
+    staged.discard()
+    assert not staged.path.exists()
