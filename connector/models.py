@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kernel.db import utcnow
@@ -36,4 +37,133 @@ class SeenNonce(SQLModel, table=True):
     nonce: str = Field(max_length=128)
     seen_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+
+
+class Negotiation(SQLModel, table=True):
+    """One contract negotiation, as this node sees it (it is the consumer or the provider)."""
+
+    __tablename__ = "negotiation"
+
+    id: str = Field(primary_key=True, max_length=64, description="this side's pid (urn:uuid:…)")
+    role: str = Field(max_length=10, description="consumer | provider")
+    peer_pid: str | None = Field(default=None, max_length=64, index=True, description="the other side's pid")
+    counterparty: str = Field(max_length=42, index=True)
+    counterparty_endpoint: str = Field(max_length=500)
+    state: str = Field(max_length=12, index=True)
+    offering_id: str = Field(max_length=64)
+    purpose: str = Field(max_length=200)
+    access_mode: str = Field(max_length=10)
+    offer: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    agreement_id: str | None = Field(default=None, max_length=66)
+    reason: str = Field(default="", max_length=2000)
+    deadline: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class NegotiationEvent(SQLModel, table=True):
+    """Every transition, with the message that caused it, who signed it and why."""
+
+    __tablename__ = "negotiation_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    negotiation_id: str = Field(foreign_key="negotiation.id", index=True, max_length=64)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    from_state: str | None = Field(default=None, max_length=12)
+    to_state: str = Field(max_length=12)
+    message_type: str = Field(max_length=60)
+    signer: str = Field(max_length=42)
+    reason: str = Field(default="", max_length=2000)
+    accepted: bool = Field(default=True, description="False: a message refused in this state")
+    message: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Agreement(SQLModel, table=True):
+    """The signed outcome of a negotiation; the provider enforces it."""
+
+    __tablename__ = "agreement"
+
+    id: str = Field(primary_key=True, max_length=66, description="0x + 32-byte agreement id")
+    negotiation_id: str = Field(max_length=64, index=True)
+    role: str = Field(max_length=10)
+    provider: str = Field(max_length=42, index=True)
+    consumer: str = Field(max_length=42, index=True)
+    offering_id: str = Field(max_length=64)
+    terms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    terms_hash: str = Field(max_length=64)
+    valid_until: int = Field(default=0, description="unix time; 0 = no end")
+    provider_signature: str = Field(max_length=140)
+    consumer_signature: str = Field(default="", max_length=140)
+    chain_id: int
+    registry_address: str = Field(max_length=42)
+    tx_hash: str | None = Field(default=None, max_length=66)
+    block_number: int | None = None
+    uses: int = 0
+    max_uses: int | None = None
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class UsageRecord(SQLModel, table=True):
+    """One use of an agreement: granted or refused, with the reason (the usage-log duty)."""
+
+    __tablename__ = "usage_record"
+
+    id: int | None = Field(default=None, primary_key=True)
+    agreement_id: str = Field(max_length=66, index=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    mode: str = Field(max_length=10)
+    purpose: str = Field(max_length=200)
+    granted: bool
+    reason: str = Field(default="", max_length=2000)
+
+
+class OutboundMessage(SQLModel, table=True):
+    """A protocol message to send, written with the state change that calls for it; the
+    dispatcher delivers it with retries, so a restart or an unreachable peer loses nothing."""
+
+    __tablename__ = "outbound_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    negotiation_id: str | None = Field(default=None, max_length=64, index=True)
+    recipient: str = Field(max_length=42)
+    url: str = Field(max_length=600)
+    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="PENDING", max_length=10, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    last_error: str = Field(default="", max_length=2000)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class TransferProcess(SQLModel, table=True):
+    """A transfer of an offering's bytes under an agreement (Dataspace Protocol states)."""
+
+    __tablename__ = "transfer_process"
+
+    id: str = Field(primary_key=True, max_length=64, description="this side's pid")
+    role: str = Field(max_length=10)
+    peer_pid: str | None = Field(default=None, max_length=64)
+    counterparty: str = Field(max_length=42)
+    agreement_id: str = Field(max_length=66, index=True)
+    state: str = Field(max_length=12, index=True)
+    sha256: str = Field(default="", max_length=64)
+    size: int = 0
+    reason: str = Field(default="", max_length=2000)
+    provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

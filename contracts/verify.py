@@ -371,3 +371,20 @@ class _Fail(Exception):
 
 def _time(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def verify_document(doc: dict[str, Any], sha256: str, trusted_registry: str | None = None) -> str | None:
+    """Check a provenance document for bytes with ``sha256`` against the chain it names;
+    None when verified, else the reason (a node checking what it received)."""
+    from contracts.chain import RpcChain
+
+    rpc_url = str((doc.get("chain") or {}).get("rpc_url") or "")
+    if not rpc_url:
+        return "the provenance document names no chain"
+    try:
+        report = Verifier(RpcChain(rpc_url, None, registry=None, retries=2), trusted_registry).verify(
+            doc, "transfer", sha256
+        )
+    except AgoraError as exc:
+        return exc.detail
+    return None if report.verified else report.reason

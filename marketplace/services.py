@@ -193,6 +193,19 @@ class OfferingService:
                 _changed(session, row, actor, action, {"from": previous})
         return self.get(offering_id)
 
+    def terms(self, offering_id: str) -> dict[str, Any]:
+        """What a negotiation needs of an active offering: modes, approval, policy, latest bytes."""
+        detail = self.get(offering_id)
+        if detail.status != "active":
+            raise NotFound(f"offering {offering_id} is retired")
+        return {
+            "access_modes": list(detail.access_modes),
+            "approval": detail.approval,
+            "policy": detail.policy,
+            "version": detail.version,
+            "sha256": detail.sha256.removeprefix("sha256:"),
+        }
+
     def by_name(self, name: str) -> Offering | None:
         with Session(self.engine) as session:
             return self._by_name(session, name)

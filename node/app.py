@@ -22,6 +22,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
+import connector.negotiation_routes
 import connector.routes
 import contracts.routes
 import marketplace.policy.routes
@@ -33,7 +34,13 @@ from node.runtime import Runtime
 
 log = logging.getLogger("agora.node")
 VERSION = "0.1.0"
-DOMAINS = (marketplace.routes, marketplace.policy.routes, connector.routes, contracts.routes)
+DOMAINS = (
+    marketplace.routes,
+    marketplace.policy.routes,
+    connector.routes,
+    connector.negotiation_routes,
+    contracts.routes,
+)
 
 
 async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -107,6 +114,8 @@ def create_app(runtime: Runtime) -> Litestar:
         runtime.notary.start()
         if runtime.crawler is not None:
             runtime.crawler.start()
+        if runtime.dispatcher is not None:
+            runtime.dispatcher.start()
         # what start-up loaded lives as long as the process: keep it out of every later
         # full garbage collection (they otherwise cost ~25 ms and show in the p99)
         gc.collect()
@@ -133,6 +142,9 @@ def create_app(runtime: Runtime) -> Litestar:
                 "participant_service": runtime.participants,
                 "manifest_service": runtime.manifests,
                 "catalog_service": runtime.catalog,
+                "negotiation_service": runtime.negotiations,
+                "agreement_service": runtime.agreements,
+                "transfer_service": runtime.transfers,
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
                 "identity_statement": runtime.identity_statement,

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
+from connector.agreements import AgreementService
 from connector.crawler import CatalogCrawler
+from connector.dispatcher import Dispatcher
+from connector.negotiation import NegotiationService
 from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
+from connector.transfers import TransferService
 from contracts.chain import Chain
 from contracts.notary import Notary, NotaryConfig
 from contracts.provenance import ProvenanceService
@@ -44,6 +49,10 @@ class Runtime:
     manifests: ManifestService
     catalog: CatalogService
     crawler: CatalogCrawler | None = None
+    negotiations: NegotiationService | None = None
+    agreements: AgreementService | None = None
+    transfers: TransferService | None = None
+    dispatcher: Dispatcher | None = None
     protocol: ProtocolGate | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,6 +131,8 @@ class Runtime:
         self.notary.stop()
         if self.crawler is not None:
             self.crawler.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         with self._chain_lock:
             chain, self._chain = self._chain, None
         if chain is not None:
@@ -183,6 +194,7 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.protocol = ProtocolGate(
         engine, address=address, private_key=runtime.org_key, registry_lookup=runtime.registered_participant
     )
+    _connect_negotiations(runtime, token_key=key)
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
         peers=participants.peers,
@@ -191,3 +203,56 @@ def build_runtime(settings: Settings) -> Runtime:
         interval=settings.catalog_crawl_interval,
     )
     return runtime
+
+
+def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
+    """Negotiations, agreements and transfers, and the dispatcher that carries their messages."""
+    settings = runtime.settings
+    # the dispatcher's callbacks are bound late: they name the negotiation service made below
+    dispatcher = Dispatcher(
+        runtime.engine,
+        own_address=runtime.address,
+        private_key=runtime.org_key,
+        housekeeping=lambda: negotiations.expire(),
+        on_given_up=lambda message, error: negotiations.on_given_up(message.negotiation_id, error),
+    )
+    negotiations = NegotiationService(
+        runtime.engine,
+        address=runtime.address,
+        public_url=settings.public_url,
+        private_key=runtime.org_key,
+        registry=runtime.registry,
+        offering_terms=runtime.offerings.terms,
+        wake_dispatcher=dispatcher.wake,
+        timeout_seconds=settings.negotiation_timeout,
+    )
+    agreements = AgreementService(
+        runtime.engine,
+        address=runtime.address,
+        public_url=settings.public_url,
+        wake_dispatcher=dispatcher.wake,
+    )
+
+    def verify(doc: dict[str, Any], sha256: str) -> str | None:
+        from contracts.verify import verify_document
+
+        return verify_document(doc, sha256)
+
+    transfers = TransferService(
+        runtime.engine,
+        address=runtime.address,
+        public_url=settings.public_url,
+        private_key=runtime.org_key,
+        token_key=token_key,
+        store=runtime.store,
+        agreements=agreements,
+        offering_modes=lambda offering_id: list(runtime.offerings.get(offering_id).access_modes),
+        provenance=runtime.provenance.document,
+        verify=verify,
+    )
+    runtime.negotiations, runtime.agreements, runtime.transfers, runtime.dispatcher = (
+        negotiations,
+        agreements,
+        transfers,
+        dispatcher,
+    )

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     chain_id: int | None = Field(default=None, description="refuse a JSON-RPC chain with another id")
     chain_confirmations: int = Field(default=1, ge=1, le=64)
     anchor_batch_size: int = Field(default=100, ge=1, le=10_000, description="assets per Merkle batch")
+    negotiation_timeout: float = Field(default=600.0, gt=0, description="seconds a negotiation may take")
     catalog_crawl_interval: float = Field(
         default=30.0, gt=0, description="seconds between peer catalog crawls"
     )

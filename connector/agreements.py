@@ -1,0 +1,184 @@
+"""Enforcing agreements on the provider's side: every use is checked and logged.
+
+A use is granted when the agreement is this node's (as provider) and the asker's, it is on
+chain, it has not expired, and its policy allows the request (purpose, access mode, time,
+uses so far). Counts are taken with one conditional ``UPDATE … WHERE uses < max_uses``, so
+fifty parallel uses of a ten-use agreement give exactly ten grants. Each use, granted or
+not, is written to the usage log with its reason; a notify duty queues a signed
+notification to its target.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, or_, update
+from sqlmodel import Session, col, select
+
+from connector.dispatcher import queue_message
+from connector.models import Agreement, UsageRecord
+from connector.negotiation import agreement_out, policy_decision
+from kernel.db import as_utc, transaction
+from kernel.errors import AgoraError, Forbidden, NotFound
+
+
+class UseDenied(AgoraError):
+    type_slug = "use-denied"
+    status = 403
+    title = "The agreement does not allow this use"
+
+
+@dataclass(frozen=True)
+class Grant:
+    agreement: dict[str, Any]
+    uses: int
+    duties: list[str]
+
+
+class AgreementService:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        address: str,
+        public_url: str,
+        wake_dispatcher: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.engine = engine
+        self.address = address
+        self.public_url = public_url.rstrip("/")
+        self._wake = wake_dispatcher
+
+    def get(self, agreement_id: str) -> dict[str, Any]:
+        with Session(self.engine) as session:
+            row = session.get(Agreement, agreement_id)
+            if row is None:
+                raise NotFound(f"no agreement {agreement_id}")
+            usage = session.exec(
+                select(UsageRecord)
+                .where(UsageRecord.agreement_id == agreement_id)
+                .order_by(col(UsageRecord.id))
+            ).all()
+        return {
+            **agreement_out(row),
+            "usage": [
+                {
+                    "at": as_utc(u.at).isoformat(),
+                    "mode": u.mode,
+                    "purpose": u.purpose,
+                    "granted": u.granted,
+                    "reason": u.reason,
+                }
+                for u in usage
+            ],
+        }
+
+    def list_all(self) -> list[dict[str, Any]]:
+        with Session(self.engine) as session:
+            rows = session.exec(select(Agreement).order_by(col(Agreement.created_at).desc()).limit(500)).all()
+        return [agreement_out(r) for r in rows]
+
+    def use(self, agreement_id: str, *, consumer: str, mode: str) -> Grant:
+        """Grant one use (or raise :class:`UseDenied` with the reason); logged either way."""
+        with Session(self.engine) as session:
+            row = session.get(Agreement, agreement_id)
+        if row is None or row.role != "provider":
+            raise NotFound(f"no agreement {agreement_id} with this node as provider")
+        if row.consumer.lower() != consumer.lower():
+            raise Forbidden(f"agreement {agreement_id} is not {consumer}'s")
+        purpose = str(row.terms.get("purpose", ""))
+        reason = self._refusal(row, mode)
+        if reason is not None:
+            self._log(agreement_id, mode, purpose, granted=False, reason=reason)
+            raise UseDenied(reason)
+        with transaction(self.engine) as session:
+            taken = session.execute(
+                update(Agreement)
+                .where(
+                    col(Agreement.id) == agreement_id,
+                    or_(col(Agreement.max_uses).is_(None), col(Agreement.uses) < col(Agreement.max_uses)),
+                )
+                .values(uses=col(Agreement.uses) + 1)
+            )
+            if getattr(taken, "rowcount", 0) != 1:
+                reason = f"all {row.max_uses} uses of the agreement are spent"
+            else:
+                fresh = session.get(Agreement, agreement_id)
+                assert fresh is not None
+                uses = fresh.uses
+                duties = self._duties(row, mode, uses)
+                session.add(
+                    UsageRecord(
+                        agreement_id=agreement_id,
+                        mode=mode,
+                        purpose=purpose,
+                        granted=True,
+                        reason=f"use {uses}" + (f" of {row.max_uses}" if row.max_uses else ""),
+                    )
+                )
+                for duty in duties:
+                    if duty["action"] == "notify":
+                        queue_message(
+                            session,
+                            recipient=self.address,
+                            url=duty["target"],
+                            body={
+                                "@type": "agora:UsageNotification",
+                                "agreement": agreement_id,
+                                "consumer": consumer,
+                                "mode": mode,
+                                "use": uses,
+                                "at": datetime.now(UTC).isoformat(),
+                            },
+                        )
+        if reason is not None:
+            self._log(agreement_id, mode, purpose, granted=False, reason=reason)
+            raise UseDenied(reason)
+        self._wake()
+        return Grant(self.get(agreement_id), uses, [d["action"] for d in duties])
+
+    def _refusal(self, row: Agreement, mode: str) -> str | None:
+        if not row.tx_hash:
+            return "the agreement is not yet recorded on chain (negotiation not finalized)"
+        if row.valid_until and time.time() > row.valid_until:
+            ends = datetime.fromtimestamp(row.valid_until, UTC).isoformat()
+            return f"the agreement expired at {ends}"
+        if mode != row.terms.get("accessMode"):
+            return f"the agreement covers {row.terms.get('accessMode')}, not {mode}"
+        allowed, why, _ = policy_decision(
+            row.terms.get("policy"),
+            participant=row.consumer,
+            purpose=str(row.terms.get("purpose")),
+            mode=mode,
+            agreed_at=as_utc(row.created_at),
+            uses=row.uses,
+        )
+        return None if allowed else f"the policy denies it: {why}"
+
+    def _duties(self, row: Agreement, mode: str, uses: int) -> list[dict[str, Any]]:
+        _, _, duties = policy_decision(
+            row.terms.get("policy"),
+            participant=row.consumer,
+            purpose=str(row.terms.get("purpose")),
+            mode=mode,
+            agreed_at=as_utc(row.created_at),
+            uses=max(uses - 1, 0),
+        )
+        out = []
+        for duty in duties:
+            if duty["action"] == "notify":
+                duty = {**duty, "target": duty.get("target") or f"{self.public_url}/dsp/notifications"}
+            out.append(duty)
+        return out
+
+    def _log(self, agreement_id: str, mode: str, purpose: str, *, granted: bool, reason: str) -> None:
+        with transaction(self.engine) as session:
+            session.add(
+                UsageRecord(
+                    agreement_id=agreement_id, mode=mode, purpose=purpose, granted=granted, reason=reason
+                )
+            )

@@ -1,0 +1,148 @@
+"""Delivers queued protocol messages to peers, with retries and backoff.
+
+A message is queued (:func:`queue_message`) in the same transaction as the state change that
+calls for it, so a crash never loses one and never sends one for a change that was rolled
+back. The dispatcher signs each message when it sends it, retries transport failures with
+exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from connector.client import PeerClient
+from connector.models import OutboundMessage
+from kernel.db import transaction, utcnow
+from kernel.errors import AgoraError, ServiceUnavailable
+
+log = logging.getLogger("agora.dispatcher")
+
+
+def queue_message(
+    session: Session, *, recipient: str, url: str, body: dict[str, Any], negotiation_id: str | None = None
+) -> OutboundMessage:
+    message = OutboundMessage(negotiation_id=negotiation_id, recipient=recipient, url=url, body=body)
+    session.add(message)
+    return message
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        own_address: str,
+        private_key: Callable[[], bytes],
+        on_reply: Callable[[OutboundMessage, dict[str, Any]], None] | None = None,
+        on_given_up: Callable[[OutboundMessage, str], None] | None = None,
+        housekeeping: Callable[[], object] | None = None,
+        max_attempts: int = 8,
+        base_delay: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.own_address = own_address
+        self._private_key = private_key
+        self._on_reply = on_reply
+        self._on_given_up = on_given_up
+        self._housekeeping = housekeeping
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="agora-dispatcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliver_due()
+                if self._housekeeping is not None:
+                    self._housekeeping()
+            except Exception:  # the dispatcher must outlive any one bad message
+                log.exception("dispatch pass failed")
+            self._wake.wait(self.base_delay)
+            self._wake.clear()
+
+    def deliver_due(self) -> int:
+        """Send every message whose time has come; returns how many were delivered."""
+        with Session(self.engine) as session:
+            due = list(
+                session.exec(
+                    select(OutboundMessage)
+                    .where(
+                        OutboundMessage.status == "PENDING", col(OutboundMessage.next_attempt_at) <= utcnow()
+                    )
+                    .order_by(col(OutboundMessage.id))
+                    .limit(100)
+                ).all()
+            )
+        return sum(1 for message in due if self._deliver(message))
+
+    def _deliver(self, message: OutboundMessage) -> bool:
+        base, _, path = message.url.partition("/dsp/")
+        client = PeerClient(
+            base,
+            private_key=self._private_key(),
+            own_address=self.own_address,
+            peer_address=message.recipient,
+        )
+        try:
+            reply, _ = client.post("/dsp/" + path, message.body)
+        except ServiceUnavailable as exc:
+            self._retry(message, exc.detail)
+            return False
+        except AgoraError as exc:
+            self._give_up(message, exc.detail)
+            return False
+        finally:
+            client.close()
+        with transaction(self.engine) as session:
+            row = session.get(OutboundMessage, message.id)
+            if row is not None:
+                row.status, row.attempts, row.last_error = "SENT", row.attempts + 1, ""
+        if self._on_reply is not None:
+            self._on_reply(message, reply)
+        return True
+
+    def _retry(self, message: OutboundMessage, error: str) -> None:
+        with transaction(self.engine) as session:
+            row = session.get(OutboundMessage, message.id)
+            if row is None:
+                return
+            row.attempts += 1
+            row.last_error = error[:2000]
+            if row.attempts >= self.max_attempts:
+                row.status = "FAILED"
+            else:
+                row.next_attempt_at = utcnow() + timedelta(seconds=self.base_delay * 2 ** (row.attempts - 1))
+        if row.status == "FAILED" and self._on_given_up is not None:
+            self._on_given_up(message, f"peer unreachable after {row.attempts} attempts: {error}")
+
+    def _give_up(self, message: OutboundMessage, error: str) -> None:
+        with transaction(self.engine) as session:
+            row = session.get(OutboundMessage, message.id)
+            if row is not None:
+                row.status, row.attempts, row.last_error = "FAILED", row.attempts + 1, error[:2000]
+        if self._on_given_up is not None:
+            self._on_given_up(message, error)

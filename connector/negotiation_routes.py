@@ -1,0 +1,372 @@
+"""HTTP routes of negotiations, agreements and transfers.
+
+Management (``/api/v1``, bearer tokens): start, list and show negotiations, approve or
+reject (provider), counter-offer (provider), accept (consumer), terminate; agreements; a
+transfer under an agreement and its bytes with their provenance. Protocol (``/dsp``,
+signed envelopes): the Dataspace Protocol negotiation and transfer messages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from anyio import to_thread
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+from pydantic import BaseModel, ConfigDict, Field
+
+from connector.agreements import AgreementService
+from connector.negotiation import NegotiationService
+from connector.protocol import ProtocolGate
+from connector.services import ParticipantService
+from connector.transfers import TransferService
+from kernel.errors import FieldError, InvalidInput
+from kernel.hashing import repr_digest
+from kernel.ranges import parse_range
+from kernel.validation import validate
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class NegotiationStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offering_id: str = Field(min_length=1, max_length=64)
+    provider: str = Field(pattern=r"^https?://", max_length=500, description="the provider node's URL")
+    purpose: str = Field(min_length=1, max_length=200)
+    access_mode: str = Field(default="download", pattern=r"^(download|compute|federate)$")
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="rejected", min_length=1, max_length=1000)
+
+
+class CounterOffer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: dict[str, Any]
+
+
+class TransferStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agreement_id: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
+
+
+async def _body(request: Request[Any, Any, Any], model: type[BaseModel]) -> Any:
+    return validate(model, await request.body(), what=model.__name__)
+
+
+class NegotiationController(Controller):
+    path = "/negotiations"
+    tags = ["negotiations"]
+
+    @post("", opt={"scope": "negotiations:write"}, status_code=201)
+    async def start(
+        self,
+        request: Request[Any, Any, Any],
+        negotiation_service: NamedDependency[NegotiationService],
+        participant_service: NamedDependency[ParticipantService],
+    ) -> dict[str, Any]:
+        """Ask a provider (a known peer) for an agreement on one of its offerings."""
+        body: NegotiationStart = await _body(request, NegotiationStart)
+        peer = next(
+            (p for p in participant_service.peers() if p.endpoint.rstrip("/") == body.provider.rstrip("/")),
+            None,
+        )
+        if peer is None:
+            raise InvalidInput(
+                f"{body.provider} is not a known peer: add it first (agora peers add)",
+                errors=[FieldError("provider", "unknown peer")],
+            )
+        return await to_thread.run_sync(
+            lambda: negotiation_service.start(
+                offering_id=body.offering_id,
+                provider=peer,
+                purpose=body.purpose,
+                access_mode=body.access_mode,
+                actor=request.user.subject,
+            )
+        )
+
+    @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def list_negotiations(
+        self,
+        negotiation_service: NamedDependency[NegotiationService],
+        in_state: Annotated[str | None, QueryParameter(query="state")] = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``?state=REQUESTED`` lists what waits (e.g. for approval)."""
+        return negotiation_service.list_all(in_state)
+
+    @get("/{negotiation_id:str}", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def show(
+        self, negotiation_id: FromPath[str], negotiation_service: NamedDependency[NegotiationService]
+    ) -> dict[str, Any]:
+        """State, the full history with reasons, the agreement, and undelivered messages."""
+        return negotiation_service.get(negotiation_id)
+
+    @post(
+        "/{negotiation_id:str}/approve",
+        opt={"scope": "negotiations:write"},
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def approve(
+        self,
+        request: Request[Any, Any, Any],
+        negotiation_id: FromPath[str],
+        negotiation_service: NamedDependency[NegotiationService],
+    ) -> dict[str, Any]:
+        return negotiation_service.approve(negotiation_id, request.user.subject)
+
+    @post("/{negotiation_id:str}/reject", opt={"scope": "negotiations:write"}, status_code=200)
+    async def reject(
+        self,
+        request: Request[Any, Any, Any],
+        negotiation_id: FromPath[str],
+        negotiation_service: NamedDependency[NegotiationService],
+    ) -> dict[str, Any]:
+        body: Reason = await _body(request, Reason) if await request.body() else Reason()
+        return await to_thread.run_sync(
+            negotiation_service.terminate, negotiation_id, body.reason, request.user.subject
+        )
+
+    @post("/{negotiation_id:str}/terminate", opt={"scope": "negotiations:write"}, status_code=200)
+    async def terminate(
+        self,
+        request: Request[Any, Any, Any],
+        negotiation_id: FromPath[str],
+        negotiation_service: NamedDependency[NegotiationService],
+    ) -> dict[str, Any]:
+        body: Reason = await _body(request, Reason) if await request.body() else Reason(reason="terminated")
+        return await to_thread.run_sync(
+            negotiation_service.terminate, negotiation_id, body.reason, request.user.subject
+        )
+
+    @post("/{negotiation_id:str}/offer", opt={"scope": "negotiations:write"}, status_code=200)
+    async def counter_offer(
+        self,
+        request: Request[Any, Any, Any],
+        negotiation_id: FromPath[str],
+        negotiation_service: NamedDependency[NegotiationService],
+    ) -> dict[str, Any]:
+        """Provider: answer with changed terms."""
+        from marketplace.services import check_policy
+
+        body: CounterOffer = await _body(request, CounterOffer)
+        check_policy(body.policy)
+        return await to_thread.run_sync(
+            negotiation_service.counter_offer, negotiation_id, body.policy, request.user.subject
+        )
+
+    @post(
+        "/{negotiation_id:str}/accept",
+        opt={"scope": "negotiations:write"},
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def accept(
+        self,
+        request: Request[Any, Any, Any],
+        negotiation_id: FromPath[str],
+        negotiation_service: NamedDependency[NegotiationService],
+    ) -> dict[str, Any]:
+        """Consumer: accept the provider's counter-offer."""
+        return negotiation_service.accept_offer(negotiation_id, request.user.subject)
+
+
+class AgreementController(Controller):
+    path = "/agreements"
+    tags = ["agreements"]
+
+    @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def list_agreements(self, agreement_service: NamedDependency[AgreementService]) -> list[dict[str, Any]]:
+        return agreement_service.list_all()
+
+    @get("/{agreement_id:str}", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def show(
+        self, agreement_id: FromPath[str], agreement_service: NamedDependency[AgreementService]
+    ) -> dict[str, Any]:
+        """Terms, both signatures, the chain record and the usage log."""
+        return agreement_service.get(agreement_id)
+
+
+class TransferController(Controller):
+    path = "/transfers"
+    tags = ["transfers"]
+
+    @post("", opt={"scope": "negotiations:write"}, status_code=201)
+    async def start(
+        self, request: Request[Any, Any, Any], transfer_service: NamedDependency[TransferService]
+    ) -> dict[str, Any]:
+        """Consumer: fetch an offering under an agreement into this node, checked against the chain."""
+        body: TransferStart = await _body(request, TransferStart)
+        return await to_thread.run_sync(
+            transfer_service.start, body.agreement_id.lower(), request.user.subject
+        )
+
+    @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def list_transfers(self, transfer_service: NamedDependency[TransferService]) -> list[dict[str, Any]]:
+        return transfer_service.list_all()
+
+    @get("/{transfer_id:str}", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def show(
+        self, transfer_id: FromPath[str], transfer_service: NamedDependency[TransferService]
+    ) -> dict[str, Any]:
+        return transfer_service.get(transfer_id)
+
+    @get("/{transfer_id:str}/data", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def data(self, transfer_id: FromPath[str], transfer_service: NamedDependency[TransferService]) -> Stream:
+        row, chunks = transfer_service.received(transfer_id)
+        return Stream(
+            chunks,
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(row.size), "Repr-Digest": repr_digest(row.sha256)},
+        )
+
+    @get("/{transfer_id:str}/provenance", opt={"scope": "catalog:read"}, sync_to_thread=True)
+    def provenance(
+        self, transfer_id: FromPath[str], transfer_service: NamedDependency[TransferService]
+    ) -> dict[str, Any]:
+        row, _ = transfer_service.received(transfer_id)
+        return transfer_service.provenance_for(row)
+
+
+# Protocol endpoints ------------------------------------------------------------------------
+
+
+async def _opened(request: Request[Any, Any, Any], gate: ProtocolGate) -> Any:
+    body = await request.body()
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidInput(f"protocol messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        envelope = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"not JSON: {exc}") from None
+    return await to_thread.run_sync(gate.accept, envelope)
+
+
+@post("/dsp/negotiations/request", tags=["protocol"], status_code=201)
+async def negotiation_request(
+    request: Request[Any, Any, Any],
+    protocol_gate: NamedDependency[ProtocolGate],
+    negotiation_service: NamedDependency[NegotiationService],
+    participant_service: NamedDependency[ParticipantService],
+) -> dict[str, Any]:
+    opened = await _opened(request, protocol_gate)
+    peer = participant_service.get(opened.sender)
+    reply = await to_thread.run_sync(
+        negotiation_service.on_request, opened.sender, peer.endpoint if peer else "", opened.body
+    )
+    return protocol_gate.seal(reply, opened.sender)
+
+
+NEGOTIATION_MESSAGES = {
+    "offers": "offers",
+    "agreement": "agreement",
+    "verification": "agreement/verification",
+    "events": "events",
+    "termination": "termination",
+}
+
+
+@post(
+    [f"/dsp/negotiations/{{pid:str}}/{suffix}" for suffix in NEGOTIATION_MESSAGES.values()],
+    tags=["protocol"],
+    status_code=200,
+)
+async def negotiation_message(
+    request: Request[Any, Any, Any],
+    pid: FromPath[str],
+    protocol_gate: NamedDependency[ProtocolGate],
+    negotiation_service: NamedDependency[NegotiationService],
+) -> dict[str, Any]:
+    """Offers, agreements, verifications, events and terminations for one negotiation."""
+    kind = next(k for k, suffix in NEGOTIATION_MESSAGES.items() if request.url.path.endswith("/" + suffix))
+    opened = await _opened(request, protocol_gate)
+    reply = await to_thread.run_sync(negotiation_service.on_message, opened.sender, pid, kind, opened.body)
+    return protocol_gate.seal(reply, opened.sender)
+
+
+@post("/dsp/transfers/request", tags=["protocol"], status_code=201)
+async def transfer_request(
+    request: Request[Any, Any, Any],
+    protocol_gate: NamedDependency[ProtocolGate],
+    transfer_service: NamedDependency[TransferService],
+) -> dict[str, Any]:
+    opened = await _opened(request, protocol_gate)
+    reply = await to_thread.run_sync(transfer_service.on_request, opened.sender, opened.body)
+    return protocol_gate.seal(reply, opened.sender)
+
+
+@post("/dsp/transfers/{pid:str}/completion", tags=["protocol"], status_code=200)
+async def transfer_completion(
+    request: Request[Any, Any, Any],
+    pid: FromPath[str],
+    protocol_gate: NamedDependency[ProtocolGate],
+    transfer_service: NamedDependency[TransferService],
+) -> dict[str, Any]:
+    opened = await _opened(request, protocol_gate)
+    reply = await to_thread.run_sync(transfer_service.on_completion, opened.sender, pid)
+    return protocol_gate.seal(reply, opened.sender)
+
+
+@get("/dsp/transfers/{pid:str}/data", tags=["protocol"], sync_to_thread=True)
+def transfer_data(
+    request: Request[Any, Any, Any], pid: FromPath[str], transfer_service: NamedDependency[TransferService]
+) -> Response[Any]:
+    """The bytes of a started transfer, for the holder of its token; honours ``Range``."""
+    row = transfer_service.authorize(pid, request.headers.get("authorization"))
+    size = transfer_service.store.size(row.sha256)
+    span = parse_range(request.headers.get("range"), size)
+    start, end = span or (0, size)
+    headers = {
+        "Content-Length": str(end - start),
+        "Accept-Ranges": "bytes",
+        "Repr-Digest": repr_digest(row.sha256),
+    }
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return Stream(
+        transfer_service.store.read(row.sha256, start, end),
+        media_type="application/octet-stream",
+        status_code=206 if span else 200,
+        headers=headers,
+    )
+
+
+@get("/dsp/transfers/{pid:str}/provenance", tags=["protocol"], sync_to_thread=True)
+def transfer_provenance(
+    request: Request[Any, Any, Any], pid: FromPath[str], transfer_service: NamedDependency[TransferService]
+) -> dict[str, Any]:
+    row = transfer_service.authorize(pid, request.headers.get("authorization"))
+    return transfer_service.provenance_for(row)
+
+
+@post("/dsp/notifications", tags=["protocol"], status_code=200)
+async def notification(
+    request: Request[Any, Any, Any], protocol_gate: NamedDependency[ProtocolGate]
+) -> dict[str, Any]:
+    """Usage notifications (the notify duty) addressed to this node: accepted and logged."""
+    import logging
+
+    opened = await _opened(request, protocol_gate)
+    logging.getLogger("agora.usage").info("usage notification from %s: %s", opened.sender, opened.body)
+    return protocol_gate.seal({"received": True}, opened.sender)
+
+
+api_handlers = [NegotiationController, AgreementController, TransferController]
+public_handlers: list[object] = [
+    negotiation_request,
+    negotiation_message,
+    transfer_request,
+    transfer_completion,
+    transfer_data,
+    transfer_provenance,
+    notification,
+]

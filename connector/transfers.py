@@ -1,0 +1,330 @@
+"""Transfers of an offering's bytes under an agreement (``download`` mode only).
+
+Provider: a signed ``TransferRequestMessage`` is checked against the agreement (the asker's,
+finalized, in force, download allowed, a use left), then answered with a
+``TransferStartMessage`` whose data address carries a short-lived token bound to the
+transfer and the consumer. The data endpoint honours ``Range`` so a broken download resumes.
+
+Consumer: the node requests the transfer, downloads into its own object store (resuming
+on a broken connection), checks the bytes' sha256 against the agreed terms and, through the
+provenance document, against the chain, then tells the provider it is complete. The file
+and its provenance sidecar are then served to the node's own users.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import JoseError
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from connector.agreements import AgreementService
+from connector.client import PeerClient
+from connector.models import Agreement, Negotiation, TransferProcess
+from kernel.db import as_utc, transaction, utcnow
+from kernel.errors import (
+    AgoraError,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from kernel.storage import ObjectStore
+
+DSP_CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+TOKEN_TTL = 600
+RESUME_ATTEMPTS = 5
+
+
+class TransferRefused(AgoraError):
+    type_slug = "transfer-refused"
+    status = 403
+    title = "Transfer refused"
+
+
+class TransferService:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        address: str,
+        public_url: str,
+        private_key: Callable[[], bytes],
+        token_key: Any,
+        store: ObjectStore,
+        agreements: AgreementService,
+        offering_modes: Callable[[str], list[str]],
+        provenance: Callable[[str], dict[str, Any]],
+        verify: Callable[[dict[str, Any], str], str | None],
+    ) -> None:
+        self.engine = engine
+        self.address = address
+        self.public_url = public_url.rstrip("/")
+        self._private_key = private_key
+        self._token_key = token_key
+        self.store = store
+        self.agreements = agreements
+        self._offering_modes = offering_modes
+        self._provenance = provenance
+        self._verify = verify
+
+    # Provider --------------------------------------------------------------------------
+
+    def on_request(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        consumer_pid = str(body.get("consumerPid") or "")
+        agreement_id = str(body.get("agreementId") or "")
+        if not consumer_pid or not agreement_id:
+            raise InvalidInput(
+                "a transfer request needs consumerPid and agreementId",
+                errors=[FieldError("agreementId", "required")],
+            )
+        if body.get("format") not in (None, "HttpData-PULL"):
+            raise InvalidInput(f"unsupported format {body.get('format')!r}; this node serves HttpData-PULL")
+        with Session(self.engine) as session:
+            agreement = session.get(Agreement, agreement_id)
+        if agreement is None or agreement.role != "provider":
+            raise NotFound(f"no agreement {agreement_id} with this node as provider")
+        row = TransferProcess(
+            id=f"urn:uuid:{uuid.uuid4()}",
+            role="provider",
+            peer_pid=consumer_pid,
+            counterparty=sender,
+            agreement_id=agreement_id,
+            state="REQUESTED",
+            sha256=str(agreement.terms.get("sha256", "")),
+        )
+        refusal = None
+        if agreement.consumer.lower() != sender.lower():
+            refusal = f"agreement {agreement_id} is not {sender}'s"
+        elif "download" not in self._offering_modes(agreement.offering_id):
+            modes = ", ".join(self._offering_modes(agreement.offering_id))
+            refusal = f"the offering is not offered for download (its access modes: {modes}); use compute"
+        else:
+            try:
+                self.agreements.use(agreement_id, consumer=sender, mode="download")
+            except AgoraError as exc:
+                refusal = exc.detail
+        row.state, row.reason = ("TERMINATED", refusal) if refusal else ("STARTED", "access granted")
+        with transaction(self.engine) as session:
+            session.add(row)
+        if refusal:
+            raise TransferRefused(refusal)
+        token = self._issue_token(row)
+        return {
+            "@context": DSP_CONTEXT,
+            "@type": "TransferStartMessage",
+            "providerPid": row.id,
+            "consumerPid": consumer_pid,
+            "dataAddress": {
+                "@type": "DataAddress",
+                "endpointType": "https://w3id.org/idsa/v4.1/HTTP",
+                "endpoint": f"{self.public_url}/dsp/transfers/{row.id}/data",
+                "endpointProperties": [
+                    {"@type": "EndpointProperty", "name": "authorization", "value": token},
+                    {"@type": "EndpointProperty", "name": "authType", "value": "bearer"},
+                ],
+            },
+            "agora:sha256": row.sha256,
+        }
+
+    def _issue_token(self, row: TransferProcess) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.public_url,
+            "aud": row.counterparty,
+            "sub": row.id,
+            "iat": now,
+            "exp": now + TOKEN_TTL,
+            "agreement": row.agreement_id,
+            "sha256": row.sha256,
+        }
+        return str(
+            jwt.encode(
+                {"alg": "ES256", "kid": self._token_key.kid}, claims, self._token_key, algorithms=["ES256"]
+            )
+        )
+
+    def authorize(self, transfer_id: str, authorization: str | None) -> TransferProcess:
+        """The transfer a data request's token opens, or :class:`Unauthorized` with the reason."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not token:
+            raise Unauthorized("the data address needs its bearer token")
+        try:
+            claims = jwt.decode(token, self._token_key, algorithms=["ES256"]).claims
+        except (JoseError, ValueError):
+            raise Unauthorized("the transfer token is not valid") from None
+        if claims.get("sub") != transfer_id or int(claims.get("exp", 0)) < time.time():
+            raise Unauthorized("the transfer token is expired or for another transfer")
+        with Session(self.engine) as session:
+            row = session.get(TransferProcess, transfer_id)
+        if row is None or row.role != "provider" or row.state not in ("STARTED", "COMPLETED"):
+            raise NotFound(f"no transfer {transfer_id} in progress")
+        if str(claims.get("aud", "")).lower() != row.counterparty.lower():
+            raise Forbidden("the token was issued to another participant")
+        return row
+
+    def on_completion(self, sender: str, transfer_id: str) -> dict[str, Any]:
+        with transaction(self.engine) as session:
+            row = session.get(TransferProcess, transfer_id, with_for_update=True)
+            if row is None or row.counterparty.lower() != sender.lower():
+                raise NotFound(f"no transfer {transfer_id} with {sender}")
+            if row.state != "STARTED":
+                raise InvalidInput(f"transfer {transfer_id} is {row.state}, not STARTED")
+            row.state, row.reason, row.updated_at = "COMPLETED", "the consumer confirmed receipt", utcnow()
+            return self._state(row)
+
+    def _state(self, row: TransferProcess) -> dict[str, Any]:
+        pids = (
+            {"providerPid": row.id, "consumerPid": row.peer_pid}
+            if row.role == "provider"
+            else {"providerPid": row.peer_pid, "consumerPid": row.id}
+        )
+        return {"@context": DSP_CONTEXT, "@type": "TransferProcess", **pids, "state": row.state}
+
+    # Consumer --------------------------------------------------------------------------
+
+    def start(self, agreement_id: str, actor: str) -> dict[str, Any]:
+        """Request, download, check against terms and chain, confirm; returns the transfer."""
+        with Session(self.engine) as session:
+            agreement = session.get(Agreement, agreement_id)
+            negotiation = session.get(Negotiation, agreement.negotiation_id) if agreement else None
+        if agreement is None or agreement.role != "consumer" or negotiation is None:
+            raise NotFound(f"no agreement {agreement_id} with this node as consumer")
+        if not agreement.tx_hash:
+            raise InvalidInput(f"agreement {agreement_id} is not finalized yet")
+        row = TransferProcess(
+            id=f"urn:uuid:{uuid.uuid4()}",
+            role="consumer",
+            counterparty=agreement.provider,
+            agreement_id=agreement_id,
+            state="REQUESTED",
+            sha256=str(agreement.terms["sha256"]),
+        )
+        client = PeerClient(
+            negotiation.counterparty_endpoint,
+            private_key=self._private_key(),
+            own_address=self.address,
+            peer_address=agreement.provider,
+        )
+        try:
+            start, _ = client.post(
+                "/dsp/transfers/request",
+                {
+                    "@context": DSP_CONTEXT,
+                    "@type": "TransferRequestMessage",
+                    "consumerPid": row.id,
+                    "agreementId": agreement_id,
+                    "format": "HttpData-PULL",
+                    "callbackAddress": f"{self.public_url}/dsp",
+                },
+            )
+            row.peer_pid = str(start["providerPid"])
+            row.state = "STARTED"
+            address = start["dataAddress"]
+            token = next(p["value"] for p in address["endpointProperties"] if p["name"] == "authorization")
+            self._download(row, str(address["endpoint"]), token)
+            doc = self._fetch_provenance(str(address["endpoint"]), token)
+            problem = self._verify(doc, row.sha256)
+            if problem is not None:
+                raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
+            row.provenance = doc
+            client.post(
+                f"/dsp/transfers/{row.peer_pid}/completion",
+                {
+                    "@context": DSP_CONTEXT,
+                    "@type": "TransferCompletionMessage",
+                    "providerPid": row.peer_pid,
+                    "consumerPid": row.id,
+                },
+            )
+            row.state, row.reason = "COMPLETED", f"received and verified (requested by {actor})"
+        except AgoraError as exc:
+            row.state, row.reason = "TERMINATED", exc.detail
+            raise
+        finally:
+            client.close()
+            with transaction(self.engine) as session:
+                session.merge(row)
+        return self.get(row.id)
+
+    def _download(self, row: TransferProcess, url: str, token: str) -> None:
+        """Into a staging file, resuming with Range after a broken connection."""
+        with self.store.stage() as staged, httpx.Client(timeout=httpx.Timeout(30.0, read=300.0)) as http:
+            for attempt in range(RESUME_ATTEMPTS):
+                headers = {"Authorization": f"Bearer {token}"}
+                if staged.size:
+                    headers["Range"] = f"bytes={staged.size}-"
+                try:
+                    with http.stream("GET", url, headers=headers) as response:
+                        if response.status_code >= 400:
+                            raise TransferRefused(
+                                f"the provider refused the data: HTTP {response.status_code}"
+                            )
+                        for chunk in response.iter_bytes(1024 * 1024):
+                            staged.write(chunk)
+                    break
+                except httpx.TransportError as exc:
+                    if attempt == RESUME_ATTEMPTS - 1:
+                        raise ServiceUnavailable(
+                            f"the download broke off {RESUME_ATTEMPTS} times: {exc}"
+                        ) from exc
+            if staged.sha256 != row.sha256:
+                raise TransferRefused(
+                    f"received bytes hash to {staged.sha256}, the agreement says {row.sha256}"
+                )
+            info = self.store.commit(staged)
+            row.size = info.size
+
+    def _fetch_provenance(self, data_url: str, token: str) -> dict[str, Any]:
+        url = data_url.rsplit("/", 1)[0] + "/provenance"
+        try:
+            response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            response.raise_for_status()
+            doc: dict[str, Any] = response.json()
+            return doc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ServiceUnavailable(f"cannot fetch the provenance of the transfer: {exc}") from exc
+
+    def get(self, transfer_id: str) -> dict[str, Any]:
+        with Session(self.engine) as session:
+            row = session.get(TransferProcess, transfer_id)
+        if row is None:
+            raise NotFound(f"no transfer {transfer_id}")
+        return {
+            "id": row.id,
+            "role": row.role,
+            "peer_pid": row.peer_pid,
+            "counterparty": row.counterparty,
+            "agreement_id": row.agreement_id,
+            "state": row.state,
+            "sha256": row.sha256,
+            "size": row.size,
+            "reason": row.reason,
+            "created_at": as_utc(row.created_at).isoformat(),
+        }
+
+    def list_all(self) -> list[dict[str, Any]]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(TransferProcess).order_by(col(TransferProcess.created_at).desc())
+            ).all()
+        return [self.get(r.id) for r in rows[:500]]
+
+    def received(self, transfer_id: str) -> tuple[TransferProcess, Iterator[bytes]]:
+        """A completed transfer's bytes on the consumer's node (for its own users)."""
+        with Session(self.engine) as session:
+            row = session.get(TransferProcess, transfer_id)
+        if row is None or row.role != "consumer" or row.state != "COMPLETED":
+            raise NotFound(f"no completed transfer {transfer_id} on this node")
+        return row, self.store.read(row.sha256)
+
+    def provenance_for(self, row: TransferProcess) -> dict[str, Any]:
+        return row.provenance if row.role == "consumer" else self._provenance(row.sha256)

@@ -1,0 +1,189 @@
+"""Negotiation, agreements and transfers between organisations' nodes sharing one chain."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import services
+
+
+class Org:
+    def __init__(self, node: services.LiveNode) -> None:
+        self.node = node
+        self.token = node.token("admin")
+        self.address = httpx.get(f"{node.url}/health").json()["participant"]
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.node.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.token}"},
+                             timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org]]:
+    from contracts.devchain import DevChainServer
+
+    root = tmp_path_factory.mktemp("negotiation")
+    chain = DevChainServer(root / "chain", port=services.free_port())
+    chain.start()
+    env = {"AGORA_CHAIN_URL": chain.url, "AGORA_CHAIN_REGISTRY": chain.registry, "AGORA_ANCHOR_MAX_DELAY": "0.2"}
+    provider = services.start_node(root / "acme", name="Acme Wind", **env)
+    consumer = services.start_node(root / "beta", name="Beta Analytics", **env)
+    try:
+        acme, beta = Org(provider), Org(consumer)
+        work = root / "manifest"
+        shutil.copytree(services.REPO / "examples" / "data", work / "data")
+        offerings = [
+            {"name": "vibration", "title": "Turbine vibration", "source": "data/vibration.csv",
+             "access_modes": ["download", "compute"], "policy": {"template": "n-times-usage", "params": {"count": 10}}},
+            {"name": "bearings", "title": "Bearing faults", "source": "data/bearings.csv", "access_modes": ["compute"],
+             "policy": {"permissions": [{"action": "use", "constraints": [
+                 {"leftOperand": "purpose", "operator": "isAnyOf", "rightOperand": ["research"]}]}]}},
+            {"name": "manual", "title": "Maintenance log", "source": "data/maintenance-log.csv",
+             "access_modes": ["download"], "approval": "manual", "policy": {"template": "provide-access"}},
+        ]
+        (work / "manifest.yaml").write_text(json.dumps({"apiVersion": "agora/v1", "offerings": offerings,
+                                                        "peers": [{"url": consumer.url}]}))
+        provider.cli("apply", "-f", str(work / "manifest.yaml"), "--home", str(provider.home))
+        assert beta.api("POST", "/participants", json={"url": provider.url}).status_code == 201
+        yield acme, beta
+    finally:
+        provider.stop()
+        consumer.stop()
+        chain.stop()
+
+
+def offering_id(org: Org, name: str) -> str:
+    return next(o["id"] for o in org.api("GET", "/offerings").json()["items"] if o["name"] == name)
+
+
+def negotiate(acme: Org, beta: Org, name: str, purpose: str, mode: str) -> dict[str, Any]:
+    r = beta.api("POST", "/negotiations", json={"offering_id": offering_id(acme, name), "provider": acme.node.url,
+                                                "purpose": purpose, "access_mode": mode})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def wait_state(org: Org, negotiation_id: str, states: tuple[str, ...], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        n = org.api("GET", f"/negotiations/{negotiation_id}").json()
+        if n["state"] in states:
+            return dict(n)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"negotiation stuck in {n['state']}: {n['reason']} {n['history']} {n.get('outbox')}")
+        time.sleep(0.1)
+
+
+def test_happy_path_to_a_recorded_agreement_and_a_verified_transfer(orgs: tuple[Org, Org], tmp_path: Path) -> None:
+    acme, beta = orgs
+    started = negotiate(acme, beta, "vibration", "predictive-maintenance", "download")
+    done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
+    assert done["state"] == "FINALIZED", done
+    assert [h["to"] for h in done["history"]] == ["REQUESTED", "AGREED", "VERIFIED", "FINALIZED"]
+    agreement = done["agreement"]
+    assert agreement["tx_hash"] and agreement["provider_signature"] and agreement["consumer_signature"]
+    provider_side = acme.api("GET", f"/agreements/{agreement['id']}").json()
+    assert provider_side["terms_hash"] == agreement["terms_hash"]
+    assert provider_side["max_uses"] == 10
+
+    transfer = beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
+    assert transfer.status_code == 201, transfer.text
+    assert transfer.json()["state"] == "COMPLETED"
+    data = beta.api("GET", f"/transfers/{transfer.json()['id']}/data").content
+    assert data == (services.REPO / "examples" / "data" / "vibration.csv").read_bytes()
+    usage = acme.api("GET", f"/agreements/{agreement['id']}").json()
+    assert usage["uses"] == 1 and usage["usage"][0]["granted"] is True
+
+
+def test_policy_denial_terminates_with_the_reason(orgs: tuple[Org, Org]) -> None:
+    acme, beta = orgs
+    started = negotiate(acme, beta, "bearings", "marketing", "compute")
+    done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
+    assert done["state"] == "TERMINATED"
+    assert "marketing" in done["reason"] and "research" in done["reason"]
+
+
+def test_download_of_a_compute_only_offering_is_refused(orgs: tuple[Org, Org]) -> None:
+    acme, beta = orgs
+    done = wait_state(beta, negotiate(acme, beta, "bearings", "research", "download")["id"], ("FINALIZED", "TERMINATED"))
+    assert done["state"] == "TERMINATED" and "does not allow download" in done["reason"]
+
+
+def test_manual_approval(orgs: tuple[Org, Org]) -> None:
+    acme, beta = orgs
+    started = negotiate(acme, beta, "manual", "research", "download")
+    time.sleep(1.0)
+    assert beta.api("GET", f"/negotiations/{started['id']}").json()["state"] == "REQUESTED"
+    waiting = [n for n in acme.api("GET", "/negotiations", params={"state": "REQUESTED"}).json()
+               if n["peer_pid"] == started["id"]]
+    assert waiting and "approve" in waiting[0]["reason"]
+    assert acme.api("POST", f"/negotiations/{waiting[0]['id']}/approve").status_code == 200
+    assert wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))["state"] == "FINALIZED"
+
+    rejected = negotiate(acme, beta, "manual", "research", "download")
+    time.sleep(1.0)
+    provider_id = next(n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == rejected["id"])
+    acme.api("POST", f"/negotiations/{provider_id}/reject", json={"reason": "not this quarter"})
+    done = wait_state(beta, rejected["id"], ("FINALIZED", "TERMINATED"))
+    assert done["state"] == "TERMINATED" and "not this quarter" in done["reason"]
+
+
+def test_counter_offer_accepted(orgs: tuple[Org, Org]) -> None:
+    acme, beta = orgs
+    started = negotiate(acme, beta, "manual", "research", "download")
+    time.sleep(1.0)
+    provider_id = next(n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == started["id"])
+    counter = {"template": "n-times-usage", "params": {"count": 2}}
+    assert acme.api("POST", f"/negotiations/{provider_id}/offer", json={"policy": counter}).status_code == 200
+    offered = wait_state(beta, started["id"], ("OFFERED",))
+    assert offered["state"] == "OFFERED"
+    assert beta.api("POST", f"/negotiations/{started['id']}/accept").status_code == 200
+    done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
+    assert done["state"] == "FINALIZED"
+    assert done["agreement"]["terms"]["policy"] == counter
+    assert done["agreement"]["max_uses"] == 2
+
+
+def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[Org, Org]) -> None:
+    acme, beta = orgs
+    done = wait_state(beta, negotiate(acme, beta, "vibration", "research", "download")["id"], ("FINALIZED",))
+    agreement_id = done["agreement"]["id"]
+
+    def transfer(_: int) -> int:
+        return beta.api("POST", "/transfers", json={"agreement_id": agreement_id}).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(transfer, range(50)))
+    assert codes.count(201) == 10, codes
+    provider_side = acme.api("GET", f"/agreements/{agreement_id}").json()
+    assert provider_side["uses"] == 10
+    refused = [u for u in provider_side["usage"] if not u["granted"]]
+    assert len(refused) == 40
+    # refused either by the atomic count (a race) or by the policy's count constraint (after it)
+    assert all("spent" in u["reason"] or "10" in u["reason"] for u in refused), refused[:3]
+
+
+def test_illegal_transition_is_refused_and_recorded(orgs: tuple[Org, Org]) -> None:
+    from eth_account import Account
+
+    acme, beta = orgs
+    done = wait_state(beta, negotiate(acme, beta, "vibration", "research", "compute")["id"], ("FINALIZED",))
+    provider_id = done["peer_pid"]
+    # a FINALIZED negotiation cannot be verified again, even by its own consumer
+    from connector.envelope import seal
+
+    key = (beta.node.home / "keystore.json")
+    assert key.exists()
+    stranger = Account.create()
+    envelope = seal({"@type": "ContractAgreementVerificationMessage"}, private_key=stranger.key, recipient=acme.address)
+    r = httpx.post(f"{acme.node.url}/dsp/negotiations/{provider_id}/agreement/verification", json=envelope)
+    assert r.status_code == 403 and "neither a known peer" in r.json()["detail"]
