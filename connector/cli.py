@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,3 +45,198 @@ def list_(
     for row in rows:
         marker = "self" if row["is_self"] else "peer"
         console.print(f"{marker:5} {row['address']}  {row['name']:24} {row['endpoint']}")
+
+
+negotiations_app = typer.Typer(help="Contract negotiations with other organisations.", no_args_is_help=True)
+agreements_app = typer.Typer(
+    help="Agreements: signed by both parties, recorded on chain.", no_args_is_help=True
+)
+FINAL = ("FINALIZED", "TERMINATED")
+
+
+@handle_errors
+def negotiate_command(
+    ctx: typer.Context,
+    offering_id: Annotated[str, typer.Argument(help="the provider's offering id (see agora catalog)")],
+    provider: Annotated[str, typer.Option("--provider", help="the provider node's URL (a known peer)")],
+    purpose: Annotated[str, typer.Option("--purpose", help="what the data will be used for")],
+    mode: Annotated[str, typer.Option("--mode", help="download | compute | federate")] = "download",
+    wait: Annotated[bool, typer.Option("--wait", help="wait until agreed or terminated")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 120.0,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Negotiate an agreement; prints the agreement id (exit 0) or the reason it ended (exit 1)."""
+    import time
+
+    with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
+        n = client.post_json(
+            "/api/v1/negotiations",
+            {"offering_id": offering_id, "provider": provider, "purpose": purpose, "access_mode": mode},
+        )
+        deadline = time.monotonic() + timeout
+        while wait and n["state"] not in FINAL and time.monotonic() < deadline:
+            time.sleep(0.2)
+            n = client.get(f"/api/v1/negotiations/{n['id']}")
+    if as_json:
+        print_json(n)
+    else:
+        console.print(f"negotiation {n['id']}: {n['state']}" + (f" — {n['reason']}" if n["reason"] else ""))
+        if n["state"] == "FINALIZED":
+            console.print(f"agreement {n['agreement_id']}")
+            print(n["agreement_id"])
+    if n["state"] == "TERMINATED" or (wait and n["state"] != "FINALIZED"):
+        raise typer.Exit(1)
+
+
+@negotiations_app.command("list")
+@handle_errors
+def negotiations_list(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="only this state, e.g. REQUESTED")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Negotiations, newest first."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        rows = client.get("/api/v1/negotiations", state=state)
+    if as_json:
+        print_json(rows)
+        return
+    for n in rows:
+        console.print(
+            f"{n['id']}  {n['role']:8} {n['state']:10} {n['offering_id'][:8]}…  {n['purpose']:20} "
+            f"{n['reason']}"
+        )
+
+
+@negotiations_app.command("show")
+@handle_errors
+def negotiations_show(
+    ctx: typer.Context,
+    negotiation_id: Annotated[str, typer.Argument()],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """State and full history with reasons: why it is stuck, or why it ended."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        n = client.get(f"/api/v1/negotiations/{negotiation_id}")
+    if as_json:
+        print_json(n)
+        return
+    console.print(f"[bold]{n['id']}[/] ({n['role']}) with {n['counterparty']} — [bold]{n['state']}[/]")
+    if n["reason"]:
+        console.print(f"  reason: {n['reason']}")
+    for e in n["history"]:
+        mark = "" if e["accepted"] else " [red](refused)[/]"
+        console.print(
+            f"  {e['at'][:19]}  {e['from'] or '-':>10} → {e['to']:10} {e['message']:40} "
+            f"by {e['signer'][:10]}… {e['reason']}{mark}"
+        )
+    for m in n["outbox"]:
+        console.print(
+            f"  waiting to deliver to {m['url']}: {m['status']}, {m['attempts']} attempt(s) {m['last_error']}"
+        )
+    if n["agreement"]:
+        console.print(f"  agreement {n['agreement']['id']}, on chain in tx {n['agreement']['tx_hash']}")
+
+
+@negotiations_app.command("approve")
+@handle_errors
+def negotiations_approve(
+    ctx: typer.Context,
+    negotiation_id: Annotated[str, typer.Argument()],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Provider: approve a request that waits for a person."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
+        n = client.post_json(f"/api/v1/negotiations/{negotiation_id}/approve", {})
+    console.print(f"{n['id']}: {n['state']}")
+
+
+@negotiations_app.command("reject")
+@handle_errors
+def negotiations_reject(
+    ctx: typer.Context,
+    negotiation_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option(help="told to the consumer")] = "rejected",
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Provider: reject a request, with the reason."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
+        n = client.post_json(f"/api/v1/negotiations/{negotiation_id}/reject", {"reason": reason})
+    console.print(f"{n['id']}: {n['state']} — {n['reason']}")
+
+
+@agreements_app.command("list")
+@handle_errors
+def agreements_list(
+    ctx: typer.Context,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Agreements this node is party to."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        rows = client.get("/api/v1/agreements")
+    if as_json:
+        print_json(rows)
+        return
+    for a in rows:
+        uses = f"{a['uses']}/{a['max_uses']}" if a["max_uses"] else str(a["uses"])
+        console.print(
+            f"{a['id'][:18]}…  {a['role']:8} {a['terms']['purpose']:20} uses {uses:7} "
+            f"tx {(a['tx_hash'] or 'not yet')[:18]}"
+        )
+
+
+@agreements_app.command("show")
+@handle_errors
+def agreements_show(
+    ctx: typer.Context,
+    agreement_id: Annotated[str, typer.Argument()],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """An agreement's terms, signatures, chain record and usage log."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        print_json(client.get(f"/api/v1/agreements/{agreement_id}"))
+
+
+@handle_errors
+def transfer_command(
+    ctx: typer.Context,
+    agreement_id: Annotated[str, typer.Argument(help="the agreement (see agora agreements list)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the file")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Fetch an offering under an agreement: the node downloads it from the provider, checks it
+    against the agreed sha256 and the chain; then it is written here with PATH.provenance.json."""
+    import json
+
+    with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
+        transfer = client.post_json("/api/v1/transfers", {"agreement_id": agreement_id})
+        digest, size = client.download(
+            f"/api/v1/transfers/{transfer['id']}/data", output, expected_sha256=transfer["sha256"]
+        )
+        doc = client.get(f"/api/v1/transfers/{transfer['id']}/provenance")
+    sidecar = output.with_name(output.name + ".provenance.json")
+    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(
+        f"[green]transferred[/] {output}  {size} bytes  sha256:{digest} (matches the agreement and the chain)"
+    )
+    console.print(f"provenance in {sidecar}")

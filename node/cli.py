@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from connector.cli import agreements_app, negotiate_command, negotiations_app, transfer_command
 from connector.cli import app as peers_app
 from contracts.cli import contracts_app, devchain, run_verify
 from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
@@ -38,6 +39,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(offerings_app, name="offerings")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(peers_app, name="peers")
+app.add_typer(negotiations_app, name="negotiations")
+app.add_typer(agreements_app, name="agreements")
+app.command("negotiate")(negotiate_command)
+app.command("transfer")(transfer_command)
 app.add_typer(policy_app, name="policy")
 app.command()(devchain)
 app.command("catalog")(catalog_command)
@@ -62,7 +67,8 @@ def connect(*, url: str | None, token: str | None, home: Path | None, scope: str
     base = settings.url or settings.public_url
     bearer = token or (settings.token.get_secret_value() if settings.token else None)
     if bearer is None and settings.token_key_path.exists():
-        bearer = _issuer(settings).issue([scope], CLI_TOKEN_TTL, subject="cli")
+        # a command that changes something also reads what it changed
+        bearer = _issuer(settings).issue(sorted({scope, "catalog:read"}), CLI_TOKEN_TTL, subject="cli")
     return NodeClient(base, bearer)
 
 

@@ -187,3 +187,67 @@ def test_illegal_transition_is_refused_and_recorded(orgs: tuple[Org, Org]) -> No
     envelope = seal({"@type": "ContractAgreementVerificationMessage"}, private_key=stranger.key, recipient=acme.address)
     r = httpx.post(f"{acme.node.url}/dsp/negotiations/{provider_id}/agreement/verification", json=envelope)
     assert r.status_code == 403 and "neither a known peer" in r.json()["detail"]
+
+
+def org_key(org: Org) -> bytes:
+    from eth_account import Account
+
+    keystore = json.loads((org.node.home / "keystore.json").read_text())
+    return bytes(Account.decrypt(keystore, "test-passphrase"))
+
+
+def test_cli_negotiate_transfer_and_verify(orgs: tuple[Org, Org], tmp_path: Path) -> None:
+    acme, beta = orgs
+    home = str(beta.node.home)
+    result = beta.node.cli("negotiate", offering_id(acme, "vibration"), "--provider", acme.node.url,
+                           "--purpose", "research", "--wait", "--home", home)
+    agreement_id = result.stdout.strip().splitlines()[-1]
+    assert agreement_id.startswith("0x") and len(agreement_id) == 66
+    out = tmp_path / "vibration.csv"
+    beta.node.cli("transfer", agreement_id, "-o", str(out), "--home", home)
+    assert out.read_bytes() == (services.REPO / "examples" / "data" / "vibration.csv").read_bytes()
+    verified = beta.node.cli("verify", str(out), "--home", str(tmp_path / "bystander"))
+    assert "VERIFIED" in verified.stdout
+    listed = beta.node.cli("negotiations", "list", "--home", home).stdout
+    assert "FINALIZED" in listed
+    denied = beta.node.cli("negotiate", offering_id(acme, "bearings"), "--provider", acme.node.url,
+                           "--purpose", "marketing", "--mode", "compute", "--wait", "--home", home, check=False)
+    assert denied.returncode == 1 and "TERMINATED" in denied.stdout and "marketing" in denied.stdout
+
+
+def test_replayed_message_is_refused(orgs: tuple[Org, Org]) -> None:
+    from connector.envelope import seal
+
+    acme, beta = orgs
+    body = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], "@type": "ContractRequestMessage",
+            "consumerPid": "urn:uuid:replay-test-0001", "callbackAddress": f"{beta.node.url}/dsp",
+            "offer": {"@type": "Offer", "@id": "urn:x", "target": f"urn:uuid:{offering_id(acme, 'vibration')}"},
+            "agora:purpose": "research", "agora:accessMode": "compute"}
+    envelope = seal(body, private_key=org_key(beta), recipient=acme.address)
+    first = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
+    assert first.status_code == 201
+    again = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
+    assert again.status_code == 409 and "already received" in again.json()["detail"]
+    forged = dict(envelope, signature="0x" + "11" * 65)
+    assert httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=forged).status_code == 401
+
+
+def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[Org, Org]) -> None:
+    from connector.envelope import seal
+
+    acme, beta = orgs
+    started = negotiate(acme, beta, "manual", "research", "download")  # waits for approval at Acme
+    time.sleep(0.5)
+    terms = {"agreement": "0x" + "ab" * 32, "offering": offering_id(acme, "manual"), "purpose": "marketing",
+             "accessMode": "download", "consumer": beta.address, "provider": acme.address,
+             "chain": {"chain_id": 1337, "registry": "0x" + "00" * 20}, "validUntil": 0}
+    message = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], "@type": "ContractAgreementMessage",
+               "consumerPid": started["id"], "providerPid": "urn:uuid:x", "agora:terms": terms,
+               "agora:signature": "0x" + "22" * 65}
+    envelope = seal(message, private_key=org_key(acme), recipient=beta.address)
+    r = httpx.post(f"{beta.node.url}/dsp/negotiations/{started['id']}/agreement", json=envelope)
+    assert r.status_code == 400 and "purpose" in r.json()["detail"]
+    shown = beta.api("GET", f"/negotiations/{started['id']}").json()
+    assert shown["state"] == "REQUESTED"
+    refused = [e for e in shown["history"] if not e["accepted"]]
+    assert refused and "differ" in refused[0]["reason"]
