@@ -918,6 +918,7 @@ def _event_out(e: NegotiationEvent) -> dict[str, Any]:
         "signer": e.signer,
         "reason": e.reason,
         "accepted": e.accepted,
+        "dsp_message": e.message,
     }
 
 

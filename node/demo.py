@@ -25,7 +25,6 @@ from kernel.cli import console
 from kernel.client import NodeClient
 from kernel.errors import AgoraError, ServiceUnavailable
 from kernel.hashing import sha256_file
-from marketplace.cli import write_sidecar
 
 PASSPHRASE = "demo-passphrase-not-for-production"
 
@@ -248,25 +247,54 @@ def _story(root: Path, work: Path) -> None:
             hits = beta.get("/api/v1/catalog", q="turbines")["items"]
             _say(f"$ agora catalog -q turbines   → {', '.join(h['title'] for h in hits)}")
 
-            _step(6, "A download comes back byte for byte, with its provenance")
-            vibration = next(
-                o for o in acme.get("/api/v1/offerings")["items"] if o["name"] == "turbine-vibration"
+            _step(6, "Beta negotiates with Acme's node; the policy decides, both sign, the chain records")
+            offers = {i["name"]: i for i in items}
+            denied = _negotiate(beta, acme_url, offers["bearing-faults"], "marketing", "compute")
+            _say(
+                f"$ agora negotiate {offers['bearing-faults']['offering_id'][:8]}… "
+                "--purpose marketing --mode compute"
             )
-            offering = acme.get(f"/api/v1/offerings/{vibration['id']}")
-            out = work / "vibration-downloaded.csv"
-            digest, size = acme.download(f"/api/v1/offerings/{offering['id']}/download", out)
-            sidecar = write_sidecar(acme, offering["versions"][-1], out)
+            _say(f"  → {denied['state']}: {denied['reason']}")
+            agreed = _negotiate(
+                beta, acme_url, offers["turbine-vibration"], "predictive-maintenance", "download"
+            )
+            _say(
+                f"$ agora negotiate {offers['turbine-vibration']['offering_id'][:8]}… "
+                "--purpose predictive-maintenance --mode download --wait"
+            )
+            for event in agreed["history"]:
+                _say(f"  {event['to']:10} {event['message']:38} {event['reason']}")
+            agreement = agreed["agreement"]
+            if agreed["state"] != "FINALIZED" or agreement is None:
+                raise AgoraError(f"the negotiation ended {agreed['state']}: {agreed['reason']}")
+            _say(
+                f"  agreement {agreement['id'][:18]}… signed by both (EIP-712), recorded in tx "
+                f"{str(agreement['tx_hash'])[:18]}…; uses allowed: {agreement['max_uses']}"
+            )
+
+            _step(7, "Beta's node fetches the data under the agreement and checks it against the chain")
+            transfer = beta.post_json("/api/v1/transfers", {"agreement_id": agreement["id"]})
+            out = work / "vibration-received.csv"
+            digest, size = beta.download(
+                f"/api/v1/transfers/{transfer['id']}/data", out, expected_sha256=transfer["sha256"]
+            )
+            sidecar = out.with_name(out.name + ".provenance.json")
+            sidecar.write_text(
+                json.dumps(beta.get(f"/api/v1/transfers/{transfer['id']}/provenance"), indent=2)
+            )
             original, _ = sha256_file(work / "data" / "vibration.csv")
             verdict = "identical" if digest == original else "DIFFERENT"
-            _say(f"$ agora offerings download {offering['id'][:8]}… -o {out.name}")
+            _say(f"$ agora transfer {agreement['id'][:10]}… -o {out.name}   → {transfer['state']}")
             _say(
-                f"  → {size} bytes, sha256:{digest[:16]}… — {verdict} to the source; sidecar "
-                f"{sidecar.name if sidecar else '(none)'}"
+                f"  → {size} bytes, sha256:{digest[:16]}… — {verdict} to Acme's source; "
+                f"sidecar {sidecar.name}"
             )
-            if digest != original or sidecar is None:
-                raise AgoraError("the download differs from the registered file or has no provenance")
+            usage = acme.get(f"/api/v1/agreements/{agreement['id']}")
+            _say(f"  Acme's usage log: {usage['uses']} of {usage['max_uses']} uses taken")
+            if digest != original:
+                raise AgoraError("the received file differs from the registered one")
 
-            _step(7, "Anyone checks it against the chain alone: agora verify")
+            _step(8, "Anyone checks it against the chain alone: agora verify")
             _verify(out, root)
             tampered = work / "vibration-tampered.csv"
             data = bytearray(out.read_bytes())
@@ -276,7 +304,7 @@ def _story(root: Path, work: Path) -> None:
             _say("one flipped bit later:")
             _verify(tampered, root, expect_ok=False)
 
-            _step(8, "Bad input is refused with its reason, and changes nothing")
+            _step(9, "Bad input is refused with its reason, and changes nothing")
             before = len(acme.get("/api/v1/offerings")["items"])
             try:
                 acme.upload(
@@ -288,9 +316,31 @@ def _story(root: Path, work: Path) -> None:
             _say(f"offerings before and after: {before} → {after}")
 
     console.print(
-        "\n[bold green]Demo complete.[/] Negotiation between organisations, training jobs and federated "
-        "learning join this story as they are built."
+        "\n[bold green]Demo complete.[/] Training jobs (compute-to-data) and federated learning join this "
+        "story as they are built."
     )
+
+
+def _negotiate(
+    client: NodeClient, provider_url: str, item: dict[str, Any], purpose: str, mode: str, timeout: float = 60
+) -> dict[str, Any]:
+    started = client.post_json(
+        "/api/v1/negotiations",
+        {
+            "offering_id": item["offering_id"],
+            "provider": provider_url,
+            "purpose": purpose,
+            "access_mode": mode,
+        },
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        negotiation: dict[str, Any] = client.get(f"/api/v1/negotiations/{started['id']}")
+        if negotiation["state"] in ("FINALIZED", "TERMINATED"):
+            return negotiation
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"negotiation stuck in {negotiation['state']}: {negotiation['reason']}")
+        time.sleep(0.1)
 
 
 def _demo_manifest(work: Path, beta_url: str) -> Path:

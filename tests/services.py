@@ -189,9 +189,9 @@ def node_env(home: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_node(home: Path, name: str = "Test Org", **extra_env: str) -> LiveNode:
-    """``agora init`` (once) and ``agora serve`` on a free loopback port."""
-    port = free_port()
+def start_node(home: Path, name: str = "Test Org", port: int | None = None, **extra_env: str) -> LiveNode:
+    """``agora init`` (once) and ``agora serve`` on a loopback port (a free one unless given)."""
+    port = port or free_port()
     env = node_env(home, port, **extra_env)
     if not (home / "keystore.json").exists():
         subprocess.run([AGORA, "init", "--name", name], env=env, check=True, capture_output=True, timeout=60)

@@ -219,11 +219,79 @@ def offering_page(state: State, provider: FromPath[str], offering_id: FromPath[s
     return Template("offering.html", context=context)
 
 
+def _names(runtime: Runtime) -> dict[str, str]:
+    names = {p.address: p.name for p in runtime.participants.peers()}
+    names[runtime.address] = runtime.settings.name
+    return names
+
+
+@get("/negotiations", sync_to_thread=True, guards=[ui_guard])
+def negotiations(state: State) -> Template:
+    runtime = _runtime(state)
+    assert runtime.negotiations is not None
+    return Template(
+        "negotiations.html", context={"rows": runtime.negotiations.list_all(), "names": _names(runtime)}
+    )
+
+
+@get("/negotiations/{negotiation_id:str}", sync_to_thread=True, guards=[ui_guard])
+def negotiation(
+    state: State, negotiation_id: FromPath[str], message: FromQuery[str | None] = None
+) -> Template:
+    runtime = _runtime(state)
+    assert runtime.negotiations is not None
+    context = {"n": runtime.negotiations.get(negotiation_id), "names": _names(runtime), "message": message}
+    return Template("negotiation.html", context=context)
+
+
+@post(
+    "/negotiations/{negotiation_id:str}/{decision:str}",
+    sync_to_thread=True,
+    guards=[ui_guard],
+    status_code=303,
+)
+def decide(
+    request: Request[Any, Any, Any],
+    state: State,
+    negotiation_id: FromPath[str],
+    decision: FromPath[str],
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    """Approve or reject from the page: the signed-in token must hold negotiations:write."""
+    runtime = _runtime(state)
+    assert runtime.negotiations is not None
+    back = f"/ui/negotiations/{negotiation_id}"
+    try:
+        require_scope(request.user, "negotiations:write")
+        if decision == "approve":
+            runtime.negotiations.approve(negotiation_id, request.user.subject)
+        elif decision == "reject":
+            runtime.negotiations.terminate(
+                negotiation_id, data.get("reason") or "rejected", request.user.subject
+            )
+        else:
+            raise NotFound(f"no decision {decision!r}")
+    except AgoraError as exc:
+        return Redirect(f"{back}?message={exc.detail}", status_code=303)
+    return Redirect(back, status_code=303)
+
+
 def ui_router() -> Router:
     static = create_static_files_router(path="/static", directories=[HERE / "static"], name="ui-static")
     return Router(
         path="/ui",
-        route_handlers=[login_page, login, logout, dashboard, catalog, offering_page, static],
+        route_handlers=[
+            login_page,
+            login,
+            logout,
+            dashboard,
+            catalog,
+            offering_page,
+            negotiations,
+            negotiation,
+            decide,
+            static,
+        ],
         exception_handlers={LoginRequired: _to_login},
         include_in_schema=False,
     )

@@ -161,3 +161,69 @@ def test_own_offering_page_shows_versions_and_provenance(
     assert "at most 10" in page.locator("ul.policy").inner_text()
     _shot(page, "offering-own")
     page.close()
+
+
+def test_negotiation_timeline_and_manual_approval(
+    browser: Any, nodes: tuple[services.LiveNode, services.LiveNode], tmp_path: Path
+) -> None:
+    import json
+
+    a, b = nodes
+    a_token = a.token("admin")
+    source = tmp_path / "log.csv"
+    source.write_text("when,what\n2026-01-01,inspect\n")
+    meta = {
+        "title": "Service reports (approval needed)",
+        "name": "service-reports",
+        "media_type": "text/csv",
+        "approval": "manual",
+        "policy": {"template": "provide-access"},
+    }
+    with source.open("rb") as f:
+        created = httpx.post(
+            f"{a.url}/api/v1/offerings",
+            headers={"Authorization": f"Bearer {a_token}"},
+            data={"metadata": json.dumps(meta)},
+            files={"file": ("log.csv", f, "text/csv")},
+        )
+    assert created.status_code == 201, created.text
+    b_token = b.token("admin")
+    started = httpx.post(
+        f"{b.url}/api/v1/negotiations",
+        headers={"Authorization": f"Bearer {b_token}"},
+        json={"offering_id": created.json()["id"], "provider": a.url, "purpose": "research"},
+    )
+    assert started.status_code == 201, started.text
+    deadline = time.monotonic() + 20
+    provider_side: list[dict[str, Any]] = []
+    while not provider_side and time.monotonic() < deadline:
+        time.sleep(0.2)
+        provider_side = [
+            n
+            for n in httpx.get(
+                f"{a.url}/api/v1/negotiations", headers={"Authorization": f"Bearer {a_token}"}
+            ).json()
+            if n["peer_pid"] == started.json()["id"]
+        ]
+    assert provider_side, "the request reached the provider"
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{a.url}/ui/login")
+    page.get_by_label("Bearer token").fill(a.token("catalog:read", "negotiations:write"))
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Negotiations").click()
+    page.get_by_role("link", name=provider_side[0]["id"][9:17] + "…").click()
+    assert "waiting for a person" in page.locator("main").inner_text()
+    _shot(page, "negotiation-waiting")
+    page.get_by_role("button", name="Approve").click()
+    deadline = time.monotonic() + 20
+    while (
+        "FINALIZED" not in page.get_by_role("heading", level=1).inner_text() and time.monotonic() < deadline
+    ):
+        time.sleep(0.3)
+        page.reload()
+    timeline = page.get_by_role("region", name="Timeline").inner_text()
+    assert "REQUESTED → AGREED" in timeline and "VERIFIED → FINALIZED" in timeline
+    assert "tx" in page.get_by_role("region", name="Agreement").inner_text()
+    _shot(page, "negotiation-finalized")
+    page.close()

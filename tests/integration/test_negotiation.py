@@ -23,8 +23,13 @@ class Org:
         self.address = httpx.get(f"{node.url}/health").json()["participant"]
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.node.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.token}"},
-                             timeout=60, **kw)
+        return httpx.request(
+            method,
+            f"{self.node.url}/api/v1{path}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60,
+            **kw,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,11 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org]]:
     root = tmp_path_factory.mktemp("negotiation")
     chain = DevChainServer(root / "chain", port=services.free_port())
     chain.start()
-    env = {"AGORA_CHAIN_URL": chain.url, "AGORA_CHAIN_REGISTRY": chain.registry, "AGORA_ANCHOR_MAX_DELAY": "0.2"}
+    env = {
+        "AGORA_CHAIN_URL": chain.url,
+        "AGORA_CHAIN_REGISTRY": chain.registry,
+        "AGORA_ANCHOR_MAX_DELAY": "0.2",
+    }
     provider = services.start_node(root / "acme", name="Acme Wind", **env)
     consumer = services.start_node(root / "beta", name="Beta Analytics", **env)
     try:
@@ -42,16 +51,45 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org]]:
         work = root / "manifest"
         shutil.copytree(services.REPO / "examples" / "data", work / "data")
         offerings = [
-            {"name": "vibration", "title": "Turbine vibration", "source": "data/vibration.csv",
-             "access_modes": ["download", "compute"], "policy": {"template": "n-times-usage", "params": {"count": 10}}},
-            {"name": "bearings", "title": "Bearing faults", "source": "data/bearings.csv", "access_modes": ["compute"],
-             "policy": {"permissions": [{"action": "use", "constraints": [
-                 {"leftOperand": "purpose", "operator": "isAnyOf", "rightOperand": ["research"]}]}]}},
-            {"name": "manual", "title": "Maintenance log", "source": "data/maintenance-log.csv",
-             "access_modes": ["download"], "approval": "manual", "policy": {"template": "provide-access"}},
+            {
+                "name": "vibration",
+                "title": "Turbine vibration",
+                "source": "data/vibration.csv",
+                "access_modes": ["download", "compute"],
+                "policy": {"template": "n-times-usage", "params": {"count": 10}},
+            },
+            {
+                "name": "bearings",
+                "title": "Bearing faults",
+                "source": "data/bearings.csv",
+                "access_modes": ["compute"],
+                "policy": {
+                    "permissions": [
+                        {
+                            "action": "use",
+                            "constraints": [
+                                {
+                                    "leftOperand": "purpose",
+                                    "operator": "isAnyOf",
+                                    "rightOperand": ["research"],
+                                }
+                            ],
+                        }
+                    ]
+                },
+            },
+            {
+                "name": "manual",
+                "title": "Maintenance log",
+                "source": "data/maintenance-log.csv",
+                "access_modes": ["download"],
+                "approval": "manual",
+                "policy": {"template": "provide-access"},
+            },
         ]
-        (work / "manifest.yaml").write_text(json.dumps({"apiVersion": "agora/v1", "offerings": offerings,
-                                                        "peers": [{"url": consumer.url}]}))
+        (work / "manifest.yaml").write_text(
+            json.dumps({"apiVersion": "agora/v1", "offerings": offerings, "peers": [{"url": consumer.url}]})
+        )
         provider.cli("apply", "-f", str(work / "manifest.yaml"), "--home", str(provider.home))
         assert beta.api("POST", "/participants", json={"url": provider.url}).status_code == 201
         yield acme, beta
@@ -66,8 +104,16 @@ def offering_id(org: Org, name: str) -> str:
 
 
 def negotiate(acme: Org, beta: Org, name: str, purpose: str, mode: str) -> dict[str, Any]:
-    r = beta.api("POST", "/negotiations", json={"offering_id": offering_id(acme, name), "provider": acme.node.url,
-                                                "purpose": purpose, "access_mode": mode})
+    r = beta.api(
+        "POST",
+        "/negotiations",
+        json={
+            "offering_id": offering_id(acme, name),
+            "provider": acme.node.url,
+            "purpose": purpose,
+            "access_mode": mode,
+        },
+    )
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -79,11 +125,15 @@ def wait_state(org: Org, negotiation_id: str, states: tuple[str, ...], timeout: 
         if n["state"] in states:
             return dict(n)
         if time.monotonic() > deadline:
-            raise AssertionError(f"negotiation stuck in {n['state']}: {n['reason']} {n['history']} {n.get('outbox')}")
+            raise AssertionError(
+                f"negotiation stuck in {n['state']}: {n['reason']} {n['history']} {n.get('outbox')}"
+            )
         time.sleep(0.1)
 
 
-def test_happy_path_to_a_recorded_agreement_and_a_verified_transfer(orgs: tuple[Org, Org], tmp_path: Path) -> None:
+def test_happy_path_to_a_recorded_agreement_and_a_verified_transfer(
+    orgs: tuple[Org, Org], tmp_path: Path
+) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "vibration", "predictive-maintenance", "download")
     done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
@@ -114,7 +164,9 @@ def test_policy_denial_terminates_with_the_reason(orgs: tuple[Org, Org]) -> None
 
 def test_download_of_a_compute_only_offering_is_refused(orgs: tuple[Org, Org]) -> None:
     acme, beta = orgs
-    done = wait_state(beta, negotiate(acme, beta, "bearings", "research", "download")["id"], ("FINALIZED", "TERMINATED"))
+    done = wait_state(
+        beta, negotiate(acme, beta, "bearings", "research", "download")["id"], ("FINALIZED", "TERMINATED")
+    )
     assert done["state"] == "TERMINATED" and "does not allow download" in done["reason"]
 
 
@@ -123,15 +175,20 @@ def test_manual_approval(orgs: tuple[Org, Org]) -> None:
     started = negotiate(acme, beta, "manual", "research", "download")
     time.sleep(1.0)
     assert beta.api("GET", f"/negotiations/{started['id']}").json()["state"] == "REQUESTED"
-    waiting = [n for n in acme.api("GET", "/negotiations", params={"state": "REQUESTED"}).json()
-               if n["peer_pid"] == started["id"]]
+    waiting = [
+        n
+        for n in acme.api("GET", "/negotiations", params={"state": "REQUESTED"}).json()
+        if n["peer_pid"] == started["id"]
+    ]
     assert waiting and "approve" in waiting[0]["reason"]
     assert acme.api("POST", f"/negotiations/{waiting[0]['id']}/approve").status_code == 200
     assert wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))["state"] == "FINALIZED"
 
     rejected = negotiate(acme, beta, "manual", "research", "download")
     time.sleep(1.0)
-    provider_id = next(n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == rejected["id"])
+    provider_id = next(
+        n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == rejected["id"]
+    )
     acme.api("POST", f"/negotiations/{provider_id}/reject", json={"reason": "not this quarter"})
     done = wait_state(beta, rejected["id"], ("FINALIZED", "TERMINATED"))
     assert done["state"] == "TERMINATED" and "not this quarter" in done["reason"]
@@ -141,7 +198,9 @@ def test_counter_offer_accepted(orgs: tuple[Org, Org]) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")
     time.sleep(1.0)
-    provider_id = next(n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == started["id"])
+    provider_id = next(
+        n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == started["id"]
+    )
     counter = {"template": "n-times-usage", "params": {"count": 2}}
     assert acme.api("POST", f"/negotiations/{provider_id}/offer", json={"policy": counter}).status_code == 200
     offered = wait_state(beta, started["id"], ("OFFERED",))
@@ -181,10 +240,12 @@ def test_illegal_transition_is_refused_and_recorded(orgs: tuple[Org, Org]) -> No
     # a FINALIZED negotiation cannot be verified again, even by its own consumer
     from connector.envelope import seal
 
-    key = (beta.node.home / "keystore.json")
+    key = beta.node.home / "keystore.json"
     assert key.exists()
     stranger = Account.create()
-    envelope = seal({"@type": "ContractAgreementVerificationMessage"}, private_key=stranger.key, recipient=acme.address)
+    envelope = seal(
+        {"@type": "ContractAgreementVerificationMessage"}, private_key=stranger.key, recipient=acme.address
+    )
     r = httpx.post(f"{acme.node.url}/dsp/negotiations/{provider_id}/agreement/verification", json=envelope)
     assert r.status_code == 403 and "neither a known peer" in r.json()["detail"]
 
@@ -199,8 +260,17 @@ def org_key(org: Org) -> bytes:
 def test_cli_negotiate_transfer_and_verify(orgs: tuple[Org, Org], tmp_path: Path) -> None:
     acme, beta = orgs
     home = str(beta.node.home)
-    result = beta.node.cli("negotiate", offering_id(acme, "vibration"), "--provider", acme.node.url,
-                           "--purpose", "research", "--wait", "--home", home)
+    result = beta.node.cli(
+        "negotiate",
+        offering_id(acme, "vibration"),
+        "--provider",
+        acme.node.url,
+        "--purpose",
+        "research",
+        "--wait",
+        "--home",
+        home,
+    )
     agreement_id = result.stdout.strip().splitlines()[-1]
     assert agreement_id.startswith("0x") and len(agreement_id) == 66
     out = tmp_path / "vibration.csv"
@@ -210,8 +280,20 @@ def test_cli_negotiate_transfer_and_verify(orgs: tuple[Org, Org], tmp_path: Path
     assert "VERIFIED" in verified.stdout
     listed = beta.node.cli("negotiations", "list", "--home", home).stdout
     assert "FINALIZED" in listed
-    denied = beta.node.cli("negotiate", offering_id(acme, "bearings"), "--provider", acme.node.url,
-                           "--purpose", "marketing", "--mode", "compute", "--wait", "--home", home, check=False)
+    denied = beta.node.cli(
+        "negotiate",
+        offering_id(acme, "bearings"),
+        "--provider",
+        acme.node.url,
+        "--purpose",
+        "marketing",
+        "--mode",
+        "compute",
+        "--wait",
+        "--home",
+        home,
+        check=False,
+    )
     assert denied.returncode == 1 and "TERMINATED" in denied.stdout and "marketing" in denied.stdout
 
 
@@ -219,10 +301,15 @@ def test_replayed_message_is_refused(orgs: tuple[Org, Org]) -> None:
     from connector.envelope import seal
 
     acme, beta = orgs
-    body = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], "@type": "ContractRequestMessage",
-            "consumerPid": "urn:uuid:replay-test-0001", "callbackAddress": f"{beta.node.url}/dsp",
-            "offer": {"@type": "Offer", "@id": "urn:x", "target": f"urn:uuid:{offering_id(acme, 'vibration')}"},
-            "agora:purpose": "research", "agora:accessMode": "compute"}
+    body = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": "urn:uuid:replay-test-0001",
+        "callbackAddress": f"{beta.node.url}/dsp",
+        "offer": {"@type": "Offer", "@id": "urn:x", "target": f"urn:uuid:{offering_id(acme, 'vibration')}"},
+        "agora:purpose": "research",
+        "agora:accessMode": "compute",
+    }
     envelope = seal(body, private_key=org_key(beta), recipient=acme.address)
     first = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
     assert first.status_code == 201
@@ -238,12 +325,24 @@ def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[Org, Org]
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")  # waits for approval at Acme
     time.sleep(0.5)
-    terms = {"agreement": "0x" + "ab" * 32, "offering": offering_id(acme, "manual"), "purpose": "marketing",
-             "accessMode": "download", "consumer": beta.address, "provider": acme.address,
-             "chain": {"chain_id": 1337, "registry": "0x" + "00" * 20}, "validUntil": 0}
-    message = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], "@type": "ContractAgreementMessage",
-               "consumerPid": started["id"], "providerPid": "urn:uuid:x", "agora:terms": terms,
-               "agora:signature": "0x" + "22" * 65}
+    terms = {
+        "agreement": "0x" + "ab" * 32,
+        "offering": offering_id(acme, "manual"),
+        "purpose": "marketing",
+        "accessMode": "download",
+        "consumer": beta.address,
+        "provider": acme.address,
+        "chain": {"chain_id": 1337, "registry": "0x" + "00" * 20},
+        "validUntil": 0,
+    }
+    message = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractAgreementMessage",
+        "consumerPid": started["id"],
+        "providerPid": "urn:uuid:x",
+        "agora:terms": terms,
+        "agora:signature": "0x" + "22" * 65,
+    }
     envelope = seal(message, private_key=org_key(acme), recipient=beta.address)
     r = httpx.post(f"{beta.node.url}/dsp/negotiations/{started['id']}/agreement", json=envelope)
     assert r.status_code == 400 and "purpose" in r.json()["detail"]
@@ -251,3 +350,120 @@ def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[Org, Org]
     assert shown["state"] == "REQUESTED"
     refused = [e for e in shown["history"] if not e["accepted"]]
     assert refused and "differ" in refused[0]["reason"]
+
+
+SCHEMAS = {
+    "ContractRequestMessage": "negotiation/contract-request-message-schema.json",
+    "ContractOfferMessage": "negotiation/contract-offer-message-schema.json",
+    "ContractAgreementMessage": "negotiation/contract-agreement-message-schema.json",
+    "ContractAgreementVerificationMessage": "negotiation/contract-agreement-verification-message-schema.json",
+    "ContractNegotiationEventMessage": "negotiation/contract-negotiation-event-message-schema.json",
+    "ContractNegotiationTerminationMessage": "negotiation/contract-negotiation-termination-message-schema.json",
+}
+
+
+def test_protocol_messages_validate_against_the_dsp_schemas(orgs: tuple[Org, Org]) -> None:
+    from tests import dsp
+
+    acme, beta = orgs
+    checked: set[str] = set()
+    for org in (acme, beta):
+        for summary in org.api("GET", "/negotiations").json():
+            for event in org.api("GET", f"/negotiations/{summary['id']}").json()["history"]:
+                message = event["dsp_message"]
+                kind = message.get("@type") if message else None
+                if kind in SCHEMAS and event["accepted"]:
+                    assert dsp.errors(SCHEMAS[kind], message) == [], (kind, message)
+                    checked.add(kind)
+    assert {
+        "ContractRequestMessage",
+        "ContractAgreementMessage",
+        "ContractAgreementVerificationMessage",
+        "ContractNegotiationEventMessage",
+    } <= checked, checked
+
+
+def test_provider_restart_mid_negotiation_resumes(tmp_path: Path) -> None:
+    """The provider stops while a request waits for approval; after its restart the person
+    approves and the negotiation runs to FINALIZED, both sides consistent."""
+    from contracts.devchain import DevChainServer
+
+    chain = DevChainServer(tmp_path / "chain", port=services.free_port())
+    chain.start()
+    env = {"AGORA_CHAIN_URL": chain.url, "AGORA_CHAIN_REGISTRY": chain.registry}
+    provider = services.start_node(tmp_path / "p", name="Provider", **env)
+    consumer = services.start_node(tmp_path / "c", name="Consumer", **env)
+    try:
+        acme, beta = Org(provider), Org(consumer)
+        source = tmp_path / "d.csv"
+        source.write_text("a\n1\n")
+        with source.open("rb") as f:
+            offering = acme.api(
+                "POST",
+                "/offerings",
+                data={
+                    "metadata": json.dumps(
+                        {"title": "Manual", "approval": "manual", "policy": {"template": "provide-access"}}
+                    )
+                },
+                files={"file": ("d.csv", f, "text/csv")},
+            ).json()
+        acme.api("POST", "/participants", json={"url": consumer.url})
+        beta.api("POST", "/participants", json={"url": provider.url})
+        started = beta.api(
+            "POST",
+            "/negotiations",
+            json={"offering_id": offering["id"], "provider": provider.url, "purpose": "research"},
+        ).json()
+        deadline = time.monotonic() + 20
+        pending: list[dict[str, Any]] = []
+        while not pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pending = [n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == started["id"]]
+        provider.stop()
+        provider = services.start_node(tmp_path / "p", name="Provider", port=provider.port, **env)
+        acme = Org(provider)
+        assert acme.api("GET", f"/negotiations/{pending[0]['id']}").json()["state"] == "REQUESTED"
+        acme.api("POST", f"/negotiations/{pending[0]['id']}/approve")
+        done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
+        assert done["state"] == "FINALIZED"
+        assert (
+            wait_state(acme, pending[0]["id"], ("FINALIZED",))["agreement"]["tx_hash"]
+            == done["agreement"]["tx_hash"]
+        )
+    finally:
+        provider.stop()
+        consumer.stop()
+        chain.stop()
+
+
+def test_negotiation_times_out_with_the_reason(tmp_path: Path) -> None:
+    provider = services.start_node(tmp_path / "p", name="Provider", AGORA_NEGOTIATION_TIMEOUT="2")
+    consumer = services.start_node(tmp_path / "c", name="Consumer")
+    try:
+        acme, beta = Org(provider), Org(consumer)
+        source = tmp_path / "d.csv"
+        source.write_text("a\n1\n")
+        with source.open("rb") as f:
+            offering = acme.api(
+                "POST",
+                "/offerings",
+                data={
+                    "metadata": json.dumps(
+                        {"title": "Manual", "approval": "manual", "policy": {"template": "provide-access"}}
+                    )
+                },
+                files={"file": ("d.csv", f, "text/csv")},
+            ).json()
+        acme.api("POST", "/participants", json={"url": consumer.url})
+        beta.api("POST", "/participants", json={"url": provider.url})
+        started = beta.api(
+            "POST",
+            "/negotiations",
+            json={"offering_id": offering["id"], "provider": provider.url, "purpose": "research"},
+        ).json()
+        done = wait_state(beta, started["id"], ("TERMINATED", "FINALIZED"), timeout=30)
+        assert done["state"] == "TERMINATED" and "timed out in state REQUESTED" in done["reason"]
+    finally:
+        provider.stop()
+        consumer.stop()

@@ -1,0 +1,139 @@
+"""Negotiations per second and their latency, two nodes on loopback sharing one chain.
+
+A provider node with one offering (provide-access, automatic approval) and a consumer node,
+both real processes, notarizing on one development chain (``agora devchain``, served from
+this process). Each negotiation runs REQUESTED → AGREED → VERIFIED → FINALIZED: four signed
+protocol messages and the agreement recorded on chain with both signatures. Timed from the
+consumer's ``POST /api/v1/negotiations`` until it reports FINALIZED, first one at a time, then
+with ``--concurrency`` negotiations in flight (one consumer node, many clients).
+
+    .venv/bin/python bench/negotiate.py                   # 500 negotiations, then 500 with 10 in flight
+    .venv/bin/python bench/negotiate.py --count 40        # smoke run
+
+Targets: p50 under 150 ms, at least 20 negotiations/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _node import TempDir, free_port, start_node
+
+P50_TARGET_MS, RATE_TARGET = 150.0, 20.0
+
+
+def one(client: httpx.Client, consumer: str, provider_url: str, offering_id: str) -> float:
+    started = time.perf_counter()
+    r = client.post(
+        f"{consumer}/api/v1/negotiations",
+        json={
+            "offering_id": offering_id,
+            "provider": provider_url,
+            "purpose": "benchmark",
+            "access_mode": "download",
+        },
+    )
+    r.raise_for_status()
+    negotiation_id = r.json()["id"]
+    while True:
+        state = client.get(f"{consumer}/api/v1/negotiations/{negotiation_id}").json()
+        if state["state"] == "FINALIZED":
+            return time.perf_counter() - started
+        if state["state"] == "TERMINATED" or time.perf_counter() - started > 60:
+            raise RuntimeError(f"negotiation ended {state['state']}: {state['reason']}")
+        time.sleep(0.005)
+
+
+def run(
+    count: int, concurrency: int, consumer: str, token: str, provider_url: str, offering_id: str
+) -> list[float]:
+    headers = {"Authorization": f"Bearer {token}"}
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        clients = [httpx.Client(headers=headers, timeout=60) for _ in range(concurrency)]
+        futures = [
+            pool.submit(one, clients[i % concurrency], consumer, provider_url, offering_id)
+            for i in range(count)
+        ]
+        results = [f.result() for f in futures]
+        for c in clients:
+            c.close()
+    return results
+
+
+def main() -> None:
+    from contracts.devchain import DevChainServer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=10)
+    args = parser.parse_args()
+
+    with TempDir("agora-bench-negotiate-") as tmp:
+        chain = DevChainServer(tmp / "chain", port=free_port())
+        chain.start()
+        env = {"AGORA_CHAIN_URL": chain.url, "AGORA_CHAIN_REGISTRY": chain.registry}
+        provider = start_node(tmp / "provider", name="Provider", extra_env=env)
+        consumer = start_node(tmp / "consumer", name="Consumer", extra_env=env)
+        try:
+            p_token, c_token = provider.token("admin"), consumer.token("admin")
+            source = tmp / "data.csv"
+            source.write_text("a,b\n1,2\n")
+            with source.open("rb") as f:
+                offering = httpx.post(
+                    f"{provider.url}/api/v1/offerings",
+                    headers={"Authorization": f"Bearer {p_token}"},
+                    data={
+                        "metadata": json.dumps({"title": "bench", "policy": {"template": "provide-access"}})
+                    },
+                    files={"file": ("data.csv", f, "text/csv")},
+                    timeout=60,
+                ).json()
+            for a, b, token in ((provider, consumer, p_token), (consumer, provider, c_token)):
+                httpx.post(
+                    f"{a.url}/api/v1/participants",
+                    json={"url": b.url},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                ).raise_for_status()
+            run(5, 1, consumer.url, c_token, provider.url, offering["id"])  # warm-up
+            rows = []
+            for concurrency in (1, args.concurrency):
+                t0 = time.perf_counter()
+                latencies = run(args.count, concurrency, consumer.url, c_token, provider.url, offering["id"])
+                wall = time.perf_counter() - t0
+                rows.append((concurrency, latencies, wall))
+        finally:
+            consumer.stop()
+            provider.stop()
+            chain.stop()
+
+    print(
+        f"negotiations to FINALIZED (agreement recorded on chain), {args.count} per row, two nodes + devchain"
+    )
+    print(f"{'in flight':>9} {'p50 ms':>8} {'p99 ms':>8} {'negotiations/s':>15}")
+    ok = True
+    for concurrency, latencies, wall in rows:
+        q = statistics.quantiles(latencies, n=100)
+        p50, p99, rate = statistics.median(latencies) * 1000, q[98] * 1000, len(latencies) / wall
+        print(f"{concurrency:9d} {p50:8.1f} {p99:8.1f} {rate:15.1f}")
+        ok = ok and (concurrency != 1 or p50 < P50_TARGET_MS)
+    best_rate = max(len(lat) / wall for _, lat, wall in rows)
+    print(
+        f"\ntargets: p50 < {P50_TARGET_MS:.0f} ms (one at a time): {'met' if ok else 'NOT met'}; "
+        f">= {RATE_TARGET:.0f} negotiations/s: {'met' if best_rate >= RATE_TARGET else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
