@@ -11,7 +11,6 @@ policy may have changed).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,13 +21,17 @@ from connector.client import PeerClient
 from connector.models import Participant
 from kernel.db import as_utc
 from kernel.errors import AgoraError
+from kernel.worker import BackgroundWorker
 from marketplace.catalog import DSP_CONTEXT, CatalogService
 
 log = logging.getLogger("agora.crawler")
 MAX_PAGES = 1000
+PAGE = 500  # datasets per catalog page asked of a peer
 
 
-class CatalogCrawler:
+class CatalogCrawler(BackgroundWorker):
+    name = "agora-crawler"
+
     def __init__(
         self,
         catalog: CatalogService,
@@ -43,36 +46,12 @@ class CatalogCrawler:
         self._peers = peers
         self.own_address = own_address
         self._private_key = private_key
-        self.interval = interval
+        super().__init__(interval)
         self.full_every = full_every
         self._passes = 0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="agora-crawler", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.crawl_all()
-            except Exception:  # the crawler must outlive any one bad pass
-                log.exception("catalog crawl pass failed")
-            self._wake.wait(self.interval)
-            self._wake.clear()
+    def tick(self) -> None:
+        self.crawl_all()
 
     def crawl_all(self, *, full: bool | None = None) -> dict[str, str]:
         """One pass over every peer; returns each peer's outcome."""
@@ -108,7 +87,7 @@ class CatalogCrawler:
         cursor, newest = None, since
         try:
             for _ in range(MAX_PAGES):
-                params = {"cursor": cursor} if cursor else None
+                params = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
                 body, response = client.post("/dsp/catalog/request", message, params=params)
                 if str(body.get("participantId", "")).lower() != peer.address.lower():
                     raise AgoraError(f"{peer.endpoint} served the catalog of {body.get('participantId')}")

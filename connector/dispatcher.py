@@ -9,7 +9,6 @@ exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from connector.client import PeerClient
 from connector.models import OutboundMessage
 from kernel.db import transaction, utcnow
 from kernel.errors import AgoraError, ServiceUnavailable
+from kernel.worker import BackgroundWorker
 
 log = logging.getLogger("agora.dispatcher")
 
@@ -33,7 +33,9 @@ def queue_message(
     return message
 
 
-class Dispatcher:
+class Dispatcher(BackgroundWorker):
+    name = "agora-dispatcher"
+
     def __init__(
         self,
         engine: Engine,
@@ -54,35 +56,12 @@ class Dispatcher:
         self._housekeeping = housekeeping
         self.max_attempts = max_attempts
         self.base_delay = base_delay
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(base_delay)
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="agora-dispatcher", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.deliver_due()
-                if self._housekeeping is not None:
-                    self._housekeeping()
-            except Exception:  # the dispatcher must outlive any one bad message
-                log.exception("dispatch pass failed")
-            self._wake.wait(self.base_delay)
-            self._wake.clear()
+    def tick(self) -> None:
+        self.deliver_due()
+        if self._housekeeping is not None:
+            self._housekeeping()
 
     def deliver_due(self) -> int:
         """Send every message whose time has come; returns how many were delivered."""

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from anyio import to_thread
 
 from kernel.db import as_utc
 from kernel.errors import FieldError, InvalidInput
+
+if TYPE_CHECKING:
+    from litestar import Request
+
+    from connector.envelope import Opened
+    from connector.protocol import ProtocolGate
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+async def open_request(request: Request[Any, Any, Any], gate: ProtocolGate) -> Opened:
+    """The verified envelope of a protocol request (size-capped JSON, signature, sender, nonce)."""
+    body = await request.body()
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidInput(f"protocol messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        envelope = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"not JSON: {exc}") from None
+    return await to_thread.run_sync(gate.accept, envelope)
 
 
 def catalog_request_since(body: dict[str, Any]) -> datetime | None:

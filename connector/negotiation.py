@@ -356,7 +356,9 @@ class NegotiationService:
             offering_id=offering_id,
             purpose=purpose,
             access_mode=mode,
-            offer=dict(body.get("offer") or {}),
+            # the terms come from the provider's own policy (or its counter-offer), never from the
+            # request: a policy the consumer slips into its offer is dropped here
+            offer={k: v for k, v in dict(body.get("offer") or {}).items() if k != "agora:policy"},
             deadline=utcnow() + self.timeout,
         )
         try:
@@ -430,7 +432,8 @@ class NegotiationService:
                 session,
                 row,
                 f"/negotiations/{row.peer_pid}/offers",
-                self._dsp(row, "ContractOfferMessage", offer=offer, callbackAddress=f"{self.public_url}/dsp"),
+                # an offer answering a request names the consumer's pid and, per DSP, no callback
+                self._dsp(row, "ContractOfferMessage", offer=offer),
             )
         self._wake()
         return self.get(negotiation_id)

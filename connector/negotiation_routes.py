@@ -8,7 +8,6 @@ signed envelopes): the Dataspace Protocol negotiation and transfer messages.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -19,6 +18,7 @@ from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.agreements import AgreementService
+from connector.dsp import open_request
 from connector.negotiation import NegotiationService
 from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
@@ -27,8 +27,6 @@ from kernel.errors import FieldError, InvalidInput
 from kernel.hashing import repr_digest
 from kernel.ranges import parse_range
 from kernel.validation import validate
-
-MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class NegotiationStart(BaseModel):
@@ -240,17 +238,6 @@ class TransferController(Controller):
 # Protocol endpoints ------------------------------------------------------------------------
 
 
-async def _opened(request: Request[Any, Any, Any], gate: ProtocolGate) -> Any:
-    body = await request.body()
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise InvalidInput(f"protocol messages are limited to {MAX_MESSAGE_BYTES} bytes")
-    try:
-        envelope = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"not JSON: {exc}") from None
-    return await to_thread.run_sync(gate.accept, envelope)
-
-
 @post("/dsp/negotiations/request", tags=["protocol"], status_code=201)
 async def negotiation_request(
     request: Request[Any, Any, Any],
@@ -258,7 +245,7 @@ async def negotiation_request(
     negotiation_service: NamedDependency[NegotiationService],
     participant_service: NamedDependency[ParticipantService],
 ) -> dict[str, Any]:
-    opened = await _opened(request, protocol_gate)
+    opened = await open_request(request, protocol_gate)
     peer = participant_service.get(opened.sender)
     reply = await to_thread.run_sync(
         negotiation_service.on_request, opened.sender, peer.endpoint if peer else "", opened.body
@@ -288,7 +275,7 @@ async def negotiation_message(
 ) -> dict[str, Any]:
     """Offers, agreements, verifications, events and terminations for one negotiation."""
     kind = next(k for k, suffix in NEGOTIATION_MESSAGES.items() if request.url.path.endswith("/" + suffix))
-    opened = await _opened(request, protocol_gate)
+    opened = await open_request(request, protocol_gate)
     reply = await to_thread.run_sync(negotiation_service.on_message, opened.sender, pid, kind, opened.body)
     return protocol_gate.seal(reply, opened.sender)
 
@@ -299,7 +286,7 @@ async def transfer_request(
     protocol_gate: NamedDependency[ProtocolGate],
     transfer_service: NamedDependency[TransferService],
 ) -> dict[str, Any]:
-    opened = await _opened(request, protocol_gate)
+    opened = await open_request(request, protocol_gate)
     reply = await to_thread.run_sync(transfer_service.on_request, opened.sender, opened.body)
     return protocol_gate.seal(reply, opened.sender)
 
@@ -311,7 +298,7 @@ async def transfer_completion(
     protocol_gate: NamedDependency[ProtocolGate],
     transfer_service: NamedDependency[TransferService],
 ) -> dict[str, Any]:
-    opened = await _opened(request, protocol_gate)
+    opened = await open_request(request, protocol_gate)
     reply = await to_thread.run_sync(transfer_service.on_completion, opened.sender, pid)
     return protocol_gate.seal(reply, opened.sender)
 
@@ -355,7 +342,7 @@ async def notification(
     """Usage notifications (the notify duty) addressed to this node: accepted and logged."""
     import logging
 
-    opened = await _opened(request, protocol_gate)
+    opened = await open_request(request, protocol_gate)
     logging.getLogger("agora.usage").info("usage notification from %s: %s", opened.sender, opened.body)
     return protocol_gate.seal({"received": True}, opened.sender)
 

@@ -3,7 +3,6 @@ endpoints other nodes call (``/dsp/…``, signed envelopes, no bearer tokens).""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from anyio import to_thread
@@ -11,15 +10,12 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
-from connector.dsp import catalog_request_since
+from connector.dsp import catalog_request_since, open_request
 from connector.protocol import ProtocolGate
 from connector.schemas import ParticipantOut, PeerAdd
 from connector.services import ParticipantService
-from kernel.errors import InvalidInput
 from kernel.validation import validate
 from marketplace.catalog import CatalogService
-
-MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class ParticipantController(Controller):
@@ -59,8 +55,7 @@ async def catalog_request(
     limit: FromQuery[int] = 100,
 ) -> Response[Any]:
     """This node's catalog for the signed requester: only what its policies could grant it."""
-    envelope = await _json(request)
-    opened = await to_thread.run_sync(protocol_gate.accept, envelope)
+    opened = await open_request(request, protocol_gate)
     since = catalog_request_since(opened.body)
     who = participant_service.get(opened.sender)
 
@@ -74,16 +69,6 @@ async def catalog_request(
     if next_cursor:
         headers["Link"] = f'<{request.url.path}?cursor={next_cursor}&limit={limit}>; rel="next"'
     return Response(protocol_gate.seal(catalog, opened.sender), headers=headers)
-
-
-async def _json(request: Request[Any, Any, Any]) -> Any:
-    body = await request.body()
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise InvalidInput(f"protocol messages are limited to {MAX_MESSAGE_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"not JSON: {exc}") from None
 
 
 api_handlers = [ParticipantController]

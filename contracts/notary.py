@@ -20,7 +20,6 @@ retries with backoff.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +36,7 @@ from contracts.registry import Registry, asset_id, kind_code
 from kernel.canonical import canonical_hash
 from kernel.db import as_utc, transaction, utcnow
 from kernel.errors import AgoraError
+from kernel.worker import BackgroundWorker
 
 log = logging.getLogger("agora.notary")
 
@@ -86,7 +86,7 @@ class NotaryConfig:
     max_backoff: float = 30.0
 
 
-class Notary:
+class Notary(BackgroundWorker):
     """Anchors queued assets; ``run_once`` is one pass, ``start`` runs passes in a thread."""
 
     def __init__(
@@ -105,47 +105,32 @@ class Notary:
         self.endpoint = endpoint
         self.config = config or NotaryConfig()
         self._registered = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self.last_error: str = ""
+        self._backoff = self.config.poll_interval
+        super().__init__(self.config.poll_interval)
 
     # The worker -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="agora-notary", daemon=True)
-            self._thread.start()
+    name = "agora-notary"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def wake(self) -> None:
-        """Something was queued: look now rather than at the next poll."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        backoff = self.config.poll_interval
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-                self.last_error = ""
-                backoff = self.config.poll_interval
-            except ChainUnavailable as exc:
-                self.last_error = exc.detail
-                self._registry = None  # reconnect on the next pass
-                log.warning("chain unavailable, retrying in %.1fs: %s", backoff, exc.detail)
-                backoff = min(backoff * 2, self.config.max_backoff)
-            except Exception as exc:  # keep the worker alive; the error is logged and shown
-                self.last_error = str(exc)
-                log.exception("notary pass failed")
-                backoff = min(backoff * 2, self.config.max_backoff)
-            self._wake.wait(backoff)
-            self._wake.clear()
+    def tick(self) -> float:
+        """One pass; on an unreachable chain, back off (doubling up to ``max_backoff``)."""
+        try:
+            self.run_once()
+        except ChainUnavailable as exc:
+            self.last_error = exc.detail
+            self._registry = None  # reconnect on the next pass
+            self._backoff = min(self._backoff * 2, self.config.max_backoff)
+            log.warning("chain unavailable, retrying in %.1fs: %s", self._backoff, exc.detail)
+            return self._backoff
+        except Exception as exc:  # shown in /health; the worker keeps going
+            self.last_error = str(exc)
+            self._backoff = min(self._backoff * 2, self.config.max_backoff)
+            log.exception("notary pass failed")
+            return self._backoff
+        self.last_error = ""
+        self._backoff = self.config.poll_interval
+        return self._backoff
 
     # One pass -------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, text
+from sqlalchemy import Engine, and_, func, or_, text
+from sqlalchemy import column as sa_column
 from sqlalchemy import select as sa_select
+from sqlalchemy import table as sa_table
 from sqlmodel import Session, col, delete, select
 
 from kernel.db import as_utc, backend_name, transaction, utcnow
@@ -135,9 +139,23 @@ class CatalogService:
             )
         table: Any = CatalogEntry.__table__  # type: ignore[attr-defined]
         wanted = [c for c in table.c if c.name not in ("document", "search_text", "filter_tags")]
-        query = sa_select(*wanted).order_by(col(CatalogEntry.modified_at).desc(), col(CatalogEntry.id).desc())
+        query = sa_select(*wanted)
         if filters.q:
-            query = query.where(self._matches(filters.q))
+            # full-text results come newest entry first (by id): the index hands them over in
+            # that order, so a page never sorts every match of a common word
+            query = self._text_search(query, table, filters.q)
+            if cursor:
+                query = query.where(table.c.id < _decode_id_cursor(cursor))
+        else:
+            query = query.order_by(col(CatalogEntry.modified_at).desc(), col(CatalogEntry.id).desc())
+            if cursor:
+                at, last_id = _decode_cursor(cursor)
+                query = query.where(
+                    or_(
+                        col(CatalogEntry.modified_at) < at,
+                        and_(col(CatalogEntry.modified_at) == at, col(CatalogEntry.id) < last_id),
+                    )
+                )
         for column, value in (
             (col(CatalogEntry.kind), filters.kind),
             (col(CatalogEntry.provider), filters.provider),
@@ -149,14 +167,6 @@ class CatalogService:
             query = query.where(col(CatalogEntry.filter_tags).contains(f"|kw:{filters.keyword.lower()}|"))
         if filters.access_mode:
             query = query.where(col(CatalogEntry.filter_tags).contains(f"|mode:{filters.access_mode}|"))
-        if cursor:
-            at, last_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    col(CatalogEntry.modified_at) < at,
-                    and_(col(CatalogEntry.modified_at) == at, col(CatalogEntry.id) < last_id),
-                )
-            )
         with Session(self.engine) as session:
             # plain rows, not ORM objects: hydrating a page of entities costs more than the query
             rows: list[Any] = [
@@ -165,7 +175,10 @@ class CatalogService:
             states = {s.provider: s for s in session.exec(select(PeerCatalogState)).all()}
             _refresh_anchor_status(session, rows[:limit])
         items = [self._item(row, states.get(row.provider)) for row in rows[:limit]]
-        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = _encode_id_cursor(last.id) if filters.q else _encode_cursor(last)
         return {"items": items, "next_cursor": next_cursor}
 
     def entry(self, provider: str, offering_id: str) -> dict[str, Any] | None:
@@ -182,18 +195,21 @@ class CatalogService:
             _refresh_anchor_status(session, [row])
         return self._item(row, state)
 
-    def _matches(self, q: str) -> Any:
+    def _text_search(self, query: Any, table: Any, q: str) -> Any:
         if self.backend == "sqlite":
-            return col(CatalogEntry.id).in_(
-                text("SELECT rowid FROM catalog_fts WHERE catalog_fts MATCH :fts").bindparams(
-                    fts=fts_query(q)
-                )
+            fts = sa_table("catalog_fts", sa_column("rowid"))
+            return (
+                query.select_from(fts.join(table, table.c.id == fts.c.rowid))
+                .where(text("catalog_fts MATCH :fts").bindparams(fts=fts_query(q)))
+                .order_by(fts.c.rowid.desc())
             )
         words = _TOKEN.findall(q.lower())[:12]
         if not words:
             raise InvalidInput("the search has no words", errors=[FieldError("q", "no searchable words")])
         tsquery = " & ".join(f"{w}:*" for w in words)
-        return text("catalog_entry.search_vector @@ to_tsquery('simple', :tsq)").bindparams(tsq=tsquery)
+        return query.where(
+            text("catalog_entry.search_vector @@ to_tsquery('simple', :tsq)").bindparams(tsq=tsquery)
+        ).order_by(table.c.id.desc())
 
     def _item(self, row: Any, state: PeerCatalogState | None) -> dict[str, Any]:
         item = {
@@ -217,9 +233,12 @@ class CatalogService:
             "stale": False,
         }
         if not row.local and state is not None:
+            # a copy is as fresh as the last crawl that reached the peer, changed or not
+            confirmed = as_utc(state.last_success_at) if state.last_success_at else as_utc(row.fetched_at)
             item["stale"] = bool(state.last_error) or state.last_success_at is None
             item["provider_endpoint"] = state.endpoint
-            item["age_seconds"] = int((utcnow() - as_utc(row.fetched_at)).total_seconds())
+            item["fetched_at"] = confirmed.isoformat()
+            item["age_seconds"] = int((utcnow() - confirmed).total_seconds())
         return item
 
     # The catalog this node serves to peers ------------------------------------------------
@@ -292,11 +311,9 @@ class CatalogService:
         return catalog, next_cursor
 
     def _dataset(self, row: CatalogEntry, service_id: str, odrl: Any) -> dict[str, Any]:
-        from marketplace.policy import parse_policy
-
         dataset_id = f"urn:uuid:{row.offering_id}"
         offer = odrl.to_odrl_offer(
-            parse_policy(row.policy or {"template": "prohibit-access"}),
+            _parsed_policy(_policy_key(row.policy or {"template": "prohibit-access"})),
             offer_id=f"urn:agora:offer:{row.offering_id}:{row.version}",
             target=dataset_id,
             assigner=self.self_address,
@@ -330,11 +347,20 @@ class CatalogService:
         datasets = [d for d in catalog.get("dataset") or [] if isinstance(d, dict)]
         removed = {str(r) for r in catalog.get("agora:removed") or []}
         now = utcnow()
+        ids = [str(d.get("@id", "")).removeprefix("urn:uuid:") for d in datasets]
         with transaction(self.engine) as session:
-            existing = {
-                e.offering_id: e
-                for e in session.exec(select(CatalogEntry).where(CatalogEntry.provider == provider)).all()
-            }
+            existing = (
+                {
+                    e.offering_id: e
+                    for e in session.exec(
+                        select(CatalogEntry).where(
+                            CatalogEntry.provider == provider, col(CatalogEntry.offering_id).in_(ids)
+                        )
+                    ).all()
+                }
+                if ids
+                else {}
+            )
             for dataset in datasets:
                 offering_id = str(dataset.get("@id", "")).removeprefix("urn:uuid:")
                 if not offering_id:
@@ -371,21 +397,17 @@ class CatalogService:
                         col(CatalogEntry.provider) == provider, col(CatalogEntry.offering_id).in_(gone)
                     )
                 )
-            for entry in existing.values():
-                if entry.offering_id not in gone:
-                    entry.fetched_at = now
         return stored
 
     def retain_only(self, provider: str, offering_ids: set[str]) -> int:
         """After a full crawl: drop the peer's entries it no longer lists to this node."""
         with transaction(self.engine) as session:
-            stale = [
-                e
-                for e in session.exec(select(CatalogEntry).where(CatalogEntry.provider == provider)).all()
-                if e.offering_id not in offering_ids
-            ]
-            for entry in stale:
-                session.delete(entry)
+            held = session.exec(
+                select(CatalogEntry.id, CatalogEntry.offering_id).where(CatalogEntry.provider == provider)
+            ).all()
+            stale = [entry_id for entry_id, offering_id in held if offering_id not in offering_ids]
+            for chunk in range(0, len(stale), 500):
+                session.exec(delete(CatalogEntry).where(col(CatalogEntry.id).in_(stale[chunk : chunk + 500])))
         return len(stale)
 
     def crawl_state(self, provider: str) -> PeerCatalogState | None:
@@ -409,8 +431,12 @@ class CatalogService:
                 if cursor is not None:
                     state.modified_cursor = cursor
                 session.flush()
-                state.entries = len(
-                    session.exec(select(CatalogEntry.id).where(CatalogEntry.provider == provider)).all()
+                state.entries = int(
+                    session.execute(
+                        sa_select(func.count())
+                        .select_from(CatalogEntry)
+                        .where(col(CatalogEntry.provider) == provider)
+                    ).scalar_one()
                 )
             else:
                 state.last_error = error[:2000]
@@ -440,6 +466,18 @@ class CatalogService:
 _WHO = ("participant", "participantName", "participantGroup")
 
 
+def _policy_key(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_policy(key: str) -> Any:
+    """A catalog repeats a handful of policies thousands of times: parse each once."""
+    from marketplace.policy import parse_policy
+
+    return parse_policy(json.loads(key))
+
+
 def visible_to(
     policy_data: dict[str, Any] | None, address: str, name: str = "", groups: list[str] | None = None
 ) -> bool:
@@ -447,12 +485,17 @@ def visible_to(
     (purpose, time and counts are settled when negotiating); no policy: offered to no one."""
     if policy_data is None:
         return False
-    from marketplace.policy import RequestContext, expand, parse_policy
+    return _visible(_policy_key(policy_data), address, name, tuple(groups or ()))
+
+
+@functools.lru_cache(maxsize=16384)
+def _visible(key: str, address: str, name: str, groups: tuple[str, ...]) -> bool:
+    from marketplace.policy import RequestContext, expand
     from marketplace.policy.engine import _GETTERS, _test
 
-    policy = expand(parse_policy(policy_data))
+    policy = expand(_parsed_policy(key))
     ctx = RequestContext(
-        participant=address, participant_name=name or None, groups=groups or [], mode="compute"
+        participant=address, participant_name=name or None, groups=list(groups), mode="compute"
     )
 
     def tri(node: Any) -> bool | None:
@@ -506,6 +549,22 @@ def _refresh_anchor_status(session: Session, rows: list[Any]) -> None:
 def _encode_cursor(row: Any) -> str:
     raw = f"{as_utc(row.modified_at).isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _encode_id_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id|{entry_id}".encode()).decode().rstrip("=")
+
+
+def _decode_id_cursor(cursor: str) -> int:
+    try:
+        kind, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|", 1)
+        if kind != "id":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput(
+            "bad cursor", errors=[FieldError("cursor", "not a cursor of this search")]
+        ) from None
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:

@@ -306,7 +306,12 @@ def test_replayed_message_is_refused(orgs: tuple[Org, Org]) -> None:
         "@type": "ContractRequestMessage",
         "consumerPid": "urn:uuid:replay-test-0001",
         "callbackAddress": f"{beta.node.url}/dsp",
-        "offer": {"@type": "Offer", "@id": "urn:x", "target": f"urn:uuid:{offering_id(acme, 'vibration')}"},
+        "offer": {
+            "@type": "Offer",
+            "@id": "urn:x",
+            "target": f"urn:uuid:{offering_id(acme, 'vibration')}",
+            "permission": [{"action": "use"}],
+        },
         "agora:purpose": "research",
         "agora:accessMode": "compute",
     }
@@ -366,6 +371,8 @@ def test_protocol_messages_validate_against_the_dsp_schemas(orgs: tuple[Org, Org
     from tests import dsp
 
     acme, beta = orgs
+    wait_state(beta, negotiate(acme, beta, "vibration", "research", "compute")["id"], ("FINALIZED",))
+    wait_state(beta, negotiate(acme, beta, "bearings", "marketing", "compute")["id"], ("TERMINATED",))
     checked: set[str] = set()
     for org in (acme, beta):
         for summary in org.api("GET", "/negotiations").json():
@@ -467,3 +474,34 @@ def test_negotiation_times_out_with_the_reason(tmp_path: Path) -> None:
     finally:
         provider.stop()
         consumer.stop()
+
+
+def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[Org, Org]) -> None:
+    from connector.envelope import seal
+
+    acme, beta = orgs
+    pid = "urn:uuid:slipped-policy-0001"
+    body = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": pid,
+        "callbackAddress": f"{beta.node.url}/dsp",
+        "offer": {
+            "@type": "Offer",
+            "@id": "urn:x",
+            "target": f"urn:uuid:{offering_id(acme, 'vibration')}",
+            "agora:policy": {"template": "provide-access"},
+            "permission": [{"action": "use"}],
+        },
+        "agora:purpose": "research",
+        "agora:accessMode": "download",
+    }
+    r = httpx.post(
+        f"{acme.node.url}/dsp/negotiations/request",
+        json=seal(body, private_key=org_key(beta), recipient=acme.address),
+    )
+    assert r.status_code == 201
+    provider_side = next(n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == pid)
+    agreement = acme.api("GET", f"/agreements/{provider_side['agreement_id']}").json()
+    assert agreement["terms"]["policy"] == {"template": "n-times-usage", "params": {"count": 10}}
+    assert agreement["max_uses"] == 10
