@@ -96,7 +96,7 @@ class NegotiationController(Controller):
     def list_negotiations(
         self,
         negotiation_service: NamedDependency[NegotiationService],
-        in_state: Annotated[str | None, QueryParameter(query="state")] = None,
+        in_state: Annotated[str | None, QueryParameter(name="state")] = None,
     ) -> list[dict[str, Any]]:
         """Newest first; ``?state=REQUESTED`` lists what waits (e.g. for approval)."""
         return negotiation_service.list_all(in_state)

@@ -97,8 +97,10 @@ class Notary(BackgroundWorker):
         participant_name: str,
         endpoint: str,
         config: NotaryConfig | None = None,
+        on_status: Callable[[list[tuple[str, str]], str], None] | None = None,
     ) -> None:
         self.engine = engine
+        self._on_status = on_status
         self._registry_factory = registry_factory
         self._registry: Registry | None = None
         self.participant_name = participant_name
@@ -286,6 +288,7 @@ class Notary(BackgroundWorker):
                 fresh.anchored_at = utcnow()
                 fresh.attempts += 1
                 fresh.last_error = ""
+        self._announce(rows, ANCHORED)
 
     def _fail(self, rows: list[Notarization], exc: AgoraError) -> None:
         log.error("the registry refused %d notarization(s): %s", len(rows), exc.detail)
@@ -296,6 +299,12 @@ class Notary(BackgroundWorker):
                     fresh.status = FAILED
                     fresh.attempts += 1
                     fresh.last_error = exc.detail
+        self._announce(rows, FAILED)
+
+    def _announce(self, rows: list[Notarization], status: str) -> None:
+        """Tell whoever shows anchor statuses (the catalog) that these assets moved on."""
+        if self._on_status is not None:
+            self._on_status([(row.owner, row.content_hash) for row in rows], status)
 
     @staticmethod
     def _find_batch_tx(registry: Registry, root: bytes) -> tuple[str | None, int | None]:

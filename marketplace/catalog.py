@@ -23,7 +23,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, text
+from sqlalchemy import Engine, and_, func, or_, text, update
 from sqlalchemy import column as sa_column
 from sqlalchemy import select as sa_select
 from sqlalchemy import table as sa_table
@@ -173,13 +173,26 @@ class CatalogService:
                 SimpleNamespace(**m) for m in session.execute(query.limit(limit + 1)).mappings()
             ]
             states = {s.provider: s for s in session.exec(select(PeerCatalogState)).all()}
-            _refresh_anchor_status(session, rows[:limit])
         items = [self._item(row, states.get(row.provider)) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
             next_cursor = _encode_id_cursor(last.id) if filters.q else _encode_cursor(last)
         return {"items": items, "next_cursor": next_cursor}
+
+    def set_anchor_status(self, assets: list[tuple[str, str]], status: str) -> None:
+        """The notary anchored (or failed) these (owner, sha256) assets: show it in the catalog."""
+        with transaction(self.engine) as session:
+            for owner, sha256 in assets:
+                session.execute(
+                    update(CatalogEntry)
+                    .where(
+                        col(CatalogEntry.provider) == owner,
+                        col(CatalogEntry.sha256) == sha256,
+                        col(CatalogEntry.local),
+                    )
+                    .values(anchor_status=status)
+                )
 
     def entry(self, provider: str, offering_id: str) -> dict[str, Any] | None:
         """One catalog entry as a search result item (the web UI's offering page)."""
@@ -192,7 +205,6 @@ class CatalogService:
             if row is None:
                 return None
             state = session.get(PeerCatalogState, provider)
-            _refresh_anchor_status(session, [row])
         return self._item(row, state)
 
     def _text_search(self, query: Any, table: Any, q: str) -> Any:
@@ -274,7 +286,6 @@ class CatalogService:
             )
         with Session(self.engine) as session:
             rows = list(session.exec(query.limit(limit + 1)).all())
-            _refresh_anchor_status(session, rows[:limit])
             removed: list[str] = []
             if since is not None and cursor is None:
                 removed = [
@@ -525,25 +536,6 @@ def _visible(key: str, address: str, name: str, groups: tuple[str, ...]) -> bool
     permitted = any(all_of(list(p.constraints)) is not False for p in policy.permissions)
     banned = any(p.action == "use" and all_of(list(p.constraints)) is True for p in policy.prohibitions)
     return permitted and not banned
-
-
-def _refresh_anchor_status(session: Session, rows: list[Any]) -> None:
-    """Own entries show their notarization as it stands now (the notary moves it on)."""
-    from contracts.models import Notarization
-
-    local = {(r.provider, r.sha256): r for r in rows if r.local and r.sha256}
-    if not local:
-        return
-    found = session.exec(
-        select(Notarization.owner, Notarization.content_hash, Notarization.status).where(
-            col(Notarization.content_hash).in_([sha for _, sha in local])
-        )
-    ).all()
-    for owner, content_hash, status in found:
-        row = local.get((owner, content_hash))
-        if row is not None:
-            row.anchor_status = status
-    session.expunge_all()
 
 
 def _encode_cursor(row: Any) -> str:

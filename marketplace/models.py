@@ -130,7 +130,7 @@ class CatalogEntry(SQLModel, table=True):
     media_type: str = Field(default="", max_length=255)
     access_modes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     version: int = 1
-    sha256: str = Field(default="", max_length=64)
+    sha256: str = Field(default="", max_length=64, index=True)
     anchor_status: str = Field(default="", max_length=20)
     policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     search_text: str = Field(default="", sa_column=Column(String, nullable=False, default=""))

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from sqlalchemy import Engine, and_, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
@@ -364,7 +365,7 @@ class OfferingService:
         items = [_row_out(row) for row in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
         next_cursor = _cursor_of(last["created_at"], last["id"]) if last is not None else None
-        return OfferingPage.model_construct(items=items, next_cursor=next_cursor)
+        return OfferingPage(items=items, next_cursor=next_cursor)
 
     def get(self, offering_id: str) -> OfferingDetail:
         with Session(self.engine) as session:
@@ -379,7 +380,7 @@ class OfferingService:
                 .order_by(col(OfferingVersion.version))
             ).all()
         base = _out(offering, *rows[-1])
-        return OfferingDetail(**base.model_dump(), versions=[_version_out(*row) for row in rows])
+        return OfferingDetail(**msgspec.structs.asdict(base), versions=[_version_out(*row) for row in rows])
 
     def download(self, offering_id: str, version: int | None = None) -> Download:
         detail = self.get(offering_id)
@@ -535,7 +536,7 @@ def _cursor_of(created_at: datetime, offering_id: str) -> str:
 
 def _row_out(m: Any) -> OfferingOut:
     """A listed offering from a plain result row (validated when written, not again here)."""
-    anchor = Anchor.model_construct(
+    anchor = Anchor(
         status=m["anchor_status"] or "NOT_QUEUED",
         asset_id=m["asset_id"],
         chain_id=m["chain_id"],
@@ -545,7 +546,7 @@ def _row_out(m: Any) -> OfferingOut:
         block_number=m["block_number"],
         error=m["last_error"] or None,
     )
-    return OfferingOut.model_construct(
+    return OfferingOut(
         id=m["id"],
         name=m["name"],
         kind=m["kind"],

@@ -161,6 +161,7 @@ def build_runtime(settings: Settings) -> Runtime:
         participant_name=settings.name,
         endpoint=settings.public_url,
         config=NotaryConfig(batch_size=settings.anchor_batch_size, max_delay=settings.anchor_max_delay),
+        on_status=lambda assets, status: runtime.catalog.set_anchor_status(assets, status),
     )
     offerings = OfferingService(
         engine,
