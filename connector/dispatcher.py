@@ -9,7 +9,9 @@ exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +25,7 @@ from kernel.errors import AgoraError, ServiceUnavailable
 from kernel.worker import BackgroundWorker
 
 log = logging.getLogger("agora.dispatcher")
+LANES = 8  # negotiations whose messages are delivered at the same time
 
 
 def queue_message(
@@ -56,6 +59,9 @@ class Dispatcher(BackgroundWorker):
         self._housekeeping = housekeeping
         self.max_attempts = max_attempts
         self.base_delay = base_delay
+        self._pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="agora-dispatch")
+        self._clients: dict[tuple[str, str], PeerClient] = {}
+        self._clients_lock = threading.Lock()
         super().__init__(base_delay)
 
     def tick(self) -> None:
@@ -76,16 +82,48 @@ class Dispatcher(BackgroundWorker):
                     .limit(100)
                 ).all()
             )
-        return sum(1 for message in due if self._deliver(message))
+        # one negotiation's messages go in order; different negotiations' go side by side
+        lanes: dict[str, list[OutboundMessage]] = {}
+        for message in due:
+            lanes.setdefault(message.negotiation_id or f"message-{message.id}", []).append(message)
+        if len(lanes) <= 1:
+            return sum(self._deliver_lane(lane) for lane in lanes.values())
+        return sum(self._pool.map(self._deliver_lane, lanes.values()))
+
+    def _deliver_lane(self, lane: list[OutboundMessage]) -> int:
+        delivered = 0
+        for message in lane:
+            if not self._deliver(message):
+                break  # keep the rest of this negotiation's messages behind the one that failed
+            delivered += 1
+        return delivered
+
+    def _client(self, base: str, recipient: str) -> PeerClient:
+        """One kept-alive client per peer, shared by the dispatcher's threads."""
+        key = (base, recipient.lower())
+        with self._clients_lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = PeerClient(
+                    base,
+                    private_key=self._private_key(),
+                    own_address=self.own_address,
+                    peer_address=recipient,
+                )
+                self._clients[key] = client
+            return client
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._clients_lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
     def _deliver(self, message: OutboundMessage) -> bool:
         base, _, path = message.url.partition("/dsp/")
-        client = PeerClient(
-            base,
-            private_key=self._private_key(),
-            own_address=self.own_address,
-            peer_address=message.recipient,
-        )
+        client = self._client(base, message.recipient)
         try:
             reply, _ = client.post("/dsp/" + path, message.body)
         except ServiceUnavailable as exc:
@@ -94,8 +132,6 @@ class Dispatcher(BackgroundWorker):
         except AgoraError as exc:
             self._give_up(message, exc.detail)
             return False
-        finally:
-            client.close()
         with transaction(self.engine) as session:
             row = session.get(OutboundMessage, message.id)
             if row is not None:

@@ -105,12 +105,17 @@ class Chain(ABC):
         return str(self.account.address)
 
     def transact(self, fn: Any, gas: int | None = None) -> TxResult:
-        """Estimate, sign with the org key, send, and wait for the receipt."""
+        """Check (a call, or a gas estimate when no limit is given), sign with the org key, send,
+        and wait for the receipt. A refusal surfaces here with the registry's reason."""
         with self._tx_lock:
             with self.guard():
                 fees = self._fees()
-                estimate = gas or int(fn.estimate_gas({"from": self.sender, **fees}) * GAS_MARGIN) + 10_000
-                tx = fn.build_transaction({"from": self.sender, "gas": estimate, **fees})
+                if gas is None:
+                    gas = int(fn.estimate_gas({"from": self.sender, **fees}) * GAS_MARGIN) + 10_000
+                else:
+                    # one execution instead of an estimate's binary search; a revert still shows
+                    fn.call({"from": self.sender, **fees})
+                tx = fn.build_transaction({"from": self.sender, "gas": gas, **fees})
             return self._send(tx)
 
     def deploy(self, artifact_name: str, *args: Any) -> tuple[str, TxResult]:
