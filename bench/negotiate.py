@@ -1,8 +1,8 @@
 """Negotiations per second and their latency, two nodes on loopback sharing one chain.
 
 A provider node with one offering (provide-access, automatic approval) and a consumer node,
-both real processes, notarizing on one development chain (``agora devchain``, served from
-this process). Each negotiation runs REQUESTED → AGREED → VERIFIED → FINALIZED: four signed
+both real processes, sharing one chain: anvil (the default; a native EVM node from npm) or
+``agora devchain`` (py-evm, served from this process, ``--chain devchain``). Each negotiation runs REQUESTED → AGREED → VERIFIED → FINALIZED: four signed
 protocol messages and the agreement recorded on chain with both signatures. Timed from the
 consumer's ``POST /api/v1/negotiations`` until it reports FINALIZED, first one at a time, then
 with ``--concurrency`` negotiations in flight (one consumer node, many clients).
@@ -22,6 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -52,7 +53,7 @@ def one(client: httpx.Client, consumer: str, provider_url: str, offering_id: str
             return time.perf_counter() - started
         if state["state"] == "TERMINATED" or time.perf_counter() - started > 60:
             raise RuntimeError(f"negotiation ended {state['state']}: {state['reason']}")
-        time.sleep(0.005)
+        time.sleep(0.02)  # poll gently: the load generator shares the 2 cores with both nodes
 
 
 def run(
@@ -71,17 +72,50 @@ def run(
     return results
 
 
-def main() -> None:
+class AnvilChain:
+    """anvil with the registry deployed, shaped like DevChainServer (url, registry, stop)."""
+
+    def __init__(self, tmp: Path) -> None:
+        from eth_account import Account
+
+        from contracts.chain import RpcChain
+        from tests.services import start_anvil
+
+        self.anvil = start_anvil()
+        self.url = self.anvil.url
+        deployer = Account.create()
+        chain = RpcChain(self.url, deployer, registry=None)
+        chain.fund(deployer.address)
+        self.registry, _ = chain.deploy("AgoraRegistry", False)
+
+    def stop(self) -> None:
+        self.anvil.stop()
+
+
+def start_chain(kind: str, tmp: Path) -> Any:
+    if kind == "anvil":
+        return AnvilChain(tmp)
     from contracts.devchain import DevChainServer
 
+    server = DevChainServer(tmp / "chain", port=free_port())
+    server.start()
+    return server
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument(
+        "--chain",
+        choices=("anvil", "devchain"),
+        default="anvil",
+        help="the shared chain: anvil (npm, a native EVM node) or agora devchain (py-evm)",
+    )
     args = parser.parse_args()
 
     with TempDir("agora-bench-negotiate-") as tmp:
-        chain = DevChainServer(tmp / "chain", port=free_port())
-        chain.start()
+        chain = start_chain(args.chain, tmp)
         env = {"AGORA_CHAIN_URL": chain.url, "AGORA_CHAIN_REGISTRY": chain.registry}
         provider = start_node(tmp / "provider", name="Provider", extra_env=env)
         consumer = start_node(tmp / "consumer", name="Consumer", extra_env=env)
@@ -119,7 +153,7 @@ def main() -> None:
             chain.stop()
 
     print(
-        f"negotiations to FINALIZED (agreement recorded on chain), {args.count} per row, two nodes + devchain"
+        f"negotiations to FINALIZED (agreement recorded on chain), {args.count} per row, two nodes + {args.chain}"
     )
     print(f"{'in flight':>9} {'p50 ms':>8} {'p99 ms':>8} {'negotiations/s':>15}")
     ok = True

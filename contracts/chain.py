@@ -173,7 +173,7 @@ class Chain(ABC):
 
     def _wait(self, tx_hash: bytes) -> Any:
         with self.guard():
-            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.05)
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
         if self.confirmations > 1:
             deadline = time.monotonic() + 600
             while self.w3.eth.block_number < receipt["blockNumber"] + self.confirmations - 1:
