@@ -2,7 +2,8 @@
 
 A provider node with one offering (provide-access, automatic approval) and a consumer node,
 both real processes, sharing one chain: anvil (the default; a native EVM node from npm) or
-``agora devchain`` (py-evm, served from this process, ``--chain devchain``). Each negotiation runs REQUESTED → AGREED → VERIFIED → FINALIZED: four signed
+``agora devchain`` (py-evm, served from this process, ``--chain devchain``). Each negotiation
+runs REQUESTED → AGREED → VERIFIED → FINALIZED: four signed
 protocol messages and the agreement recorded on chain with both signatures. Timed from the
 consumer's ``POST /api/v1/negotiations`` until it reports FINALIZED, first one at a time, then
 with ``--concurrency`` negotiations in flight (one consumer node, many clients).
@@ -153,7 +154,8 @@ def main() -> None:
             chain.stop()
 
     print(
-        f"negotiations to FINALIZED (agreement recorded on chain), {args.count} per row, two nodes + {args.chain}"
+        f"negotiations to FINALIZED (agreement recorded on chain), {args.count} per row, "
+        f"two nodes + {args.chain}"
     )
     print(f"{'in flight':>9} {'p50 ms':>8} {'p99 ms':>8} {'negotiations/s':>15}")
     ok = True
