@@ -232,21 +232,38 @@ def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[Org, Org]) -> No
 
 
 def test_illegal_transition_is_refused_and_recorded(orgs: tuple[Org, Org]) -> None:
-    from eth_account import Account
+    """A known, correctly signed peer sends a message its negotiation's state does not allow."""
+    from connector.envelope import seal
 
     acme, beta = orgs
     done = wait_state(beta, negotiate(acme, beta, "vibration", "research", "compute")["id"], ("FINALIZED",))
     provider_id = done["peer_pid"]
-    # a FINALIZED negotiation cannot be verified again, even by its own consumer
+    message = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractAgreementVerificationMessage",
+        "providerPid": provider_id,
+        "consumerPid": done["id"],
+        "agora:signature": done["agreement"]["consumer_signature"],
+    }
+    envelope = seal(message, private_key=org_key(beta), recipient=acme.address)
+    r = httpx.post(f"{acme.node.url}/dsp/negotiations/{provider_id}/agreement/verification", json=envelope)
+    assert r.status_code == 409, r.text
+    assert "FINALIZED" in r.json()["detail"]
+    history = acme.api("GET", f"/negotiations/{provider_id}").json()
+    assert history["state"] == "FINALIZED"
+    refused = [e for e in history["history"] if not e["accepted"]]
+    assert refused and refused[-1]["signer"] == beta.address and "FINALIZED" in refused[-1]["reason"]
+
+
+def test_unknown_sender_is_refused(orgs: tuple[Org, Org]) -> None:
+    from eth_account import Account
+
     from connector.envelope import seal
 
-    key = beta.node.home / "keystore.json"
-    assert key.exists()
+    acme, _ = orgs
     stranger = Account.create()
-    envelope = seal(
-        {"@type": "ContractAgreementVerificationMessage"}, private_key=stranger.key, recipient=acme.address
-    )
-    r = httpx.post(f"{acme.node.url}/dsp/negotiations/{provider_id}/agreement/verification", json=envelope)
+    envelope = seal({"@type": "ContractRequestMessage"}, private_key=stranger.key, recipient=acme.address)
+    r = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
     assert r.status_code == 403 and "neither a known peer" in r.json()["detail"]
 
 
@@ -505,3 +522,41 @@ def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[Org, Org]) -> 
     agreement = acme.api("GET", f"/agreements/{provider_side['agreement_id']}").json()
     assert agreement["terms"]["policy"] == {"template": "n-times-usage", "params": {"count": 10}}
     assert agreement["max_uses"] == 10
+
+
+def test_three_nodes_on_one_chain(orgs: tuple[Org, Org], tmp_path: Path) -> None:
+    """A third organisation negotiates the same offering: each agreement is its own, on the one chain."""
+    acme, beta = orgs
+    env = {k: v for k, v in acme.node.env.items() if k in ("AGORA_CHAIN_URL", "AGORA_CHAIN_REGISTRY")}
+    third = services.start_node(tmp_path / "gamma", name="Gamma Labs", **env)
+    try:
+        gamma = Org(third)
+        assert acme.api("POST", "/participants", json={"url": third.url}).status_code == 201
+        assert gamma.api("POST", "/participants", json={"url": acme.node.url}).status_code == 201
+        mine = wait_state(
+            gamma, negotiate(acme, gamma, "vibration", "research", "download")["id"], ("FINALIZED",)
+        )
+        theirs = wait_state(
+            beta, negotiate(acme, beta, "vibration", "research", "download")["id"], ("FINALIZED",)
+        )
+        assert mine["agreement"]["id"] != theirs["agreement"]["id"]
+        provider_view = acme.api("GET", f"/agreements/{mine['agreement']['id']}").json()
+        assert provider_view["consumer"] == gamma.address
+        # Beta cannot use Gamma's agreement
+        from connector.envelope import seal
+
+        request = {
+            "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+            "@type": "TransferRequestMessage",
+            "consumerPid": "urn:uuid:not-yours-0001",
+            "agreementId": mine["agreement"]["id"],
+            "format": "HttpData-PULL",
+            "callbackAddress": f"{beta.node.url}/dsp",
+        }
+        r = httpx.post(
+            f"{acme.node.url}/dsp/transfers/request",
+            json=seal(request, private_key=org_key(beta), recipient=acme.address),
+        )
+        assert r.status_code == 403 and "not" in r.json()["detail"]
+    finally:
+        third.stop()
