@@ -252,19 +252,7 @@ class NegotiationService:
             "agora:accessMode": access_mode,
         }
         with transaction(self.engine) as session:
-            session.add(row)
-            session.flush()
-            session.add(
-                NegotiationEvent(
-                    negotiation_id=row.id,
-                    from_state=None,
-                    to_state="REQUESTED",
-                    message_type="ContractRequestMessage",
-                    signer=self.address,
-                    reason=f"requested by {actor}",
-                    message=body,
-                )
-            )
+            _open(session, row, signer=self.address, message=body, reason=f"requested by {actor}")
             queue_message(
                 session,
                 recipient=provider.address,
@@ -366,18 +354,7 @@ class NegotiationService:
         except AgoraError as exc:
             offering, missing = None, exc.detail
         with transaction(self.engine) as session:
-            session.add(row)
-            session.flush()
-            session.add(
-                NegotiationEvent(
-                    negotiation_id=row.id,
-                    from_state=None,
-                    to_state="REQUESTED",
-                    message_type="ContractRequestMessage",
-                    signer=sender,
-                    message=body,
-                )
-            )
+            _open(session, row, signer=sender, message=body)
             if offering is None:
                 self._terminate(session, row, f"no such offering: {missing}", signer=self.address)
             elif mode not in offering["access_modes"]:
@@ -885,6 +862,25 @@ def max_uses_of(policy: dict[str, Any] | None) -> int | None:
             if isinstance(c, Constraint) and c.leftOperand == "count" and c.operator in ("lt", "lteq"):
                 limits.append(int(str(c.rightOperand)) + (1 if c.operator == "lteq" else 0))
     return min(limits) if limits else None
+
+
+def _open(
+    session: Session, row: Negotiation, *, signer: str, message: dict[str, Any], reason: str = ""
+) -> None:
+    """A new negotiation (either side) and its first event: the request."""
+    session.add(row)
+    session.flush()
+    session.add(
+        NegotiationEvent(
+            negotiation_id=row.id,
+            from_state=None,
+            to_state="REQUESTED",
+            message_type="ContractRequestMessage",
+            signer=signer,
+            reason=reason,
+            message=message,
+        )
+    )
 
 
 def _required(body: dict[str, Any], key: str) -> str:
