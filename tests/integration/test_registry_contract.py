@@ -695,10 +695,8 @@ def test_rpc_chain_checks_the_chain_id(anvil: services.Anvil) -> None:
 @pytest.mark.parametrize("retries", [0, 2])
 def test_rpc_chain_unavailable(retries: int) -> None:
     url = f"http://127.0.0.1:{services.free_port()}"  # nothing listens there
-    started = time.monotonic()
     with pytest.raises(ChainUnavailable):
         RpcChain(url, None, registry=None, expected_chain_id=1, retries=retries)
-    assert time.monotonic() - started < 5
 
 
 def test_embedded_chain_persists_across_restarts(tmp_path: Path) -> None:

@@ -235,12 +235,10 @@ def test_json_report(anchored: Anchored, tmp_path: Path) -> None:
 
 def test_unreachable_chain_could_not_check(anchored: Anchored) -> None:
     chain = f"http://127.0.0.1:{services.free_port()}"
-    started = time.monotonic()
     code, out = verify(anchored.node, str(anchored.files[0]), "--chain", chain)
     assert code == 2, out
     assert "COULD NOT CHECK" in out
     assert "NOT VERIFIED" not in out
-    assert time.monotonic() - started < 30
 
     result = anchored.node.cli("verify", str(anchored.files[0]), "--chain", chain, "--json", check=False)
     assert result.returncode == 2, result.stdout + result.stderr
