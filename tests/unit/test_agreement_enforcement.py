@@ -56,7 +56,7 @@ def test_uses_are_counted_and_logged(service: AgreementService) -> None:
     add(service, "a1")
     assert service.use("a1", consumer=CONSUMER, mode="download").uses == 1
     assert service.use("a1", consumer=CONSUMER, mode="download").uses == 2
-    with pytest.raises(UseDenied, match="2|spent"):
+    with pytest.raises(UseDenied, match=r"2|spent"):
         service.use("a1", consumer=CONSUMER, mode="download")
     with Session(service.engine) as session:
         log = session.exec(select(UsageRecord).where(UsageRecord.agreement_id == "a1")).all()
