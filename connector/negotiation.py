@@ -924,6 +924,7 @@ def _event_out(e: NegotiationEvent) -> dict[str, Any]:
 def agreement_out(a: Agreement) -> dict[str, Any]:
     return {
         "id": a.id,
+        "negotiation_id": a.negotiation_id,
         "role": a.role,
         "provider": a.provider,
         "consumer": a.consumer,

@@ -276,6 +276,21 @@ def decide(
     return Redirect(back, status_code=303)
 
 
+@get("/agreements", sync_to_thread=True, guards=[ui_guard])
+def agreements(state: State) -> Template:
+    from datetime import UTC, datetime
+
+    runtime = _runtime(state)
+    assert runtime.agreements is not None
+    rows = runtime.agreements.list_all()
+    for row in rows:
+        ends = row["valid_until"]
+        row["valid_until_text"] = (
+            datetime.fromtimestamp(ends, UTC).strftime("%Y-%m-%d %H:%M UTC") if ends else "no end"
+        )
+    return Template("agreements.html", context={"rows": rows, "names": _names(runtime)})
+
+
 def ui_router() -> Router:
     static = create_static_files_router(path="/static", directories=[HERE / "static"], name="ui-static")
     return Router(
@@ -290,6 +305,7 @@ def ui_router() -> Router:
             negotiations,
             negotiation,
             decide,
+            agreements,
             static,
         ],
         exception_handlers={LoginRequired: _to_login},

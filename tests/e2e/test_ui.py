@@ -226,4 +226,8 @@ def test_negotiation_timeline_and_manual_approval(
     assert "REQUESTED → AGREED" in timeline and "VERIFIED → FINALIZED" in timeline
     assert "tx" in page.get_by_role("region", name="Agreement").inner_text()
     _shot(page, "negotiation-finalized")
+    page.get_by_role("link", name="Agreements").click()
+    row = page.get_by_role("row", name="Beta Analytics")
+    assert "research" in row.inner_text() and "recorded" in row.inner_text()
+    _shot(page, "agreements")
     page.close()
