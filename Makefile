@@ -41,7 +41,8 @@ services:
 test: services $(DEV_STAMP) $(NPM_STAMP) contracts-check
 	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs migrations tests bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	@# pytest exits 5 when it collected no test: that is a failure here, never a pass
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # the committed contracts/build artifacts must be what the sources compile to
 contracts-check: $(DEV_STAMP) $(NPM_STAMP)
