@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from kernel.cli import HomeOpt, JsonOpt, TokenOpt, UrlOpt, connect_from, console, handle_errors, print_json
+from kernel.cli import (
+    HomeOpt,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    connect_from,
+    console,
+    get_or_print,
+    handle_errors,
+    print_json,
+)
 
 app = typer.Typer(help="Peers: other organisations' nodes.", no_args_is_help=True)
 
@@ -37,10 +47,8 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """This node and its peers."""
-    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        rows = client.get("/api/v1/participants")
-    if as_json:
-        print_json(rows)
+    rows = get_or_print(ctx, "/api/v1/participants", url=url, token=token, home=home, as_json=as_json)
+    if rows is None:
         return
     for row in rows:
         marker = "self" if row["is_self"] else "peer"
@@ -102,10 +110,10 @@ def negotiations_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Negotiations, newest first."""
-    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        rows = client.get("/api/v1/negotiations", state=state)
-    if as_json:
-        print_json(rows)
+    rows = get_or_print(
+        ctx, "/api/v1/negotiations", url=url, token=token, home=home, as_json=as_json, state=state
+    )
+    if rows is None:
         return
     for n in rows:
         console.print(
@@ -125,10 +133,10 @@ def negotiations_show(
     as_json: JsonOpt = False,
 ) -> None:
     """State and full history with reasons: why it is stuck, or why it ended."""
-    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        n = client.get(f"/api/v1/negotiations/{negotiation_id}")
-    if as_json:
-        print_json(n)
+    n = get_or_print(
+        ctx, f"/api/v1/negotiations/{negotiation_id}", url=url, token=token, home=home, as_json=as_json
+    )
+    if n is None:
         return
     console.print(f"[bold]{n['id']}[/] ({n['role']}) with {n['counterparty']} — [bold]{n['state']}[/]")
     if n["reason"]:
@@ -188,10 +196,8 @@ def agreements_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Agreements this node is party to."""
-    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        rows = client.get("/api/v1/agreements")
-    if as_json:
-        print_json(rows)
+    rows = get_or_print(ctx, "/api/v1/agreements", url=url, token=token, home=home, as_json=as_json)
+    if rows is None:
         return
     for a in rows:
         uses = f"{a['uses']}/{a['max_uses']}" if a["max_uses"] else str(a["uses"])

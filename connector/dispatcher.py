@@ -45,7 +45,6 @@ class Dispatcher(BackgroundWorker):
         *,
         own_address: str,
         private_key: Callable[[], bytes],
-        on_reply: Callable[[OutboundMessage, dict[str, Any]], None] | None = None,
         on_given_up: Callable[[OutboundMessage, str], None] | None = None,
         housekeeping: Callable[[], object] | None = None,
         max_attempts: int = 8,
@@ -54,7 +53,6 @@ class Dispatcher(BackgroundWorker):
         self.engine = engine
         self.own_address = own_address
         self._private_key = private_key
-        self._on_reply = on_reply
         self._on_given_up = on_given_up
         self._housekeeping = housekeeping
         self.max_attempts = max_attempts
@@ -125,7 +123,7 @@ class Dispatcher(BackgroundWorker):
         base, _, path = message.url.partition("/dsp/")
         client = self._client(base, message.recipient)
         try:
-            reply, _ = client.post("/dsp/" + path, message.body)
+            client.post("/dsp/" + path, message.body)
         except ServiceUnavailable as exc:
             self._retry(message, exc.detail)
             return False
@@ -136,8 +134,6 @@ class Dispatcher(BackgroundWorker):
             row = session.get(OutboundMessage, message.id)
             if row is not None:
                 row.status, row.attempts, row.last_error = "SENT", row.attempts + 1, ""
-        if self._on_reply is not None:
-            self._on_reply(message, reply)
         return True
 
     def _retry(self, message: OutboundMessage, error: str) -> None:

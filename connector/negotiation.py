@@ -437,16 +437,7 @@ class NegotiationService:
             "chain": {"chain_id": registry.chain.chain_id, "registry": registry.address},
         }
         terms_hash = canonical_hash(terms)
-        typed = agreement_typed_data(
-            chain_id=registry.chain.chain_id,
-            registry=registry.address,
-            agreement_id=bytes.fromhex(agreement_id[2:]),
-            terms_hash=bytes.fromhex(terms_hash),
-            provider=self.address,
-            consumer=row.counterparty,
-            valid_until=valid_until,
-        )
-        signature = "0x" + sign_agreement(self._private_key(), typed).hex()
+        signature = "0x" + sign_agreement(self._private_key(), typed_data_of(terms)).hex()
         self._transition(
             session,
             row,
@@ -570,21 +561,11 @@ class NegotiationService:
             raise InvalidInput(f"the agreement's terms differ from what was negotiated: {', '.join(wrong)}")
         terms_hash = canonical_hash(terms)
         chain = terms.get("chain") or {}
-        typed = agreement_typed_data(
-            chain_id=int(chain.get("chain_id", 0)),
-            registry=str(chain.get("registry")),
-            agreement_id=bytes.fromhex(str(terms["agreement"])[2:]),
-            terms_hash=bytes.fromhex(terms_hash),
-            provider=sender,
-            consumer=self.address,
-            valid_until=int(terms.get("validUntil", 0)),
-        )
         try:
-            signer = recover_agreement_signer(typed, bytes.fromhex(signature.removeprefix("0x")))
-        except Exception:
-            raise InvalidInput("the provider's signature on the agreement is malformed") from None
-        if signer.lower() != sender.lower():
-            raise InvalidInput(f"the agreement is signed by {signer}, not by the provider {sender}")
+            typed = typed_data_of(terms)
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInput("the agreement's terms lack their chain, parties or id") from None
+        check_signature(typed, signature, sender, "the provider")
         row.peer_pid = str(body.get("providerPid") or row.peer_pid)
         self._transition(
             session,
@@ -635,23 +616,7 @@ class NegotiationService:
         if agreement is None:
             raise IllegalTransition("no agreement to verify yet")
         signature = str(body.get("agora:signature") or "")
-        typed = agreement_typed_data(
-            chain_id=agreement.chain_id,
-            registry=agreement.registry_address,
-            agreement_id=bytes.fromhex(agreement.id[2:]),
-            terms_hash=bytes.fromhex(agreement.terms_hash),
-            provider=self.address,
-            consumer=agreement.consumer,
-            valid_until=agreement.valid_until,
-        )
-        try:
-            signer = recover_agreement_signer(typed, bytes.fromhex(signature.removeprefix("0x")))
-        except Exception:
-            raise InvalidInput("the consumer's signature is malformed") from None
-        if signer.lower() != agreement.consumer.lower():
-            raise InvalidInput(
-                f"the verification is signed by {signer}, not by the consumer {agreement.consumer}"
-            )
+        check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
         self._transition(
             session,
             row,
@@ -806,6 +771,31 @@ class NegotiationService:
                 self._terminate(
                     session, row, f"could not reach the peer: {error}", signer=self.address, notify=False
                 )
+
+
+def typed_data_of(terms: dict[str, Any]) -> dict[str, Any]:
+    """The EIP-712 typed data both parties sign: everything it covers is in the terms, whose
+    canonical hash it carries."""
+    chain = terms["chain"]
+    return agreement_typed_data(
+        chain_id=int(chain["chain_id"]),
+        registry=str(chain["registry"]),
+        agreement_id=bytes.fromhex(str(terms["agreement"])[2:]),
+        terms_hash=bytes.fromhex(canonical_hash(terms)),
+        provider=str(terms["provider"]),
+        consumer=str(terms["consumer"]),
+        valid_until=int(terms.get("validUntil", 0)),
+    )
+
+
+def check_signature(typed: dict[str, Any], signature: str, expected: str, who: str) -> None:
+    """:class:`InvalidInput` unless ``signature`` over ``typed`` is ``expected``'s."""
+    try:
+        signer = recover_agreement_signer(typed, bytes.fromhex(signature.removeprefix("0x")))
+    except Exception:  # any malformed signature is just a bad one
+        raise InvalidInput(f"the signature of {who} is malformed") from None
+    if signer.lower() != expected.lower():
+        raise InvalidInput(f"the agreement is signed by {signer}, not by {who} {expected}")
 
 
 def policy_decision(

@@ -75,6 +75,25 @@ def fail(exc: AgoraError) -> None:
     raise typer.Exit(2 if exc.status == 503 else 1)
 
 
+def get_or_print(
+    ctx: typer.Context,
+    path: str,
+    *,
+    url: str | None,
+    token: str | None,
+    home: Path | None,
+    as_json: bool,
+    **params: Any,
+) -> Any:
+    """GET a resource with a read token; with ``--json`` print it and return None."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        data = client.get(path, **params)
+    if as_json:
+        print_json(data)
+        return None
+    return data
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 

@@ -31,10 +31,6 @@ def is_digest(text: str) -> bool:
     return bool(_HEX.match(text.strip().lower().removeprefix(PREFIX)))
 
 
-def prefixed(hex_digest: str) -> str:
-    return PREFIX + hex_digest
-
-
 def sha256_stream(stream: BinaryIO, chunk: int = CHUNK) -> tuple[str, int]:
     """Hash a binary stream without holding it in memory; return (hex, size)."""
     h = hashlib.sha256()

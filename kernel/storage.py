@@ -156,10 +156,6 @@ class ObjectStore(ABC):
             staged.write(data)
             return self.commit(staged, media_type)
 
-    def read_all(self, sha256: str) -> bytes:
-        """For small objects only (manifests, sidecars); large ones are streamed."""
-        return b"".join(self.read(sha256))
-
     def sweep_staging(self) -> int:
         """Remove staging files left by a crash; returns how many were removed."""
         if not self.staging_dir.exists():

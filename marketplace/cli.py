@@ -15,6 +15,7 @@ from kernel.cli import (
     UrlOpt,
     connect_from,
     console,
+    get_or_print,
     handle_errors,
     print_json,
     transfer_progress,
@@ -171,10 +172,10 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """One offering with all its versions."""
-    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        o = client.get(f"/api/v1/offerings/{offering_id}")
-    if as_json:
-        print_json(o)
+    o = get_or_print(
+        ctx, f"/api/v1/offerings/{offering_id}", url=url, token=token, home=home, as_json=as_json
+    )
+    if o is None:
         return
     console.print(f"[bold]{o['title']}[/]  ({o['kind']}, {o['status']})")
     for label, key in [

@@ -173,22 +173,17 @@ def test_download_of_a_compute_only_offering_is_refused(orgs: tuple[Org, Org]) -
 def test_manual_approval(orgs: tuple[Org, Org]) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")
-    time.sleep(1.0)
-    assert beta.api("GET", f"/negotiations/{started['id']}").json()["state"] == "REQUESTED"
-    waiting = [
-        n
-        for n in acme.api("GET", "/negotiations", params={"state": "REQUESTED"}).json()
-        if n["peer_pid"] == started["id"]
+    waiting = provider_side(acme, started["id"])
+    assert waiting["state"] == "REQUESTED" and "approve" in waiting["reason"]
+    assert waiting["id"] in [
+        n["id"] for n in acme.api("GET", "/negotiations", params={"state": "REQUESTED"}).json()
     ]
-    assert waiting and "approve" in waiting[0]["reason"]
-    assert acme.api("POST", f"/negotiations/{waiting[0]['id']}/approve").status_code == 200
+    assert beta.api("GET", f"/negotiations/{started['id']}").json()["state"] == "REQUESTED"
+    assert acme.api("POST", f"/negotiations/{waiting['id']}/approve").status_code == 200
     assert wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))["state"] == "FINALIZED"
 
     rejected = negotiate(acme, beta, "manual", "research", "download")
-    time.sleep(1.0)
-    provider_id = next(
-        n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == rejected["id"]
-    )
+    provider_id = provider_side(acme, rejected["id"])["id"]
     acme.api("POST", f"/negotiations/{provider_id}/reject", json={"reason": "not this quarter"})
     done = wait_state(beta, rejected["id"], ("FINALIZED", "TERMINATED"))
     assert done["state"] == "TERMINATED" and "not this quarter" in done["reason"]
@@ -197,10 +192,7 @@ def test_manual_approval(orgs: tuple[Org, Org]) -> None:
 def test_counter_offer_accepted(orgs: tuple[Org, Org]) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")
-    time.sleep(1.0)
-    provider_id = next(
-        n["id"] for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == started["id"]
-    )
+    provider_id = provider_side(acme, started["id"])["id"]
     counter = {"template": "n-times-usage", "params": {"count": 2}}
     assert acme.api("POST", f"/negotiations/{provider_id}/offer", json={"policy": counter}).status_code == 200
     offered = wait_state(beta, started["id"], ("OFFERED",))
@@ -346,7 +338,7 @@ def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[Org, Org]
 
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")  # waits for approval at Acme
-    time.sleep(0.5)
+    provider_side(acme, started["id"])
     terms = {
         "agreement": "0x" + "ab" * 32,
         "offering": offering_id(acme, "manual"),
@@ -407,6 +399,41 @@ def test_protocol_messages_validate_against_the_dsp_schemas(orgs: tuple[Org, Org
     } <= checked, checked
 
 
+def provider_side(acme: Org, consumer_pid: str, timeout: float = 20) -> dict[str, Any]:
+    """The provider's record of a negotiation the consumer started, once it has arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == consumer_pid]
+        if found:
+            return dict(found[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the request {consumer_pid} never reached the provider")
+        time.sleep(0.1)
+
+
+def request_manual_approval(acme: Org, beta: Org, tmp_path: Path) -> dict[str, Any]:
+    """Acme offers a file that needs a person's approval; Beta asks for it."""
+    source = tmp_path / "d.csv"
+    source.write_text("a\n1\n")
+    meta = {"title": "Manual", "approval": "manual", "policy": {"template": "provide-access"}}
+    with source.open("rb") as f:
+        offering = acme.api(
+            "POST",
+            "/offerings",
+            data={"metadata": json.dumps(meta)},
+            files={"file": ("d.csv", f, "text/csv")},
+        ).json()
+    acme.api("POST", "/participants", json={"url": beta.node.url})
+    beta.api("POST", "/participants", json={"url": acme.node.url})
+    started = beta.api(
+        "POST",
+        "/negotiations",
+        json={"offering_id": offering["id"], "provider": acme.node.url, "purpose": "research"},
+    )
+    assert started.status_code == 201, started.text
+    return dict(started.json())
+
+
 def test_provider_restart_mid_negotiation_resumes(tmp_path: Path) -> None:
     """The provider stops while a request waits for approval; after its restart the person
     approves and the negotiation runs to FINALIZED, both sides consistent."""
@@ -419,31 +446,8 @@ def test_provider_restart_mid_negotiation_resumes(tmp_path: Path) -> None:
     consumer = services.start_node(tmp_path / "c", name="Consumer", **env)
     try:
         acme, beta = Org(provider), Org(consumer)
-        source = tmp_path / "d.csv"
-        source.write_text("a\n1\n")
-        with source.open("rb") as f:
-            offering = acme.api(
-                "POST",
-                "/offerings",
-                data={
-                    "metadata": json.dumps(
-                        {"title": "Manual", "approval": "manual", "policy": {"template": "provide-access"}}
-                    )
-                },
-                files={"file": ("d.csv", f, "text/csv")},
-            ).json()
-        acme.api("POST", "/participants", json={"url": consumer.url})
-        beta.api("POST", "/participants", json={"url": provider.url})
-        started = beta.api(
-            "POST",
-            "/negotiations",
-            json={"offering_id": offering["id"], "provider": provider.url, "purpose": "research"},
-        ).json()
-        deadline = time.monotonic() + 20
-        pending: list[dict[str, Any]] = []
-        while not pending and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pending = [n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == started["id"]]
+        started = request_manual_approval(acme, beta, tmp_path)
+        pending = [provider_side(acme, started["id"])]
         provider.stop()
         provider = services.start_node(tmp_path / "p", name="Provider", port=provider.port, **env)
         acme = Org(provider)
@@ -466,26 +470,7 @@ def test_negotiation_times_out_with_the_reason(tmp_path: Path) -> None:
     consumer = services.start_node(tmp_path / "c", name="Consumer")
     try:
         acme, beta = Org(provider), Org(consumer)
-        source = tmp_path / "d.csv"
-        source.write_text("a\n1\n")
-        with source.open("rb") as f:
-            offering = acme.api(
-                "POST",
-                "/offerings",
-                data={
-                    "metadata": json.dumps(
-                        {"title": "Manual", "approval": "manual", "policy": {"template": "provide-access"}}
-                    )
-                },
-                files={"file": ("d.csv", f, "text/csv")},
-            ).json()
-        acme.api("POST", "/participants", json={"url": consumer.url})
-        beta.api("POST", "/participants", json={"url": provider.url})
-        started = beta.api(
-            "POST",
-            "/negotiations",
-            json={"offering_id": offering["id"], "provider": provider.url, "purpose": "research"},
-        ).json()
+        started = request_manual_approval(acme, beta, tmp_path)
         done = wait_state(beta, started["id"], ("TERMINATED", "FINALIZED"), timeout=30)
         assert done["state"] == "TERMINATED" and "timed out in state REQUESTED" in done["reason"]
     finally:
@@ -518,8 +503,7 @@ def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[Org, Org]) -> 
         json=seal(body, private_key=org_key(beta), recipient=acme.address),
     )
     assert r.status_code == 201
-    provider_side = next(n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == pid)
-    agreement = acme.api("GET", f"/agreements/{provider_side['agreement_id']}").json()
+    agreement = acme.api("GET", f"/agreements/{provider_side(acme, pid)['agreement_id']}").json()
     assert agreement["terms"]["policy"] == {"template": "n-times-usage", "params": {"count": 10}}
     assert agreement["max_uses"] == 10
 
