@@ -22,8 +22,8 @@ from sqlmodel import Session, col, select
 from connector.dispatcher import queue_message
 from connector.models import Agreement, UsageRecord
 from connector.negotiation import agreement_out, policy_decision
-from kernel.db import as_utc, transaction
-from kernel.errors import AgoraError, Forbidden, NotFound
+from kernel.db import as_utc, fetch, transaction
+from kernel.errors import AgoraError, Forbidden
 
 
 class UseDenied(AgoraError):
@@ -55,9 +55,7 @@ class AgreementService:
 
     def get(self, agreement_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
-            row = session.get(Agreement, agreement_id)
-            if row is None:
-                raise NotFound(f"no agreement {agreement_id}")
+            row = fetch(session, Agreement, agreement_id, f"no agreement {agreement_id}")
             usage = session.exec(
                 select(UsageRecord)
                 .where(UsageRecord.agreement_id == agreement_id)
@@ -85,9 +83,13 @@ class AgreementService:
     def use(self, agreement_id: str, *, consumer: str, mode: str) -> Grant:
         """Grant one use (or raise :class:`UseDenied` with the reason); logged either way."""
         with Session(self.engine) as session:
-            row = session.get(Agreement, agreement_id)
-        if row is None or row.role != "provider":
-            raise NotFound(f"no agreement {agreement_id} with this node as provider")
+            row = fetch(
+                session,
+                Agreement,
+                agreement_id,
+                f"no agreement {agreement_id} with this node as provider",
+                where=lambda a: a.role == "provider",
+            )
         if row.consumer.lower() != consumer.lower():
             raise Forbidden(f"agreement {agreement_id} is not {consumer}'s")
         purpose = str(row.terms.get("purpose", ""))

@@ -38,7 +38,7 @@ from connector.models import Agreement, Negotiation, NegotiationEvent, OutboundM
 from contracts.eip712 import agreement_typed_data, recover_agreement_signer, sign_agreement
 from contracts.registry import Registry
 from kernel.canonical import canonical_hash
-from kernel.db import as_utc, transaction, utcnow
+from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import AgoraError, Conflict, FieldError, Forbidden, InvalidInput, NotFound
 
 log = logging.getLogger("agora.negotiation")
@@ -110,9 +110,7 @@ class NegotiationService:
 
     def get(self, negotiation_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
-            row = session.get(Negotiation, negotiation_id)
-            if row is None:
-                raise NotFound(f"no negotiation {negotiation_id}")
+            row = fetch(session, Negotiation, negotiation_id, f"no negotiation {negotiation_id}")
             events = session.exec(
                 select(NegotiationEvent)
                 .where(NegotiationEvent.negotiation_id == negotiation_id)
@@ -313,10 +311,14 @@ class NegotiationService:
             )
 
     def _row(self, session: Session, negotiation_id: str, role: str | None = None) -> Negotiation:
-        row = session.get(Negotiation, negotiation_id, with_for_update=True)
-        if row is None or (role is not None and row.role != role):
-            raise NotFound(f"no {role or ''} negotiation {negotiation_id}".replace("  ", " "))
-        return row
+        return fetch(
+            session,
+            Negotiation,
+            negotiation_id,
+            f"no {role or ''} negotiation {negotiation_id}".replace("  ", " "),
+            where=lambda n: role is None or n.role == role,
+            lock=True,
+        )
 
     # Provider: the decision -------------------------------------------------------------
 
@@ -513,9 +515,7 @@ class NegotiationService:
             raise NotFound(f"no protocol endpoint {kind}")
         try:
             with transaction(self.engine) as session:
-                row = session.get(Negotiation, pid, with_for_update=True)
-                if row is None:
-                    raise NotFound(f"no negotiation {pid} here")
+                row = fetch(session, Negotiation, pid, f"no negotiation {pid} here", lock=True)
                 if row.counterparty.lower() != sender.lower():
                     raise Forbidden(f"negotiation {pid} is not with {sender}")
                 handler(session, row, sender, body)

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from connector.agreements import AgreementService
 from connector.client import PeerClient
 from connector.models import Agreement, Negotiation, TransferProcess
-from kernel.db import as_utc, transaction, utcnow
+from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import (
     AgoraError,
     FieldError,
@@ -89,9 +89,13 @@ class TransferService:
         if body.get("format") not in (None, "HttpData-PULL"):
             raise InvalidInput(f"unsupported format {body.get('format')!r}; this node serves HttpData-PULL")
         with Session(self.engine) as session:
-            agreement = session.get(Agreement, agreement_id)
-        if agreement is None or agreement.role != "provider":
-            raise NotFound(f"no agreement {agreement_id} with this node as provider")
+            agreement = fetch(
+                session,
+                Agreement,
+                agreement_id,
+                f"no agreement {agreement_id} with this node as provider",
+                where=lambda a: a.role == "provider",
+            )
         row = TransferProcess(
             id=f"urn:uuid:{uuid.uuid4()}",
             role="provider",
@@ -164,18 +168,27 @@ class TransferService:
         if claims.get("sub") != transfer_id or int(claims.get("exp", 0)) < time.time():
             raise Unauthorized("the transfer token is expired or for another transfer")
         with Session(self.engine) as session:
-            row = session.get(TransferProcess, transfer_id)
-        if row is None or row.role != "provider" or row.state not in ("STARTED", "COMPLETED"):
-            raise NotFound(f"no transfer {transfer_id} in progress")
+            row = fetch(
+                session,
+                TransferProcess,
+                transfer_id,
+                f"no transfer {transfer_id} in progress",
+                where=lambda t: t.role == "provider" and t.state in ("STARTED", "COMPLETED"),
+            )
         if str(claims.get("aud", "")).lower() != row.counterparty.lower():
             raise Forbidden("the token was issued to another participant")
         return row
 
     def on_completion(self, sender: str, transfer_id: str) -> dict[str, Any]:
         with transaction(self.engine) as session:
-            row = session.get(TransferProcess, transfer_id, with_for_update=True)
-            if row is None or row.counterparty.lower() != sender.lower():
-                raise NotFound(f"no transfer {transfer_id} with {sender}")
+            row = fetch(
+                session,
+                TransferProcess,
+                transfer_id,
+                f"no transfer {transfer_id} with {sender}",
+                where=lambda t: t.counterparty.lower() == sender.lower(),
+                lock=True,
+            )
             if row.state != "STARTED":
                 raise InvalidInput(f"transfer {transfer_id} is {row.state}, not STARTED")
             row.state, row.reason, row.updated_at = "COMPLETED", "the consumer confirmed receipt", utcnow()
@@ -295,9 +308,7 @@ class TransferService:
 
     def get(self, transfer_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
-            row = session.get(TransferProcess, transfer_id)
-        if row is None:
-            raise NotFound(f"no transfer {transfer_id}")
+            row = fetch(session, TransferProcess, transfer_id, f"no transfer {transfer_id}")
         return {
             "id": row.id,
             "role": row.role,
@@ -321,9 +332,13 @@ class TransferService:
     def received(self, transfer_id: str) -> tuple[TransferProcess, Iterator[bytes]]:
         """A completed transfer's bytes on the consumer's node (for its own users)."""
         with Session(self.engine) as session:
-            row = session.get(TransferProcess, transfer_id)
-        if row is None or row.role != "consumer" or row.state != "COMPLETED":
-            raise NotFound(f"no completed transfer {transfer_id} on this node")
+            row = fetch(
+                session,
+                TransferProcess,
+                transfer_id,
+                f"no completed transfer {transfer_id} on this node",
+                where=lambda t: t.role == "consumer" and t.state == "COMPLETED",
+            )
         return row, self.store.read(row.sha256)
 
     def provenance_for(self, row: TransferProcess) -> dict[str, Any]:

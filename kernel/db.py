@@ -7,10 +7,10 @@ session) from the node; nothing here reads configuration.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -18,7 +18,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
-from kernel.errors import ServiceUnavailable
+from kernel.errors import NotFound, ServiceUnavailable
+
+Row = TypeVar("Row")
 
 
 def utcnow() -> datetime:
@@ -73,3 +75,23 @@ def transaction(engine: Engine) -> Iterator[Session]:
             yield session
     except OperationalError as exc:
         raise ServiceUnavailable(f"database unavailable: {exc.orig}") from exc
+
+
+def fetch(
+    session: Session,
+    model: type[Row],
+    key: Any,
+    missing: str,
+    *,
+    where: Callable[[Row], bool] = lambda _row: True,
+    lock: bool = False,
+) -> Row:
+    """The row of ``model`` with primary key ``key``, or :class:`NotFound` with ``missing``.
+
+    ``where`` narrows what counts as found (a role, a state, a counterparty), so a row the
+    caller may not see is reported exactly like one that does not exist.
+    """
+    row = session.get(model, key, with_for_update=lock)
+    if row is None or not where(row):
+        raise NotFound(missing)
+    return row

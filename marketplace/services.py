@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from contracts.models import Notarization
 from contracts.notary import enqueue as enqueue_notarization
 from kernel import audit
-from kernel.db import as_utc, transaction, utcnow
+from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from kernel.storage import ObjectInfo, ObjectStore, StagedObject
 from marketplace.catalog import sync_local
@@ -133,9 +133,7 @@ class OfferingService:
         offering = self._get(offering_id)
 
         def write(session: Session, info: ObjectInfo) -> OfferingOut:
-            row = session.get(Offering, offering_id, with_for_update=True)
-            if row is None:
-                raise _not_found(offering_id)
+            row = fetch(session, Offering, offering_id, f"no offering {offering_id}", lock=True)
             latest = self._version(session, row, row.latest_version)
             if latest.asset_sha256 == info.sha256:
                 raise InvalidInput(
@@ -168,9 +166,7 @@ class OfferingService:
                 errors=[FieldError(k, "not updatable") for k in unknown],
             )
         with transaction(self.engine) as session:
-            row = session.get(Offering, offering_id, with_for_update=True)
-            if row is None:
-                raise _not_found(offering_id)
+            row = fetch(session, Offering, offering_id, f"no offering {offering_id}", lock=True)
             before = {k: getattr(row, k) for k in changes}
             for key, value in changes.items():
                 setattr(row, key, value)
@@ -185,9 +181,7 @@ class OfferingService:
                 f"unknown status {status!r}", errors=[FieldError("status", "active or retired")]
             )
         with transaction(self.engine) as session:
-            row = session.get(Offering, offering_id, with_for_update=True)
-            if row is None:
-                raise _not_found(offering_id)
+            row = fetch(session, Offering, offering_id, f"no offering {offering_id}", lock=True)
             if row.status != status:
                 previous, row.status, row.updated_at = row.status, status, utcnow()
                 action = "offering.retire" if status == "retired" else "offering.reactivate"
@@ -369,9 +363,7 @@ class OfferingService:
 
     def get(self, offering_id: str) -> OfferingDetail:
         with Session(self.engine) as session:
-            offering = session.get(Offering, offering_id)
-            if offering is None:
-                raise _not_found(offering_id)
+            offering = fetch(session, Offering, offering_id, f"no offering {offering_id}")
             rows = session.exec(
                 select(OfferingVersion, Asset, Notarization)
                 .join(Asset, col(Asset.sha256) == OfferingVersion.asset_sha256)
@@ -397,10 +389,7 @@ class OfferingService:
 
     def _get(self, offering_id: str) -> Offering:
         with Session(self.engine) as session:
-            offering = session.get(Offering, offering_id)
-        if offering is None:
-            raise _not_found(offering_id)
-        return offering
+            return fetch(session, Offering, offering_id, f"no offering {offering_id}")
 
     def _by_name(self, session: Session, name: str) -> Offering | None:
         return session.exec(
@@ -446,10 +435,6 @@ def _check_at(prefix: str, policy: dict[str, object]) -> None:
 def _require_content(staged: StagedObject) -> None:
     if staged.size == 0:
         raise InvalidInput("the file is empty", errors=[FieldError("file", "empty file")])
-
-
-def _not_found(offering_id: str) -> NotFound:
-    return NotFound(f"no offering {offering_id}")
 
 
 def _name_taken(name: str) -> Conflict:
