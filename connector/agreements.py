@@ -80,16 +80,20 @@ class AgreementService:
             rows = session.exec(select(Agreement).order_by(col(Agreement.created_at).desc()).limit(500)).all()
         return [agreement_out(r) for r in rows]
 
-    def use(self, agreement_id: str, *, consumer: str, mode: str) -> Grant:
-        """Grant one use (or raise :class:`UseDenied` with the reason); logged either way."""
+    def as_provider(self, agreement_id: str) -> Agreement:
+        """An agreement in which this node is the provider, or :class:`NotFound`."""
         with Session(self.engine) as session:
-            row = fetch(
+            return fetch(
                 session,
                 Agreement,
                 agreement_id,
                 f"no agreement {agreement_id} with this node as provider",
                 where=lambda a: a.role == "provider",
             )
+
+    def use(self, agreement_id: str, *, consumer: str, mode: str) -> Grant:
+        """Grant one use (or raise :class:`UseDenied` with the reason); logged either way."""
+        row = self.as_provider(agreement_id)
         if row.consumer.lower() != consumer.lower():
             raise Forbidden(f"agreement {agreement_id} is not {consumer}'s")
         purpose = str(row.terms.get("purpose", ""))

@@ -88,14 +88,7 @@ class TransferService:
             )
         if body.get("format") not in (None, "HttpData-PULL"):
             raise InvalidInput(f"unsupported format {body.get('format')!r}; this node serves HttpData-PULL")
-        with Session(self.engine) as session:
-            agreement = fetch(
-                session,
-                Agreement,
-                agreement_id,
-                f"no agreement {agreement_id} with this node as provider",
-                where=lambda a: a.role == "provider",
-            )
+        agreement = self.agreements.as_provider(agreement_id)
         row = TransferProcess(
             id=f"urn:uuid:{uuid.uuid4()}",
             role="provider",
