@@ -170,7 +170,8 @@ def _print_report(report: Any) -> None:
         if check.block_number is not None:
             tree.add(f"block    {check.block_number}, tx {check.tx_hash}")
         if check.result_hash:
-            tree.add(f"result   attested {check.result_hash[:16]}…")
+            summary = (check.result or {}).get("summary")
+            tree.add(f"result   attested {check.result_hash[:16]}…" + (f": {summary}" if summary else ""))
         if check.reason:
             tree.add(f"[red]reason   {check.reason}[/]")
         for parent in check.parents:

@@ -18,6 +18,7 @@ from kernel.db import utcnow
 PENDING = "PENDING"  # waiting for the next batch
 SUBMITTED = "SUBMITTED"  # root and proof fixed, transaction sent or about to be (resent until mined)
 ANCHORED = "ANCHORED"  # on chain, with transaction and block
+ATTESTED = "ATTESTED"  # a result hash recorded on chain for an anchored asset
 FAILED = "FAILED"  # refused by the registry for a reason a retry cannot fix
 
 
@@ -45,6 +46,14 @@ class Notarization(SQLModel, table=True):
     metadata_doc: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False), description="what metadata_hash covers"
     )
+    result_hash: str | None = Field(
+        default=None, max_length=64, description="sha256 of result_doc, attested once after the anchor"
+    )
+    result_doc: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True), description="the verification report attested"
+    )
+    attestation: str | None = Field(default=None, max_length=12, description="PENDING, ATTESTED or FAILED")
+    attest_tx: str | None = Field(default=None, max_length=66)
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from contracts.errors import ChainReverted, ChainUnavailable
 from contracts.merkle import MerkleTree, leaf
-from contracts.models import ANCHORED, FAILED, PENDING, SUBMITTED, Notarization
+from contracts.models import ANCHORED, ATTESTED, FAILED, PENDING, SUBMITTED, Notarization
 from contracts.registry import Registry, asset_id, kind_code
 from kernel.canonical import canonical_hash
 from kernel.db import as_utc, transaction, utcnow
@@ -53,11 +53,14 @@ def enqueue(
     owner: str,
     metadata: dict[str, Any],
     parents: list[str] | None = None,
+    result: dict[str, Any] | None = None,
 ) -> Notarization:
     """Queue an asset for notarization in the caller's transaction; idempotent per asset id.
 
     ``metadata`` is what the anchor's metadata hash covers (canonical JSON, sha256). Assets
     with parents are anchored directly, so the lineage is on chain; the others go in batches.
+    ``result`` (a verification report) is attested once after the anchor: the registry
+    records its canonical sha256 as the asset's result hash.
     """
     aid = _hex32(asset_id(owner, kind, bytes.fromhex(content_hash)))
     existing = session.exec(select(Notarization).where(Notarization.asset_id == aid)).first()
@@ -71,7 +74,10 @@ def enqueue(
         metadata_doc=metadata,
         owner=owner,
         parents=list(parents or []),
-        mode="direct" if parents else "batch",
+        mode="direct" if parents or result else "batch",
+        result_doc=result,
+        result_hash=canonical_hash(result) if result is not None else None,
+        attestation=PENDING if result is not None else None,
     )
     session.add(row)
     session.flush()
@@ -166,6 +172,7 @@ class Notary(BackgroundWorker):
         """Anchor what is due; returns how many rows were anchored. ``force`` ignores max_delay."""
         anchored = self._resend_submitted()
         anchored += self._anchor_direct()
+        self._attest()
         while True:
             try:
                 batch = self._take_batch(force)
@@ -270,6 +277,35 @@ class Notary(BackgroundWorker):
                 tx_hash, block = self._find_anchor_tx(registry, bytes.fromhex(row.asset_id[2:]))
             self._mark_anchored([row], tx_hash, block, registry)
             done += 1
+        return done
+
+    def _attest(self) -> int:
+        """Attest the result hash of anchored assets that carry one; a resend finding it
+        already attested (``AlreadyAttested``) takes that as done."""
+        rows = self._rows(Notarization.status == ANCHORED, Notarization.attestation == PENDING)
+        done = 0
+        for row in rows:
+            assert row.result_hash is not None
+            registry = self.registry()
+            id_ = bytes.fromhex(row.asset_id[2:])
+            tx_hash: str | None = None
+            outcome, error = ATTESTED, ""
+            try:
+                tx_hash = registry.attest_result(id_, bytes.fromhex(row.result_hash)).tx_hash
+            except ChainReverted as exc:
+                record = registry.get_anchor(id_)
+                if exc.reason != "AlreadyAttested" or record is None or record.result_hash is None:
+                    outcome, error = FAILED, exc.detail
+                elif record.result_hash.hex() != row.result_hash:
+                    outcome, error = FAILED, "another result hash is attested for this asset"
+            with transaction(self.engine) as session:
+                fresh = session.get(Notarization, row.id)
+                if fresh is not None:
+                    fresh.attestation, fresh.attest_tx = outcome, tx_hash
+                    fresh.last_error = error
+            if outcome == FAILED:
+                log.error("attesting the result of %s failed: %s", row.asset_id, error)
+            done += outcome == ATTESTED
         return done
 
     def _mark_anchored(

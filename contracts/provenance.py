@@ -81,4 +81,16 @@ class ProvenanceService:
                 "block_number": row.block_number,
             },
             "parents": parents,
+            **(
+                {
+                    "attestation": {
+                        "status": row.attestation,
+                        "result_hash": row.result_hash,
+                        "report": row.result_doc,
+                        "tx_hash": row.attest_tx,
+                    }
+                }
+                if row.result_hash
+                else {}
+            ),
         }

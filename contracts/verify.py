@@ -48,6 +48,7 @@ class AssetCheck:
     tx_hash: str | None = None
     anchored_at: str | None = None
     result_hash: str | None = None
+    result: dict[str, Any] | None = None
     reason: str | None = None
     parents: list[AssetCheck] = field(default_factory=list)
 
@@ -81,6 +82,7 @@ class AssetCheck:
             "tx_hash": self.tx_hash,
             "anchored_at": self.anchored_at,
             "result_hash": self.result_hash,
+            "result": self.result,
             "verified": self.verified,
             "reason": self.reason,
             "parents": [p.as_dict() for p in self.parents],
@@ -248,6 +250,7 @@ class Verifier:
             anchored_by = ("BatchAnchored", "root", root, f"batch 0x{root.hex()}")
         else:
             on_chain_parents = self._check_direct(check, registry, content, metadata_hash)
+            self._check_attestation(check, doc)
             anchored_by = (
                 "AssetAnchored",
                 "id",
@@ -318,6 +321,21 @@ class Verifier:
         check.anchored_at = _time(record.timestamp)
         check.result_hash = record.result_hash.hex() if record.result_hash else None
         return ["0x" + p.hex() for p in record.parents]
+
+    @staticmethod
+    def _check_attestation(check: AssetCheck, doc: dict[str, Any]) -> None:
+        """A report the record says was attested must be the one whose hash is on chain."""
+        attestation = doc.get("attestation")
+        if not isinstance(attestation, dict):
+            return
+        report = attestation.get("report")
+        if check.result_hash is None:
+            if attestation.get("status") == "ATTESTED":
+                raise _Fail("the record claims an attested result, but none is on chain")
+            return
+        if report is not None and canonical_hash(report) != check.result_hash:
+            raise _Fail("the verification report does not match the result hash attested on chain")
+        check.result = report if isinstance(report, dict) else None
 
     def _check_tx(
         self,

@@ -26,6 +26,7 @@ def target_metadata() -> MetaData:
     import contracts.models  # noqa: F401
     import kernel.audit  # noqa: F401
     import marketplace.models  # noqa: F401
+    import training_jobs.models  # noqa: F401
 
     return SQLModel.metadata
 

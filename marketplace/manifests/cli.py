@@ -41,11 +41,11 @@ def prepare_request(file: Path) -> tuple[dict[str, Any], dict[str, Path]]:
             continue  # read on the node itself, under its AGORA_IMPORT_DIRS
         path = (file.parent / item.source).resolve()
         if not path.is_file():
-            line = loaded.line_of(f"offerings.{index}.source")
+            line = loaded.document.line_of(f"offerings.{index}.source")
             raise InvalidInput(f"{file.name}:{line}: offerings.{index}.source: no such file {path}")
         digest, size = sha256_file(path)
         if size == 0:
-            line = loaded.line_of(f"offerings.{index}.source")
+            line = loaded.document.line_of(f"offerings.{index}.source")
             raise InvalidInput(f"{file.name}:{line}: offerings.{index}.source: {path} is empty")
         sources[item.name] = {"sha256": digest, "size": size}
         paths[item.name] = path

@@ -1,0 +1,83 @@
+"""YAML / JSON documents users write by hand (manifests, job specs), read so that every
+error names the file, the line and the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kernel.errors import FieldError, InvalidInput
+from kernel.validation import field_errors
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class Located:
+    """A parsed document and the line of every field path in it."""
+
+    data: Any
+    source_name: str
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def line_of(self, path: str) -> int | None:
+        """The line of a dotted field path, or of its nearest parent that has one."""
+        parts = path.split(".")
+        while parts:
+            line = self.lines.get(".".join(parts))
+            if line is not None:
+                return line
+            parts.pop()
+        return None
+
+    def error(self, errors: list[FieldError], what: str) -> InvalidInput:
+        """``errors`` (dotted paths) as one :class:`InvalidInput` whose messages start ``file:line``."""
+        located = []
+        for error in errors:
+            line = self.line_of(error.path)
+            where = f"{self.source_name}:{line}" if line else self.source_name
+            located.append(FieldError(error.path, f"{where}: {error.message}"))
+        summary = "; ".join(
+            f"{e.message.split(': ', 1)[0]} {e.path}: {e.message.split(': ', 1)[-1]}" for e in located[:5]
+        )
+        return InvalidInput(f"invalid {what}: {summary}", errors=located)
+
+    def validate(self, model: type[M], what: str) -> M:
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            raise self.error(field_errors(exc), what) from None
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            child = f"{path}.{key}" if path else key
+            lines[child] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, child, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_python(item, f"{path}.{i}" if path else str(i), lines) for i, item in enumerate(node.value)
+        ]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def parse_located(text: str, source_name: str, what: str) -> Located:
+    """Parse YAML (JSON is YAML) keeping lines; refuses invalid YAML and empty documents."""
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source_name}:{mark.line + 1}" if mark is not None else source_name
+        raise InvalidInput(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if node is None:
+        raise InvalidInput(f"{source_name}: the {what} is empty")
+    return Located(_to_python(node, "", lines), source_name, lines)
