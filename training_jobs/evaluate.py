@@ -1,0 +1,392 @@
+"""Load a job's native model, run it on the holdout and translate it to ONNX — inside a sandbox.
+
+The node ships this script and runs it in a second sandbox after the consumer's training run,
+because loading an untrusted native model (a pickle, a TorchScript archive, a state dict
+with the consumer's own model factory) can execute code. The node process itself touches
+only what this script writes to ``--out`` (see ``training_jobs.onnx_check``)::
+
+    python /agora/evaluate.py --format torchscript --model /model/model.pt \\
+        --holdout /holdout/holdout.npz --input-shape 1,1,8,8 --dtype float32 --opset 17 --out /out
+    python /agora/evaluate.py --format torch-state-dict --model /model/model.pt \\
+        --factory model:make_model --bundle /job --holdout /holdout/holdout.npz ...
+    python /agora/evaluate.py --format sklearn --model /model/model.joblib --input-shape 1,64 ...
+
+The holdout (``X``, ``y``) is reshaped to ``(-1, *input_shape[1:])`` and cast to ``--dtype``.
+Written to ``--out``:
+
+* ``model.onnx`` — the translation (batch dimension dynamic, opset ``--opset``);
+* ``probe_inputs.npy`` — the first ``--probe-count`` holdout rows, shaped as the input;
+* ``native_outputs.npy`` — the native model's outputs on those rows (float32): the raw
+  output of a torch model, ``predict_proba`` of a scikit-learn classifier (else ``predict``);
+* ``native_report.json`` — format, framework and version, holdout size, native accuracy,
+  ONNX input/output names, opset, the exporter's warnings (``export_warnings``, if any), and
+  on failure ``error`` (exits 2 and 4) or ``export_error`` (exit 3, after the native figures).
+
+Exit codes: 0 success; 2 the model cannot be loaded or run on the holdout; 3 it runs but
+cannot be exported to ONNX; 4 bad invocation or an unreadable holdout (the node's side).
+
+Only the standard library, numpy, torch, scikit-learn, skl2onnx, onnx and joblib may be
+imported here: the repository's packages are not visible inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+EXIT_OK = 0
+EXIT_LOAD = 2
+EXIT_EXPORT = 3
+EXIT_USAGE = 4
+
+FORMATS = ("torchscript", "torch-state-dict", "sklearn")
+DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
+ONNX_FILE = "model.onnx"
+PROBE_INPUTS_FILE = "probe_inputs.npy"
+NATIVE_OUTPUTS_FILE = "native_outputs.npy"
+REPORT_FILE = "native_report.json"
+INPUT_NAME = "input"
+TORCH_OUTPUT_NAME = "output"
+BATCH = 256
+MAX_REASON = 600
+MAX_WARNINGS = 10
+
+
+class Failure(Exception):
+    """A step failed: ``key`` names the report field, ``code`` the exit status."""
+
+    def __init__(self, key: str, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.code = code
+        self.reason = reason
+
+
+def _load_failure(reason: str) -> Failure:
+    return Failure("error", EXIT_LOAD, reason)
+
+
+def _export_failure(reason: str) -> Failure:
+    return Failure("export_error", EXIT_EXPORT, reason)
+
+
+def _usage_failure(reason: str) -> Failure:
+    return Failure("error", EXIT_USAGE, reason)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a report: exporters append whole graph dumps to their messages."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return line[:MAX_REASON]
+
+
+@dataclass(frozen=True)
+class Holdout:
+    X: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Native:
+    """The loaded model and what it produced: outputs on the probe rows, holdout accuracy."""
+
+    model: Any
+    framework: str
+    framework_version: str
+    outputs: np.ndarray
+    accuracy: float | None
+    probabilistic: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "framework_version": self.framework_version,
+            "native_accuracy": self.accuracy,
+            "input_name": INPUT_NAME,
+        }
+
+
+@dataclass(frozen=True)
+class Export:
+    """The written ONNX model's compared output and what the exporter warned about."""
+
+    output_name: str
+    warnings: list[str]
+
+
+def load_holdout(path: Path, input_shape: Sequence[int], dtype: str) -> Holdout:
+    """The holdout's ``X`` shaped to the model input and cast, and its labels ``y``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            X, y = data["X"], data["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise _usage_failure(f"cannot read the holdout {path}: {_describe(exc)}") from exc
+    try:
+        X = np.ascontiguousarray(X.reshape((-1, *input_shape[1:])).astype(DTYPES[dtype]))
+    except ValueError as exc:
+        raise _usage_failure(
+            f"the holdout X of shape {X.shape} does not fit the input shape {list(input_shape)}"
+        ) from exc
+    y = np.asarray(y).reshape(-1)
+    if len(y) != len(X) or len(X) == 0:
+        raise _usage_failure(f"the holdout has {len(X)} rows of X and {len(y)} labels")
+    return Holdout(X, y)
+
+
+def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(predicted.reshape(-1) == y))
+
+
+def _configure_torch() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def load_torch_model(fmt: str, model_path: Path, factory: str | None, bundle: Path | None) -> Any:
+    """A TorchScript archive, or the consumer's factory filled with a weights-only state dict."""
+    import torch
+
+    try:
+        if fmt == "torchscript":
+            model = torch.jit.load(str(model_path), map_location="cpu")  # type: ignore[no-untyped-call]
+        else:
+            if not factory or ":" not in factory:
+                raise _usage_failure("a torch-state-dict model needs --factory module:function")
+            module_name, _, function_name = factory.partition(":")
+            if bundle is not None:
+                sys.path.insert(0, str(bundle))
+            build = getattr(importlib.import_module(module_name), function_name)
+            model = build()
+            if not isinstance(model, torch.nn.Module):
+                raise _load_failure(
+                    f"the factory {factory} returned {type(model).__name__}, not an nn.Module"
+                )
+            model.load_state_dict(torch.load(str(model_path), map_location="cpu", weights_only=True))
+    except Failure:
+        raise
+    except Exception as exc:  # the consumer's files and code: any error means "cannot load"
+        raise _load_failure(f"cannot load the {fmt} model: {_describe(exc)}") from exc
+    model.eval()
+    return model
+
+
+def torch_outputs(model: Any, X: np.ndarray) -> np.ndarray:
+    """The model's raw output on every row, in batches, as float32."""
+    import torch
+
+    chunks: list[np.ndarray] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(X), BATCH):
+                out = model(torch.from_numpy(X[start : start + BATCH]))
+                if not isinstance(out, torch.Tensor):
+                    raise _load_failure(f"the model returned {type(out).__name__}; a single tensor is needed")
+                chunks.append(out.detach().to(torch.float32).cpu().numpy())
+    except Failure:
+        raise
+    except Exception as exc:  # the consumer's forward()
+        raise _load_failure(f"the model fails on the holdout: {_describe(exc)}") from exc
+    outputs = np.concatenate(chunks)
+    if outputs.ndim == 0 or outputs.shape[0] != len(X):
+        raise _load_failure(f"the model's output of shape {outputs.shape} has no batch dimension")
+    return outputs
+
+
+def export_torch(model: Any, probe: np.ndarray, opset: int, onnx_path: Path) -> list[str]:
+    """Export with the TorchScript-based exporter (``dynamo=False``); the exporter's warnings.
+
+    The dynamo exporter needs onnxscript, which the node does not install, and cannot take
+    a TorchScript archive as it is. Warnings are returned for the report because a tracer
+    warning (Python control flow frozen at export) explains an ONNX/native mismatch later.
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.onnx.export(
+                model,
+                (torch.from_numpy(probe),),
+                str(onnx_path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[TORCH_OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, TORCH_OUTPUT_NAME: {0: "batch"}},
+            )
+    except Exception as exc:  # unsupported operators, dynamic Python, shape errors …
+        raise _export_failure(f"torch.onnx.export: {_describe(exc)}") from exc
+    notes: list[str] = []
+    for warning in caught:
+        # the legacy exporter announces its own deprecation on every call
+        if issubclass(warning.category, (DeprecationWarning, FutureWarning)):
+            continue
+        note = str(warning.message).splitlines()[0][:MAX_REASON] if str(warning.message) else ""
+        if "skipping _decide_input_format" in note:  # a ScriptModule has no Python signature
+            continue
+        if note and note not in notes:
+            notes.append(note)
+    return notes[:MAX_WARNINGS]
+
+
+def run_torch(args: argparse.Namespace, holdout: Holdout, probe_count: int) -> Native:
+    import torch
+
+    _configure_torch()
+    model = load_torch_model(args.format, args.model, args.factory, args.bundle)
+    outputs = torch_outputs(model, holdout.X)
+    accuracy = (
+        _accuracy(outputs.argmax(axis=1), holdout.y) if outputs.ndim == 2 and outputs.shape[1] > 1 else None
+    )
+    return Native(model, "torch", torch.__version__, outputs[:probe_count], accuracy)
+
+
+def run_sklearn(args: argparse.Namespace, holdout: Holdout, probe_count: int) -> Native:
+    """``predict_proba`` on the probe rows if the estimator has it (else ``predict``)."""
+    import joblib
+    import sklearn
+    from sklearn.base import is_classifier
+
+    if len(args.input_shape) != 2:
+        raise _usage_failure(
+            f"a scikit-learn model takes rows of features: input shape [1, n], not {args.input_shape}"
+        )
+    try:
+        model = joblib.load(args.model)
+    except Exception as exc:  # an untrusted pickle: anything can go wrong
+        raise _load_failure(f"cannot load the sklearn model: {_describe(exc)}") from exc
+    if not callable(getattr(model, "predict", None)):
+        raise _load_failure(f"the loaded {type(model).__name__} has no predict method")
+    probabilistic = callable(getattr(model, "predict_proba", None))
+    try:
+        predicted = np.asarray(model.predict(holdout.X))
+        probe = holdout.X[:probe_count]
+        outputs = np.asarray(model.predict_proba(probe) if probabilistic else predicted[:probe_count])
+        outputs = outputs.astype(np.float32)
+    except Exception as exc:  # the consumer's estimator
+        raise _load_failure(f"the model fails on the holdout: {_describe(exc)}") from exc
+    accuracy = _accuracy(predicted, holdout.y) if is_classifier(model) else None
+    return Native(model, "sklearn", sklearn.__version__, outputs, accuracy, probabilistic)
+
+
+def _onnx_tensor_type(dtype: str, n_features: int) -> Any:
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType
+
+    types = {"float32": FloatTensorType, "float64": DoubleTensorType, "int64": Int64TensorType}
+    return types[dtype]([None, n_features])
+
+
+def export_sklearn(native: Native, args: argparse.Namespace, onnx_path: Path) -> Export:
+    """skl2onnx with plain tensor outputs (no ZipMap): ``label`` and ``probabilities``."""
+    from sklearn.base import is_classifier
+
+    model = native.model
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    options = {id(final): {"zipmap": False}} if is_classifier(final) else None
+    try:
+        from skl2onnx import to_onnx
+
+        onx = to_onnx(
+            model,
+            initial_types=[(INPUT_NAME, _onnx_tensor_type(args.dtype, args.input_shape[1]))],
+            options=options,
+            target_opset=args.opset,
+        )
+    except Exception as exc:  # unsupported estimators, options or operator sets
+        raise _export_failure(f"skl2onnx: {_describe(exc)}") from exc
+    outputs = [o.name for o in onx.graph.output]
+    if native.probabilistic:
+        output_name = "probabilities" if "probabilities" in outputs else outputs[-1]
+    else:
+        output_name = outputs[0]
+    onnx_path.write_bytes(onx.SerializeToString())
+    return Export(output_name, [])
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        shape = [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a shape such as 1,1,8,8: {text!r}") from exc
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive: {text!r}")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--model", required=True, type=Path, help="the native model file")
+    parser.add_argument("--factory", help="module:function building the nn.Module (torch-state-dict)")
+    parser.add_argument("--bundle", type=Path, help="the job's code bundle, for the factory's import")
+    parser.add_argument("--holdout", required=True, type=Path, help="npz with X and y")
+    parser.add_argument("--input-shape", required=True, type=_shape, help="e.g. 1,1,8,8 (batch first)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--probe-count", type=int, default=64)
+    return parser
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report: dict[str, Any] = {"format": args.format, "opset": args.opset}
+    try:
+        if args.probe_count < 1:
+            raise _usage_failure("--probe-count must be at least 1")
+        if not args.out.is_dir():
+            raise _usage_failure(f"the output directory {args.out} does not exist")
+        holdout = load_holdout(args.holdout, args.input_shape, args.dtype)
+        report["n_holdout"] = len(holdout.X)
+        probe_count = min(args.probe_count, len(holdout.X))
+        onnx_path = args.out / ONNX_FILE
+        if args.format == "sklearn":
+            native = run_sklearn(args, holdout, probe_count)
+            report.update(native.summary())
+            export = export_sklearn(native, args, onnx_path)
+        else:
+            native = run_torch(args, holdout, probe_count)
+            report.update(native.summary())
+            notes = export_torch(native.model, holdout.X[:probe_count], args.opset, onnx_path)
+            export = Export(TORCH_OUTPUT_NAME, notes)
+    except Failure as failure:
+        report[failure.key] = failure.reason
+        if args.out.is_dir():
+            (args.out / ONNX_FILE).unlink(missing_ok=True)  # never leave a half-written translation
+            _write_report(args.out, report)
+        print(f"evaluate.py: {failure.reason}", file=sys.stderr)
+        return failure.code
+    np.save(args.out / PROBE_INPUTS_FILE, holdout.X[:probe_count])
+    np.save(args.out / NATIVE_OUTPUTS_FILE, np.ascontiguousarray(native.outputs, dtype=np.float32))
+    report["output_name"] = export.output_name
+    if export.warnings:
+        report["export_warnings"] = export.warnings
+    _write_report(args.out, report)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
