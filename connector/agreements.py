@@ -147,14 +147,9 @@ class AgreementService:
         self._wake()
         return Grant(self.get(agreement_id), uses, [d["action"] for d in duties])
 
-    def _refusal(self, row: Agreement, mode: str) -> str | None:
-        if not row.tx_hash:
-            return "the agreement is not yet recorded on chain (negotiation not finalized)"
-        if row.valid_until and time.time() > row.valid_until:
-            ends = datetime.fromtimestamp(row.valid_until, UTC).isoformat()
-            return f"the agreement expired at {ends}"
-        if mode != row.terms.get("accessMode"):
-            return f"the agreement covers {row.terms.get('accessMode')}, not {mode}"
+    def policy_allows(self, row: Agreement, mode: str) -> tuple[bool, str]:
+        """Whether the agreed policy would also permit ``mode`` (e.g. may a compute job's
+        native model leave like a download?), without taking a use."""
         allowed, why, _ = policy_decision(
             row.terms.get("policy"),
             participant=row.consumer,
@@ -163,6 +158,17 @@ class AgreementService:
             agreed_at=as_utc(row.created_at),
             uses=row.uses,
         )
+        return allowed, why
+
+    def _refusal(self, row: Agreement, mode: str) -> str | None:
+        if not row.tx_hash:
+            return "the agreement is not yet recorded on chain (negotiation not finalized)"
+        if row.valid_until and time.time() > row.valid_until:
+            ends = datetime.fromtimestamp(row.valid_until, UTC).isoformat()
+            return f"the agreement expired at {ends}"
+        if mode != row.terms.get("accessMode"):
+            return f"the agreement covers {row.terms.get('accessMode')}, not {mode}"
+        allowed, why = self.policy_allows(row, mode)
         return None if allowed else f"the policy denies it: {why}"
 
     def _duties(self, row: Agreement, mode: str, uses: int) -> list[dict[str, Any]]:

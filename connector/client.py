@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -10,6 +12,8 @@ from connector.envelope import EnvelopeRejected, open_envelope, seal
 from kernel.errors import AgoraError, ServiceUnavailable, from_problem
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+STREAM_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
+CHUNK = 1024 * 1024
 
 
 class PeerClient:
@@ -38,17 +42,7 @@ class PeerClient:
             response = self.http.post(self.base_url + path, json=envelope, params=params)
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"peer {self.base_url} unreachable: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text[:300]}
-            error = from_problem(problem if isinstance(problem, dict) else {}, response.status_code)
-            raise (
-                AgoraError(f"peer {self.base_url} refused: {error.detail}")
-                if type(error) is AgoraError
-                else error
-            )
+        self._raise_for_problem(response)
         try:
             opened = open_envelope(response.json(), recipient=self.own_address)
         except ValueError as exc:
@@ -58,6 +52,36 @@ class PeerClient:
                 f"the reply is signed by {opened.sender}, not by the peer {self.peer_address}"
             )
         return opened.body, response
+
+    @contextmanager
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[Iterator[bytes]]:
+        """A signed request whose answer is raw bytes (checked by the caller against a digest
+        the peer signed elsewhere), streamed in chunks."""
+        envelope = seal(body, private_key=self._key, recipient=self.peer_address)
+        try:
+            with self.http.stream(
+                "POST", self.base_url + path, json=envelope, timeout=STREAM_TIMEOUT
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for_problem(response)
+                yield response.iter_bytes(CHUNK)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"peer {self.base_url} unreachable: {exc}") from exc
+
+    def _raise_for_problem(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"detail": response.text[:300]}
+        error = from_problem(problem if isinstance(problem, dict) else {}, response.status_code)
+        raise (
+            AgoraError(f"peer {self.base_url} refused: {error.detail}")
+            if type(error) is AgoraError
+            else error
+        )
 
     def close(self) -> None:
         self.http.close()

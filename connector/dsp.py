@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
-async def open_request(request: Request[Any, Any, Any], gate: ProtocolGate) -> Opened:
+async def open_request(
+    request: Request[Any, Any, Any], gate: ProtocolGate, *, max_bytes: int = MAX_MESSAGE_BYTES
+) -> Opened:
     """The verified envelope of a protocol request (size-capped JSON, signature, sender, nonce)."""
     body = await request.body()
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise InvalidInput(f"protocol messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise InvalidInput(f"protocol messages are limited to {max_bytes} bytes")
     try:
         envelope = json.loads(body)
     except ValueError as exc:

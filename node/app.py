@@ -27,6 +27,7 @@ import connector.routes
 import contracts.routes
 import marketplace.policy.routes
 import marketplace.routes
+import training_jobs.routes
 from kernel.errors import ServiceUnavailable
 from node.auth import bearer_token, require_scope
 from node.problems import exception_handlers
@@ -40,6 +41,7 @@ DOMAINS = (
     connector.routes,
     connector.negotiation_routes,
     contracts.routes,
+    training_jobs.routes,
 )
 
 
@@ -116,6 +118,11 @@ def create_app(runtime: Runtime) -> Litestar:
             runtime.crawler.start()
         if runtime.dispatcher is not None:
             runtime.dispatcher.start()
+        if settings.jobs_workers > 0:
+            from node.runtime import job_pool
+
+            runtime.job_pool = job_pool(runtime, settings.jobs_workers)
+            runtime.job_pool.start()
         # what start-up loaded lives as long as the process: keep it out of every later
         # full garbage collection (they otherwise cost ~25 ms and show in the p99)
         gc.collect()
@@ -149,6 +156,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 "chain_getter": runtime.chain,
                 "identity_statement": runtime.identity_statement,
                 "protocol_gate": runtime.protocol,
+                "job_service": runtime.jobs,
             }.items()
         },
         exception_handlers=exception_handlers,

@@ -20,6 +20,7 @@ from marketplace.cli import app as offerings_app
 from marketplace.cli import catalog_command
 from marketplace.manifests.cli import apply_command, plan_command
 from marketplace.policy.cli import app as policy_app
+from training_jobs.cli import app as jobs_app
 
 if TYPE_CHECKING:
     from kernel.client import NodeClient
@@ -48,6 +49,7 @@ app.command()(devchain)
 app.command("catalog")(catalog_command)
 app.command("plan")(plan_command)
 app.command("apply")(apply_command)
+app.add_typer(jobs_app, name="jobs")
 
 CLI_TOKEN_TTL = 600
 
@@ -141,6 +143,39 @@ def serve(
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=64 * 1024,
     )
+
+
+@app.command()
+@handle_errors
+def worker(
+    home: HomeOpt = None,
+    concurrency: Annotated[int, typer.Option(help="jobs run at the same time", min=1, max=64)] = 1,
+) -> None:
+    """Run queued training jobs (no HTTP server): more workers on more machines share the
+    PostgreSQL queue and the object store; each job is taken by exactly one worker."""
+    import signal
+    import threading
+
+    from node import db
+    from node.runtime import build_runtime, job_pool
+
+    settings = _settings(home=home)
+    db.upgrade(settings.effective_database_url)
+    runtime = build_runtime(settings)
+    runtime.sandbox().check()
+    pool = job_pool(runtime, concurrency)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    pool.start()
+    err_console.print(f"{concurrency} job worker(s) running with the {runtime.sandbox().kind} sandbox")
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pool.stop()
+        runtime.close()
 
 
 @token_app.command("create")

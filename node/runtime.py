@@ -30,6 +30,9 @@ from node.auth import TokenIssuer, TokenVerifier
 from node.identity import org_private_key, participant_address, token_signing_key
 from node.settings import Settings
 from node.storage import make_object_store
+from training_jobs.sandbox import Sandbox
+from training_jobs.services import JobService, NodeLimits
+from training_jobs.worker import JobPool
 
 log = logging.getLogger("agora.node")
 
@@ -54,6 +57,9 @@ class Runtime:
     transfers: TransferService | None = None
     dispatcher: Dispatcher | None = None
     protocol: ProtocolGate | None = None
+    jobs: JobService | None = None
+    job_pool: JobPool | None = None
+    _sandbox: Sandbox | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
     _org_key: bytes | None = None
@@ -97,6 +103,23 @@ class Runtime:
     def registry(self) -> Registry:
         return Registry(self.chain())
 
+    def sandbox(self) -> Sandbox:
+        """The sandbox jobs run in (``AGORA_SANDBOX``), built on first use; ``check()`` on it
+        says whether it works on this host."""
+        if self._sandbox is None:
+            from training_jobs.sandbox import make_sandbox
+
+            settings = self.settings
+            kind = "bubblewrap" if settings.sandbox == "bwrap" else settings.sandbox
+            options: dict[str, Any] = {}
+            if kind == "kubernetes":
+                options = {
+                    "namespace": settings.sandbox_namespace,
+                    "volume_claim": settings.sandbox_volume_claim or None,
+                }
+            self._sandbox = make_sandbox(kind, **options)
+        return self._sandbox
+
     def org_key(self) -> bytes:
         """The organisation's private key, decrypted once per process."""
         if self._org_key is None:
@@ -128,6 +151,8 @@ class Runtime:
 
     def close(self) -> None:
         """Stop the workers and close the chain and database; safe to call twice."""
+        if self.job_pool is not None:
+            self.job_pool.stop()
         self.notary.stop()
         if self.crawler is not None:
             self.crawler.stop()
@@ -196,6 +221,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine, address=address, private_key=runtime.org_key, registry_lookup=runtime.registered_participant
     )
     _connect_negotiations(runtime, token_key=key)
+    _connect_jobs(runtime)
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
         peers=participants.peers,
@@ -257,3 +283,51 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         transfers,
         dispatcher,
     )
+
+
+def _connect_jobs(runtime: Runtime) -> None:
+    """Training jobs: the service both sides use, and the runner the workers share."""
+    settings = runtime.settings
+    assert runtime.agreements is not None
+    jobs = JobService(
+        runtime.engine,
+        runtime.store,
+        address=runtime.address,
+        private_key=runtime.org_key,
+        agreements=runtime.agreements,
+        offering_modes=lambda offering_id: list(runtime.offerings.get(offering_id).access_modes),
+        provenance=runtime.provenance.document,
+        sandbox=runtime.sandbox,
+        limits=NodeLimits(
+            cpu_seconds=settings.jobs_max_cpu_seconds,
+            memory_bytes=int(settings.jobs_max_memory),
+            wall_seconds=settings.jobs_max_wall_time,
+            output_bytes=int(settings.jobs_max_output),
+        ),
+        wake_workers=lambda: runtime.job_pool.wake() if runtime.job_pool else None,
+    )
+    runtime.jobs = jobs
+
+
+def job_pool(runtime: Runtime, size: int, *, label: str = "") -> JobPool:
+    """Workers running this node's queued jobs (in ``agora serve`` or ``agora worker``)."""
+    from training_jobs.runner import JobRunner, RunnerConfig
+    from training_jobs.worker import JobPool
+
+    assert runtime.jobs is not None
+    settings = runtime.settings
+    runner = JobRunner(
+        runtime.engine,
+        runtime.store,
+        runtime.sandbox(),
+        address=runtime.address,
+        config=RunnerConfig(
+            jobs_dir=settings.jobs_dir,
+            holdout_fraction=settings.jobs_holdout_fraction,
+            evaluator_image=settings.sandbox_evaluator_image or None,
+        ),
+        states=runtime.jobs.states,
+        offering_kind=lambda offering_id: str(runtime.offerings.get(offering_id).kind),
+        wake_notary=runtime.notary.wake,
+    )
+    return JobPool(runner, runtime.jobs.states, size, label=label)

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -75,6 +75,21 @@ class Settings(BaseSettings):
     oidc_jwks_url: str = ""
     oidc_audience: str = ""
     sandbox: Literal["bwrap", "podman", "docker", "kubernetes"] = "bwrap"
+    sandbox_evaluator_image: str = Field(
+        default="", description="podman/docker/kubernetes: image (with digest) holding torch + skl2onnx"
+    )
+    sandbox_namespace: str = Field(default="default", description="kubernetes: namespace of job pods")
+    sandbox_volume_claim: str = Field(
+        default="", description="kubernetes: PVC holding the jobs directory, shared with the node"
+    )
+    jobs_workers: int = Field(default=1, ge=0, le=64, description="job worker threads in agora serve")
+    jobs_holdout_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="share of a dataset the node keeps back to verify models"
+    )
+    jobs_max_cpu_seconds: int = Field(default=3600, ge=1, description="most CPU seconds a job may ask")
+    jobs_max_memory: ByteSize = Field(default=ByteSize(8 * 1024**3), description="most memory a job may ask")
+    jobs_max_wall_time: float = Field(default=3600.0, gt=0, description="most seconds a job may run")
+    jobs_max_output: ByteSize = Field(default=ByteSize(1024**3), description="largest output a job may ask")
     key_passphrase: SecretStr | None = None
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="largest accepted upload")
     import_dirs: Annotated[list[Path], NoDecode] = Field(
@@ -154,6 +169,10 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.home / "staging"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
 
     @property
     def chain_dir(self) -> Path:

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,15 @@ def unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required test service unavailable in CI: {reason}")
     pytest.skip(reason)
+
+
+@contextmanager
+def listening() -> Iterator[int]:
+    """A TCP port on loopback that really accepts connections while the block runs."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield int(server.getsockname()[1])
 
 
 def free_port() -> int:

@@ -125,7 +125,7 @@ class OnnxOptions(BaseModel):
     input_shape: list[int] = Field(min_length=1, max_length=8, description="first dimension is the batch")
     dtype: Literal["float32", "float64", "int64"] = "float32"
     opset: int = Field(default=17, ge=9, le=23)
-    tolerance: float = Field(default=1e-4, gt=0, le=1.0, description="max |ONNX − native| on probe inputs")
+    tolerance: float = Field(default=1e-4, gt=0, le=1.0, description="max |ONNX - native| on probe inputs")
 
     @model_validator(mode="after")
     def _positive(self) -> OnnxOptions:
@@ -146,7 +146,9 @@ class JobSpec(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     agreement: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{64}$")
     provider: str | None = Field(default=None, pattern=r"^https?://", max_length=500)
-    dataset: str | None = Field(default=None, max_length=64, description="offering id; default: the agreement's")
+    dataset: str | None = Field(
+        default=None, max_length=64, description="offering id; default: the agreement's"
+    )
     code: Code
     parameters: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)

@@ -1,0 +1,330 @@
+"""Compute-to-data between two organisations' nodes on one chain: a consumer's code trains on
+the provider's data in the provider's bubblewrap sandbox; the provider verifies the model,
+translates it to ONNX and notarizes the lineage; the consumer fetches and verifies it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import services
+from training_jobs import bundle as bundles
+from training_jobs.datasets import digits_npz
+from training_jobs.spec import load_spec
+
+EXAMPLES = services.REPO / "examples" / "jobs"
+FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
+
+
+class Org:
+    def __init__(self, node: services.LiveNode) -> None:
+        self.node = node
+        self.token = node.token("admin")
+        self.address = httpx.get(f"{node.url}/health").json()["participant"]
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{self.node.url}/api/v1{path}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=120,
+            **kw,
+        )
+
+
+@pytest.fixture(scope="module")
+def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org, dict[str, str]]]:
+    """Acme (provider of the digits dataset, compute only) and Beta with compute agreements."""
+    from contracts.devchain import DevChainServer
+
+    root = tmp_path_factory.mktemp("jobs")
+    chain = DevChainServer(root / "chain", port=services.free_port())
+    chain.start()
+    env = {
+        "AGORA_CHAIN_URL": chain.url,
+        "AGORA_CHAIN_REGISTRY": chain.registry,
+        "AGORA_ANCHOR_MAX_DELAY": "0.2",
+    }
+    provider = services.start_node(root / "acme", name="Acme Wind", AGORA_JOBS_WORKERS="2", **env)
+    consumer = services.start_node(root / "beta", name="Beta Analytics", **env)
+    try:
+        acme, beta = Org(provider), Org(consumer)
+        data = digits_npz(root / "digits.npz")
+        offerings = {
+            "digits": {"access_modes": ["compute"], "policy": {"template": "provide-access"}},
+            "digits-limited": {
+                "access_modes": ["compute"],
+                "policy": {"template": "n-times-usage", "params": {"count": 1}},
+            },
+            "digits-open": {
+                "access_modes": ["compute", "download"],
+                "policy": {"template": "provide-access"},
+            },
+        }
+        ids = {}
+        for name, extra in offerings.items():
+            with data.open("rb") as f:
+                r = acme.api(
+                    "POST",
+                    "/offerings",
+                    data={
+                        "metadata": json.dumps(
+                            {
+                                "name": name,
+                                "title": f"Digits {name}",
+                                "media_type": "application/x-npz",
+                                **extra,
+                            }
+                        )
+                    },
+                    files={"file": ("digits.npz", f, "application/octet-stream")},
+                )
+            assert r.status_code == 201, r.text
+            ids[name] = r.json()["id"]
+        assert acme.api("POST", "/participants", json={"url": consumer.url}).status_code == 201
+        assert beta.api("POST", "/participants", json={"url": provider.url}).status_code == 201
+        agreements = {name: agree(acme, beta, ids[name], "compute") for name in offerings}
+        agreements["download"] = agree(acme, beta, ids["digits-open"], "download")
+        yield acme, beta, agreements
+    finally:
+        provider.stop()
+        consumer.stop()
+        chain.stop()
+
+
+def agree(acme: Org, beta: Org, offering_id: str, mode: str) -> str:
+    r = beta.api(
+        "POST",
+        "/negotiations",
+        json={
+            "offering_id": offering_id,
+            "provider": acme.node.url,
+            "purpose": "research",
+            "access_mode": mode,
+        },
+    )
+    assert r.status_code == 201, r.text
+    negotiation = poll(
+        lambda: beta.api("GET", f"/negotiations/{r.json()['id']}").json(), ("FINALIZED", "TERMINATED")
+    )
+    assert negotiation["state"] == "FINALIZED", negotiation
+    return str(negotiation["agreement_id"])
+
+
+def poll(read: Any, done: tuple[str, ...], timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        value: dict[str, Any] = read()
+        if value["state"] in done:
+            return value
+        assert time.monotonic() < deadline, f"still {value['state']}: {value.get('reason')}"
+        time.sleep(0.3)
+
+
+def submit(beta: Org, acme: Org, agreement: str, bundle_dir: Path, spec_text: str) -> httpx.Response:
+    spec = load_spec(spec_text, "job.yaml")
+    spec.agreement, spec.provider = agreement, acme.node.url
+    packed = bundles.pack(bundle_dir)
+    spec.code.digest = bundles.digest(packed)
+    body = {
+        "spec": spec.model_dump(mode="json", exclude_none=True, exclude={"code": {"bundle"}}),
+        "bundle": base64.b64encode(packed).decode(),
+    }
+    return beta.api("POST", "/jobs", json=body)
+
+
+def run_job(beta: Org, acme: Org, agreement: str, bundle_dir: Path, spec_text: str) -> dict[str, Any]:
+    r = submit(beta, acme, agreement, bundle_dir, spec_text)
+    assert r.status_code == 201, r.text
+    return poll(lambda: beta.api("GET", f"/jobs/{r.json()['id']}").json(), FINAL)
+
+
+def hostile(tmp_path: Path, name: str, code: str, **spec: Any) -> tuple[Path, str]:
+    """A bundle whose train.py does ``code``, with a job spec (small limits)."""
+    bundle = tmp_path / name
+    bundle.mkdir()
+    (bundle / "train.py").write_text(code)
+    resources = {
+        "cpu_seconds": 60,
+        "memory": "512MiB",
+        "wall_time": "20s",
+        "max_output": "1MiB",
+        **spec.pop("resources", {}),
+    }
+    doc = {
+        "name": name,
+        "code": {"bundle": ".", "entrypoint": "train.py"},
+        "resources": resources,
+        "output": {"format": "sklearn", "path": "model.joblib"},
+        "onnx": {"input_shape": [1, 64]},
+        **spec,
+    }
+    return bundle, json.dumps(doc)
+
+
+def test_sklearn_job_end_to_end(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+    acme, beta, agreements = orgs
+    spec_text = (EXAMPLES / "digits-sklearn" / "job.yaml").read_text()
+    job = run_job(beta, acme, agreements["digits"], EXAMPLES / "digits-sklearn", spec_text)
+    assert job["state"] == "COMPLETED", job
+    assert [h["state"] for h in job["history"]] == [
+        "QUEUED",
+        "PROVISIONING",
+        "RUNNING",
+        "VERIFYING",
+        "TRANSLATING",
+        "COMPLETED",
+    ]
+    metrics = job["result"]["metrics"]
+    assert metrics["holdout_rows"] == 359  # 20 % of 1,797 rows, kept back by the provider's node
+    assert metrics["native_accuracy"] > 0.9 and metrics["onnx_accuracy"] > 0.9
+    assert metrics["max_abs_diff"] <= 1e-4
+
+    # the provider's log holds the job's own output and the node's steps
+    lines = beta.api("GET", f"/jobs/{job['id']}/logs").json()["lines"]
+    assert any(line["stage"] == "node" and "held back by the node" in line["line"] for line in lines)
+
+    # the ONNX model, checked against the signed sha256 and the chain by Beta's node
+    onnx = beta.api("GET", f"/jobs/{job['id']}/result")
+    assert onnx.status_code == 200, onnx.text
+    artifact = job["result"]["artifacts"]["onnx"]
+    import hashlib
+
+    assert hashlib.sha256(onnx.content).hexdigest() == artifact["sha256"]
+    # the native model stays with the provider unless the job asked and the policy allows download
+    native = beta.api("GET", f"/jobs/{job['id']}/result", params={"artifact": "native"})
+    assert native.status_code == 403 and "stays with the provider" in native.json()["detail"]
+
+    # agora jobs fetch + agora verify: the whole lineage, VERIFIED
+    out = tmp_path / "model.onnx"
+    beta.node.cli("jobs", "fetch", job["id"], "-o", str(out), "--url", beta.node.url, "--token", beta.token)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == artifact["sha256"]
+    poll(lambda: _anchor_state(acme, artifact["asset_id"]), ("ATTESTED",), timeout=60)
+    beta.node.cli("jobs", "fetch", job["id"], "-o", str(out), "--url", beta.node.url, "--token", beta.token)
+    verdict = beta.node.cli("verify", str(out), "--json")
+    report = json.loads(verdict.stdout)
+    assert report["verified"], report
+    root = report["asset"]
+    assert root["kind"] == "onnx-model" and root["result"]["onnx_accuracy"] > 0.9
+    (model,) = root["parents"]
+    assert model["kind"] == "model" and model["result_hash"]
+    assert sorted(p["kind"] for p in model["parents"]) == ["agreement", "dataset", "job-result"]
+
+    # one flipped bit in the file: not verified
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 1
+    out.write_bytes(bytes(data))
+    assert beta.node.cli("verify", str(out), check=False).returncode == 1
+
+
+def _anchor_state(acme: Org, asset_id: str) -> dict[str, Any]:
+    doc = acme.api("GET", f"/provenance/{asset_id}").json()
+    attestation = doc.get("attestation") or {}
+    return {"state": attestation.get("status") or doc["anchor"]["status"]}
+
+
+@pytest.mark.slow
+def test_cnn_job_with_rerun_and_native_release(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+    acme, beta, agreements = orgs
+    spec_text = (EXAMPLES / "digits-cnn" / "job.yaml").read_text()
+    spec_text = spec_text.replace("rerun: false", "rerun: true").replace("epochs: 8", "epochs: 3")
+    spec_text = spec_text.replace(
+        "  metrics: metrics.json", "  metrics: metrics.json\n  release_native: true"
+    )
+    job = run_job(beta, acme, agreements["digits-open"], EXAMPLES / "digits-cnn", spec_text)
+    assert job["state"] == "COMPLETED", job
+    assert job["result"]["metrics"]["onnx_accuracy"] > 0.8
+    lines = [line["line"] for line in beta.api("GET", f"/jobs/{job['id']}/logs").json()["lines"]]
+    assert any("the re-run produced the same model" in line for line in lines)
+    native = beta.api("GET", f"/jobs/{job['id']}/result", params={"artifact": "native"})
+    assert native.status_code == 200 and len(native.content) == job["result"]["artifacts"]["native"]["size"]
+
+
+def test_refusals(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+    acme, beta, agreements = orgs
+    bundle, spec = hostile(tmp_path, "tiny", "print('hi')\n")
+    # a download agreement does not run code
+    r = submit(beta, acme, agreements["download"], bundle, spec)
+    assert r.status_code == 422 and "not compute" in r.json()["detail"]
+    # resources beyond what the provider allows: recorded as REJECTED with the reason
+    _, greedy = hostile(tmp_path, "greedy", "print('hi')\n", resources={"wall_time": "30h"})
+    r = submit(beta, acme, agreements["digits"], bundle, greedy)
+    assert r.status_code == 422 or r.json()["state"] == "REJECTED", r.text
+    # a malformed spec changes nothing
+    before = len(beta.api("GET", "/jobs").json())
+    r = beta.api("POST", "/jobs", json={"spec": {"name": "BAD NAME"}, "bundle": ""})
+    assert r.status_code == 422 and "name" in r.text
+    assert len(beta.api("GET", "/jobs").json()) == before
+    # the one use of the limited agreement is taken by the first job; the second is rejected
+    first = run_job(beta, acme, agreements["digits-limited"], bundle, spec)
+    assert first["state"] == "FAILED" and "model.joblib" in first["reason"]  # it wrote no model
+    second = submit(beta, acme, agreements["digits-limited"], bundle, spec)
+    assert second.status_code == 201 and second.json()["state"] == "REJECTED"
+    assert "uses" in second.json()["reason"]
+
+
+HOSTILE = {
+    "network-loopback": (
+        "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\n",
+        "exited with status 1",
+    ),
+    "network-other": (
+        "import socket\nsocket.create_connection(('10.255.255.1', 80), timeout=3)\n",
+        "status 1",
+    ),
+    "dns": ("import socket\nsocket.getaddrinfo('example.com', 80)\n", "status 1"),
+    "keystore": ("print(open('{home}/keystore.json').read())\n", "status 1"),
+    "database": ("print(open('{home}/agora.db', 'rb').read(10))\n", "status 1"),
+    "write-outside": ("open('/job/evil.py', 'w').write('x')\n", "status 1"),
+    "fork-bomb": ("import os\nwhile True:\n    os.fork()\n", "killed"),
+    "memory-bomb": ("x = []\nwhile True:\n    x.append(bytearray(64 * 1024 * 1024))\n", "memory"),
+    "disk-fill": (
+        "import os\nfor i in range(10000):\n    open(f'/out/f{{i}}', 'wb').write(os.urandom(1 << 20))\n",
+        "output",
+    ),
+    "wall-time": ("import time\ntime.sleep(60)\n", "wall time"),
+    "output-over-cap": ("open('/out/model.joblib', 'wb').write(b'x' * (2 << 20))\n", "output"),
+    "output-symlink": ("import os\nos.symlink('/etc/passwd', '/out/model.joblib')\n", "symlink"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE))
+def test_hostile_jobs_fail_and_the_node_keeps_serving(
+    orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path, attack: str
+) -> None:
+    acme, beta, agreements = orgs
+    code, expected = HOSTILE[attack]
+    with services.listening() as port:
+        bundle, spec = hostile(
+            tmp_path, attack, code.format(port=port, home=acme.node.home), resources={"wall_time": "6s"}
+        )
+        job = run_job(beta, acme, agreements["digits"], bundle, spec)
+    assert job["state"] == "FAILED", job
+    assert expected in job["reason"], job["reason"]
+    assert httpx.get(f"{acme.node.url}/health", timeout=5).status_code == 200
+    assert not (acme.node.home / "evil.py").exists()
+
+
+def test_cancel_a_running_job(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+    acme, beta, agreements = orgs
+    bundle, spec = hostile(
+        tmp_path,
+        "sleeper",
+        "import time\nprint('sleeping', flush=True)\ntime.sleep(300)\n",
+        resources={"wall_time": "5m"},
+    )
+    r = submit(beta, acme, agreements["digits"], bundle, spec)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    poll(lambda: beta.api("GET", f"/jobs/{job_id}").json(), ("RUNNING",), timeout=60)
+    started = time.monotonic()
+    assert beta.api("POST", f"/jobs/{job_id}/cancel").status_code == 200
+    job = poll(lambda: beta.api("GET", f"/jobs/{job_id}").json(), FINAL, timeout=30)
+    assert job["state"] == "CANCELLED" and time.monotonic() - started < 20

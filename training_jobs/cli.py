@@ -1,0 +1,228 @@
+"""``agora jobs …``: compute-to-data training jobs, as the consumer (and the provider) sees them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kernel.cli import (
+    HomeOpt,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    connect_from,
+    console,
+    get_or_print,
+    handle_errors,
+    print_json,
+)
+
+app = typer.Typer(help="Training jobs: your code on a provider's data, in its sandbox.", no_args_is_help=True)
+FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
+
+
+def _line(job: dict[str, Any]) -> str:
+    reason = f" — {job['reason']}" if job.get("reason") else ""
+    percent = f" {job['progress'] * 100:3.0f}%" if job["state"] not in FINAL else ""
+    return f"{job['id']}  {job['role']:8} {job['name']:20} {job['state']:12}{percent}{reason}"
+
+
+@app.command("submit")
+@handle_errors
+def submit(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Option("-f", "--file", help="the job spec (YAML or JSON)", exists=True)],
+    agreement: Annotated[str | None, typer.Option(help="the compute agreement (overrides the file)")] = None,
+    provider: Annotated[str | None, typer.Option(help="the provider node's URL (overrides the file)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 3600.0,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pack the bundle, send the job through this node to the provider; exit 0 when submitted
+    (or, with --wait, completed), 1 when rejected or failed."""
+    import base64
+
+    from kernel.errors import InvalidInput
+    from training_jobs import bundle as bundles
+    from training_jobs.spec import load_spec
+
+    spec = load_spec(file.read_text(), file.name)
+    if agreement:
+        spec.agreement = agreement
+    if provider:
+        spec.provider = provider
+    packed = None
+    if spec.code.bundle is not None:
+        source = (file.parent / spec.code.bundle).resolve()
+        if not source.exists():
+            raise InvalidInput(f"{file.name}: code.bundle {spec.code.bundle} does not exist ({source})")
+        packed = bundles.pack(source)
+        spec.code.digest = bundles.digest(packed)
+    body = {
+        "spec": spec.model_dump(mode="json", exclude_none=True, exclude={"code": {"bundle"}}),
+        "bundle": base64.b64encode(packed).decode() if packed is not None else None,
+    }
+    with connect_from(ctx)(url=url, token=token, home=home, scope="jobs:write") as client:
+        job = client.post_json("/api/v1/jobs", body)
+        if not as_json:
+            console.print(
+                f"job {job['id']}: {job['state']}" + (f" — {job['reason']}" if job["reason"] else "")
+            )
+            if packed is not None:
+                console.print(f"code bundle sha256:{spec.code.digest} ({len(packed)} bytes)")
+        if wait:
+            job = _follow(client, job, timeout, quiet=as_json)
+    if as_json:
+        print_json(job)
+    else:
+        print(job["id"])
+    if job["state"] in ("FAILED", "REJECTED", "CANCELLED") or (wait and job["state"] != "COMPLETED"):
+        raise typer.Exit(1)
+
+
+def _follow(client: Any, job: dict[str, Any], timeout: float, *, quiet: bool) -> dict[str, Any]:
+    """Print the job's log and state changes until it ends (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    after, state = 0, job["state"]
+    while True:
+        if job["state"] not in ("REJECTED",):
+            page = client.get(f"/api/v1/jobs/{job['id']}/logs", after=after)
+            after = page["next"]
+            if not quiet:
+                for line in page["lines"]:
+                    console.print(f"[dim]{line['stage']:6}[/] {line['line']}", highlight=False, markup=False)
+        if job["state"] != state and not quiet:
+            console.print(f"[bold]{job['state']}[/] {job['reason']}", highlight=False)
+        state = job["state"]
+        if job["state"] in FINAL or time.monotonic() > deadline:
+            return job
+        time.sleep(1.0)
+        job = client.get(f"/api/v1/jobs/{job['id']}")
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="only this state, e.g. RUNNING")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs this node runs or sent, newest first."""
+    rows = get_or_print(ctx, "/api/v1/jobs", url=url, token=token, home=home, as_json=as_json, state=state)
+    for job in rows or []:
+        console.print(_line(job), highlight=False)
+
+
+@app.command("status")
+@handle_errors
+def status(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="the job id")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """State with its reason, progress, history and, once completed, metrics and artifacts."""
+    job = get_or_print(ctx, f"/api/v1/jobs/{job_id}", url=url, token=token, home=home, as_json=as_json)
+    if job is None:
+        return
+    console.print(_line(job), highlight=False)
+    if job.get("stale"):
+        console.print(f"[yellow]{job['stale']}[/]")
+    for step in job["history"]:
+        console.print(f"  {step['at'][:19]}  {step['state']:12} {step['reason']}", highlight=False)
+    metrics = (job.get("result") or {}).get("metrics")
+    if metrics:
+        console.print(
+            f"held-out rows {metrics.get('holdout_rows')}: native accuracy {metrics.get('native_accuracy')}, "
+            f"ONNX accuracy {metrics.get('onnx_accuracy')}, max |ONNX - native| {metrics.get('max_abs_diff')}"
+        )
+    for name, artifact in ((job.get("result") or {}).get("artifacts") or {}).items():
+        released = "released" if artifact.get("released") else "stays with the provider"
+        console.print(f"{name:7} sha256:{artifact['sha256']}  {artifact['size']} bytes  {released}")
+
+
+@app.command("logs")
+@handle_errors
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="the job id")],
+    follow: Annotated[bool, typer.Option("--follow", "-F", help="keep printing until the job ends")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """What the job printed, and what the provider's node did about it."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        if follow:
+            _follow(client, client.get(f"/api/v1/jobs/{job_id}"), 24 * 3600.0, quiet=False)
+            return
+        after = 0
+        while True:
+            page = client.get(f"/api/v1/jobs/{job_id}/logs", after=after)
+            for line in page["lines"]:
+                console.print(f"[dim]{line['stage']:6}[/] {line['line']}", highlight=False, markup=False)
+            if not page["lines"]:
+                return
+            after = page["next"]
+
+
+@app.command("cancel")
+@handle_errors
+def cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="the job id")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Cancel a job: a queued one at once, a running one is stopped by its worker."""
+    with connect_from(ctx)(url=url, token=token, home=home, scope="jobs:write") as client:
+        job = client.post_json(f"/api/v1/jobs/{job_id}/cancel", {})
+    console.print(_line(job), highlight=False)
+
+
+@app.command("fetch")
+@handle_errors
+def fetch(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="the job id")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the model")],
+    native: Annotated[bool, typer.Option("--native", help="the native model instead of ONNX")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write the job's ONNX model (or, when released, the native one) and PATH.provenance.json;
+    check it any time with ``agora verify PATH``."""
+    artifact = "native" if native else "onnx"
+    with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
+        doc = client.get(f"/api/v1/jobs/{job_id}/result/provenance", artifact=artifact)
+        digest, size = client.download(
+            f"/api/v1/jobs/{job_id}/result?artifact={artifact}",
+            output,
+            expected_sha256=str((doc.get("asset") or {}).get("sha256") or "") or None,
+        )
+    sidecar = output.with_name(output.name + ".provenance.json")
+    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(f"[green]fetched[/] {output}  {size} bytes  sha256:{digest}")
+    console.print(f"provenance in {sidecar}; check it with: agora verify {output}")
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the job spec's JSON Schema."""
+    from training_jobs.spec import SCHEMA_FILE
+
+    print(SCHEMA_FILE.read_text(), end="")

@@ -1,0 +1,514 @@
+"""Training jobs between two nodes: the consumer submits through its own node, which forwards
+the job signed to the provider; the provider checks it and queues it; the consumer's node
+follows it and, once completed, fetches the model with its provenance.
+
+Provider side (``/dsp/jobs…``, signed envelopes): a request is refused with a 4xx when it is
+malformed (spec, bundle, digest) and recorded as REJECTED with the reason when the agreement
+or the node does not allow it (not the sender's agreement, not a compute agreement, the
+offering is not offered for compute, the policy denies a use, no working sandbox, resources
+above this node's limits). Accepted jobs are QUEUED for the workers.
+
+Consumer side (``/api/v1/jobs``): the node's own record of each job, refreshed from the
+provider when read; results are downloaded once, checked against the sha256 the provider
+signed and against the chain, and then served to the node's users with their provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from connector.agreements import AgreementService
+from connector.client import PeerClient
+from connector.models import Agreement, Participant
+from contracts.verify import verify_document
+from kernel.db import as_utc, fetch, transaction, utcnow
+from kernel.errors import (
+    AgoraError,
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
+from kernel.storage import ObjectStore
+from kernel.validation import field_errors
+from training_jobs import bundle as bundles
+from training_jobs.joblog import read_log
+from training_jobs.models import FINAL_STATES, QUEUED, REJECTED, Job
+from training_jobs.sandbox import Sandbox
+from training_jobs.spec import JobSpec
+from training_jobs.states import JobStates, entry
+
+ARTIFACTS = ("onnx", "native")
+ANCHOR_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """The most a job may ask of this node."""
+
+    cpu_seconds: int = 3600
+    memory_bytes: int = 8 * 1024**3
+    wall_seconds: float = 3600.0
+    output_bytes: int = 1024**3
+
+
+class JobService:
+    def __init__(
+        self,
+        engine: Engine,
+        store: ObjectStore,
+        *,
+        address: str,
+        private_key: Callable[[], bytes],
+        agreements: AgreementService,
+        offering_modes: Callable[[str], list[str]],
+        provenance: Callable[[str], dict[str, Any]],
+        sandbox: Callable[[], Sandbox],
+        limits: NodeLimits,
+        wake_workers: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.address = address
+        self._private_key = private_key
+        self.agreements = agreements
+        self._offering_modes = offering_modes
+        self._provenance = provenance
+        self._sandbox = sandbox
+        self.limits = limits
+        self._wake = wake_workers
+        self.states = JobStates(engine)
+
+    # Provider: the protocol -------------------------------------------------------------
+
+    def on_request(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        consumer_pid = str(body.get("consumerPid") or "")
+        agreement_id = str(body.get("agreementId") or "").lower()
+        if not consumer_pid or not agreement_id:
+            raise InvalidInput(
+                "a job request needs consumerPid and agreementId",
+                errors=[FieldError("agreementId", "required")],
+            )
+        try:
+            spec = JobSpec.model_validate(body.get("spec"))
+        except ValidationError as exc:
+            errors = field_errors(exc, "spec")
+            raise InvalidInput(
+                "invalid job spec: " + "; ".join(f"{e.path}: {e.message}" for e in errors[:5]), errors=errors
+            ) from None
+        code = self._received_code(spec, body.get("bundle"))
+        agreement = self.agreements.as_provider(agreement_id)
+        job = Job(
+            id=f"urn:uuid:{uuid.uuid4()}",
+            role="provider",
+            peer_pid=consumer_pid,
+            counterparty=sender,
+            name=spec.name,
+            agreement_id=agreement_id,
+            offering_id=agreement.offering_id,
+            dataset_sha256=str(agreement.terms.get("sha256", "")),
+            spec=spec.model_dump(mode="json"),
+            code_digest=spec.code.digest or "",
+            parameters_hash=spec.parameters_hash,
+        )
+        refusal = self._refusal(sender, agreement, spec)
+        if refusal is None:
+            try:
+                self.agreements.use(agreement_id, consumer=sender, mode="compute")
+            except AgoraError as exc:
+                refusal = exc.detail
+        if refusal is None and spec.output.release_native:
+            allowed, why = self.agreements.policy_allows(agreement, "download")
+            job.result = {"release_native": allowed, "release_native_reason": why}
+        if refusal is None and code is not None:
+            self.store.put_bytes(code)
+        job.state, job.reason = (REJECTED, refusal) if refusal else (QUEUED, "waiting for a worker")
+        job.history = [entry(job.state, job.reason)]
+        with transaction(self.engine) as session:
+            session.add(job)
+        if refusal is None:
+            self._wake()
+        return self._status(job)
+
+    def _received_code(self, spec: JobSpec, encoded: Any) -> bytes | None:
+        if spec.code.image is not None:
+            if encoded:
+                raise InvalidInput(
+                    "a job with an image carries no bundle", errors=[FieldError("bundle", "unexpected")]
+                )
+            return None
+        if not isinstance(encoded, str) or not spec.code.digest:
+            raise InvalidInput(
+                "a bundle job needs the bundle (base64) and its sha256 in spec.code.digest",
+                errors=[FieldError("bundle", "required")],
+            )
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(
+                "the bundle is not base64", errors=[FieldError("bundle", "not base64")]
+            ) from None
+        if bundles.digest(data) != spec.code.digest:
+            raise InvalidInput(
+                "the bundle's sha256 does not match spec.code.digest",
+                errors=[FieldError("spec.code.digest", "mismatch")],
+            )
+        names = bundles.list_members(data)
+        if spec.code.entrypoint not in names:
+            raise InvalidInput(
+                f"the bundle has no entrypoint {spec.code.entrypoint}",
+                errors=[FieldError("spec.code.entrypoint", "not in the bundle")],
+            )
+        return data
+
+    def _refusal(self, sender: str, agreement: Agreement, spec: JobSpec) -> str | None:
+        if agreement.consumer.lower() != sender.lower():
+            return f"agreement {agreement.id} is not {sender}'s"
+        if spec.dataset and spec.dataset != agreement.offering_id:
+            return f"agreement {agreement.id} covers offering {agreement.offering_id}, not {spec.dataset}"
+        modes = self._offering_modes(agreement.offering_id)
+        if "compute" not in modes:
+            return f"the offering is not offered for compute (its access modes: {', '.join(modes)})"
+        resources, limits = spec.resources, self.limits
+        over = [
+            f"{name} {asked} > {most}"
+            for name, asked, most in (
+                ("cpu_seconds", resources.cpu_seconds, limits.cpu_seconds),
+                ("memory", int(resources.memory), limits.memory_bytes),
+                ("wall_time", resources.wall_time, limits.wall_seconds),
+                ("max_output", int(resources.max_output), limits.output_bytes),
+            )
+            if asked > most
+        ]
+        if over:
+            return "the job asks for more than this node allows: " + ", ".join(over)
+        try:
+            sandbox = self._sandbox()
+            sandbox.check()
+        except AgoraError as exc:
+            return f"this node cannot run jobs now: {exc.detail}"
+        if spec.code.image is None and sandbox.kind != "bubblewrap":
+            return f"this node's {sandbox.kind} sandbox runs OCI images only; send code.image"
+        return None
+
+    def _provider_job(self, sender: str, job_id: str) -> Job:
+        with Session(self.engine) as session:
+            return fetch(
+                session,
+                Job,
+                job_id,
+                f"no job {job_id} of yours on this node",
+                where=lambda j: j.role == "provider" and j.counterparty.lower() == sender.lower(),
+            )
+
+    def on_status(self, sender: str, job_id: str) -> dict[str, Any]:
+        return self._status(self._provider_job(sender, job_id))
+
+    def on_logs(self, sender: str, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._provider_job(sender, job_id)
+        return read_log(
+            self.engine, job.id, after=_int(body.get("after")), limit=_int(body.get("limit"), 1000)
+        )
+
+    def on_cancel(self, sender: str, job_id: str) -> dict[str, Any]:
+        job = self._provider_job(sender, job_id)
+        return self._status(self.states.request_cancel(job.id, "cancelled by the consumer"))
+
+    def released(self, sender: str, job_id: str, artifact: str) -> dict[str, Any]:
+        """The artifact record a consumer may download (``onnx`` or, when granted, ``native``)."""
+        job = self._provider_job(sender, job_id)
+        return _artifact(job, artifact)
+
+    def artifact_provenance(self, sender: str, job_id: str, artifact: str) -> dict[str, Any]:
+        return self._provenance(str(self.released(sender, job_id, artifact)["asset_id"]))
+
+    def _status(self, job: Job) -> dict[str, Any]:
+        return {
+            "@type": "agora:JobStatus",
+            "providerPid": job.id,
+            "consumerPid": job.peer_pid,
+            "state": job.state,
+            "reason": job.reason,
+            "progress": job.progress,
+            "history": job.history,
+            "result": job.result,
+        }
+
+    # Consumer: the management side ------------------------------------------------------
+
+    def submit(self, spec: JobSpec, bundle: bytes | None, actor: str) -> dict[str, Any]:
+        """Forward a job to its provider and record it; a refused job is recorded too."""
+        if spec.agreement is None:
+            raise InvalidInput(
+                "the job names no agreement (agreement: or --agreement)",
+                errors=[FieldError("agreement", "required")],
+            )
+        agreement_id = spec.agreement.lower()
+        with Session(self.engine) as session:
+            agreement = fetch(
+                session,
+                Agreement,
+                agreement_id,
+                f"no agreement {agreement_id} with this node as consumer",
+                where=lambda a: a.role == "consumer",
+            )
+            peer = session.get(Participant, agreement.provider)
+        if agreement.terms.get("accessMode") != "compute":
+            raise InvalidInput(
+                f"agreement {agreement_id} is for {agreement.terms.get('accessMode')}, not compute: "
+                "negotiate with --mode compute",
+                errors=[FieldError("agreement", "not a compute agreement")],
+            )
+        endpoint = (spec.provider or (peer.endpoint if peer else "")).rstrip("/")
+        if not endpoint:
+            raise InvalidInput(
+                "the provider's URL is unknown: give provider: or --provider",
+                errors=[FieldError("provider", "required")],
+            )
+        if spec.code.image is None:
+            if bundle is None:
+                raise InvalidInput("a bundle job needs its bundle", errors=[FieldError("bundle", "required")])
+            bundles.list_members(bundle)
+            spec.code.digest = bundles.digest(bundle)
+        job_id = f"urn:uuid:{uuid.uuid4()}"
+        reply = self._client(endpoint, agreement.provider).post(
+            "/dsp/jobs",
+            {
+                "@type": "agora:JobRequestMessage",
+                "consumerPid": job_id,
+                "agreementId": agreement_id,
+                "spec": spec.wire(),
+                "bundle": base64.b64encode(bundle).decode() if bundle is not None else None,
+            },
+        )[0]
+        job = Job(
+            id=job_id,
+            role="consumer",
+            peer_pid=str(reply.get("providerPid") or ""),
+            counterparty=agreement.provider,
+            counterparty_endpoint=endpoint,
+            name=spec.name,
+            agreement_id=agreement_id,
+            offering_id=agreement.offering_id,
+            dataset_sha256=str(agreement.terms.get("sha256", "")),
+            spec=spec.wire(),
+            code_digest=spec.code.digest or "",
+            parameters_hash=spec.parameters_hash,
+        )
+        _apply(job, reply)
+        job.result = {**job.result, "submitted_by": actor}
+        with transaction(self.engine) as session:
+            session.add(job)
+        return job_out(job)
+
+    def _client(self, endpoint: str, provider: str) -> PeerClient:
+        return PeerClient(
+            endpoint, private_key=self._private_key(), own_address=self.address, peer_address=provider
+        )
+
+    def _consumer_job(self, job_id: str) -> Job:
+        with Session(self.engine) as session:
+            return fetch(session, Job, job_id, f"no job {job_id}")
+
+    def get(self, job_id: str, *, refresh: bool = True) -> dict[str, Any]:
+        """The job; a consumer's copy is refreshed from the provider while it is not final
+        (when the provider cannot be reached, the last known state, marked stale)."""
+        job = self._consumer_job(job_id)
+        out = job_out(job)
+        if job.role == "consumer" and refresh and job.state not in FINAL_STATES:
+            try:
+                reply = self._ask(job, "status", {})
+            except ServiceUnavailable as exc:
+                out["stale"] = f"the provider could not be reached: {exc.detail}"
+                return out
+            with transaction(self.engine) as session:
+                fresh = session.get(Job, job.id, with_for_update=True)
+                assert fresh is not None
+                _apply(fresh, reply)
+                session.add(fresh)
+                session.flush()
+                out = job_out(fresh)
+        return out
+
+    def _ask(self, job: Job, what: str, body: dict[str, Any]) -> dict[str, Any]:
+        client = self._client(job.counterparty_endpoint, job.counterparty)
+        try:
+            return client.post(f"/dsp/jobs/{job.peer_pid}/{what}", body)[0]
+        finally:
+            client.close()
+
+    def list_all(self, state: str | None = None) -> list[dict[str, Any]]:
+        with Session(self.engine) as session:
+            query = select(Job).order_by(col(Job.created_at).desc()).limit(500)
+            if state:
+                query = query.where(Job.state == state.upper())
+            return [job_out(j) for j in session.exec(query).all()]
+
+    def logs(self, job_id: str, *, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        job = self._consumer_job(job_id)
+        if job.role == "provider":
+            return read_log(self.engine, job.id, after=after, limit=limit)
+        return self._ask(job, "logs", {"after": after, "limit": limit})
+
+    def cancel(self, job_id: str, actor: str) -> dict[str, Any]:
+        job = self._consumer_job(job_id)
+        if job.role == "provider":
+            return job_out(self.states.request_cancel(job.id, f"cancelled by {actor} (provider)"))
+        if job.state in FINAL_STATES:
+            raise Conflict(f"job {job_id} has already ended ({job.state})")
+        self._ask(job, "cancel", {})
+        return self.get(job_id)
+
+    def result(self, job_id: str, artifact: str = "onnx") -> tuple[dict[str, Any], dict[str, Any]]:
+        """The artifact's record and provenance, downloaded (once) from the provider and checked."""
+        if artifact not in ARTIFACTS:
+            raise InvalidInput(
+                f"artifact must be one of {', '.join(ARTIFACTS)}", errors=[FieldError("artifact", "unknown")]
+            )
+        job = self._consumer_job(job_id)
+        if job.role == "provider":
+            record = _artifact(job, artifact, own=True)
+            return record, self._provenance(str(record["asset_id"]))
+        if job.state != "COMPLETED":
+            job = self._consumer_job(self.get(job_id)["id"])
+        record = _artifact(job, artifact)
+        fetched = (job.result.get("fetched") or {}).get(artifact)
+        if fetched and self.store.exists(record["sha256"]):
+            return record, fetched["provenance"]
+        doc = self._anchored_provenance(job, artifact)
+        self._download(job, artifact, record)
+        reason = verify_document(doc, str(record["sha256"]))
+        if reason is not None:
+            raise Forbidden(f"the {artifact} model does not verify against the chain: {reason}")
+        with transaction(self.engine) as session:
+            fresh = session.get(Job, job.id, with_for_update=True)
+            assert fresh is not None
+            fetched_all = dict(fresh.result.get("fetched") or {})
+            fetched_all[artifact] = {"at": utcnow().isoformat(), "provenance": doc}
+            fresh.result = {**fresh.result, "fetched": fetched_all}
+            session.add(fresh)
+        return record, doc
+
+    def _anchored_provenance(self, job: Job, artifact: str) -> dict[str, Any]:
+        """The artifact's provenance once its whole lineage is on chain (the provider anchors
+        it right after the job completes); waits up to ``ANCHOR_WAIT`` seconds."""
+        deadline = time.monotonic() + ANCHOR_WAIT
+        while True:
+            doc = self._ask(job, f"provenance/{artifact}", {})
+            pending = _pending(doc)
+            if pending is None:
+                return doc
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"the result's lineage is not on chain yet ({pending}); try again in a moment"
+                )
+            time.sleep(0.5)
+
+    def _download(self, job: Job, artifact: str, record: dict[str, Any]) -> None:
+        client = self._client(job.counterparty_endpoint, job.counterparty)
+        try:
+            with (
+                client.stream(f"/dsp/jobs/{job.peer_pid}/artifacts/{artifact}", {}) as chunks,
+                self.store.stage() as staged,
+            ):
+                for chunk in chunks:
+                    staged.write(chunk)
+                    if staged.size > int(record["size"]):
+                        raise Forbidden(
+                            f"the provider sent more than the {record['size']} bytes it announced"
+                        )
+                staged.finish()
+                if staged.sha256 != record["sha256"]:
+                    raise Forbidden(
+                        f"the {artifact} model's sha256 {staged.sha256} is not the {record['sha256']} "
+                        "the provider signed"
+                    )
+                self.store.commit(staged)
+        finally:
+            client.close()
+
+    def read(self, sha256: str) -> Iterator[bytes]:
+        return self.store.read(sha256)
+
+
+def _artifact(job: Job, artifact: str, *, own: bool = False) -> dict[str, Any]:
+    if job.state != "COMPLETED":
+        raise Conflict(f"job {job.id} is {job.state}; results exist once it is COMPLETED")
+    record = (job.result.get("artifacts") or {}).get(artifact)
+    if not record:
+        why = (job.result.get("onnx_check") or {}).get("reason") if artifact == "onnx" else None
+        raise NotFound(f"job {job.id} has no {artifact} model" + (f": {why}" if why else ""))
+    if not own and not record.get("released"):
+        reason = (
+            job.result.get("release_native_reason") or "the job did not ask for it (output.release_native)"
+        )
+        raise Forbidden(f"the native model stays with the provider: {reason}")
+    return dict(record)
+
+
+def _pending(doc: dict[str, Any]) -> str | None:
+    """What in a provenance tree still waits for the chain, or None."""
+    asset, anchor = doc.get("asset") or {}, doc.get("anchor") or {}
+    if anchor.get("status") != "ANCHORED":
+        return f"{asset.get('kind')} {str(asset.get('id'))[:12]}… is {anchor.get('status')}"
+    if (doc.get("attestation") or {}).get("status") == "PENDING":
+        return f"the result of {asset.get('kind')} {str(asset.get('id'))[:12]}… is not attested yet"
+    for parent in doc.get("parents") or []:
+        found = _pending(parent)
+        if found:
+            return found
+    return None
+
+
+def _apply(job: Job, reply: dict[str, Any]) -> None:
+    job.state = str(reply.get("state") or job.state)
+    job.reason = str(reply.get("reason") or "")[:2000]
+    job.progress = float(reply.get("progress") or 0.0)
+    job.history = list(reply.get("history") or job.history)
+    fetched = job.result.get("fetched")
+    job.result = {**dict(reply.get("result") or {}), **({"fetched": fetched} if fetched else {})}
+    job.updated_at = utcnow()
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        raise InvalidInput(f"expected an integer, got {value!r}") from None
+
+
+def job_out(job: Job) -> dict[str, Any]:
+    result = {k: v for k, v in job.result.items() if k != "fetched"}
+    return {
+        "id": job.id,
+        "role": job.role,
+        "peer_pid": job.peer_pid,
+        "counterparty": job.counterparty,
+        "name": job.name,
+        "agreement_id": job.agreement_id,
+        "offering_id": job.offering_id,
+        "dataset_sha256": job.dataset_sha256,
+        "code_digest": job.code_digest,
+        "parameters_hash": job.parameters_hash,
+        "state": job.state,
+        "reason": job.reason,
+        "progress": round(job.progress, 3),
+        "history": job.history,
+        "result": result,
+        "fetched": sorted((job.result.get("fetched") or {}).keys()),
+        "spec": job.spec,
+        "created_at": as_utc(job.created_at).isoformat(),
+        "updated_at": as_utc(job.updated_at).isoformat(),
+    }
