@@ -173,7 +173,7 @@ def _story(root: Path, work: Path) -> None:
     _step(1, "Acme Wind and Beta Analytics each set up a node")
     with (
         _served_node(root / "acme", "Acme Wind") as (acme_url, _),
-        _served_node(root / "beta", "Beta Analytics", crawl_interval="0.5") as (beta_url, _),
+        _served_node(root / "beta", "Beta Analytics", crawl_interval="0.5") as (beta_url, beta_env),
     ):
         acme_token = _token(root / "acme", acme_url, ["admin"], "acme-data-steward")
         beta_token = _token(root / "beta", beta_url, ["admin"], "beta-data-scientist")
@@ -304,7 +304,9 @@ def _story(root: Path, work: Path) -> None:
             _say("one flipped bit later:")
             _verify(tampered, root, expect_ok=False)
 
-            _step(9, "Bad input is refused with its reason, and changes nothing")
+            _compute_to_data(root, work, acme, beta, acme_url, beta_url, beta_env, beta_token)
+
+            _step(12, "Bad input is refused with its reason, and changes nothing")
             before = len(acme.get("/api/v1/offerings")["items"])
             try:
                 acme.upload(
@@ -315,10 +317,122 @@ def _story(root: Path, work: Path) -> None:
             after = len(acme.get("/api/v1/offerings")["items"])
             _say(f"offerings before and after: {before} → {after}")
 
-    console.print(
-        "\n[bold green]Demo complete.[/] Training jobs (compute-to-data) and federated learning join this "
-        "story as they are built."
+    console.print("\n[bold green]Demo complete.[/] Federated learning joins this story as it is built.")
+
+
+def _compute_to_data(
+    root: Path,
+    work: Path,
+    acme: NodeClient,
+    beta: NodeClient,
+    acme_url: str,
+    beta_url: str,
+    beta_env: dict[str, str],
+    beta_token: str,
+) -> None:
+    """Steps 9-11: Beta trains a CNN on Acme's digits without the data leaving Acme's node."""
+    from training_jobs.datasets import digits_npz
+
+    _step(9, "Acme offers its digit images for compute only; Beta agrees to train on them")
+    data = digits_npz(work / "digits.npz")
+    offering = acme.upload(
+        "/api/v1/offerings",
+        data,
+        {
+            "metadata": json.dumps(
+                {
+                    "name": "digit-scans",
+                    "title": "Handwritten digit scans (8x8)",
+                    "media_type": "application/x-npz",
+                    "access_modes": ["compute"],
+                    "policy": {
+                        "permissions": [
+                            {
+                                "action": "compute",
+                                "constraints": [
+                                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": "research"}
+                                ],
+                            }
+                        ]
+                    },
+                }
+            )
+        },
     )
+    _say(
+        f"$ agora offerings add digits.npz --access compute   → {offering['sha256'][:23]}… "
+        "(1,797 images; never downloadable)"
+    )
+    agreed = _negotiate(beta, acme_url, {"offering_id": offering["id"]}, "research", "compute")
+    if agreed["state"] != "FINALIZED":
+        raise AgoraError(f"the compute negotiation ended {agreed['state']}: {agreed['reason']}")
+    agreement_id = agreed["agreement_id"]
+    _say(
+        f"$ agora negotiate {offering['id'][:8]}… --purpose research --mode compute --wait "
+        f"→ {agreement_id[:18]}…"
+    )
+
+    _step(10, "Beta's CNN trains in Acme's sandbox; Acme's node verifies it and translates it to ONNX")
+    examples = Path(__file__).resolve().parent.parent / "examples" / "jobs" / "digits-cnn"
+    env = {**beta_env, "AGORA_URL": beta_url, "AGORA_TOKEN": beta_token}
+    started = time.monotonic()
+    submitted = subprocess.run(
+        [
+            *_agora(),
+            "jobs",
+            "submit",
+            "-f",
+            str(examples / "job.yaml"),
+            "--agreement",
+            agreement_id,
+            "--provider",
+            acme_url,
+            "--wait",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if submitted.returncode != 0:
+        raise AgoraError(
+            f"the training job did not complete: {submitted.stdout[-1500:]}{submitted.stderr[-1500:]}"
+        )
+    job = json.loads(submitted.stdout)
+    _say(
+        "$ agora jobs submit -f examples/jobs/digits-cnn/job.yaml --agreement … --provider … --wait"
+        f"   ({time.monotonic() - started:.0f} s)"
+    )
+    for step in job["history"]:
+        _say(f"  {step['state']:12} {step['reason']}")
+    page = beta.get(f"/api/v1/jobs/{job['id']}/logs")
+    for line in page["lines"]:
+        if line["stage"] == "node" or "epoch" in line["line"]:
+            _say(f"  [{line['stage']}] {line['line'][:100]}")
+    metrics = job["result"]["metrics"]
+    _say(
+        f"  Acme's node, on {metrics['holdout_rows']} rows it kept back: native accuracy "
+        f"{metrics['native_accuracy']:.3f}, ONNX Runtime accuracy {metrics['onnx_accuracy']:.3f}, "
+        f"max |ONNX - native| {metrics['max_abs_diff']:.1e}"
+    )
+
+    _step(11, "Beta receives only the model, and anyone can check its whole lineage on chain")
+    out = work / "digits-cnn.onnx"
+    fetched = subprocess.run(
+        [*_agora(), "jobs", "fetch", job["id"], "-o", str(out)], env=env, capture_output=True, text=True
+    )
+    if fetched.returncode != 0:
+        raise AgoraError(f"agora jobs fetch failed: {fetched.stderr[-1500:]}")
+    _say(
+        f"$ agora jobs fetch {job['id'][:17]}… -o {out.name}   → {out.stat().st_size} bytes "
+        "+ provenance sidecar"
+    )
+    held = [sha256_file(p)[0] for p in (root / "beta" / "objects").rglob("*") if p.is_file()]
+    leaked = offering["sha256"] in held
+    _say(f"  the dataset's bytes on Beta's node: {'PRESENT' if leaked else 'none'} — only the model crossed")
+    if leaked:
+        raise AgoraError("the dataset reached the consumer's node")
+    _verify(out, root)
 
 
 def _negotiate(

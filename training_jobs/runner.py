@@ -53,7 +53,7 @@ from training_jobs.states import JobStates
 
 log = logging.getLogger("agora.jobs")
 PROGRESS = re.compile(r"^##agora progress=([0-9]*\.?[0-9]+)\s*$")
-EVALUATOR_OUTPUTS = ["model.onnx", "native_outputs.npy", "probe_inputs.npy", "native_report.json"]
+EVALUATOR_OUTPUTS = ["model.onnx", "native_outputs.npy", "native_report.json"]
 EVALUATE_SCRIPT = Path(training_jobs.evaluate.__file__)
 # the share of the job's progress bar each stage ends at
 STAGE_END = {PROVISIONING: 0.05, RUNNING: 0.7, VERIFYING: 0.85, TRANSLATING: 0.95}
@@ -222,6 +222,7 @@ class JobRunner:
                 "AGORA_OUTPUT": "/out",
                 "AGORA_PARAMS_FILE": "/data/params.json",
                 "AGORA_SEED": str(int(job.dataset_sha256[:8], 16)),
+                "PYTHONHASHSEED": "0",  # a re-run must be able to write byte-identical files
             },
             limits=Limits(
                 cpu_seconds=resources.cpu_seconds,
@@ -347,11 +348,14 @@ class JobRunner:
         with np.load(dirs["holdout"] / "holdout.npz", allow_pickle=False) as held:
             held_x, held_y = held["X"], held["y"]
         cap = 256 * 1024**2
+        native_outputs = load_npy(produced["native_outputs.npy"], cap)
+        holdout_x = held_x.reshape(-1, *spec.onnx.input_shape[1:]).astype(spec.onnx.dtype)
+        # the probe inputs are the node's own first held-out rows, never a file the sandbox wrote
         check = check_onnx(
             produced["model.onnx"],
-            probe_inputs=load_npy(produced["probe_inputs.npy"], cap),
-            native_outputs=load_npy(produced["native_outputs.npy"], cap),
-            holdout_X=held_x.reshape(-1, *spec.onnx.input_shape[1:]).astype(spec.onnx.dtype),
+            probe_inputs=holdout_x[: len(native_outputs)],
+            native_outputs=native_outputs,
+            holdout_X=holdout_x,
             holdout_y=held_y,
             tolerance=spec.onnx.tolerance,
             expect_opset=spec.onnx.opset,

@@ -252,22 +252,22 @@ def test_refusals(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None
     bundle, spec = hostile(tmp_path, "tiny", "print('hi')\n")
     # a download agreement does not run code
     r = submit(beta, acme, agreements["download"], bundle, spec)
-    assert r.status_code == 422 and "not compute" in r.json()["detail"]
+    assert r.status_code == 400 and "not compute" in r.json()["detail"]
     # resources beyond what the provider allows: recorded as REJECTED with the reason
     _, greedy = hostile(tmp_path, "greedy", "print('hi')\n", resources={"wall_time": "30h"})
     r = submit(beta, acme, agreements["digits"], bundle, greedy)
-    assert r.status_code == 422 or r.json()["state"] == "REJECTED", r.text
+    assert r.status_code == 400 or r.json()["state"] == "REJECTED", r.text
     # a malformed spec changes nothing
     before = len(beta.api("GET", "/jobs").json())
     r = beta.api("POST", "/jobs", json={"spec": {"name": "BAD NAME"}, "bundle": ""})
-    assert r.status_code == 422 and "name" in r.text
+    assert r.status_code == 400 and "name" in r.text
     assert len(beta.api("GET", "/jobs").json()) == before
     # the one use of the limited agreement is taken by the first job; the second is rejected
     first = run_job(beta, acme, agreements["digits-limited"], bundle, spec)
     assert first["state"] == "FAILED" and "model.joblib" in first["reason"]  # it wrote no model
     second = submit(beta, acme, agreements["digits-limited"], bundle, spec)
     assert second.status_code == 201 and second.json()["state"] == "REJECTED"
-    assert "uses" in second.json()["reason"]
+    assert "use count (1) is not less than 1" in second.json()["reason"]
 
 
 HOSTILE = {
@@ -283,10 +283,10 @@ HOSTILE = {
     "keystore": ("print(open('{home}/keystore.json').read())\n", "status 1"),
     "database": ("print(open('{home}/agora.db', 'rb').read(10))\n", "status 1"),
     "write-outside": ("open('/job/evil.py', 'w').write('x')\n", "status 1"),
-    "fork-bomb": ("import os\nwhile True:\n    os.fork()\n", "killed"),
+    "fork-bomb": ("import os\nwhile True:\n    os.fork()\n", "process limit"),
     "memory-bomb": ("x = []\nwhile True:\n    x.append(bytearray(64 * 1024 * 1024))\n", "memory"),
     "disk-fill": (
-        "import os\nfor i in range(10000):\n    open(f'/out/f{{i}}', 'wb').write(os.urandom(1 << 20))\n",
+        "import os\nfor i in range(100000):\n    open(f'/out/f{{i}}', 'wb').write(os.urandom(1 << 16))\n",
         "output",
     ),
     "wall-time": ("import time\ntime.sleep(60)\n", "wall time"),
@@ -306,8 +306,9 @@ def test_hostile_jobs_fail_and_the_node_keeps_serving(
             tmp_path, attack, code.format(port=port, home=acme.node.home), resources={"wall_time": "6s"}
         )
         job = run_job(beta, acme, agreements["digits"], bundle, spec)
-    assert job["state"] == "FAILED", job
-    assert expected in job["reason"], job["reason"]
+    log = [line["line"] for line in beta.api("GET", f"/jobs/{job['id']}/logs").json()["lines"]]
+    assert job["state"] == "FAILED", (job, log)
+    assert expected in job["reason"], (job["reason"], log[-8:])
     assert httpx.get(f"{acme.node.url}/health", timeout=5).status_code == 200
     assert not (acme.node.home / "evil.py").exists()
 
