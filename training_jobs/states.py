@@ -28,6 +28,7 @@ from training_jobs.models import (
 
 STALE_AFTER = timedelta(seconds=60)
 MAX_ATTEMPTS = 2
+CLAIM_ATTEMPTS = 20
 
 
 def entry(state: str, reason: str) -> dict[str, Any]:
@@ -43,7 +44,15 @@ class JobStates:
             return fetch(session, Job, job_id, f"no job {job_id}")
 
     def claim(self, worker: str) -> str | None:
-        """Take the oldest queued provider job for ``worker`` (state PROVISIONING), or None."""
+        """Take the oldest queued provider job for ``worker`` (state PROVISIONING), or None
+        when none is queued. Losing a race to another worker means trying the next job."""
+        for _ in range(CLAIM_ATTEMPTS):
+            taken, job_id = self._claim_one(worker)
+            if taken or job_id is None:
+                return job_id
+        return None
+
+    def _claim_one(self, worker: str) -> tuple[bool, str | None]:
         with transaction(self.engine) as session:
             query = (
                 select(Job.id)
@@ -54,7 +63,7 @@ class JobStates:
             )
             job_id = session.exec(query).first()
             if job_id is None:
-                return None
+                return False, None
             job = session.get(Job, job_id)
             assert job is not None
             taken = session.execute(
@@ -72,8 +81,8 @@ class JobStates:
                 )
             )
             if getattr(taken, "rowcount", 0) != 1:
-                return None
-        return str(job_id)
+                return False, str(job_id)
+        return True, str(job_id)
 
     def advance(self, job_id: str, state: str, reason: str, *, progress: float) -> bool:
         """Move a running job on; False when it was cancelled (or ended) meanwhile."""
