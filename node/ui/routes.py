@@ -25,6 +25,7 @@ from kernel.errors import AgoraError, NotFound, Unauthorized
 from marketplace.catalog import CatalogFilters
 from node.auth import require_scope
 from node.runtime import Runtime
+from training_jobs.models import FINAL_STATES
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -291,6 +292,49 @@ def agreements(state: State) -> Template:
     return Template("agreements.html", context={"rows": rows, "names": _names(runtime)})
 
 
+@get("/jobs", sync_to_thread=True, guards=[ui_guard])
+def jobs(state: State) -> Template:
+    runtime = _runtime(state)
+    assert runtime.jobs is not None
+    return Template("jobs.html", context={"rows": runtime.jobs.list_all(), "names": _names(runtime)})
+
+
+def _job_context(runtime: Runtime, job_id: str) -> dict[str, Any]:
+    assert runtime.jobs is not None
+    job = runtime.jobs.get(job_id)
+    return {
+        "job": job,
+        "names": _names(runtime),
+        "final": job["state"] in FINAL_STATES,
+        "log": runtime.jobs.logs(job_id, limit=5000),
+    }
+
+
+@get("/jobs/{job_id:str}", sync_to_thread=True, guards=[ui_guard])
+def job_page(state: State, job_id: FromPath[str]) -> Template:
+    """State, progress and log, refreshed live until the job ends."""
+    return Template("job.html", context=_job_context(_runtime(state), job_id))
+
+
+@get("/jobs/{job_id:str}/status", sync_to_thread=True, guards=[ui_guard])
+def job_status(state: State, job_id: FromPath[str]) -> Template:
+    context = _job_context(_runtime(state), job_id)
+    poll = (
+        ""
+        if context["final"]
+        else f' hx-get="/ui/jobs/{job_id}/status" hx-trigger="every 2s" hx-swap="outerHTML"'
+    )
+    return Template(
+        template_str='<div id="job-status"' + poll + '>{% include "_job_status.html" %}</div>',
+        context=context,
+    )
+
+
+@get("/jobs/{job_id:str}/log", sync_to_thread=True, guards=[ui_guard])
+def job_log(state: State, job_id: FromPath[str]) -> Template:
+    return Template("_job_log.html", context=_job_context(_runtime(state), job_id))
+
+
 def ui_router() -> Router:
     static = create_static_files_router(path="/static", directories=[HERE / "static"], name="ui-static")
     return Router(
@@ -306,6 +350,10 @@ def ui_router() -> Router:
             negotiation,
             decide,
             agreements,
+            jobs,
+            job_page,
+            job_status,
+            job_log,
             static,
         ],
         exception_handlers={LoginRequired: _to_login},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,8 +53,17 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org, d
         "AGORA_CHAIN_REGISTRY": chain.registry,
         "AGORA_ANCHOR_MAX_DELAY": "0.2",
     }
-    provider = services.start_node(root / "acme", name="Acme Wind", AGORA_JOBS_WORKERS="2", **env)
+    provider = services.start_node(root / "acme", name="Acme Wind", AGORA_JOBS_WORKERS="1", **env)
     consumer = services.start_node(root / "beta", name="Beta Analytics", **env)
+    # a separate `agora worker` process shares the provider's queue with the serve process's pool
+    worker_log = (root / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [services.AGORA, "worker", "--concurrency", "2"],
+        env=provider.env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    provider.worker_pid = worker.pid  # type: ignore[attr-defined]
     try:
         acme, beta = Org(provider), Org(consumer)
         data = digits_npz(root / "digits.npz")
@@ -94,6 +104,9 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org, d
         agreements["download"] = agree(acme, beta, ids["digits-open"], "download")
         yield acme, beta, agreements
     finally:
+        worker.terminate()
+        worker.wait(30)
+        worker_log.close()
         provider.stop()
         consumer.stop()
         chain.stop()
@@ -217,11 +230,25 @@ def test_sklearn_job_end_to_end(orgs: tuple[Org, Org, dict[str, str]], tmp_path:
     assert model["kind"] == "model" and model["result_hash"]
     assert sorted(p["kind"] for p in model["parents"]) == ["agreement", "dataset", "job-result"]
 
+    # both nodes' web UI show the job, its progress and the provider's verdict
+    for org in (acme, beta):
+        cookies = {"agora_ui_token": org.token}
+        listing = httpx.get(f"{org.node.url}/ui/jobs", cookies=cookies)
+        assert listing.status_code == 200 and "digits-sklearn" in listing.text and "COMPLETED" in listing.text
+        page = httpx.get(f"{org.node.url}/ui/jobs/{_own_id(org, job)}", cookies=cookies)
+        assert page.status_code == 200 and "ONNX Runtime accuracy" in page.text and "[node]" in page.text
+
     # one flipped bit in the file: not verified
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 1
     out.write_bytes(bytes(data))
     assert beta.node.cli("verify", str(out), check=False).returncode == 1
+
+
+def _own_id(org: Org, job: dict[str, Any]) -> str:
+    """The job's id on ``org``'s node (each side has its own id for it)."""
+    rows = org.api("GET", "/jobs").json()
+    return str(next(r["id"] for r in rows if job["id"] in (r["id"], r["peer_pid"])))
 
 
 def _anchor_state(acme: Org, asset_id: str) -> dict[str, Any]:
@@ -329,3 +356,23 @@ def test_cancel_a_running_job(orgs: tuple[Org, Org, dict[str, str]], tmp_path: P
     assert beta.api("POST", f"/jobs/{job_id}/cancel").status_code == 200
     job = poll(lambda: beta.api("GET", f"/jobs/{job_id}").json(), FINAL, timeout=30)
     assert job["state"] == "CANCELLED" and time.monotonic() - started < 20
+
+
+def test_serve_pool_and_agora_worker_share_the_queue(orgs: tuple[Org, Org, dict[str, str]]) -> None:
+    acme, beta, agreements = orgs
+    spec_text = (
+        (EXAMPLES / "digits-sklearn" / "job.yaml").read_text().replace("max_iter: 1000", "max_iter: 200")
+    )
+    submitted = [
+        submit(beta, acme, agreements["digits"], EXAMPLES / "digits-sklearn", spec_text) for _ in range(3)
+    ]
+    assert all(r.status_code == 201 for r in submitted)
+    jobs = [poll(lambda r=r: beta.api("GET", f"/jobs/{r.json()['id']}").json(), FINAL) for r in submitted]
+    assert [j["state"] for j in jobs] == ["COMPLETED"] * 3, [j["reason"] for j in jobs]
+    takers = []
+    for job in jobs:
+        taken = [h["reason"] for h in job["history"] if h["state"] == "PROVISIONING"]
+        assert len(taken) == 1, job["history"]  # each job run once, by one worker
+        takers.append(taken[0])
+    worker_pid = acme.node.worker_pid  # type: ignore[attr-defined]
+    assert any(f":{worker_pid}/" in t for t in takers), takers
