@@ -9,6 +9,9 @@ CPU session, at batch 1 and batch 64: warm-up first, then many iterations, media
 
     .venv/bin/python bench/onnx.py                # 1 thread
     .venv/bin/python bench/onnx.py --threads 2 --iterations 5000
+    .venv/bin/python bench/onnx.py --job-runs 0   # inference only, no end-to-end job
+
+Then the end-to-end time of the digits CNN as a compute-to-data job (see bench/_job.py).
 
 Target: ONNX Runtime at least 1.5x faster than eager at batch 1.
 """
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3000, help="timed calls per batch size")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=3, help="training before timing (0: random weights)")
+    parser.add_argument("--job-runs", type=int, default=3, help="end-to-end digits CNN jobs (0: skip)")
     args = parser.parse_args()
 
     # this file is bench/onnx.py: its directory must not shadow the onnx package
@@ -132,6 +136,11 @@ def main() -> None:
     speedup = rows[0][1] / rows[0][2]
     verdict = "met" if speedup >= SPEEDUP_TARGET else "NOT met"
     print(f"target: ONNX Runtime >= {SPEEDUP_TARGET}x eager at batch 1: {verdict}")
+    if args.job_runs:
+        sys.path.insert(0, str(HERE))  # the onnx package is imported: bench/ may be on the path now
+        from _job import end_to_end
+
+        end_to_end(args.job_runs)
 
 
 if __name__ == "__main__":

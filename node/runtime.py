@@ -21,7 +21,7 @@ from contracts.notary import Notary, NotaryConfig
 from contracts.provenance import ProvenanceService
 from contracts.registry import Registry
 from kernel.db import backend_name, make_engine
-from kernel.errors import AgoraError
+from kernel.errors import AgoraError, ConfigurationError
 from kernel.storage import ObjectStore
 from marketplace.catalog import CatalogService
 from marketplace.manifests.service import ManifestService
@@ -113,9 +113,15 @@ class Runtime:
             kind = "bubblewrap" if settings.sandbox == "bwrap" else settings.sandbox
             options: dict[str, Any] = {}
             if kind == "kubernetes":
+                if not settings.sandbox_volume_claim:
+                    raise ConfigurationError(
+                        "AGORA_SANDBOX=kubernetes needs AGORA_SANDBOX_VOLUME_CLAIM: the PVC holding "
+                        f"the jobs directory ({settings.jobs_dir}), shared with the cluster"
+                    )
                 options = {
                     "namespace": settings.sandbox_namespace,
-                    "volume_claim": settings.sandbox_volume_claim or None,
+                    "volume_claim": settings.sandbox_volume_claim,
+                    "volume_root": settings.jobs_dir,
                 }
             self._sandbox = make_sandbox(kind, **options)
         return self._sandbox

@@ -142,9 +142,8 @@ class JobRunner:
 
     def _provision(self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink) -> dict[str, Path]:
         shutil.rmtree(workdir, ignore_errors=True)
-        dirs = {
-            name: workdir / name for name in ("job", "data", "holdout", "out", "rerun", "model", "verify")
-        }
+        stages = ("job", "data", "holdout", "out", "rerun", "model", "verify", "agora")
+        dirs = {name: workdir / name for name in stages}
         for path in dirs.values():
             path.mkdir(parents=True)
         if spec.code.image is None:
@@ -271,6 +270,8 @@ class JobRunner:
                     "(AGORA_SANDBOX_EVALUATOR_IMAGE) to verify models"
                 )
         shutil.copyfile(model, dirs["model"] / spec.output.path)
+        # the node's own script, copied beside the job so every sandbox kind can mount it
+        shutil.copyfile(EVALUATE_SCRIPT, dirs["agora"] / "evaluate.py")
         command = [
             "python",
             "/agora/evaluate.py",
@@ -300,7 +301,7 @@ class JobRunner:
         run = SandboxRun(
             command=command,
             mounts=[
-                Mount(EVALUATE_SCRIPT, "/agora/evaluate.py"),
+                Mount(dirs["agora"], "/agora"),
                 Mount(dirs["model"], "/model"),
                 Mount(dirs["holdout"], "/holdout"),
                 Mount(dirs["job"], "/job"),
