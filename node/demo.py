@@ -1,8 +1,10 @@
 """``agora demo``: the end-to-end story on embedded defaults, told step by step.
 
-Each later capability extends the story. Today it shows one organisation's node: its
-identity, its API, registering a dataset and a model, listing, downloading and checking
-what came back, and a bad request being refused without changing anything.
+Two organisations' nodes as real processes: Acme declares offerings in a manifest, its node
+notarizes them; Beta browses Acme's catalog, negotiates, fetches data under an agreement and
+verifies it; then Beta trains a CNN on Acme's digit scans without the data leaving Acme's
+node (compute-to-data), receives only the ONNX model and verifies its whole lineage; bad
+input is refused. Each later capability extends the story.
 """
 
 from __future__ import annotations
