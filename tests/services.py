@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -187,6 +188,24 @@ class LiveNode:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Org:
+    """An organisation's live node with an admin token, for tests that play two parties."""
+
+    def __init__(self, node: LiveNode) -> None:
+        self.node = node
+        self.token = node.token("admin")
+        self.address = httpx.get(f"{node.url}/health").json()["participant"]
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{self.node.url}/api/v1{path}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=120,
+            **kw,
+        )
 
 
 def node_env(home: Path, port: int, **extra: str) -> dict[str, str]:

@@ -87,6 +87,11 @@ def submit(
         raise typer.Exit(1)
 
 
+def _print_log(page: dict[str, Any]) -> None:
+    for line in page["lines"]:
+        console.print(f"{line['stage']:6} {line['line']}", highlight=False, markup=False)
+
+
 def _follow(client: Any, job: dict[str, Any], timeout: float, *, quiet: bool) -> dict[str, Any]:
     """Print the job's log and state changes until it ends (or ``timeout``)."""
     deadline = time.monotonic() + timeout
@@ -96,8 +101,7 @@ def _follow(client: Any, job: dict[str, Any], timeout: float, *, quiet: bool) ->
             page = client.get(f"/api/v1/jobs/{job['id']}/logs", after=after)
             after = page["next"]
             if not quiet:
-                for line in page["lines"]:
-                    console.print(f"[dim]{line['stage']:6}[/] {line['line']}", highlight=False, markup=False)
+                _print_log(page)
         if job["state"] != state and not quiet:
             console.print(f"[bold]{job['state']}[/] {job['reason']}", highlight=False)
         state = job["state"]
@@ -171,8 +175,7 @@ def logs(
         after = 0
         while True:
             page = client.get(f"/api/v1/jobs/{job_id}/logs", after=after)
-            for line in page["lines"]:
-                console.print(f"[dim]{line['stage']:6}[/] {line['line']}", highlight=False, markup=False)
+            _print_log(page)
             if not page["lines"]:
                 return
             after = page["next"]

@@ -12,9 +12,7 @@
    and ONNX Runtime check the export and compare it with the native outputs on probe inputs;
    the node computes the ONNX model's accuracy on the held-out rows itself.
 5. COMPLETED: the model (and the ONNX file, when it passed) go into the object store, then one
-   transaction marks the job done and queues the lineage for the chain: the job run (code
-   digest, parameters), the agreement, the trained model (parents: dataset, agreement, run;
-   its verification report attested) and the ONNX model (parent: the trained model).
+   transaction marks the job done and queues its lineage (:mod:`training_jobs.lineage`).
 
 Job misbehaviour becomes FAILED with the reason; the node keeps serving.
 """
@@ -35,9 +33,6 @@ import numpy as np
 from sqlalchemy import Engine
 
 import training_jobs.evaluate
-from contracts.notary import enqueue
-from contracts.registry import asset_id
-from kernel.canonical import canonical_hash
 from kernel.db import transaction
 from kernel.errors import AgoraError
 from kernel.hashing import sha256_file
@@ -45,6 +40,7 @@ from kernel.storage import ObjectStore
 from training_jobs import bundle as bundles
 from training_jobs import holdout
 from training_jobs.joblog import JobLogSink
+from training_jobs.lineage import JobLineage
 from training_jobs.models import COMPLETED, PROVISIONING, RUNNING, TRANSLATING, VERIFYING, Job
 from training_jobs.onnx_check import OnnxCheck, check_onnx, load_npy
 from training_jobs.sandbox import Limits, Mount, OutputRejected, Sandbox, SandboxRun, collect_outputs
@@ -377,21 +373,32 @@ class JobRunner:
         dirs: dict[str, Path],
         sink: JobLogSink,
     ) -> None:
+        """Store the models, then in one transaction end the job and queue its lineage."""
         native = self.store.put_file(model)
         onnx = self.store.put_file(dirs["verify"] / "model.onnx") if check is not None and check.ok else None
         with np.load(dirs["holdout"] / "holdout.npz", allow_pickle=False) as held:
-            holdout_rows = len(held["y"])
-        lineage = self._lineage(
-            job, spec, native.sha256, onnx.sha256 if onnx else None, evaluation, check, holdout_rows
-        )
-        onnx_note = (
-            "no ONNX model: " + (evaluation.get("export_error") or (check.reason if check else ""))
-            if onnx is None
-            else ""
-        )
+            rows = len(held["y"])
+        lineage = JobLineage(self.address, job, spec, self.sandbox.kind, self._offering_kind(job.offering_id))
+        ids = lineage.ids(native.sha256, onnx.sha256 if onnx else None)
+        artifacts = {
+            "native": {
+                "sha256": native.sha256,
+                "size": native.size,
+                "asset_id": ids["model"],
+                "released": bool(job.result.get("release_native")),
+                "format": spec.output.format,
+            },
+        }
+        if onnx:
+            artifacts["onnx"] = {
+                "sha256": onnx.sha256,
+                "size": onnx.size,
+                "asset_id": ids["onnx"],
+                "released": True,
+            }
         result = {
             "metrics": {
-                "holdout_rows": holdout_rows,
+                "holdout_rows": rows,
                 "native_accuracy": evaluation.get("native_accuracy"),
                 "onnx_accuracy": check.onnx_accuracy if check else None,
                 "max_abs_diff": check.max_abs_diff if check else None,
@@ -401,170 +408,16 @@ class JobRunner:
             "onnx_check": check.as_dict()
             if check
             else {"ok": False, "reason": evaluation.get("export_error")},
-            "artifacts": {
-                "native": {
-                    "sha256": native.sha256,
-                    "size": native.size,
-                    "asset_id": lineage["model"],
-                    "released": bool(job.result.get("release_native")),
-                    "format": spec.output.format,
-                },
-                **(
-                    {
-                        "onnx": {
-                            "sha256": onnx.sha256,
-                            "size": onnx.size,
-                            "asset_id": lineage["onnx"],
-                            "released": True,
-                        }
-                    }
-                    if onnx
-                    else {}
-                ),
-            },
-            "lineage": lineage,
-            "release_native": bool(job.result.get("release_native")),
+            "artifacts": artifacts,
+            "lineage": ids,
         }
-        reason = "completed" + (f"; {onnx_note}" if onnx_note else "")
-        with transaction(self.engine) as session:
-            self._notarize(
-                session,
-                job,
-                spec,
-                native.sha256,
-                onnx.sha256 if onnx else None,
-                evaluation,
-                check,
-                holdout_rows,
+        reason = "completed"
+        if onnx is None:
+            reason += "; no ONNX model: " + str(
+                evaluation.get("export_error") or (check.reason if check else "")
             )
+        with transaction(self.engine) as session:
+            lineage.queue(session, native.sha256, onnx.sha256 if onnx else None, evaluation, check, rows)
             self.states.finish_in(session, job.id, COMPLETED, reason, result=result)
         sink.node(reason)
         self._wake_notary()
-
-    def _reports(
-        self, spec: JobSpec, model_sha: str, evaluation: dict[str, Any], check: OnnxCheck | None, rows: int
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        accuracy = float(evaluation["native_accuracy"])
-        model_report = {
-            "summary": f"held-out accuracy {accuracy:.4f} on {rows} rows, evaluated by the provider's node",
-            "model_sha256": model_sha,
-            "holdout_rows": rows,
-            "native_accuracy": accuracy,
-            "framework": evaluation.get("framework"),
-            "framework_version": evaluation.get("framework_version"),
-            "rerun_checked": spec.verification.rerun,
-        }
-        if check is None or not check.ok:
-            return model_report, None
-        onnx_report = {
-            "summary": (
-                f"ONNX Runtime accuracy {check.onnx_accuracy:.4f} on {rows} held-out rows; "
-                f"max |ONNX - native| {check.max_abs_diff:.2e} ≤ {check.tolerance:g}"
-            ),
-            **check.as_dict(),
-        }
-        return model_report, onnx_report
-
-    def _lineage(
-        self,
-        job: Job,
-        spec: JobSpec,
-        model_sha: str,
-        onnx_sha: str | None,
-        evaluation: dict[str, Any],
-        check: OnnxCheck | None,
-        rows: int,
-    ) -> dict[str, str]:
-        """The asset ids of the job's lineage (what :meth:`_notarize` queues)."""
-        ids = {
-            "dataset": self._id(self._offering_kind(job.offering_id), job.dataset_sha256),
-            "agreement": self._id("agreement", job.agreement_id.removeprefix("0x")),
-            "run": self._id("job-result", canonical_hash(self._run_record(job, spec))),
-            "model": self._id("model", model_sha),
-        }
-        if onnx_sha:
-            ids["onnx"] = self._id("onnx-model", onnx_sha)
-        return ids
-
-    def _id(self, kind: str, content_hash: str) -> str:
-        return "0x" + asset_id(self.address, kind, bytes.fromhex(content_hash)).hex()
-
-    def _run_record(self, job: Job, spec: JobSpec) -> dict[str, Any]:
-        return {
-            "title": f"training job {spec.name}",
-            "job": job.id,
-            "consumer": job.counterparty,
-            "agreement": job.agreement_id,
-            "dataset_sha256": job.dataset_sha256,
-            "code_digest": job.code_digest,
-            "image": spec.code.image,
-            "entrypoint": spec.code.entrypoint,
-            "parameters": spec.parameters,
-            "parameters_hash": job.parameters_hash,
-            "resources": spec.resources.model_dump(mode="json"),
-            "sandbox": self.sandbox.kind,
-        }
-
-    def _notarize(
-        self,
-        session: Any,
-        job: Job,
-        spec: JobSpec,
-        model_sha: str,
-        onnx_sha: str | None,
-        evaluation: dict[str, Any],
-        check: OnnxCheck | None,
-        rows: int,
-    ) -> None:
-        ids = self._lineage(job, spec, model_sha, onnx_sha, evaluation, check, rows)
-        model_report, onnx_report = self._reports(spec, model_sha, evaluation, check, rows)
-        run = self._run_record(job, spec)
-        enqueue(
-            session,
-            kind="agreement",
-            content_hash=job.agreement_id.removeprefix("0x"),
-            owner=self.address,
-            metadata={
-                "title": f"agreement {job.agreement_id[:10]}…",
-                "agreement": job.agreement_id,
-                "offering": job.offering_id,
-                "provider": self.address,
-                "consumer": job.counterparty,
-            },
-        )
-        enqueue(
-            session, kind="job-result", content_hash=canonical_hash(run), owner=self.address, metadata=run
-        )
-        enqueue(
-            session,
-            kind="model",
-            content_hash=model_sha,
-            owner=self.address,
-            metadata={
-                "title": f"{spec.name} (trained by job {job.id.rsplit(':', 1)[-1][:8]})",
-                "job": job.id,
-                "format": spec.output.format,
-                "dataset_sha256": job.dataset_sha256,
-                "agreement": job.agreement_id,
-                "code_digest": job.code_digest,
-                "parameters_hash": job.parameters_hash,
-            },
-            parents=[ids["dataset"], ids["agreement"], ids["run"]],
-            result=model_report,
-        )
-        if onnx_sha and onnx_report is not None:
-            enqueue(
-                session,
-                kind="onnx-model",
-                content_hash=onnx_sha,
-                owner=self.address,
-                metadata={
-                    "title": f"{spec.name} (ONNX)",
-                    "job": job.id,
-                    "opset": spec.onnx.opset,
-                    "input_shape": spec.onnx.input_shape,
-                    "dtype": spec.onnx.dtype,
-                },
-                parents=[ids["model"]],
-                result=onnx_report,
-            )

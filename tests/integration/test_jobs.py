@@ -24,24 +24,10 @@ EXAMPLES = services.REPO / "examples" / "jobs"
 FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
 
 
-class Org:
-    def __init__(self, node: services.LiveNode) -> None:
-        self.node = node
-        self.token = node.token("admin")
-        self.address = httpx.get(f"{node.url}/health").json()["participant"]
-
-    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(
-            method,
-            f"{self.node.url}/api/v1{path}",
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=120,
-            **kw,
-        )
-
-
 @pytest.fixture(scope="module")
-def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org, dict[str, str]]]:
+def orgs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[services.Org, services.Org, dict[str, str]]]:
     """Acme (provider of the digits dataset, compute only) and Beta with compute agreements."""
     from contracts.devchain import DevChainServer
 
@@ -65,7 +51,7 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org, d
     )
     provider.worker_pid = worker.pid  # type: ignore[attr-defined]
     try:
-        acme, beta = Org(provider), Org(consumer)
+        acme, beta = services.Org(provider), services.Org(consumer)
         data = digits_npz(root / "digits.npz")
         offerings = {
             "digits": {"access_modes": ["compute"], "policy": {"template": "provide-access"}},
@@ -112,7 +98,7 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org, d
         chain.stop()
 
 
-def agree(acme: Org, beta: Org, offering_id: str, mode: str) -> str:
+def agree(acme: services.Org, beta: services.Org, offering_id: str, mode: str) -> str:
     r = beta.api(
         "POST",
         "/negotiations",
@@ -141,7 +127,9 @@ def poll(read: Any, done: tuple[str, ...], timeout: float = 240) -> dict[str, An
         time.sleep(0.3)
 
 
-def submit(beta: Org, acme: Org, agreement: str, bundle_dir: Path, spec_text: str) -> httpx.Response:
+def submit(
+    beta: services.Org, acme: services.Org, agreement: str, bundle_dir: Path, spec_text: str
+) -> httpx.Response:
     spec = load_spec(spec_text, "job.yaml")
     spec.agreement, spec.provider = agreement, acme.node.url
     packed = bundles.pack(bundle_dir)
@@ -153,7 +141,9 @@ def submit(beta: Org, acme: Org, agreement: str, bundle_dir: Path, spec_text: st
     return beta.api("POST", "/jobs", json=body)
 
 
-def run_job(beta: Org, acme: Org, agreement: str, bundle_dir: Path, spec_text: str) -> dict[str, Any]:
+def run_job(
+    beta: services.Org, acme: services.Org, agreement: str, bundle_dir: Path, spec_text: str
+) -> dict[str, Any]:
     r = submit(beta, acme, agreement, bundle_dir, spec_text)
     assert r.status_code == 201, r.text
     return poll(lambda: beta.api("GET", f"/jobs/{r.json()['id']}").json(), FINAL)
@@ -182,7 +172,9 @@ def hostile(tmp_path: Path, name: str, code: str, **spec: Any) -> tuple[Path, st
     return bundle, json.dumps(doc)
 
 
-def test_sklearn_job_end_to_end(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+def test_sklearn_job_end_to_end(
+    orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path
+) -> None:
     acme, beta, agreements = orgs
     spec_text = (EXAMPLES / "digits-sklearn" / "job.yaml").read_text()
     job = run_job(beta, acme, agreements["digits"], EXAMPLES / "digits-sklearn", spec_text)
@@ -245,20 +237,22 @@ def test_sklearn_job_end_to_end(orgs: tuple[Org, Org, dict[str, str]], tmp_path:
     assert beta.node.cli("verify", str(out), check=False).returncode == 1
 
 
-def _own_id(org: Org, job: dict[str, Any]) -> str:
+def _own_id(org: services.Org, job: dict[str, Any]) -> str:
     """The job's id on ``org``'s node (each side has its own id for it)."""
     rows = org.api("GET", "/jobs").json()
     return str(next(r["id"] for r in rows if job["id"] in (r["id"], r["peer_pid"])))
 
 
-def _anchor_state(acme: Org, asset_id: str) -> dict[str, Any]:
+def _anchor_state(acme: services.Org, asset_id: str) -> dict[str, Any]:
     doc = acme.api("GET", f"/provenance/{asset_id}").json()
     attestation = doc.get("attestation") or {}
     return {"state": attestation.get("status") or doc["anchor"]["status"]}
 
 
 @pytest.mark.slow
-def test_cnn_job_with_rerun_and_native_release(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+def test_cnn_job_with_rerun_and_native_release(
+    orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path
+) -> None:
     acme, beta, agreements = orgs
     spec_text = (EXAMPLES / "digits-cnn" / "job.yaml").read_text()
     spec_text = spec_text.replace("rerun: false", "rerun: true").replace("epochs: 8", "epochs: 3")
@@ -274,7 +268,7 @@ def test_cnn_job_with_rerun_and_native_release(orgs: tuple[Org, Org, dict[str, s
     assert native.status_code == 200 and len(native.content) == job["result"]["artifacts"]["native"]["size"]
 
 
-def test_refusals(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+def test_refusals(orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path) -> None:
     acme, beta, agreements = orgs
     bundle, spec = hostile(tmp_path, "tiny", "print('hi')\n")
     # a download agreement does not run code
@@ -300,16 +294,16 @@ def test_refusals(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None
 HOSTILE = {
     "network-loopback": (
         "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\n",
-        "exited with status 1",
+        "ConnectionRefusedError",
     ),
     "network-other": (
         "import socket\nsocket.create_connection(('10.255.255.1', 80), timeout=3)\n",
         "status 1",
     ),
-    "dns": ("import socket\nsocket.getaddrinfo('example.com', 80)\n", "status 1"),
-    "keystore": ("print(open('{home}/keystore.json').read())\n", "status 1"),
-    "database": ("print(open('{home}/agora.db', 'rb').read(10))\n", "status 1"),
-    "write-outside": ("open('/job/evil.py', 'w').write('x')\n", "status 1"),
+    "dns": ("import socket\nsocket.getaddrinfo('example.com', 80)\n", "gaierror"),
+    "keystore": ("print(open('{home}/keystore.json').read())\n", "No such file or directory"),
+    "database": ("print(open('{home}/agora.db', 'rb').read(10))\n", "No such file or directory"),
+    "write-outside": ("open('/job/evil.py', 'w').write('x')\n", "Read-only file system"),
     "fork-bomb": ("import os\nwhile True:\n    os.fork()\n", "process limit"),
     "memory-bomb": ("x = []\nwhile True:\n    x.append(bytearray(64 * 1024 * 1024))\n", "memory"),
     "disk-fill": (
@@ -317,14 +311,15 @@ HOSTILE = {
         "output",
     ),
     "wall-time": ("import time\ntime.sleep(60)\n", "wall time"),
-    "output-over-cap": ("open('/out/model.joblib', 'wb').write(b'x' * (2 << 20))\n", "output"),
+    # one file over the cap: the file-size limit stops the write itself
+    "output-over-cap": ("open('/out/model.joblib', 'wb').write(b'x' * (2 << 20))\n", "File too large"),
     "output-symlink": ("import os\nos.symlink('/etc/passwd', '/out/model.joblib')\n", "symlink"),
 }
 
 
 @pytest.mark.parametrize("attack", sorted(HOSTILE))
 def test_hostile_jobs_fail_and_the_node_keeps_serving(
-    orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path, attack: str
+    orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path, attack: str
 ) -> None:
     acme, beta, agreements = orgs
     code, expected = HOSTILE[attack]
@@ -335,12 +330,14 @@ def test_hostile_jobs_fail_and_the_node_keeps_serving(
         job = run_job(beta, acme, agreements["digits"], bundle, spec)
     log = [line["line"] for line in beta.api("GET", f"/jobs/{job['id']}/logs").json()["lines"]]
     assert job["state"] == "FAILED", (job, log)
-    assert expected in job["reason"], (job["reason"], log[-8:])
+    assert expected in job["reason"] or expected in "\n".join(log), (job["reason"], log[-8:])
     assert httpx.get(f"{acme.node.url}/health", timeout=5).status_code == 200
     assert not (acme.node.home / "evil.py").exists()
 
 
-def test_cancel_a_running_job(orgs: tuple[Org, Org, dict[str, str]], tmp_path: Path) -> None:
+def test_cancel_a_running_job(
+    orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path
+) -> None:
     acme, beta, agreements = orgs
     bundle, spec = hostile(
         tmp_path,
@@ -358,7 +355,9 @@ def test_cancel_a_running_job(orgs: tuple[Org, Org, dict[str, str]], tmp_path: P
     assert job["state"] == "CANCELLED" and time.monotonic() - started < 20
 
 
-def test_serve_pool_and_agora_worker_share_the_queue(orgs: tuple[Org, Org, dict[str, str]]) -> None:
+def test_serve_pool_and_agora_worker_share_the_queue(
+    orgs: tuple[services.Org, services.Org, dict[str, str]],
+) -> None:
     acme, beta, agreements = orgs
     spec_text = (
         (EXAMPLES / "digits-sklearn" / "job.yaml").read_text().replace("max_iter: 1000", "max_iter: 200")

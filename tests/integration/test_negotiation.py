@@ -16,24 +16,8 @@ import pytest
 from tests import services
 
 
-class Org:
-    def __init__(self, node: services.LiveNode) -> None:
-        self.node = node
-        self.token = node.token("admin")
-        self.address = httpx.get(f"{node.url}/health").json()["participant"]
-
-    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(
-            method,
-            f"{self.node.url}/api/v1{path}",
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=60,
-            **kw,
-        )
-
-
 @pytest.fixture(scope="module")
-def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org]]:
+def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.Org, services.Org]]:
     from contracts.devchain import DevChainServer
 
     root = tmp_path_factory.mktemp("negotiation")
@@ -47,7 +31,7 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org]]:
     provider = services.start_node(root / "acme", name="Acme Wind", **env)
     consumer = services.start_node(root / "beta", name="Beta Analytics", **env)
     try:
-        acme, beta = Org(provider), Org(consumer)
+        acme, beta = services.Org(provider), services.Org(consumer)
         work = root / "manifest"
         shutil.copytree(services.REPO / "examples" / "data", work / "data")
         offerings = [
@@ -99,11 +83,11 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Org, Org]]:
         chain.stop()
 
 
-def offering_id(org: Org, name: str) -> str:
+def offering_id(org: services.Org, name: str) -> str:
     return next(o["id"] for o in org.api("GET", "/offerings").json()["items"] if o["name"] == name)
 
 
-def negotiate(acme: Org, beta: Org, name: str, purpose: str, mode: str) -> dict[str, Any]:
+def negotiate(acme: services.Org, beta: services.Org, name: str, purpose: str, mode: str) -> dict[str, Any]:
     r = beta.api(
         "POST",
         "/negotiations",
@@ -118,7 +102,9 @@ def negotiate(acme: Org, beta: Org, name: str, purpose: str, mode: str) -> dict[
     return dict(r.json())
 
 
-def wait_state(org: Org, negotiation_id: str, states: tuple[str, ...], timeout: float = 30) -> dict[str, Any]:
+def wait_state(
+    org: services.Org, negotiation_id: str, states: tuple[str, ...], timeout: float = 30
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         n = org.api("GET", f"/negotiations/{negotiation_id}").json()
@@ -132,7 +118,7 @@ def wait_state(org: Org, negotiation_id: str, states: tuple[str, ...], timeout: 
 
 
 def test_happy_path_to_a_recorded_agreement_and_a_verified_transfer(
-    orgs: tuple[Org, Org], tmp_path: Path
+    orgs: tuple[services.Org, services.Org], tmp_path: Path
 ) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "vibration", "predictive-maintenance", "download")
@@ -154,7 +140,7 @@ def test_happy_path_to_a_recorded_agreement_and_a_verified_transfer(
     assert usage["uses"] == 1 and usage["usage"][0]["granted"] is True
 
 
-def test_policy_denial_terminates_with_the_reason(orgs: tuple[Org, Org]) -> None:
+def test_policy_denial_terminates_with_the_reason(orgs: tuple[services.Org, services.Org]) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "bearings", "marketing", "compute")
     done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
@@ -162,7 +148,7 @@ def test_policy_denial_terminates_with_the_reason(orgs: tuple[Org, Org]) -> None
     assert "marketing" in done["reason"] and "research" in done["reason"]
 
 
-def test_download_of_a_compute_only_offering_is_refused(orgs: tuple[Org, Org]) -> None:
+def test_download_of_a_compute_only_offering_is_refused(orgs: tuple[services.Org, services.Org]) -> None:
     acme, beta = orgs
     done = wait_state(
         beta, negotiate(acme, beta, "bearings", "research", "download")["id"], ("FINALIZED", "TERMINATED")
@@ -170,7 +156,7 @@ def test_download_of_a_compute_only_offering_is_refused(orgs: tuple[Org, Org]) -
     assert done["state"] == "TERMINATED" and "does not allow download" in done["reason"]
 
 
-def test_manual_approval(orgs: tuple[Org, Org]) -> None:
+def test_manual_approval(orgs: tuple[services.Org, services.Org]) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")
     waiting = provider_side(acme, started["id"])
@@ -189,7 +175,7 @@ def test_manual_approval(orgs: tuple[Org, Org]) -> None:
     assert done["state"] == "TERMINATED" and "not this quarter" in done["reason"]
 
 
-def test_counter_offer_accepted(orgs: tuple[Org, Org]) -> None:
+def test_counter_offer_accepted(orgs: tuple[services.Org, services.Org]) -> None:
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")
     provider_id = provider_side(acme, started["id"])["id"]
@@ -204,7 +190,7 @@ def test_counter_offer_accepted(orgs: tuple[Org, Org]) -> None:
     assert done["agreement"]["max_uses"] == 2
 
 
-def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[Org, Org]) -> None:
+def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[services.Org, services.Org]) -> None:
     acme, beta = orgs
     done = wait_state(beta, negotiate(acme, beta, "vibration", "research", "download")["id"], ("FINALIZED",))
     agreement_id = done["agreement"]["id"]
@@ -223,7 +209,7 @@ def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[Org, Org]) -> No
     assert all("spent" in u["reason"] or "10" in u["reason"] for u in refused), refused[:3]
 
 
-def test_illegal_transition_is_refused_and_recorded(orgs: tuple[Org, Org]) -> None:
+def test_illegal_transition_is_refused_and_recorded(orgs: tuple[services.Org, services.Org]) -> None:
     """A known, correctly signed peer sends a message its negotiation's state does not allow."""
     from connector.envelope import seal
 
@@ -247,7 +233,7 @@ def test_illegal_transition_is_refused_and_recorded(orgs: tuple[Org, Org]) -> No
     assert refused and refused[-1]["signer"] == beta.address and "FINALIZED" in refused[-1]["reason"]
 
 
-def test_unknown_sender_is_refused(orgs: tuple[Org, Org]) -> None:
+def test_unknown_sender_is_refused(orgs: tuple[services.Org, services.Org]) -> None:
     from eth_account import Account
 
     from connector.envelope import seal
@@ -259,14 +245,14 @@ def test_unknown_sender_is_refused(orgs: tuple[Org, Org]) -> None:
     assert r.status_code == 403 and "neither a known peer" in r.json()["detail"]
 
 
-def org_key(org: Org) -> bytes:
+def org_key(org: services.Org) -> bytes:
     from eth_account import Account
 
     keystore = json.loads((org.node.home / "keystore.json").read_text())
     return bytes(Account.decrypt(keystore, "test-passphrase"))
 
 
-def test_cli_negotiate_transfer_and_verify(orgs: tuple[Org, Org], tmp_path: Path) -> None:
+def test_cli_negotiate_transfer_and_verify(orgs: tuple[services.Org, services.Org], tmp_path: Path) -> None:
     acme, beta = orgs
     home = str(beta.node.home)
     result = beta.node.cli(
@@ -306,7 +292,7 @@ def test_cli_negotiate_transfer_and_verify(orgs: tuple[Org, Org], tmp_path: Path
     assert denied.returncode == 1 and "TERMINATED" in denied.stdout and "marketing" in denied.stdout
 
 
-def test_replayed_message_is_refused(orgs: tuple[Org, Org]) -> None:
+def test_replayed_message_is_refused(orgs: tuple[services.Org, services.Org]) -> None:
     from connector.envelope import seal
 
     acme, beta = orgs
@@ -333,7 +319,7 @@ def test_replayed_message_is_refused(orgs: tuple[Org, Org]) -> None:
     assert httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=forged).status_code == 401
 
 
-def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[Org, Org]) -> None:
+def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[services.Org, services.Org]) -> None:
     from connector.envelope import seal
 
     acme, beta = orgs
@@ -376,7 +362,7 @@ SCHEMAS = {
 }
 
 
-def test_protocol_messages_validate_against_the_dsp_schemas(orgs: tuple[Org, Org]) -> None:
+def test_protocol_messages_validate_against_the_dsp_schemas(orgs: tuple[services.Org, services.Org]) -> None:
     from tests import dsp
 
     acme, beta = orgs
@@ -399,7 +385,7 @@ def test_protocol_messages_validate_against_the_dsp_schemas(orgs: tuple[Org, Org
     } <= checked, checked
 
 
-def provider_side(acme: Org, consumer_pid: str, timeout: float = 20) -> dict[str, Any]:
+def provider_side(acme: services.Org, consumer_pid: str, timeout: float = 20) -> dict[str, Any]:
     """The provider's record of a negotiation the consumer started, once it has arrived."""
     deadline = time.monotonic() + timeout
     while True:
@@ -411,7 +397,7 @@ def provider_side(acme: Org, consumer_pid: str, timeout: float = 20) -> dict[str
         time.sleep(0.1)
 
 
-def request_manual_approval(acme: Org, beta: Org, tmp_path: Path) -> dict[str, Any]:
+def request_manual_approval(acme: services.Org, beta: services.Org, tmp_path: Path) -> dict[str, Any]:
     """Acme offers a file that needs a person's approval; Beta asks for it."""
     source = tmp_path / "d.csv"
     source.write_text("a\n1\n")
@@ -445,12 +431,12 @@ def test_provider_restart_mid_negotiation_resumes(tmp_path: Path) -> None:
     provider = services.start_node(tmp_path / "p", name="Provider", **env)
     consumer = services.start_node(tmp_path / "c", name="Consumer", **env)
     try:
-        acme, beta = Org(provider), Org(consumer)
+        acme, beta = services.Org(provider), services.Org(consumer)
         started = request_manual_approval(acme, beta, tmp_path)
         pending = [provider_side(acme, started["id"])]
         provider.stop()
         provider = services.start_node(tmp_path / "p", name="Provider", port=provider.port, **env)
-        acme = Org(provider)
+        acme = services.Org(provider)
         assert acme.api("GET", f"/negotiations/{pending[0]['id']}").json()["state"] == "REQUESTED"
         acme.api("POST", f"/negotiations/{pending[0]['id']}/approve")
         done = wait_state(beta, started["id"], ("FINALIZED", "TERMINATED"))
@@ -469,7 +455,7 @@ def test_negotiation_times_out_with_the_reason(tmp_path: Path) -> None:
     provider = services.start_node(tmp_path / "p", name="Provider", AGORA_NEGOTIATION_TIMEOUT="2")
     consumer = services.start_node(tmp_path / "c", name="Consumer")
     try:
-        acme, beta = Org(provider), Org(consumer)
+        acme, beta = services.Org(provider), services.Org(consumer)
         started = request_manual_approval(acme, beta, tmp_path)
         done = wait_state(beta, started["id"], ("TERMINATED", "FINALIZED"), timeout=30)
         assert done["state"] == "TERMINATED" and "timed out in state REQUESTED" in done["reason"]
@@ -478,7 +464,7 @@ def test_negotiation_times_out_with_the_reason(tmp_path: Path) -> None:
         consumer.stop()
 
 
-def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[Org, Org]) -> None:
+def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[services.Org, services.Org]) -> None:
     from connector.envelope import seal
 
     acme, beta = orgs
@@ -508,13 +494,13 @@ def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[Org, Org]) -> 
     assert agreement["max_uses"] == 10
 
 
-def test_three_nodes_on_one_chain(orgs: tuple[Org, Org], tmp_path: Path) -> None:
+def test_three_nodes_on_one_chain(orgs: tuple[services.Org, services.Org], tmp_path: Path) -> None:
     """A third organisation negotiates the same offering: each agreement is its own, on the one chain."""
     acme, beta = orgs
     env = {k: v for k, v in acme.node.env.items() if k in ("AGORA_CHAIN_URL", "AGORA_CHAIN_REGISTRY")}
     third = services.start_node(tmp_path / "gamma", name="Gamma Labs", **env)
     try:
-        gamma = Org(third)
+        gamma = services.Org(third)
         assert acme.api("POST", "/participants", json={"url": third.url}).status_code == 201
         assert gamma.api("POST", "/participants", json={"url": acme.node.url}).status_code == 201
         mine = wait_state(

@@ -131,14 +131,33 @@ def run_job(sandbox: BubblewrapSandbox, node: Node) -> RunJob:
     return run
 
 
+_started_before: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _known_children() -> None:
+    """The children this process had before the test (servers of session fixtures)."""
+    _started_before.clear()
+    _started_before.update(p.pid for p in psutil.Process().children(recursive=True))
+
+
 def no_descendants() -> list[psutil.Process]:
-    """Processes this test process still has below it (a sandbox must leave none)."""
+    """Processes the test started below this process and left behind (a sandbox must leave none)."""
     deadline = time.monotonic() + 2
     while True:
-        left = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        left = [
+            p for p in psutil.Process().children(recursive=True) if p.pid not in _started_before and _alive(p)
+        ]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def probe_results(result: Result) -> dict[str, str]:

@@ -1,0 +1,150 @@
+"""What a completed job leaves on chain, and the reports its models carry.
+
+* the agreement, as an asset (content: the agreement id), so the model can name it;
+* the job run (content: the canonical hash of who ran which code, with which parameters and
+  resources, in which sandbox, on which dataset version under which agreement);
+* the trained model, anchored directly with its parents (dataset version, agreement, job
+  run) and its verification report attested once (``attestResult``);
+* the ONNX model, parent the trained model, with its check report attested.
+
+Everything is queued in the caller's transaction (the one that marks the job COMPLETED);
+the notary anchors it, so a crash leaves either all of it queued or none.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from sqlmodel import Session
+
+from contracts.notary import enqueue
+from contracts.registry import asset_id
+from kernel.canonical import canonical_hash
+from training_jobs.models import Job
+from training_jobs.onnx_check import OnnxCheck
+from training_jobs.spec import JobSpec
+
+
+class JobLineage:
+    def __init__(self, address: str, job: Job, spec: JobSpec, sandbox_kind: str, dataset_kind: str) -> None:
+        self.address = address
+        self.job = job
+        self.spec = spec
+        self.dataset_kind = dataset_kind
+        self.run = self._run_record(sandbox_kind)
+
+    def ids(self, model_sha: str, onnx_sha: str | None) -> dict[str, str]:
+        """The asset ids of the lineage (what :meth:`queue` notarizes)."""
+        job = self.job
+        ids = {
+            "dataset": self._id(self.dataset_kind, job.dataset_sha256),
+            "agreement": self._id("agreement", job.agreement_id.removeprefix("0x")),
+            "run": self._id("job-result", canonical_hash(self.run)),
+            "model": self._id("model", model_sha),
+        }
+        if onnx_sha:
+            ids["onnx"] = self._id("onnx-model", onnx_sha)
+        return ids
+
+    def queue(
+        self,
+        session: Session,
+        model_sha: str,
+        onnx_sha: str | None,
+        evaluation: dict[str, Any],
+        check: OnnxCheck | None,
+        rows: int,
+    ) -> None:
+        job, spec = self.job, self.spec
+        ids = self.ids(model_sha, onnx_sha)
+        model_report, onnx_report = reports(spec, model_sha, evaluation, check, rows)
+        notarize = partial(enqueue, session, owner=self.address)
+        notarize(
+            kind="agreement",
+            content_hash=job.agreement_id.removeprefix("0x"),
+            metadata={
+                "title": f"agreement {job.agreement_id[:10]}…",
+                "agreement": job.agreement_id,
+                "offering": job.offering_id,
+                "provider": self.address,
+                "consumer": job.counterparty,
+            },
+        )
+        notarize(kind="job-result", content_hash=canonical_hash(self.run), metadata=self.run)
+        notarize(
+            kind="model",
+            content_hash=model_sha,
+            metadata={
+                "title": f"{spec.name} (trained by job {job.id.rsplit(':', 1)[-1][:8]})",
+                "job": job.id,
+                "format": spec.output.format,
+                "dataset_sha256": job.dataset_sha256,
+                "agreement": job.agreement_id,
+                "code_digest": job.code_digest,
+                "parameters_hash": job.parameters_hash,
+            },
+            parents=[ids["dataset"], ids["agreement"], ids["run"]],
+            result=model_report,
+        )
+        if onnx_sha is not None and onnx_report is not None:
+            notarize(
+                kind="onnx-model",
+                content_hash=onnx_sha,
+                metadata={
+                    "title": f"{spec.name} (ONNX)",
+                    "job": job.id,
+                    "opset": spec.onnx.opset,
+                    "input_shape": spec.onnx.input_shape,
+                    "dtype": spec.onnx.dtype,
+                },
+                parents=[ids["model"]],
+                result=onnx_report,
+            )
+
+    def _id(self, kind: str, content_hash: str) -> str:
+        return "0x" + asset_id(self.address, kind, bytes.fromhex(content_hash)).hex()
+
+    def _run_record(self, sandbox_kind: str) -> dict[str, Any]:
+        """What the job-run asset covers: who ran which code with which parameters on what."""
+        job, spec = self.job, self.spec
+        return {
+            "title": f"training job {spec.name}",
+            "job": job.id,
+            "consumer": job.counterparty,
+            "agreement": job.agreement_id,
+            "dataset_sha256": job.dataset_sha256,
+            "code_digest": job.code_digest,
+            "image": spec.code.image,
+            "entrypoint": spec.code.entrypoint,
+            "parameters": spec.parameters,
+            "parameters_hash": job.parameters_hash,
+            "resources": spec.resources.model_dump(mode="json"),
+            "sandbox": sandbox_kind,
+        }
+
+
+def reports(
+    spec: JobSpec, model_sha: str, evaluation: dict[str, Any], check: OnnxCheck | None, rows: int
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The verification reports attested on chain: the model's and, if published, the ONNX one's."""
+    accuracy = float(evaluation["native_accuracy"])
+    model_report = {
+        "summary": f"held-out accuracy {accuracy:.4f} on {rows} rows, evaluated by the provider's node",
+        "model_sha256": model_sha,
+        "holdout_rows": rows,
+        "native_accuracy": accuracy,
+        "framework": evaluation.get("framework"),
+        "framework_version": evaluation.get("framework_version"),
+        "rerun_checked": spec.verification.rerun,
+    }
+    if check is None or not check.ok:
+        return model_report, None
+    onnx_report = {
+        "summary": (
+            f"ONNX Runtime accuracy {check.onnx_accuracy:.4f} on {rows} held-out rows; "
+            f"max |ONNX - native| {check.max_abs_diff:.2e} ≤ {check.tolerance:g}"
+        ),
+        **check.as_dict(),
+    }
+    return model_report, onnx_report
