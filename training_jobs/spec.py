@@ -74,12 +74,12 @@ class Code(BaseModel):
         if self.image is not None:
             if not DIGEST_REF.match(self.image):
                 raise ValueError("image must be pinned by digest: name@sha256:<64 hex>")
-            if self.bundle is not None:
-                raise ValueError("give either a bundle or an image, not both")
-        elif self.bundle is None and self.digest is None:
-            raise ValueError("code needs a bundle (with an entrypoint) or an image")
+            if self.bundle is not None or self.entrypoint is not None:
+                raise ValueError("give either a bundle with an entrypoint or an image, not both")
+            if not self.command:
+                raise ValueError("an image needs the command to run (argv)")
         elif self.entrypoint is None:
-            raise ValueError("a bundle needs an entrypoint (e.g. train.py)")
+            raise ValueError("code needs a bundle with an entrypoint (e.g. train.py) or an image")
         if self.entrypoint and (".." in self.entrypoint.split("/")):
             raise ValueError("the entrypoint must lie inside the bundle")
         return self

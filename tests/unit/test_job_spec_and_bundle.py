@@ -140,3 +140,18 @@ def test_datasets_are_read_from_npz_or_csv() -> None:
     ]:
         with pytest.raises(holdout.UnusableDataset, match=words):
             holdout.read_dataset(bad if isinstance(bad, bytes) else bad.encode())
+
+
+def test_image_jobs_need_a_digest_and_a_command_and_no_bundle() -> None:
+    base = {
+        "name": "img",
+        "output": {"format": "sklearn", "path": "m.joblib"},
+        "onnx": {"input_shape": [1, 4]},
+    }
+    image = "registry.example/train@sha256:" + "a" * 64
+    with pytest.raises(InvalidInput, match="command"):
+        load_spec(json.dumps({**base, "code": {"image": image}}))
+    with pytest.raises(InvalidInput, match="not both"):
+        load_spec(json.dumps({**base, "code": {"image": image, "command": ["python"], "bundle": "."}}))
+    spec = JobSpec.model_validate({**base, "code": {"image": image, "command": ["python", "/app/train.py"]}})
+    assert spec.code.entrypoint is None and spec.wire()["code"]["image"] == image
