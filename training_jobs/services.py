@@ -201,6 +201,8 @@ class JobService:
             return f"this node cannot run jobs now: {exc.detail}"
         if spec.code.image is None and sandbox.kind != "bubblewrap":
             return f"this node's {sandbox.kind} sandbox runs OCI images only; send code.image"
+        if spec.code.image is not None and sandbox.kind == "bubblewrap":
+            return "this node's bubblewrap sandbox runs Python bundles, not OCI images; send code.bundle"
         return None
 
     def _provider_job(self, sender: str, job_id: str) -> Job:

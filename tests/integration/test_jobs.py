@@ -278,6 +278,16 @@ def test_refusals(orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_p
     _, greedy = hostile(tmp_path, "greedy", "print('hi')\n", resources={"wall_time": "30h"})
     r = submit(beta, acme, agreements["digits"], bundle, greedy)
     assert r.status_code == 400 or r.json()["state"] == "REJECTED", r.text
+    # an OCI image cannot run in this provider's bubblewrap sandbox
+    image_spec = json.loads(spec)
+    image_spec["code"] = {
+        "image": "registry.example/train@sha256:" + "a" * 64,
+        "command": ["python", "/app/t.py"],
+    }
+    image_spec["agreement"] = agreements["digits"]
+    r = beta.api("POST", "/jobs", json={"spec": image_spec})
+    assert r.status_code == 201 and r.json()["state"] == "REJECTED", r.text
+    assert "runs Python bundles, not OCI images" in r.json()["reason"]
     # a malformed spec changes nothing
     before = len(beta.api("GET", "/jobs").json())
     r = beta.api("POST", "/jobs", json={"spec": {"name": "BAD NAME"}, "bundle": ""})
