@@ -71,6 +71,7 @@ def main() -> None:
         print(
             f"epoch {epoch}/{epochs}: loss {history[-1]['loss']:.4f}, accuracy {history[-1]['accuracy']:.3f}"
         )
+        print(f"##agora progress={epoch / epochs:.3f}", flush=True)  # the node's progress bar
 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
