@@ -444,12 +444,13 @@ class BubblewrapSandbox(Sandbox):
             args += ["--ro-bind-try", etc, etc]
         for dest, fd in etc_fds.items():
             args += ["--ro-bind-data", str(fd), dest]
-        for path in self._interpreter_paths():
-            self._check_source(path, "interpreter directory")
-            args += ["--ro-bind", path, path]
         args += ["--proc", "/proc", "--dev", "/dev"]
         size = ["--size", str(lim.tmp_bytes)]
         args += [*size, "--tmpfs", "/dev/shm", *size, "--tmpfs", "/tmp"]
+        # after the tmpfs: an interpreter (a venv) living under /tmp is bound on top of it
+        for path in self._interpreter_paths():
+            self._check_source(path, "interpreter directory")
+            args += ["--ro-bind", path, path]
         for mount in sorted(run.mounts, key=lambda m: len(PurePosixPath(m.target).parts)):
             args += self._mount_args(mount)
         self._check_source(str(run.output_dir), "output directory")
