@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -607,3 +608,13 @@ def test_collect_outputs_checks(node: Node) -> None:
     os.link(node.out / "metrics.json", node.out / "alias.json")
     with pytest.raises(OutputRejected, match="hard link"):
         collect_outputs(node.out, ["alias.json"], 1000)
+
+
+def test_an_interpreter_under_tmp_is_bound_over_the_tmpfs(sandbox: BubblewrapSandbox, tmp_path: Path) -> None:
+    """A checkout (and its venv) under /tmp must stay visible: the binds come after the tmpfs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = sandbox.build_command(SandboxRun(command=["python", "-c", "pass"], mounts=[], output_dir=out), {})
+    tmpfs = max(i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] == "/tmp")
+    interpreter = next(i for i, a in enumerate(argv) if a == "--ro-bind" and argv[i + 1] == sys.prefix)
+    assert tmpfs < interpreter
