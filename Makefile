@@ -39,7 +39,7 @@ services:
 	bash .ci/install-services.sh
 
 test: services $(DEV_STAMP) $(NPM_STAMP) contracts-check
-	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs migrations tests bench
+	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs migrations tests bench examples
 	$(VENV)/bin/mypy
 	@# pytest exits 5 when it collected no test: that is a failure here, never a pass
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -63,6 +63,11 @@ bench: $(DEV_STAMP) $(NPM_STAMP)
 	$(PY) bench/api.py
 	$(PY) bench/notarize.py
 	$(PY) bench/verify.py
+	$(PY) bench/policy.py
+	$(PY) bench/catalog.py
+	$(PY) bench/negotiate.py
+	$(PY) bench/sandbox.py
+	$(PY) bench/onnx.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache test-artifacts
