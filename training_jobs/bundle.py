@@ -8,6 +8,8 @@ left out. Unpacking refuses links, absolute paths and ``..``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import io
 import tarfile
@@ -111,6 +113,16 @@ def unpack(data: bytes, destination: Path) -> list[str]:
         if path.is_file():
             path.chmod(0o444)
     return names
+
+
+def decode(text: object) -> bytes:
+    """A bundle as it travels in JSON (base64), or :class:`BundleRejected`."""
+    if not isinstance(text, str):
+        raise BundleRejected("the bundle must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BundleRejected("the bundle is not base64") from None
 
 
 def digest(data: bytes) -> str:

@@ -8,8 +8,6 @@ node asks of the provider's.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Annotated, Any
 
@@ -22,10 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connector.dsp import open_request
 from connector.protocol import ProtocolGate
-from kernel.errors import FieldError, InvalidInput
 from kernel.hashing import repr_digest
 from kernel.validation import validate
-from training_jobs.bundle import MAX_BUNDLE_BYTES
+from training_jobs.bundle import MAX_BUNDLE_BYTES, decode
 from training_jobs.services import JobService
 from training_jobs.spec import SCHEMA_FILE, JobSpec
 
@@ -50,14 +47,7 @@ class JobController(Controller):
         """Consumer: send a job to the provider of its agreement (201 also when the provider
         rejected it: the job is recorded with the reason)."""
         body: JobSubmit = validate(JobSubmit, await request.body(), what="job")
-        bundle = None
-        if body.bundle is not None:
-            try:
-                bundle = base64.b64decode(body.bundle, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidInput(
-                    "the bundle is not base64", errors=[FieldError("bundle", "not base64")]
-                ) from None
+        bundle = decode(body.bundle) if body.bundle is not None else None
         return await to_thread.run_sync(job_service.submit, body.spec, bundle, request.user.subject)
 
     @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)

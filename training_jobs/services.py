@@ -16,14 +16,12 @@ signed and against the chain, and then served to the node's users with their pro
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -42,7 +40,7 @@ from kernel.errors import (
     ServiceUnavailable,
 )
 from kernel.storage import ObjectStore
-from kernel.validation import field_errors
+from kernel.validation import validate
 from training_jobs import bundle as bundles
 from training_jobs.joblog import read_log
 from training_jobs.models import FINAL_STATES, QUEUED, REJECTED, Job
@@ -101,13 +99,7 @@ class JobService:
                 "a job request needs consumerPid and agreementId",
                 errors=[FieldError("agreementId", "required")],
             )
-        try:
-            spec = JobSpec.model_validate(body.get("spec"))
-        except ValidationError as exc:
-            errors = field_errors(exc, "spec")
-            raise InvalidInput(
-                "invalid job spec: " + "; ".join(f"{e.path}: {e.message}" for e in errors[:5]), errors=errors
-            ) from None
+        spec = validate(JobSpec, body.get("spec"), prefix="spec", what="job spec")
         code = self._received_code(spec, body.get("bundle"))
         agreement = self.agreements.as_provider(agreement_id)
         job = Job(
@@ -149,17 +141,12 @@ class JobService:
                     "a job with an image carries no bundle", errors=[FieldError("bundle", "unexpected")]
                 )
             return None
-        if not isinstance(encoded, str) or not spec.code.digest:
+        if not encoded or not spec.code.digest:
             raise InvalidInput(
                 "a bundle job needs the bundle (base64) and its sha256 in spec.code.digest",
                 errors=[FieldError("bundle", "required")],
             )
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(
-                "the bundle is not base64", errors=[FieldError("bundle", "not base64")]
-            ) from None
+        data = bundles.decode(encoded)
         if bundles.digest(data) != spec.code.digest:
             raise InvalidInput(
                 "the bundle's sha256 does not match spec.code.digest",
