@@ -157,6 +157,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 "identity_statement": runtime.identity_statement,
                 "protocol_gate": runtime.protocol,
                 "job_service": runtime.jobs,
+                "job_provider": runtime.job_provider,
             }.items()
         },
         exception_handlers=exception_handlers,

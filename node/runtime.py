@@ -30,8 +30,10 @@ from node.auth import TokenIssuer, TokenVerifier
 from node.identity import org_private_key, participant_address, token_signing_key
 from node.settings import Settings
 from node.storage import make_object_store
+from training_jobs.provider import NodeLimits, ProviderJobs
 from training_jobs.sandbox import Sandbox
-from training_jobs.services import JobService, NodeLimits
+from training_jobs.services import JobService
+from training_jobs.states import JobStates
 from training_jobs.worker import JobPool
 
 log = logging.getLogger("agora.node")
@@ -58,6 +60,7 @@ class Runtime:
     dispatcher: Dispatcher | None = None
     protocol: ProtocolGate | None = None
     jobs: JobService | None = None
+    job_provider: ProviderJobs | None = None
     job_pool: JobPool | None = None
     _sandbox: Sandbox | None = None
     _chain: Chain | None = None
@@ -292,14 +295,14 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
 
 
 def _connect_jobs(runtime: Runtime) -> None:
-    """Training jobs: the service both sides use, and the runner the workers share."""
+    """Training jobs: the provider's protocol side and the users' side, sharing one queue."""
     settings = runtime.settings
     assert runtime.agreements is not None
-    jobs = JobService(
+    states = JobStates(runtime.engine)
+    runtime.job_provider = ProviderJobs(
         runtime.engine,
         runtime.store,
-        address=runtime.address,
-        private_key=runtime.org_key,
+        states,
         agreements=runtime.agreements,
         offering_modes=lambda offering_id: list(runtime.offerings.get(offering_id).access_modes),
         provenance=runtime.provenance.document,
@@ -312,7 +315,14 @@ def _connect_jobs(runtime: Runtime) -> None:
         ),
         wake_workers=lambda: runtime.job_pool.wake() if runtime.job_pool else None,
     )
-    runtime.jobs = jobs
+    runtime.jobs = JobService(
+        runtime.engine,
+        runtime.store,
+        states,
+        address=runtime.address,
+        private_key=runtime.org_key,
+        provenance=runtime.provenance.document,
+    )
 
 
 def job_pool(runtime: Runtime, size: int, *, label: str = "") -> JobPool:

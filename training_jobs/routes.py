@@ -23,6 +23,7 @@ from connector.protocol import ProtocolGate
 from kernel.hashing import repr_digest
 from kernel.validation import validate
 from training_jobs.bundle import MAX_BUNDLE_BYTES, decode
+from training_jobs.provider import ProviderJobs
 from training_jobs.services import JobService
 from training_jobs.spec import SCHEMA_FILE, JobSpec
 
@@ -122,10 +123,10 @@ class JobController(Controller):
 async def job_request(
     request: Request[Any, Any, Any],
     protocol_gate: NamedDependency[ProtocolGate],
-    job_service: NamedDependency[JobService],
+    job_provider: NamedDependency[ProviderJobs],
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate, max_bytes=MAX_JOB_MESSAGE)
-    reply = await to_thread.run_sync(job_service.on_request, opened.sender, opened.body)
+    reply = await to_thread.run_sync(job_provider.on_request, opened.sender, opened.body)
     return protocol_gate.seal(reply, opened.sender)
 
 
@@ -138,16 +139,16 @@ async def job_message(
     request: Request[Any, Any, Any],
     pid: FromPath[str],
     protocol_gate: NamedDependency[ProtocolGate],
-    job_service: NamedDependency[JobService],
+    job_provider: NamedDependency[ProviderJobs],
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate)
     kind = request.url.path.rsplit("/", 1)[-1]
     if kind == "status":
-        reply = await to_thread.run_sync(job_service.on_status, opened.sender, pid)
+        reply = await to_thread.run_sync(job_provider.on_status, opened.sender, pid)
     elif kind == "logs":
-        reply = await to_thread.run_sync(job_service.on_logs, opened.sender, pid, opened.body)
+        reply = await to_thread.run_sync(job_provider.on_logs, opened.sender, pid, opened.body)
     else:
-        reply = await to_thread.run_sync(job_service.on_cancel, opened.sender, pid)
+        reply = await to_thread.run_sync(job_provider.on_cancel, opened.sender, pid)
     return protocol_gate.seal(reply, opened.sender)
 
 
@@ -157,10 +158,10 @@ async def job_provenance(
     pid: FromPath[str],
     artifact: FromPath[str],
     protocol_gate: NamedDependency[ProtocolGate],
-    job_service: NamedDependency[JobService],
+    job_provider: NamedDependency[ProviderJobs],
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(job_service.artifact_provenance, opened.sender, pid, artifact)
+    reply = await to_thread.run_sync(job_provider.artifact_provenance, opened.sender, pid, artifact)
     return protocol_gate.seal(reply, opened.sender)
 
 
@@ -170,14 +171,14 @@ async def job_artifact(
     pid: FromPath[str],
     artifact: FromPath[str],
     protocol_gate: NamedDependency[ProtocolGate],
-    job_service: NamedDependency[JobService],
+    job_provider: NamedDependency[ProviderJobs],
 ) -> Stream:
     """The bytes of a released result, for the job's consumer; their sha256 is in the signed
     status, and their provenance on chain."""
     opened = await open_request(request, protocol_gate)
-    record = await to_thread.run_sync(job_service.released, opened.sender, pid, artifact)
+    record = await to_thread.run_sync(job_provider.released, opened.sender, pid, artifact)
     return Stream(
-        job_service.read(str(record["sha256"])),
+        job_provider.store.read(str(record["sha256"])),
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(record["size"]),

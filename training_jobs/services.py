@@ -1,16 +1,10 @@
-"""Training jobs between two nodes: the consumer submits through its own node, which forwards
-the job signed to the provider; the provider checks it and queues it; the consumer's node
-follows it and, once completed, fetches the model with its provenance.
+"""Training jobs as this node's users see them (``/api/v1/jobs``).
 
-Provider side (``/dsp/jobs…``, signed envelopes): a request is refused with a 4xx when it is
-malformed (spec, bundle, digest) and recorded as REJECTED with the reason when the agreement
-or the node does not allow it (not the sender's agreement, not a compute agreement, the
-offering is not offered for compute, the policy denies a use, no working sandbox, resources
-above this node's limits). Accepted jobs are QUEUED for the workers.
-
-Consumer side (``/api/v1/jobs``): the node's own record of each job, refreshed from the
-provider when read; results are downloaded once, checked against the sha256 the provider
-signed and against the chain, and then served to the node's users with their provenance.
+As consumer: a job is forwarded signed to the provider of its agreement (which checks and
+queues it, :mod:`training_jobs.provider`), recorded here, refreshed from the provider when
+read; results are downloaded once, checked against the sha256 the provider signed and
+against the chain, and then served with their provenance. As provider: the jobs this node
+runs, their logs, cancel, and their results.
 """
 
 from __future__ import annotations
@@ -19,47 +13,32 @@ import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connector.agreements import AgreementService
 from connector.client import PeerClient
 from connector.models import Agreement, Participant
 from contracts.verify import verify_document
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import (
-    AgoraError,
     Conflict,
     FieldError,
     Forbidden,
     InvalidInput,
-    NotFound,
     ServiceUnavailable,
 )
 from kernel.storage import ObjectStore
-from kernel.validation import validate
 from training_jobs import bundle as bundles
 from training_jobs.joblog import read_log
-from training_jobs.models import FINAL_STATES, QUEUED, REJECTED, Job
-from training_jobs.sandbox import Sandbox
+from training_jobs.models import FINAL_STATES, Job
+from training_jobs.provider import artifact_record
 from training_jobs.spec import JobSpec
-from training_jobs.states import JobStates, entry
+from training_jobs.states import JobStates
 
 ARTIFACTS = ("onnx", "native")
 ANCHOR_WAIT = 60.0
-
-
-@dataclass(frozen=True)
-class NodeLimits:
-    """The most a job may ask of this node."""
-
-    cpu_seconds: int = 3600
-    memory_bytes: int = 8 * 1024**3
-    wall_seconds: float = 3600.0
-    output_bytes: int = 1024**3
 
 
 class JobService:
@@ -67,175 +46,18 @@ class JobService:
         self,
         engine: Engine,
         store: ObjectStore,
+        states: JobStates,
         *,
         address: str,
         private_key: Callable[[], bytes],
-        agreements: AgreementService,
-        offering_modes: Callable[[str], list[str]],
         provenance: Callable[[str], dict[str, Any]],
-        sandbox: Callable[[], Sandbox],
-        limits: NodeLimits,
-        wake_workers: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.store = store
+        self.states = states
         self.address = address
         self._private_key = private_key
-        self.agreements = agreements
-        self._offering_modes = offering_modes
         self._provenance = provenance
-        self._sandbox = sandbox
-        self.limits = limits
-        self._wake = wake_workers
-        self.states = JobStates(engine)
-
-    # Provider: the protocol -------------------------------------------------------------
-
-    def on_request(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
-        consumer_pid = str(body.get("consumerPid") or "")
-        agreement_id = str(body.get("agreementId") or "").lower()
-        if not consumer_pid or not agreement_id:
-            raise InvalidInput(
-                "a job request needs consumerPid and agreementId",
-                errors=[FieldError("agreementId", "required")],
-            )
-        spec = validate(JobSpec, body.get("spec"), prefix="spec", what="job spec")
-        code = self._received_code(spec, body.get("bundle"))
-        agreement = self.agreements.as_provider(agreement_id)
-        job = Job(
-            id=f"urn:uuid:{uuid.uuid4()}",
-            role="provider",
-            peer_pid=consumer_pid,
-            counterparty=sender,
-            name=spec.name,
-            agreement_id=agreement_id,
-            offering_id=agreement.offering_id,
-            dataset_sha256=str(agreement.terms.get("sha256", "")),
-            spec=spec.model_dump(mode="json"),
-            code_digest=spec.code.digest or "",
-            parameters_hash=spec.parameters_hash,
-        )
-        refusal = self._refusal(sender, agreement, spec)
-        if refusal is None:
-            try:
-                self.agreements.use(agreement_id, consumer=sender, mode="compute")
-            except AgoraError as exc:
-                refusal = exc.detail
-        if refusal is None and spec.output.release_native:
-            allowed, why = self.agreements.policy_allows(agreement, "download")
-            job.result = {"release_native": allowed, "release_native_reason": why}
-        if refusal is None and code is not None:
-            self.store.put_bytes(code)
-        job.state, job.reason = (REJECTED, refusal) if refusal else (QUEUED, "waiting for a worker")
-        job.history = [entry(job.state, job.reason)]
-        with transaction(self.engine) as session:
-            session.add(job)
-        if refusal is None:
-            self._wake()
-        return self._status(job)
-
-    def _received_code(self, spec: JobSpec, encoded: Any) -> bytes | None:
-        if spec.code.image is not None:
-            if encoded:
-                raise InvalidInput(
-                    "a job with an image carries no bundle", errors=[FieldError("bundle", "unexpected")]
-                )
-            return None
-        if not encoded or not spec.code.digest:
-            raise InvalidInput(
-                "a bundle job needs the bundle (base64) and its sha256 in spec.code.digest",
-                errors=[FieldError("bundle", "required")],
-            )
-        data = bundles.decode(encoded)
-        if bundles.digest(data) != spec.code.digest:
-            raise InvalidInput(
-                "the bundle's sha256 does not match spec.code.digest",
-                errors=[FieldError("spec.code.digest", "mismatch")],
-            )
-        names = bundles.list_members(data)
-        if spec.code.entrypoint not in names:
-            raise InvalidInput(
-                f"the bundle has no entrypoint {spec.code.entrypoint}",
-                errors=[FieldError("spec.code.entrypoint", "not in the bundle")],
-            )
-        return data
-
-    def _refusal(self, sender: str, agreement: Agreement, spec: JobSpec) -> str | None:
-        if agreement.consumer.lower() != sender.lower():
-            return f"agreement {agreement.id} is not {sender}'s"
-        if spec.dataset and spec.dataset != agreement.offering_id:
-            return f"agreement {agreement.id} covers offering {agreement.offering_id}, not {spec.dataset}"
-        modes = self._offering_modes(agreement.offering_id)
-        if "compute" not in modes:
-            return f"the offering is not offered for compute (its access modes: {', '.join(modes)})"
-        resources, limits = spec.resources, self.limits
-        over = [
-            f"{name} {asked} > {most}"
-            for name, asked, most in (
-                ("cpu_seconds", resources.cpu_seconds, limits.cpu_seconds),
-                ("memory", int(resources.memory), limits.memory_bytes),
-                ("wall_time", resources.wall_time, limits.wall_seconds),
-                ("max_output", int(resources.max_output), limits.output_bytes),
-            )
-            if asked > most
-        ]
-        if over:
-            return "the job asks for more than this node allows: " + ", ".join(over)
-        try:
-            sandbox = self._sandbox()
-            sandbox.check()
-        except AgoraError as exc:
-            return f"this node cannot run jobs now: {exc.detail}"
-        if spec.code.image is None and sandbox.kind != "bubblewrap":
-            return f"this node's {sandbox.kind} sandbox runs OCI images only; send code.image"
-        if spec.code.image is not None and sandbox.kind == "bubblewrap":
-            return "this node's bubblewrap sandbox runs Python bundles, not OCI images; send code.bundle"
-        return None
-
-    def _provider_job(self, sender: str, job_id: str) -> Job:
-        with Session(self.engine) as session:
-            return fetch(
-                session,
-                Job,
-                job_id,
-                f"no job {job_id} of yours on this node",
-                where=lambda j: j.role == "provider" and j.counterparty.lower() == sender.lower(),
-            )
-
-    def on_status(self, sender: str, job_id: str) -> dict[str, Any]:
-        return self._status(self._provider_job(sender, job_id))
-
-    def on_logs(self, sender: str, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        job = self._provider_job(sender, job_id)
-        return read_log(
-            self.engine, job.id, after=_int(body.get("after")), limit=_int(body.get("limit"), 1000)
-        )
-
-    def on_cancel(self, sender: str, job_id: str) -> dict[str, Any]:
-        job = self._provider_job(sender, job_id)
-        return self._status(self.states.request_cancel(job.id, "cancelled by the consumer"))
-
-    def released(self, sender: str, job_id: str, artifact: str) -> dict[str, Any]:
-        """The artifact record a consumer may download (``onnx`` or, when granted, ``native``)."""
-        job = self._provider_job(sender, job_id)
-        return _artifact(job, artifact)
-
-    def artifact_provenance(self, sender: str, job_id: str, artifact: str) -> dict[str, Any]:
-        return self._provenance(str(self.released(sender, job_id, artifact)["asset_id"]))
-
-    def _status(self, job: Job) -> dict[str, Any]:
-        return {
-            "@type": "agora:JobStatus",
-            "providerPid": job.id,
-            "consumerPid": job.peer_pid,
-            "state": job.state,
-            "reason": job.reason,
-            "progress": job.progress,
-            "history": job.history,
-            "result": job.result,
-        }
-
-    # Consumer: the management side ------------------------------------------------------
 
     def submit(self, spec: JobSpec, bundle: bytes | None, actor: str) -> dict[str, Any]:
         """Forward a job to its provider and record it; a refused job is recorded too."""
@@ -368,11 +190,11 @@ class JobService:
             )
         job = self._consumer_job(job_id)
         if job.role == "provider":
-            record = _artifact(job, artifact, own=True)
+            record = artifact_record(job, artifact, own=True)
             return record, self._provenance(str(record["asset_id"]))
         if job.state != "COMPLETED":
             job = self._consumer_job(self.get(job_id)["id"])
-        record = _artifact(job, artifact)
+        record = artifact_record(job, artifact)
         fetched = (job.result.get("fetched") or {}).get(artifact)
         if fetched and self.store.exists(record["sha256"]):
             return record, fetched["provenance"]
@@ -432,21 +254,6 @@ class JobService:
         return self.store.read(sha256)
 
 
-def _artifact(job: Job, artifact: str, *, own: bool = False) -> dict[str, Any]:
-    if job.state != "COMPLETED":
-        raise Conflict(f"job {job.id} is {job.state}; results exist once it is COMPLETED")
-    record = (job.result.get("artifacts") or {}).get(artifact)
-    if not record:
-        why = (job.result.get("onnx_check") or {}).get("reason") if artifact == "onnx" else None
-        raise NotFound(f"job {job.id} has no {artifact} model" + (f": {why}" if why else ""))
-    if not own and not record.get("released"):
-        reason = (
-            job.result.get("release_native_reason") or "the job did not ask for it (output.release_native)"
-        )
-        raise Forbidden(f"the native model stays with the provider: {reason}")
-    return dict(record)
-
-
 def _pending(doc: dict[str, Any]) -> str | None:
     """What in a provenance tree still waits for the chain, or None."""
     asset, anchor = doc.get("asset") or {}, doc.get("anchor") or {}
@@ -469,13 +276,6 @@ def _apply(job: Job, reply: dict[str, Any]) -> None:
     fetched = job.result.get("fetched")
     job.result = {**dict(reply.get("result") or {}), **({"fetched": fetched} if fetched else {})}
     job.updated_at = utcnow()
-
-
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return int(value) if value is not None else default
-    except (TypeError, ValueError):
-        raise InvalidInput(f"expected an integer, got {value!r}") from None
 
 
 def job_out(job: Job) -> dict[str, Any]:
