@@ -332,7 +332,9 @@ def job_status(state: State, job_id: FromPath[str]) -> Template:
 
 @get("/jobs/{job_id:str}/log", sync_to_thread=True, guards=[ui_guard])
 def job_log(state: State, job_id: FromPath[str]) -> Template:
-    return Template("_job_log.html", context=_job_context(_runtime(state), job_id))
+    """The log; once the job has ended, status 286 tells htmx to stop polling."""
+    context = _job_context(_runtime(state), job_id)
+    return Template("_job_log.html", context=context, status_code=286 if context["final"] else 200)
 
 
 def ui_router() -> Router:

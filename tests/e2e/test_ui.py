@@ -231,3 +231,105 @@ def test_negotiation_timeline_and_manual_approval(
     assert "research" in row.inner_text() and "recorded" in row.inner_text()
     _shot(page, "agreements")
     page.close()
+
+
+SLOW_JOB = """\
+import os, time
+import joblib, numpy as np
+from sklearn.linear_model import LogisticRegression
+
+data = np.load(os.environ["AGORA_DATA"] + "/train.npz")
+for step in range(1, 5):
+    print(f"step {step} of 4", flush=True)
+    print(f"##agora progress={step / 4}", flush=True)
+    time.sleep(1.5)
+X = data["X"].reshape(len(data["y"]), -1)
+model = LogisticRegression(max_iter=300).fit(X, data["y"])
+joblib.dump(model, os.environ["AGORA_OUTPUT"] + "/model.joblib")
+"""
+
+
+def test_a_training_job_page_follows_the_job_live(
+    browser: Any, nodes: tuple[services.LiveNode, services.LiveNode], tmp_path: Path
+) -> None:
+    """Beta's job page updates itself (htmx) while the job runs at Acme, then shows the verdict."""
+    import base64
+    import json
+
+    from training_jobs import bundle as bundles
+    from training_jobs.datasets import digits_npz
+
+    a, b = nodes
+    acme, beta = services.Org(a), services.Org(b)
+    with digits_npz(tmp_path / "digits.npz").open("rb") as f:
+        meta = {
+            "name": "digit-scans",
+            "title": "Digit scans",
+            "media_type": "application/x-npz",
+            "access_modes": ["compute"],
+            "policy": {"template": "provide-access"},
+        }
+        created = acme.api(
+            "POST", "/offerings", data={"metadata": json.dumps(meta)}, files={"file": ("d.npz", f)}
+        )
+    assert created.status_code == 201, created.text
+    started = beta.api(
+        "POST",
+        "/negotiations",
+        json={
+            "offering_id": created.json()["id"],
+            "provider": a.url,
+            "purpose": "research",
+            "access_mode": "compute",
+        },
+    )
+    assert started.status_code == 201, started.text
+    deadline = time.monotonic() + 30
+    while (negotiation := beta.api("GET", f"/negotiations/{started.json()['id']}").json())[
+        "state"
+    ] != "FINALIZED":
+        assert time.monotonic() < deadline and negotiation["state"] != "TERMINATED", negotiation
+        time.sleep(0.2)
+    code = tmp_path / "bundle"
+    code.mkdir()
+    (code / "train.py").write_text(SLOW_JOB)
+    packed = bundles.pack(code)
+    spec = {
+        "name": "slow-digits",
+        "agreement": negotiation["agreement_id"],
+        "provider": a.url,
+        "code": {"entrypoint": "train.py", "digest": bundles.digest(packed)},
+        "output": {"format": "sklearn", "path": "model.joblib"},
+        "onnx": {"input_shape": [1, 64]},
+    }
+    submitted = beta.api("POST", "/jobs", json={"spec": spec, "bundle": base64.b64encode(packed).decode()})
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+
+    page = _sign_in(browser, b)
+    log_polls: list[int] = []
+    page.on("response", lambda r: log_polls.append(r.status) if r.url.endswith(f"{job_id}/log") else None)
+    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("link", name="slow-digits").click()
+    assert page.url.endswith(job_id)
+    progress = page.locator("#job-status progress")
+    seen = set()
+    deadline = time.monotonic() + 90
+    while "COMPLETED" not in page.locator("#job-status").inner_text():  # no reload: htmx swaps it
+        assert time.monotonic() < deadline, page.locator("#job-status").inner_text()
+        seen.add(float(progress.get_attribute("value") or 0))
+        time.sleep(0.3)
+    assert len([v for v in seen if 0 < v < 1]) >= 2, seen  # the bar moved while the job ran
+    verdict = page.get_by_role("region", name="Verified by the provider's node").inner_text()
+    assert "ONNX Runtime accuracy" in verdict and "stays with the provider" in verdict
+    page.wait_for_function("document.querySelector('#job-log').innerText.includes('completed')")
+    assert "step 4 of 4" in page.locator("#job-log").inner_text()
+    # once the job has ended the log answers 286 and htmx stops asking
+    deadline = time.monotonic() + 10
+    while 286 not in log_polls and time.monotonic() < deadline:
+        page.wait_for_timeout(300)
+    polls = len(log_polls)
+    page.wait_for_timeout(4500)  # two polling periods
+    assert log_polls[-1] == 286 and len(log_polls) == polls, log_polls
+    _shot(page, "job-completed")
+    page.close()
