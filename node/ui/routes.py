@@ -306,8 +306,17 @@ def _job_context(runtime: Runtime, job_id: str) -> dict[str, Any]:
         "job": job,
         "names": _names(runtime),
         "final": job["state"] in FINAL_STATES,
-        "log": runtime.jobs.logs(job_id, limit=5000),
+        "log": _job_log_or_reason(runtime, job_id),
     }
+
+
+def _job_log_or_reason(runtime: Runtime, job_id: str) -> dict[str, Any]:
+    """The job's log; when the provider cannot be asked, the reason in its place."""
+    assert runtime.jobs is not None
+    try:
+        return runtime.jobs.logs(job_id, limit=5000)
+    except AgoraError as exc:
+        return {"lines": [{"stage": "node", "line": f"the log is not available now: {exc.detail}"}]}
 
 
 @get("/jobs/{job_id:str}", sync_to_thread=True, guards=[ui_guard])
