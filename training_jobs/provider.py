@@ -213,6 +213,8 @@ class ProviderJobs:
 
 
 def artifact_record(job: Job, artifact: str, *, own: bool = False) -> dict[str, Any]:
+    """A completed job's ``onnx`` or ``native`` model record; unless ``own`` (the provider's
+    users), only what was released to the consumer."""
     if job.state != "COMPLETED":
         raise Conflict(f"job {job.id} is {job.state}; results exist once it is COMPLETED")
     record = (job.result.get("artifacts") or {}).get(artifact)
@@ -228,6 +230,7 @@ def artifact_record(job: Job, artifact: str, *, own: bool = False) -> dict[str, 
 
 
 def int_param(value: Any, default: int = 0) -> int:
+    """An integer field of a protocol message, or :class:`InvalidInput`."""
     try:
         return int(value) if value is not None else default
     except (TypeError, ValueError):

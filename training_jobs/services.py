@@ -39,6 +39,7 @@ from training_jobs.states import JobStates
 
 ARTIFACTS = ("onnx", "native")
 ANCHOR_WAIT = 60.0
+LOCAL_KEYS = ("fetched", "submitted_by")
 
 
 class JobService:
@@ -94,16 +95,20 @@ class JobService:
             bundles.list_members(bundle)
             spec.code.digest = bundles.digest(bundle)
         job_id = f"urn:uuid:{uuid.uuid4()}"
-        reply = self._client(endpoint, agreement.provider).post(
-            "/dsp/jobs",
-            {
-                "@type": "agora:JobRequestMessage",
-                "consumerPid": job_id,
-                "agreementId": agreement_id,
-                "spec": spec.wire(),
-                "bundle": base64.b64encode(bundle).decode() if bundle is not None else None,
-            },
-        )[0]
+        client = self._client(endpoint, agreement.provider)
+        try:
+            reply = client.post(
+                "/dsp/jobs",
+                {
+                    "@type": "agora:JobRequestMessage",
+                    "consumerPid": job_id,
+                    "agreementId": agreement_id,
+                    "spec": spec.wire(),
+                    "bundle": base64.b64encode(bundle).decode() if bundle is not None else None,
+                },
+            )[0]
+        finally:
+            client.close()
         job = Job(
             id=job_id,
             role="consumer",
@@ -129,14 +134,14 @@ class JobService:
             endpoint, private_key=self._private_key(), own_address=self.address, peer_address=provider
         )
 
-    def _consumer_job(self, job_id: str) -> Job:
+    def _job(self, job_id: str) -> Job:
         with Session(self.engine) as session:
             return fetch(session, Job, job_id, f"no job {job_id}")
 
     def get(self, job_id: str, *, refresh: bool = True) -> dict[str, Any]:
         """The job; a consumer's copy is refreshed from the provider while it is not final
         (when the provider cannot be reached, the last known state, marked stale)."""
-        job = self._consumer_job(job_id)
+        job = self._job(job_id)
         out = job_out(job)
         if job.role == "consumer" and refresh and job.state not in FINAL_STATES:
             try:
@@ -168,13 +173,13 @@ class JobService:
             return [job_out(j) for j in session.exec(query).all()]
 
     def logs(self, job_id: str, *, after: int = 0, limit: int = 1000) -> dict[str, Any]:
-        job = self._consumer_job(job_id)
+        job = self._job(job_id)
         if job.role == "provider":
             return read_log(self.engine, job.id, after=after, limit=limit)
         return self._ask(job, "logs", {"after": after, "limit": limit})
 
     def cancel(self, job_id: str, actor: str) -> dict[str, Any]:
-        job = self._consumer_job(job_id)
+        job = self._job(job_id)
         if job.role == "provider":
             return job_out(self.states.request_cancel(job.id, f"cancelled by {actor} (provider)"))
         if job.state in FINAL_STATES:
@@ -188,12 +193,12 @@ class JobService:
             raise InvalidInput(
                 f"artifact must be one of {', '.join(ARTIFACTS)}", errors=[FieldError("artifact", "unknown")]
             )
-        job = self._consumer_job(job_id)
+        job = self._job(job_id)
         if job.role == "provider":
             record = artifact_record(job, artifact, own=True)
             return record, self._provenance(str(record["asset_id"]))
         if job.state != "COMPLETED":
-            job = self._consumer_job(self.get(job_id)["id"])
+            job = self._job(self.get(job_id)["id"])
         record = artifact_record(job, artifact)
         fetched = (job.result.get("fetched") or {}).get(artifact)
         if fetched and self.store.exists(record["sha256"]):
@@ -269,12 +274,13 @@ def _pending(doc: dict[str, Any]) -> str | None:
 
 
 def _apply(job: Job, reply: dict[str, Any]) -> None:
+    """The provider's signed status, copied onto this side's record of the job."""
     job.state = str(reply.get("state") or job.state)
     job.reason = str(reply.get("reason") or "")[:2000]
     job.progress = float(reply.get("progress") or 0.0)
     job.history = list(reply.get("history") or job.history)
-    fetched = job.result.get("fetched")
-    job.result = {**dict(reply.get("result") or {}), **({"fetched": fetched} if fetched else {})}
+    own = {key: job.result[key] for key in LOCAL_KEYS if key in job.result}  # what only this side knows
+    job.result = {**dict(reply.get("result") or {}), **own}
     job.updated_at = utcnow()
 
 
