@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Engine
 
 import training_jobs.evaluate
@@ -42,7 +41,7 @@ from training_jobs import bundle as bundles
 from training_jobs import holdout
 from training_jobs.joblog import JobLogSink
 from training_jobs.lineage import JobLineage
-from training_jobs.models import COMPLETED, PROVISIONING, RUNNING, TRANSLATING, VERIFYING, Job
+from training_jobs.models import COMPLETED, RUNNING, TRANSLATING, VERIFYING, Job
 from training_jobs.onnx_check import OnnxCheck, check_onnx, load_npy
 from training_jobs.sandbox import Limits, Mount, OutputRejected, Sandbox, SandboxRun, collect_outputs
 from training_jobs.spec import JobSpec
@@ -53,7 +52,8 @@ PROGRESS = re.compile(r"^##agora progress=([0-9]*\.?[0-9]+)\s*$")
 EVALUATOR_OUTPUTS = ["model.onnx", "native_outputs.npy", "native_report.json"]
 EVALUATE_SCRIPT = Path(training_jobs.evaluate.__file__)
 # the share of the job's progress bar each stage ends at
-STAGE_END = {PROVISIONING: 0.05, RUNNING: 0.7, VERIFYING: 0.85, TRANSLATING: 0.95}
+# where the job's progress bar stands when each stage begins
+STAGE_START = {RUNNING: 0.05, VERIFYING: 0.7, TRANSLATING: 0.85}
 
 
 class JobFailed(Exception):
@@ -104,6 +104,7 @@ class JobRunner:
             spec = JobSpec.model_validate(job.spec)
             self._run(job, spec, workdir, sink, cancel)
         except JobCancelled:
+            sink.node("cancelled on request; the sandbox was stopped")
             self.states.finish(job_id, "CANCELLED", "cancelled on request")
         except JobFailed as exc:
             sink.node(f"failed: {exc}")
@@ -120,24 +121,25 @@ class JobRunner:
     # Stages ---------------------------------------------------------------------------
 
     def _run(self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink, cancel: threading.Event) -> None:
-        dirs = self._provision(job, spec, workdir, sink)
+        dirs, split = self._provision(job, spec, workdir, sink)
         self._advance(job.id, RUNNING, "running the job's code in the sandbox", cancel, sink)
         model_path, metrics = self._train(job, spec, dirs, sink, cancel)
         self._advance(job.id, VERIFYING, "loading the model and evaluating it on held-out data", cancel, sink)
         evaluation = self._evaluate(spec, dirs, model_path, sink, cancel)
         self._advance(job.id, TRANSLATING, "checking the ONNX translation", cancel, sink)
-        check = self._translate(spec, dirs, evaluation, sink)
-        self._complete(job, spec, model_path, metrics, evaluation, check, dirs, sink)
+        check = self._translate(spec, dirs, split, evaluation, sink)
+        self._complete(job, spec, model_path, metrics, evaluation, check, dirs, len(split.holdout_y), sink)
 
     def _advance(self, job_id: str, state: str, note: str, cancel: threading.Event, sink: JobLogSink) -> None:
         if cancel.is_set():
             raise JobCancelled()
         sink.node(note)
-        previous = {RUNNING: PROVISIONING, VERIFYING: RUNNING, TRANSLATING: VERIFYING}[state]
-        if not self.states.advance(job_id, state, note, progress=STAGE_END[previous]):
+        if not self.states.advance(job_id, state, note, progress=STAGE_START[state]):
             raise JobCancelled()
 
-    def _provision(self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink) -> dict[str, Path]:
+    def _provision(
+        self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink
+    ) -> tuple[dict[str, Path], holdout.Split]:
         shutil.rmtree(workdir, ignore_errors=True)
         stages = ("job", "data", "holdout", "out", "rerun", "model", "verify", "agora")
         dirs = {name: workdir / name for name in stages}
@@ -163,19 +165,20 @@ class JobRunner:
             f"dataset {job.dataset_sha256[:12]}…: {len(split.train_y)} rows for training, "
             f"{len(split.holdout_y)} held back by the node"
         )
-        return dirs
+        return dirs, split
 
     def _train(
         self, job: Job, spec: JobSpec, dirs: dict[str, Path], sink: JobLogSink, cancel: threading.Event
     ) -> tuple[Path, dict[str, Any] | None]:
         declared = [spec.output.path] + ([spec.output.metrics] if spec.output.metrics else [])
-        # the progress bar: RUNNING spans 0.05-0.7, shared by the two runs of a re-run job
-        first_ends = 0.38 if spec.verification.rerun else 0.7
-        outputs = self._train_once(job, spec, dirs, dirs["out"], declared, sink, cancel, 0.05, first_ends)
+        # RUNNING's share of the progress bar, halved between the two runs of a re-run job
+        start, end = STAGE_START[RUNNING], STAGE_START[VERIFYING]
+        middle = (start + end) / 2 if spec.verification.rerun else end
+        outputs = self._train_once(job, spec, dirs, dirs["out"], declared, sink, cancel, start, middle)
         model = outputs[spec.output.path]
         if spec.verification.rerun:
             sink.node("re-running the job: a deterministic job must produce the same model")
-            again = self._train_once(job, spec, dirs, dirs["rerun"], declared, sink, cancel, 0.38, 0.7)
+            again = self._train_once(job, spec, dirs, dirs["rerun"], declared, sink, cancel, middle, end)
             first, second = sha256_file(model)[0], sha256_file(again[spec.output.path])[0]
             if first != second:
                 raise JobFailed(
@@ -291,7 +294,7 @@ class JobRunner:
             cpu_seconds=900,
             memory_bytes=max(int(spec.resources.memory), 2 * 1024**3),
             wall_seconds=900,
-            max_output_bytes=4 * int(spec.resources.max_output) + 64 * 1024**2,
+            max_output_bytes=_evaluation_output_cap(spec),
         )
         run = SandboxRun(
             command=command,
@@ -330,29 +333,30 @@ class JobRunner:
         return report
 
     def _translate(
-        self, spec: JobSpec, dirs: dict[str, Path], evaluation: dict[str, Any], sink: JobLogSink
+        self,
+        spec: JobSpec,
+        dirs: dict[str, Path],
+        split: holdout.Split,
+        evaluation: dict[str, Any],
+        sink: JobLogSink,
     ) -> OnnxCheck | None:
         if evaluation.get("export_error"):
             sink.node(f"no ONNX model: {evaluation['export_error']}")
             return None
         try:
-            produced = collect_outputs(
-                dirs["verify"], EVALUATOR_OUTPUTS, 4 * int(spec.resources.max_output) + 64 * 1024**2
-            )
+            produced = collect_outputs(dirs["verify"], EVALUATOR_OUTPUTS, _evaluation_output_cap(spec))
         except OutputRejected as exc:
             raise JobFailed(f"the evaluation's output is unusable: {exc.detail}") from None
-        with np.load(dirs["holdout"] / "holdout.npz", allow_pickle=False) as held:
-            held_x, held_y = held["X"], held["y"]
         cap = 256 * 1024**2
         native_outputs = load_npy(produced["native_outputs.npy"], cap)
-        holdout_x = held_x.reshape(-1, *spec.onnx.input_shape[1:]).astype(spec.onnx.dtype)
+        holdout_x = split.holdout_X.reshape(-1, *spec.onnx.input_shape[1:]).astype(spec.onnx.dtype)
         # the probe inputs are the node's own first held-out rows, never a file the sandbox wrote
         check = check_onnx(
             produced["model.onnx"],
             probe_inputs=holdout_x[: len(native_outputs)],
             native_outputs=native_outputs,
             holdout_X=holdout_x,
-            holdout_y=held_y,
+            holdout_y=split.holdout_y,
             tolerance=spec.onnx.tolerance,
             expect_opset=spec.onnx.opset,
         )
@@ -370,13 +374,12 @@ class JobRunner:
         evaluation: dict[str, Any],
         check: OnnxCheck | None,
         dirs: dict[str, Path],
+        rows: int,
         sink: JobLogSink,
     ) -> None:
         """Store the models, then in one transaction end the job and queue its lineage."""
         native = self.store.put_file(model)
         onnx = self.store.put_file(dirs["verify"] / "model.onnx") if check is not None and check.ok else None
-        with np.load(dirs["holdout"] / "holdout.npz", allow_pickle=False) as held:
-            rows = len(held["y"])
         lineage = JobLineage(self.address, job, spec, self.sandbox.kind, self._offering_kind(job.offering_id))
         ids = lineage.ids(native.sha256, onnx.sha256 if onnx else None)
         artifacts = {
@@ -420,3 +423,8 @@ class JobRunner:
             self.states.finish_in(session, job.id, COMPLETED, reason, result=result)
         sink.node(reason)
         self._wake_notary()
+
+
+def _evaluation_output_cap(spec: JobSpec) -> int:
+    """What the verification run may write: the ONNX model and the native outputs."""
+    return 4 * int(spec.resources.max_output) + 64 * 1024**2

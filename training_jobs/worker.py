@@ -42,14 +42,12 @@ class JobWorker(BackgroundWorker):
         self.states = states
         self.worker_name = name
         self.name = f"agora-job-{name}"
-        self.current: str | None = None
 
     def tick(self) -> float | None:
         job_id = self.states.claim(self.worker_name)
         if job_id is None:
             self._on_idle()
             return None
-        self.current = job_id
         cancel = threading.Event()
         done = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job_id, cancel, done), daemon=True)
@@ -60,7 +58,6 @@ class JobWorker(BackgroundWorker):
         finally:
             done.set()
             beat.join()
-            self.current = None
         return 0.0  # look for the next job at once
 
     def _beat(self, job_id: str, cancel: threading.Event, done: threading.Event) -> None:
@@ -110,7 +107,3 @@ class JobPool:
         dies with its parent) and is queued again by the next start's recovery."""
         for worker in self.workers:
             worker.stop(timeout=timeout / max(len(self.workers), 1))
-
-    @property
-    def running(self) -> list[str]:
-        return [w.current for w in self.workers if w.current]

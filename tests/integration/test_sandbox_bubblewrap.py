@@ -93,7 +93,6 @@ def sandbox(node: Node) -> BubblewrapSandbox:
 class Result:
     outcome: SandboxOutcome
     lines: list[str]
-    seconds: float
 
     @property
     def text(self) -> str:
@@ -125,9 +124,8 @@ def run_job(sandbox: BubblewrapSandbox, node: Node) -> RunJob:
             name="hostile job",
         )
         lines: list[str] = []
-        t0 = time.monotonic()
         outcome = (box or sandbox).run(job, on_output=lines.append, cancel=cancel)
-        return Result(outcome, lines, time.monotonic() - t0)
+        return Result(outcome, lines)
 
     return run
 
@@ -400,7 +398,6 @@ def test_fork_bomb_is_contained(run_job: RunJob) -> None:
     bomb = run_job(BOMB, limits=limits)
     assert not bomb.outcome.ok
     assert bomb.outcome.reason == "killed: wall time of 3 s exceeded"  # forks fail; it spins
-    assert bomb.seconds < limits.wall_seconds + 3
     assert subprocess.run(["true"], timeout=10).returncode == 0  # the host can still fork
     assert no_descendants() == []
 
@@ -450,7 +447,6 @@ def test_memory_bomb_is_killed_with_a_memory_reason(run_job: RunJob, use_cgroups
     assert not result.outcome.ok
     assert result.outcome.killed_by == "memory", result.outcome
     assert result.outcome.reason.startswith("killed: memory limit of 256 MiB exceeded")
-    assert result.seconds < 15
     assert no_descendants() == []
 
 
@@ -458,7 +454,6 @@ def test_cpu_time_limit(run_job: RunJob) -> None:
     result = run_job("while True:\n    pass\n", limits=Limits(cpu_seconds=1, wall_seconds=20))
     assert result.outcome.killed_by == "cpu", result.outcome
     assert result.outcome.reason == "killed: CPU time limit of 1 s exceeded"
-    assert result.seconds < 10
 
 
 def test_filling_out_is_stopped_with_the_output_reason(run_job: RunJob, node: Node) -> None:
@@ -474,7 +469,6 @@ def test_filling_out_is_stopped_with_the_output_reason(run_job: RunJob, node: No
     )
     assert result.outcome.killed_by == "output", result.outcome
     assert result.outcome.reason == "killed: output exceeded 1 MiB"
-    assert result.seconds < 10
     assert no_descendants() == []
 
 
@@ -533,7 +527,6 @@ def test_wall_time_kills_the_whole_tree(run_job: RunJob) -> None:
     assert result.lines == ["started"]
     assert result.outcome.reason == "killed: wall time of 1.5 s exceeded"
     assert result.outcome.killed_by == "wall" and result.outcome.exit_code is None
-    assert result.seconds < 4
     assert no_descendants() == []
     survivors = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert survivors == []
@@ -547,7 +540,6 @@ def test_cancel_stops_the_job(run_job: RunJob) -> None:
     timer.join()
     assert result.outcome.reason == "cancelled"
     assert result.outcome.killed_by == "cancelled" and not result.outcome.ok
-    assert result.seconds < 3
     assert no_descendants() == []
 
 
