@@ -452,6 +452,21 @@ class CatalogService:
             else:
                 state.last_error = error[:2000]
 
+    def counts(self, provider: str) -> dict[str, int]:
+        """A provider's entries by kind, and how many are anchored (one grouped query)."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                sa_select(col(CatalogEntry.kind), col(CatalogEntry.anchor_status), func.count())
+                .where(col(CatalogEntry.provider) == provider)
+                .group_by(col(CatalogEntry.kind), col(CatalogEntry.anchor_status))
+            ).all()
+        counts = {"offerings": 0, "datasets": 0, "models": 0, "anchored": 0}
+        for kind, anchor_status, n in rows:
+            counts["offerings"] += n
+            counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + n
+            counts["anchored"] += n if anchor_status == "ANCHORED" else 0
+        return counts
+
     def freshness(self) -> list[dict[str, Any]]:
         """How fresh each peer's copy is (the dashboard and /health show it)."""
         with Session(self.engine) as session:

@@ -8,7 +8,7 @@ cookie; every page checks it like the API checks its header.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from anyio import to_thread
 from litestar import Request, Response, Router, get, post
@@ -23,6 +23,7 @@ from litestar.static_files import create_static_files_router
 
 from kernel.errors import AgoraError, NotFound, Unauthorized
 from marketplace.catalog import CatalogFilters
+from marketplace.schemas import ACCESS_MODES, Kind
 from node.auth import require_scope
 from node.runtime import Runtime
 from training_jobs.models import FINAL_STATES
@@ -30,8 +31,7 @@ from training_jobs.models import FINAL_STATES
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 COOKIE = "agora_ui_token"
-KINDS = ("dataset", "model")
-MODES = ("download", "compute", "federate")
+KINDS = get_args(Kind)
 
 
 class LoginRequired(HTTPException):
@@ -97,7 +97,6 @@ def logout() -> Response[Any]:
 @get("/", sync_to_thread=True, guards=[ui_guard])
 def dashboard(state: State) -> Template:
     runtime = _runtime(state)
-    own = runtime.catalog.search(CatalogFilters(provider=runtime.address), limit=200)["items"]
     context = {
         "node": {
             "name": runtime.settings.name,
@@ -107,13 +106,7 @@ def dashboard(state: State) -> Template:
             "database": runtime.database_kind,
             "storage": runtime.store.kind,
         },
-        "counts": {
-            "offerings": len(own),
-            "datasets": sum(1 for o in own if o["kind"] == "dataset"),
-            "models": sum(1 for o in own if o["kind"] == "model"),
-            "anchored": sum(1 for o in own if o["anchor_status"] == "ANCHORED"),
-            "backlog": runtime.notary.pending_count(),
-        },
+        "counts": {**runtime.catalog.counts(runtime.address), "backlog": runtime.notary.pending_count()},
         "peers": _peers(runtime),
         "notary_error": runtime.notary.last_error,
     }
@@ -174,8 +167,7 @@ def catalog(
         page = runtime.catalog.search(filters, cursor=cursor or None, limit=25)
     except AgoraError as exc:
         page, error = {"items": [], "next_cursor": None}, exc.detail
-    names = {p.address: p.name for p in runtime.participants.peers()}
-    names[runtime.address] = runtime.settings.name
+    names = _names(runtime)
     for item in page["items"]:
         item["provider_name"] = names.get(item["provider"], item["provider"])
         item["age"] = _age(item.get("age_seconds")) if not item["local"] else ""
@@ -184,7 +176,7 @@ def catalog(
         "filters": filters,
         "error": error,
         "kinds": KINDS,
-        "modes": MODES,
+        "modes": ACCESS_MODES,
         "providers": sorted(names.items(), key=lambda kv: kv[1]),
         "query": str(request.url.query) if request.url.query else "",
     }
@@ -208,8 +200,7 @@ def offering_page(state: State, provider: FromPath[str], offering_id: FromPath[s
     provenance = None
     if detail is not None and detail.anchor.asset_id and detail.anchor.status == "ANCHORED":
         provenance = runtime.provenance.document(detail.anchor.asset_id)
-    names = {p.address: p.name for p in runtime.participants.peers()}
-    names[runtime.address] = runtime.settings.name
+    names = _names(runtime)
     context = {
         "entry": entry,
         "detail": detail,
@@ -300,14 +291,10 @@ def jobs(state: State) -> Template:
 
 
 def _job_context(runtime: Runtime, job_id: str) -> dict[str, Any]:
+    """The job (refreshed from its provider) for the status part of its page."""
     assert runtime.jobs is not None
     job = runtime.jobs.get(job_id)
-    return {
-        "job": job,
-        "names": _names(runtime),
-        "final": job["state"] in FINAL_STATES,
-        "log": _job_log_or_reason(runtime, job_id),
-    }
+    return {"job": job, "names": _names(runtime), "final": job["state"] in FINAL_STATES}
 
 
 def _job_log_or_reason(runtime: Runtime, job_id: str) -> dict[str, Any]:
@@ -322,7 +309,9 @@ def _job_log_or_reason(runtime: Runtime, job_id: str) -> dict[str, Any]:
 @get("/jobs/{job_id:str}", sync_to_thread=True, guards=[ui_guard])
 def job_page(state: State, job_id: FromPath[str]) -> Template:
     """State, progress and log, refreshed live until the job ends."""
-    return Template("job.html", context=_job_context(_runtime(state), job_id))
+    runtime = _runtime(state)
+    context = {**_job_context(runtime, job_id), "log": _job_log_or_reason(runtime, job_id)}
+    return Template("job.html", context=context)
 
 
 @get("/jobs/{job_id:str}/status", sync_to_thread=True, guards=[ui_guard])
@@ -342,8 +331,11 @@ def job_status(state: State, job_id: FromPath[str]) -> Template:
 @get("/jobs/{job_id:str}/log", sync_to_thread=True, guards=[ui_guard])
 def job_log(state: State, job_id: FromPath[str]) -> Template:
     """The log; once the job has ended, status 286 tells htmx to stop polling."""
-    context = _job_context(_runtime(state), job_id)
-    return Template("_job_log.html", context=context, status_code=286 if context["final"] else 200)
+    runtime = _runtime(state)
+    assert runtime.jobs is not None
+    final = runtime.jobs.get(job_id, refresh=False)["state"] in FINAL_STATES
+    log = _job_log_or_reason(runtime, job_id)
+    return Template("_job_log.html", context={"log": log}, status_code=286 if final else 200)
 
 
 def ui_router() -> Router:

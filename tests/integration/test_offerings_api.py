@@ -283,3 +283,18 @@ def test_unknown_offering_is_404_problem(client, auth) -> None:
 def test_participants_lists_self(client, auth, runtime) -> None:
     rows = client.get("/api/v1/participants", headers=auth("catalog:read")).json()
     assert rows[0]["address"] == runtime.address and rows[0]["is_self"] is True
+
+
+def test_the_dashboard_counts_every_own_offering(client, auth, runtime) -> None:  # type: ignore[no-untyped-def]
+    for i in range(3):
+        assert upload(client, auth(), data=f"a\n{i}\n".encode()).status_code == 201
+    assert upload(client, auth(), data=b"model", meta={**META, "kind": "model"}).status_code == 201
+    assert runtime.catalog.counts(runtime.address) == {
+        "offerings": 4,
+        "datasets": 3,
+        "models": 1,
+        "anchored": 0,
+    }
+    client.cookies.set("agora_ui_token", runtime.issuer.issue(["catalog:read"], 600))
+    page = client.get("/ui/").text
+    assert "<dt>Datasets</dt><dd>3</dd>" in page and "<dt>Models</dt><dd>1</dd>" in page
