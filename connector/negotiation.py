@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, not_
 from sqlmodel import Session, col, select
 
 from connector.dispatcher import queue_message
@@ -523,9 +523,7 @@ class NegotiationService:
         except (IllegalTransition, InvalidInput) as exc:
             self._refuse(pid, str(body.get("@type", kind)), sender, exc.detail, body)
             raise
-        self._wake()
-        if kind == "verification":
-            self.finalize(pid)
+        self._wake()  # a verification is recorded on chain by the dispatcher's upkeep (expire), not here
         return reply
 
     def _on_offer(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
@@ -735,21 +733,16 @@ class NegotiationService:
 
     def expire(self) -> int:
         """Terminate negotiations past their deadline; retry finalizations waiting on the chain."""
-        now = utcnow()
+        recording = and_(col(Negotiation.role) == "provider", col(Negotiation.state) == "VERIFIED")
         with Session(self.engine) as session:
-            late = [
-                n.id
-                for n in session.exec(select(Negotiation).where(col(Negotiation.state).not_in(FINAL))).all()
-                if n.deadline is not None
-                and as_utc(n.deadline) < now
-                and not (n.role == "provider" and n.state == "VERIFIED")
-            ]
-            waiting = [
-                n.id
-                for n in session.exec(
-                    select(Negotiation).where(Negotiation.role == "provider", Negotiation.state == "VERIFIED")
-                ).all()
-            ]
+            late = session.exec(
+                select(Negotiation.id).where(
+                    col(Negotiation.state).not_in(FINAL),
+                    col(Negotiation.deadline) < utcnow(),
+                    not_(recording),
+                )
+            ).all()
+            waiting = session.exec(select(Negotiation.id).where(recording)).all()
         for negotiation_id in late:
             with transaction(self.engine) as session:
                 row = self._row(session, negotiation_id)

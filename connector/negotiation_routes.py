@@ -41,7 +41,7 @@ class NegotiationStart(BaseModel):
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="rejected", min_length=1, max_length=1000)
+    reason: str | None = Field(default=None, min_length=1, max_length=1000)
 
 
 class CounterOffer(BaseModel):
@@ -58,6 +58,16 @@ class TransferStart(BaseModel):
 
 async def _body(request: Request[Any, Any, Any], model: type[BaseModel]) -> Any:
     return validate(model, await request.body(), what=model.__name__)
+
+
+async def _end(
+    request: Request[Any, Any, Any], negotiation_id: str, service: NegotiationService, default: str
+) -> dict[str, Any]:
+    """Reject or terminate, with the reason given in the body (optional) or ``default``."""
+    body: Reason = await _body(request, Reason) if await request.body() else Reason()
+    return await to_thread.run_sync(
+        service.terminate, negotiation_id, body.reason or default, request.user.subject
+    )
 
 
 class NegotiationController(Controller):
@@ -129,10 +139,7 @@ class NegotiationController(Controller):
         negotiation_id: FromPath[str],
         negotiation_service: NamedDependency[NegotiationService],
     ) -> dict[str, Any]:
-        body: Reason = await _body(request, Reason) if await request.body() else Reason()
-        return await to_thread.run_sync(
-            negotiation_service.terminate, negotiation_id, body.reason, request.user.subject
-        )
+        return await _end(request, negotiation_id, negotiation_service, "rejected")
 
     @post("/{negotiation_id:str}/terminate", opt={"scope": "negotiations:write"}, status_code=200)
     async def terminate(
@@ -141,10 +148,7 @@ class NegotiationController(Controller):
         negotiation_id: FromPath[str],
         negotiation_service: NamedDependency[NegotiationService],
     ) -> dict[str, Any]:
-        body: Reason = await _body(request, Reason) if await request.body() else Reason(reason="terminated")
-        return await to_thread.run_sync(
-            negotiation_service.terminate, negotiation_id, body.reason, request.user.subject
-        )
+        return await _end(request, negotiation_id, negotiation_service, "terminated")
 
     @post("/{negotiation_id:str}/offer", opt={"scope": "negotiations:write"}, status_code=200)
     async def counter_offer(

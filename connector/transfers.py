@@ -301,26 +301,15 @@ class TransferService:
 
     def get(self, transfer_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
-            row = fetch(session, TransferProcess, transfer_id, f"no transfer {transfer_id}")
-        return {
-            "id": row.id,
-            "role": row.role,
-            "peer_pid": row.peer_pid,
-            "counterparty": row.counterparty,
-            "agreement_id": row.agreement_id,
-            "state": row.state,
-            "sha256": row.sha256,
-            "size": row.size,
-            "reason": row.reason,
-            "created_at": as_utc(row.created_at).isoformat(),
-        }
+            return _transfer_out(fetch(session, TransferProcess, transfer_id, f"no transfer {transfer_id}"))
 
     def list_all(self) -> list[dict[str, Any]]:
+        """The newest 500 transfers."""
         with Session(self.engine) as session:
             rows = session.exec(
-                select(TransferProcess).order_by(col(TransferProcess.created_at).desc())
+                select(TransferProcess).order_by(col(TransferProcess.created_at).desc()).limit(500)
             ).all()
-        return [self.get(r.id) for r in rows[:500]]
+        return [_transfer_out(r) for r in rows]
 
     def received(self, transfer_id: str) -> tuple[TransferProcess, Iterator[bytes]]:
         """A completed transfer's bytes on the consumer's node (for its own users)."""
@@ -336,3 +325,18 @@ class TransferService:
 
     def provenance_for(self, row: TransferProcess) -> dict[str, Any]:
         return row.provenance if row.role == "consumer" else self._provenance(row.sha256)
+
+
+def _transfer_out(row: TransferProcess) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "role": row.role,
+        "peer_pid": row.peer_pid,
+        "counterparty": row.counterparty,
+        "agreement_id": row.agreement_id,
+        "state": row.state,
+        "sha256": row.sha256,
+        "size": row.size,
+        "reason": row.reason,
+        "created_at": as_utc(row.created_at).isoformat(),
+    }

@@ -10,6 +10,7 @@ artifacts can be checked on any machine (``agora contracts compile --check``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -167,7 +168,9 @@ def check_artifacts(artifacts: dict[str, dict[str, Any]]) -> None:
         )
 
 
+@functools.cache
 def load_artifact(name: str) -> dict[str, Any]:
-    """A committed artifact (ABI + bytecode); no compiler needed at run time."""
+    """A committed artifact (ABI + bytecode), read once per process; no compiler needed at run
+    time. Callers must not change what it returns."""
     data: dict[str, Any] = json.loads((BUILD / f"{name}.json").read_text())
     return data

@@ -80,9 +80,10 @@ class AgreementRecord:
 
 
 class Registry:
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, address: str | None = None) -> None:
+        """The registry at ``address``, or the one the chain connection is configured with."""
         self.chain = chain
-        self.contract = chain.registry()
+        self.contract = chain.contract(address) if address else chain.registry()
         self.address = str(self.contract.address)
 
     @property

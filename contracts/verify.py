@@ -140,8 +140,7 @@ class Verifier:
                 self.chain.check_registry(address)
             except RegistryMissing as exc:
                 raise CannotCheck(exc.detail) from exc
-            self.chain.registry_address = address
-            self._registries[address] = Registry(self.chain)
+            self._registries[address] = Registry(self.chain, address)
         return self._registries[address]
 
     def verify(self, doc: dict[str, Any], subject: str, content_sha256: str | None = None) -> Report:

@@ -139,8 +139,9 @@ class Runtime:
         """(name, endpoint) of a participant in the on-chain registry, or None (also when the
         chain cannot be reached: an unknown sender is then refused, never let in)."""
         try:
-            record = self.registry().participant(address)
-            if record is None or not self.registry().is_participant(address):
+            registry = self.registry()
+            record = registry.participant(address)
+            if record is None or not registry.is_participant(address):
                 return None
             return record.name, record.endpoint
         except AgoraError:
@@ -154,7 +155,7 @@ class Runtime:
             "address": self.address,
             "name": self.settings.name,
             "endpoint": self.settings.public_url.rstrip("/"),
-            "chain": self.settings.chain_url if self.settings.chain_url != "embedded" else "embedded",
+            "chain": self.settings.chain_url,
         }
         return seal(body, private_key=self.org_key(), recipient=self.address)
 

@@ -174,6 +174,12 @@ def test_manual_approval(orgs: tuple[services.Org, services.Org]) -> None:
     done = wait_state(beta, rejected["id"], ("FINALIZED", "TERMINATED"))
     assert done["state"] == "TERMINATED" and "not this quarter" in done["reason"]
 
+    # the consumer withdraws, with an empty body: the reason says terminated, not rejected
+    withdrawn = negotiate(acme, beta, "manual", "research", "download")
+    provider_side(acme, withdrawn["id"])
+    ended = beta.api("POST", f"/negotiations/{withdrawn['id']}/terminate", json={}).json()
+    assert ended["state"] == "TERMINATED" and "terminated" in ended["reason"], ended
+
 
 def test_counter_offer_accepted(orgs: tuple[services.Org, services.Org]) -> None:
     acme, beta = orgs
