@@ -18,6 +18,7 @@ from kernel.cli import (
     handle_errors,
     print_json,
 )
+from kernel.sidecar import write_sidecar
 
 app = typer.Typer(help="Peers: other organisations' nodes.", no_args_is_help=True)
 
@@ -232,7 +233,6 @@ def transfer_command(
 ) -> None:
     """Fetch an offering under an agreement: the node downloads it from the provider, checks it
     against the agreed sha256 and the chain; then it is written here with PATH.provenance.json."""
-    import json
 
     with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
         transfer = client.post_json("/api/v1/transfers", {"agreement_id": agreement_id})
@@ -240,8 +240,7 @@ def transfer_command(
             f"/api/v1/transfers/{transfer['id']}/data", output, expected_sha256=transfer["sha256"]
         )
         doc = client.get(f"/api/v1/transfers/{transfer['id']}/provenance")
-    sidecar = output.with_name(output.name + ".provenance.json")
-    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
+    sidecar = write_sidecar(output, doc)
     console.print(
         f"[green]transferred[/] {output}  {size} bytes  sha256:{digest} (matches the agreement and the chain)"
     )

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from connector.envelope import EnvelopeRejected, open_envelope, seal
-from kernel.errors import AgoraError, ServiceUnavailable, from_problem
+from kernel.client import raise_for_problem
+from kernel.errors import AgoraError, ServiceUnavailable
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 STREAM_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
@@ -70,18 +71,13 @@ class PeerClient:
             raise ServiceUnavailable(f"peer {self.base_url} unreachable: {exc}") from exc
 
     def _raise_for_problem(self, response: httpx.Response) -> None:
-        if response.status_code < 400:
-            return
+        """The peer's problem document as an error; one of no known type names the peer."""
         try:
-            problem = response.json()
-        except ValueError:
-            problem = {"detail": response.text[:300]}
-        error = from_problem(problem if isinstance(problem, dict) else {}, response.status_code)
-        raise (
-            AgoraError(f"peer {self.base_url} refused: {error.detail}")
-            if type(error) is AgoraError
-            else error
-        )
+            raise_for_problem(response)
+        except AgoraError as error:
+            if type(error) is AgoraError:
+                raise AgoraError(f"peer {self.base_url} refused: {error.detail}") from None
+            raise
 
     def close(self) -> None:
         self.http.close()

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 
 from connector.client import PeerClient
+from connector.dsp import DSP_CONTEXT
 from connector.models import Participant
 from kernel.db import as_utc
 from kernel.errors import AgoraError
 from kernel.worker import BackgroundWorker
-from marketplace.catalog import DSP_CONTEXT, CatalogService
+from marketplace.catalog import CatalogService
 
 log = logging.getLogger("agora.crawler")
 MAX_PAGES = 1000
@@ -80,7 +81,7 @@ class CatalogCrawler(BackgroundWorker):
             own_address=self.own_address,
             peer_address=peer.address,
         )
-        message: dict[str, Any] = {"@context": [DSP_CONTEXT], "@type": "CatalogRequestMessage", "filter": []}
+        message: dict[str, Any] = {"@context": DSP_CONTEXT, "@type": "CatalogRequestMessage", "filter": []}
         if since is not None:
             message["filter"] = [{"agora:modifiedSince": since.isoformat()}]
         seen: set[str] = set()

@@ -10,6 +10,7 @@ from anyio import to_thread
 
 from kernel.db import as_utc
 from kernel.errors import FieldError, InvalidInput
+from marketplace.catalog import DSP_CONTEXT as DSP_CONTEXT_URL
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from connector.protocol import ProtocolGate
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+DSP_CONTEXT = [DSP_CONTEXT_URL]  # the "@context" of every protocol message
 
 
 async def open_request(

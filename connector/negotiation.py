@@ -34,6 +34,7 @@ from sqlalchemy import Engine, and_, not_
 from sqlmodel import Session, col, select
 
 from connector.dispatcher import queue_message
+from connector.dsp import DSP_CONTEXT
 from connector.models import Agreement, Negotiation, NegotiationEvent, OutboundMessage, Participant
 from contracts.eip712 import agreement_typed_data, recover_agreement_signer, sign_agreement
 from contracts.registry import Registry
@@ -43,7 +44,6 @@ from kernel.errors import AgoraError, Conflict, FieldError, Forbidden, InvalidIn
 
 log = logging.getLogger("agora.negotiation")
 
-DSP_CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 FINAL = ("FINALIZED", "TERMINATED")
 # (role, state now, what happens) -> state next
 TRANSITIONS: dict[tuple[str, str | None, str], str] = {

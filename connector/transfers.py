@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 
 from connector.agreements import AgreementService
 from connector.client import PeerClient
+from connector.dsp import DSP_CONTEXT
 from connector.models import Agreement, Negotiation, TransferProcess
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import (
@@ -39,7 +40,6 @@ from kernel.errors import (
 )
 from kernel.storage import ObjectStore
 
-DSP_CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 TOKEN_TTL = 600
 RESUME_ATTEMPTS = 5
 

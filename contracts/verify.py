@@ -21,8 +21,7 @@ from contracts.provenance import FORMAT
 from contracts.registry import KINDS, Registry, asset_id
 from kernel.canonical import canonical_hash
 from kernel.errors import AgoraError, InvalidInput
-
-SIDECAR_SUFFIX = ".provenance.json"
+from kernel.sidecar import sidecar_of
 
 
 class CannotCheck(AgoraError):
@@ -116,7 +115,7 @@ class Report:
 
 
 def load_sidecar(path: Path) -> dict[str, Any] | None:
-    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    sidecar = sidecar_of(path)
     if not sidecar.exists():
         return None
     try:

@@ -68,7 +68,7 @@ class NodeClient:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"cannot reach the node at {self.base_url}: {exc}") from exc
-        _raise_for_problem(response)
+        raise_for_problem(response)
         return response
 
     def get(self, path: str, **params: Any) -> Any:
@@ -114,7 +114,7 @@ class NodeClient:
                     return self.download(path, dest, expected_sha256=expected_sha256, progress=progress)
                 if response.status_code >= 400:
                     response.read()
-                    _raise_for_problem(response)
+                    raise_for_problem(response)
                 if response.status_code != 206:
                     offset = 0
                 total = offset + int(response.headers.get("content-length", "0"))
@@ -142,7 +142,8 @@ class NodeClient:
         return digest, size
 
 
-def _raise_for_problem(response: httpx.Response) -> None:
+def raise_for_problem(response: httpx.Response) -> None:
+    """An error response as the :class:`AgoraError` its problem document names (read first)."""
     if response.status_code < 400:
         return
     try:
@@ -154,4 +155,4 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise from_problem(body, response.status_code)
 
 
-__all__ = ["AgoraError", "NodeClient"]
+__all__ = ["AgoraError", "NodeClient", "raise_for_problem"]

@@ -230,10 +230,9 @@ def write_sidecar(client: Any, version: dict[str, Any], output: Path) -> Path | 
     """Write ``OUTPUT.provenance.json`` for a downloaded version once it is anchored."""
     if version["anchor"]["status"] != "ANCHORED":
         return None
-    doc = client.get(f"/api/v1/provenance/{version['anchor']['asset_id']}")
-    sidecar = output.with_name(output.name + ".provenance.json")
-    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
-    return sidecar
+    from kernel.sidecar import write_sidecar as write
+
+    return write(output, client.get(f"/api/v1/provenance/{version['anchor']['asset_id']}"))
 
 
 def _size(n: int) -> str:

@@ -27,6 +27,7 @@ from kernel.cli import console
 from kernel.client import NodeClient
 from kernel.errors import AgoraError, ServiceUnavailable
 from kernel.hashing import sha256_file
+from kernel.sidecar import sidecar_of, write_sidecar
 
 PASSPHRASE = "demo-passphrase-not-for-production"
 
@@ -280,10 +281,7 @@ def _story(root: Path, work: Path) -> None:
             digest, size = beta.download(
                 f"/api/v1/transfers/{transfer['id']}/data", out, expected_sha256=transfer["sha256"]
             )
-            sidecar = out.with_name(out.name + ".provenance.json")
-            sidecar.write_text(
-                json.dumps(beta.get(f"/api/v1/transfers/{transfer['id']}/provenance"), indent=2)
-            )
+            sidecar = write_sidecar(out, beta.get(f"/api/v1/transfers/{transfer['id']}/provenance"))
             original, _ = sha256_file(work / "data" / "vibration.csv")
             verdict = "identical" if digest == original else "DIFFERENT"
             _say(f"$ agora transfer {agreement['id'][:10]}… -o {out.name}   → {transfer['state']}")
@@ -302,7 +300,7 @@ def _story(root: Path, work: Path) -> None:
             data = bytearray(out.read_bytes())
             data[100] ^= 0x01
             tampered.write_bytes(bytes(data))
-            shutil.copy(sidecar, tampered.with_name(tampered.name + ".provenance.json"))
+            shutil.copy(sidecar, sidecar_of(tampered))
             _say("one flipped bit later:")
             _verify(tampered, root, expect_ok=False)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from kernel.cli import (
     handle_errors,
     print_json,
 )
+from kernel.sidecar import write_sidecar
 
 app = typer.Typer(help="Training jobs: your code on a provider's data, in its sandbox.", no_args_is_help=True)
 FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
@@ -217,8 +217,7 @@ def fetch(
             output,
             expected_sha256=str((doc.get("asset") or {}).get("sha256") or "") or None,
         )
-    sidecar = output.with_name(output.name + ".provenance.json")
-    sidecar.write_text(json.dumps(doc, indent=2) + "\n")
+    sidecar = write_sidecar(output, doc)
     console.print(f"[green]fetched[/] {output}  {size} bytes  sha256:{digest}")
     console.print(f"provenance in {sidecar}; check it with: agora verify {output}")
 
