@@ -35,14 +35,13 @@ class Located:
 
     def error(self, errors: list[FieldError], what: str) -> InvalidInput:
         """``errors`` (dotted paths) as one :class:`InvalidInput` whose messages start ``file:line``."""
-        located = []
+        located, parts = [], []
         for error in errors:
             line = self.line_of(error.path)
             where = f"{self.source_name}:{line}" if line else self.source_name
             located.append(FieldError(error.path, f"{where}: {error.message}"))
-        summary = "; ".join(
-            f"{e.message.split(': ', 1)[0]} {e.path}: {e.message.split(': ', 1)[-1]}" for e in located[:5]
-        )
+            parts.append(f"{where} {error.path}: {error.message}")
+        summary = "; ".join(parts[:5])
         return InvalidInput(f"invalid {what}: {summary}", errors=located)
 
     def validate(self, model: type[M], what: str) -> M:
@@ -77,7 +76,9 @@ def parse_located(text: str, source_name: str, what: str) -> Located:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source_name}:{mark.line + 1}" if mark is not None else source_name
-        raise InvalidInput(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        message = f"not valid YAML{at}: {getattr(exc, 'problem', None) or exc}"
+        raise InvalidInput(f"{where}: {message}", errors=[FieldError("(root)", message)]) from None
     if node is None:
         raise InvalidInput(f"{source_name}: the {what} is empty")
     return Located(_to_python(node, "", lines), source_name, lines)

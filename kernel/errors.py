@@ -79,6 +79,13 @@ class InvalidInput(AgoraError):
     status = 400
     title = "Invalid input"
 
+    def under(self, prefix: str) -> InvalidInput:
+        """The same refusal for a part of a larger document: field paths moved under ``prefix``."""
+        errors = [FieldError(f"{prefix}.{e.path}" if e.path else prefix, e.message) for e in self.errors]
+        return InvalidInput(
+            f"invalid {prefix}: {self.detail}", errors=errors or [FieldError(prefix, self.detail)]
+        )
+
 
 class UnsupportedMediaType(InvalidInput):
     type_slug = "unsupported-media-type"

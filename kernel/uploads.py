@@ -26,7 +26,6 @@ class Upload:
 
     fields: dict[str, bytes]
     files: dict[str, StagedObject] = field(default_factory=dict)
-    filenames: dict[str, str] = field(default_factory=dict)
 
     @property
     def staged(self) -> StagedObject | None:
@@ -96,9 +95,6 @@ async def receive_multipart(
                 raise InvalidInput(f"more than one '{part.name}' part")
             part.is_file = True
             upload.files[part.name] = store.stage(background=True)
-            raw = options.get(b"filename")
-            if raw:
-                upload.filenames[part.name] = raw.decode("utf-8", "replace")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if part.is_file:

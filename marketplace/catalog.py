@@ -34,7 +34,6 @@ from kernel.errors import FieldError, InvalidInput
 from marketplace.models import Asset, CatalogEntry, Offering, OfferingVersion, PeerCatalogState
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
-AGORA_NS = "https://agora.dev/ns#"
 MAX_PAGE = 200
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 

@@ -261,9 +261,10 @@ def catalog_command(
     """Browse the marketplace: this node's offerings and its peers' (as last crawled)."""
     with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
         provider = None
-        names = {p["address"]: p["name"] for p in client.get("/api/v1/participants")}
+        participants = client.get("/api/v1/participants")
+        names = {p["address"]: p["name"] for p in participants}
         if peer:
-            endpoints = {p["endpoint"].rstrip("/"): p["address"] for p in client.get("/api/v1/participants")}
+            endpoints = {p["endpoint"].rstrip("/"): p["address"] for p in participants}
             provider = endpoints.get(peer.rstrip("/"))
             if provider is None:
                 raise InvalidInput(f"{peer} is not a known peer: `agora peers add {peer}` first")

@@ -426,10 +426,7 @@ def _check_at(prefix: str, policy: dict[str, object]) -> None:
     try:
         check_policy(policy)
     except InvalidInput as exc:
-        errors = [FieldError(f"{prefix}.{e.path}" if e.path else prefix, e.message) for e in exc.errors]
-        raise InvalidInput(
-            f"invalid {prefix}: {exc.detail}", errors=errors or [FieldError(prefix, exc.detail)]
-        ) from None
+        raise exc.under(prefix) from None
 
 
 def _require_content(staged: StagedObject) -> None:

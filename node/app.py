@@ -11,7 +11,6 @@ import gc
 import logging
 from typing import Any
 
-from anyio import to_thread
 from litestar import Litestar, Router, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -29,7 +28,7 @@ import marketplace.policy.routes
 import marketplace.routes
 import training_jobs.routes
 from kernel.errors import ServiceUnavailable
-from node.auth import bearer_token, require_scope
+from node.auth import bearer_token
 from node.problems import exception_handlers
 from node.runtime import Runtime
 
@@ -49,11 +48,7 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     """Guard of every ``/api/v1`` route: a valid bearer token holding the handler's scope."""
     runtime: Runtime = connection.app.state.runtime
     token = bearer_token(connection.headers.get("authorization"))
-    principal = runtime.verifier.cached(token)
-    if principal is None:
-        principal = await to_thread.run_sync(runtime.verifier.verify, token)
-    require_scope(principal, handler.opt.get("scope", "admin"))
-    connection.scope["user"] = principal
+    connection.scope["user"] = await runtime.verifier.authorize(token, handler.opt.get("scope", "admin"))
 
 
 @get("/health", tags=["node"], sync_to_thread=True)

@@ -196,6 +196,17 @@ class TokenVerifier:
             return cached
         return None
 
+    async def authorize(self, token: str, scope: str) -> Principal:
+        """The token's principal if it holds ``scope`` (a cached token skips the worker thread);
+        else :class:`Unauthorized` or :class:`Forbidden` with the reason."""
+        from anyio import to_thread
+
+        principal = self.cached(token)
+        if principal is None:
+            principal = await to_thread.run_sync(self.verify, token)
+        require_scope(principal, scope)
+        return principal
+
     def verify(self, token: str) -> Principal:
         """A principal for a valid token, else :class:`Unauthorized` with the reason.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kernel.documents import Located, parse_located
-from kernel.errors import FieldError, InvalidInput
+from kernel.errors import InvalidInput
 from marketplace.manifests.schema import Manifest
 
 
@@ -13,10 +13,6 @@ from marketplace.manifests.schema import Manifest
 class LoadedManifest:
     manifest: Manifest
     document: Located
-
-    @property
-    def source_name(self) -> str:
-        return self.document.source_name
 
 
 def load_manifest(text: str, source_name: str = "manifest") -> LoadedManifest:
@@ -27,7 +23,4 @@ def load_manifest(text: str, source_name: str = "manifest") -> LoadedManifest:
 
 def locate(error: InvalidInput, loaded: LoadedManifest, prefix: str) -> InvalidInput:
     """Re-anchor an error raised for one part of the manifest (e.g. a policy) at its lines."""
-    errors = [FieldError(f"{prefix}.{e.path}" if e.path else prefix, e.message) for e in error.errors] or [
-        FieldError(prefix, error.detail)
-    ]
-    return loaded.document.error(errors, "manifest")
+    return loaded.document.error(error.under(prefix).errors, "manifest")

@@ -44,8 +44,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kernel.errors import FieldError, InvalidInput
-from kernel.validation import field_errors
+from kernel.validation import validate
 from marketplace.schemas import ACCESS_MODES
 
 Action = Literal["use", "download", "compute", "federate"]
@@ -75,7 +74,6 @@ TemplateName = Literal[
 ]
 
 ACTIONS: tuple[Action, ...] = get_args(Action)
-LEFT_OPERANDS: tuple[LeftOperand, ...] = get_args(LeftOperand)
 OPERATORS: tuple[Operator, ...] = get_args(Operator)
 TEMPLATE_NAMES: tuple[TemplateName, ...] = get_args(TemplateName)
 LIST_OPERATORS = frozenset({"isAnyOf", "isNoneOf", "isAllOf"})
@@ -628,36 +626,17 @@ for _model in (Constraint, AndGroup, OrGroup, XoneGroup, Duty, Permission, Prohi
 # reading policies ----------------------------------------------------------------------
 
 
-def _invalid(exc: ValidationError, prefix: str, what: str) -> InvalidInput:
-    errors = field_errors(exc, prefix)
-    summary = "; ".join(f"{e.path}: {e.message}" for e in errors[:5])
-    return InvalidInput(f"invalid {what}: {summary}", errors=errors)
-
-
 def parse_policy(data: Any, *, prefix: str = "") -> Policy:
     """Validate a policy given as data (a dict) or JSON text; bad input raises
     :class:`~kernel.errors.InvalidInput` whose errors carry the field paths."""
-    try:
-        if isinstance(data, str | bytes):
-            return Policy.model_validate_json(data)
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid(exc, prefix, "policy") from None
+    return validate(Policy, data, prefix=prefix, what="policy")
 
 
 def load_policy(text: str, *, source: str = "policy") -> Policy:
-    """Read a policy written in YAML (or JSON, which YAML reads too)."""
-    import yaml
+    """Read a policy written in YAML (or JSON, which YAML reads too); errors name the line."""
+    from kernel.documents import parse_located
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        message = f"{getattr(exc, 'problem', None) or exc}{where}"
-        error = FieldError("(root)", message)
-        raise InvalidInput(f"{source} is not valid YAML: {message}", errors=[error]) from None
-    return parse_policy(data)
+    return parse_located(text, source, "policy").validate(Policy, "policy")
 
 
 def utc_now() -> datetime:

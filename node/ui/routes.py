@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
-from anyio import to_thread
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, State
@@ -50,13 +49,9 @@ async def ui_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
         raise LoginRequired()
     runtime = _runtime(connection.app.state)
     try:
-        principal = runtime.verifier.cached(token)
-        if principal is None:
-            principal = await to_thread.run_sync(runtime.verifier.verify, token)
-        require_scope(principal, "catalog:read")
+        connection.scope["user"] = await runtime.verifier.authorize(token, "catalog:read")
     except AgoraError:
         raise LoginRequired() from None
-    connection.scope["user"] = principal
 
 
 def _to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:

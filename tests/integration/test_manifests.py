@@ -186,9 +186,10 @@ def test_apply_refuses_missing_or_changed_bytes(client, auth) -> None:
 def test_manifest_json_schema_is_published() -> None:
     from marketplace.manifests.schema import SCHEMA_FILE, manifest_json_schema
 
+    regenerate = "python -c 'from marketplace.manifests.schema import write_json_schema; write_json_schema()'"
     assert json.loads(SCHEMA_FILE.read_text()) == json.loads(
         json.dumps(manifest_json_schema(), sort_keys=True)
-    )
+    ), regenerate
 
 
 def test_cli_plan_and_apply(live_node: services.LiveNode, tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ def test_state_dict_output_needs_a_factory() -> None:
 
 
 def test_the_published_schema_is_current() -> None:
-    assert json.loads(SCHEMA_FILE.read_text()) == JobSpec.model_json_schema()
+    regenerate = "python -c 'from training_jobs.spec import write_schema; write_schema()'"
+    assert json.loads(SCHEMA_FILE.read_text()) == JobSpec.model_json_schema(), regenerate
 
 
 def test_packing_is_reproducible_and_skips_caches(tmp_path: Path) -> None:
