@@ -516,40 +516,12 @@ def visible_to(
 @functools.lru_cache(maxsize=16384)
 def _visible(key: str, address: str, name: str, groups: tuple[str, ...]) -> bool:
     from marketplace.policy import RequestContext, expand
-    from marketplace.policy.engine import _GETTERS, _test
+    from marketplace.policy.engine import could_grant
 
-    policy = expand(_parsed_policy(key))
     ctx = RequestContext(
         participant=address, participant_name=name or None, groups=list(groups), mode="compute"
     )
-
-    def tri(node: Any) -> bool | None:
-        members = getattr(node, "members", None)
-        if members is None:
-            if node.leftOperand not in _WHO:
-                return None
-            value = _GETTERS[node.leftOperand](ctx)
-            return False if value is None else bool(_test(node)(value))
-        results = [tri(m) for m in members]
-        kind = type(node).__name__
-        if kind == "AndGroup":
-            return False if False in results else (True if all(r is True for r in results) else None)
-        if kind == "OrGroup":
-            return True if True in results else (False if all(r is False for r in results) else None)
-        trues = results.count(True)
-        if trues > 1:
-            return False
-        if None in results:
-            return None
-        return trues == 1
-
-    def all_of(constraints: list[Any]) -> bool | None:
-        results = [tri(c) for c in constraints]
-        return False if False in results else (True if all(r is True for r in results) else None)
-
-    permitted = any(all_of(list(p.constraints)) is not False for p in policy.permissions)
-    banned = any(p.action == "use" and all_of(list(p.constraints)) is True for p in policy.prohibitions)
-    return permitted and not banned
+    return could_grant(expand(_parsed_policy(key)), ctx, _WHO)
 
 
 def _encode_cursor(row: Any) -> str:

@@ -32,6 +32,7 @@ from marketplace.policy.language import (
     Duration,
     Duty,
     Kind,
+    LogicalGroup,
     Policy,
     Text,
     format_timestamp,
@@ -394,3 +395,36 @@ def evaluate_policy(policy: Policy | CompiledPolicy, ctx: RequestContext) -> Eva
         sentences=describe(compiled.policy),
         policy=compiled.explicit.to_data(),
     )
+
+
+def could_grant(policy: Policy, ctx: RequestContext, decided_by: tuple[str, ...]) -> bool:
+    """Could some use be granted, judging only the constraints on ``decided_by`` operands
+    (e.g. who asks), the others counting as unknown? A permission not ruled out and no
+    prohibition of ``use`` that certainly applies: three-valued logic over and/or/xone."""
+
+    def known(node: ConstraintNode) -> bool | None:
+        if not isinstance(node, LogicalGroup):
+            if node.leftOperand not in decided_by:
+                return None
+            value = _GETTERS[node.leftOperand](ctx)
+            return False if value is None else bool(_test(node)(value))
+        results = [known(m) for m in node.members]
+        operator = group_operator(node)
+        if operator == "and":
+            return all_known(results)
+        if operator == "or":
+            return True if True in results else (False if all(r is False for r in results) else None)
+        trues = results.count(True)
+        if trues > 1:
+            return False
+        return None if None in results else trues == 1
+
+    def all_known(results: list[bool | None]) -> bool | None:
+        return False if False in results else (True if all(r is True for r in results) else None)
+
+    def conjunction(constraints: Any) -> bool | None:
+        return all_known([known(c) for c in constraints])
+
+    permitted = any(conjunction(p.constraints) is not False for p in policy.permissions)
+    banned = any(p.action == "use" and conjunction(p.constraints) is True for p in policy.prohibitions)
+    return permitted and not banned

@@ -472,3 +472,28 @@ def test_the_context_normalises_addresses_and_defaults_now_to_utc() -> None:
     assert ctx.participant == ADDRESSES[1]
     assert ctx.now.tzinfo is not None and abs(ctx.now - datetime.now(UTC)) < timedelta(minutes=1)
     assert (ctx.uses, ctx.groups, ctx.agreed_at) == (0, [], None)
+
+
+def test_could_grant_judges_only_who_asks() -> None:
+    """The catalog's question: other constraints (purpose, time) count as unknown."""
+    from marketplace.policy import expand
+    from marketplace.policy.engine import could_grant
+
+    me, other = ADDRESSES[0], ADDRESSES[1]
+    who = ("participant", "participantName", "participantGroup")
+    ctx = RequestContext(participant=me, mode="compute")
+
+    def grantable(*constraints: dict[str, Any], prohibit: list[dict[str, Any]] | None = None) -> bool:
+        doc: dict[str, Any] = {"permissions": [{"action": "use", "constraints": list(constraints)}]}
+        if prohibit is not None:
+            doc["prohibitions"] = [{"action": "use", "constraints": prohibit}]
+        return could_grant(expand(parse_policy(doc)), ctx, who)
+
+    purpose = atom("purpose", "eq", "research")
+    assert grantable(purpose)  # unknown until negotiating: not ruled out
+    assert grantable(atom("participant", "eq", me), purpose)
+    assert not grantable(atom("participant", "eq", other), purpose)
+    assert grantable({"or": [atom("participant", "eq", other), purpose]})
+    assert not grantable({"xone": [atom("participant", "eq", me), atom("participant", "neq", other)]})
+    assert grantable(purpose, prohibit=[purpose])  # a prohibition that only may apply does not hide
+    assert not grantable(purpose, prohibit=[atom("participant", "eq", me)])
