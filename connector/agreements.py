@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from connector.dispatcher import queue_message
 from connector.models import Agreement, UsageRecord
 from connector.negotiation import agreement_out, policy_decision
-from kernel.db import as_utc, fetch, transaction
+from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import AgoraError, Forbidden
 
 
@@ -34,7 +34,8 @@ class UseDenied(AgoraError):
 
 @dataclass(frozen=True)
 class Grant:
-    agreement: dict[str, Any]
+    """A use granted: its number and the duties that came with it."""
+
     uses: int
     duties: list[str]
 
@@ -138,14 +139,14 @@ class AgreementService:
                                 "consumer": consumer,
                                 "mode": mode,
                                 "use": uses,
-                                "at": datetime.now(UTC).isoformat(),
+                                "at": utcnow().isoformat(),
                             },
                         )
         if reason is not None:
             self._log(agreement_id, mode, purpose, granted=False, reason=reason)
             raise UseDenied(reason)
         self._wake()
-        return Grant(self.get(agreement_id), uses, [d["action"] for d in duties])
+        return Grant(uses, [d["action"] for d in duties])
 
     def policy_allows(self, row: Agreement, mode: str) -> tuple[bool, str]:
         """Whether the agreed policy would also permit ``mode`` (e.g. may a compute job's

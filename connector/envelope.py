@@ -59,6 +59,8 @@ class Opened:
     nonce: str
     timestamp: int
     body: dict[str, Any]
+    sender_name: str = ""  # filled in by the protocol gate from the peer list or the registry
+    sender_endpoint: str = ""
 
 
 def _signed_part(envelope: dict[str, Any]) -> bytes:

@@ -247,12 +247,10 @@ async def negotiation_request(
     request: Request[Any, Any, Any],
     protocol_gate: NamedDependency[ProtocolGate],
     negotiation_service: NamedDependency[NegotiationService],
-    participant_service: NamedDependency[ParticipantService],
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate)
-    peer = participant_service.get(opened.sender)
     reply = await to_thread.run_sync(
-        negotiation_service.on_request, opened.sender, peer.endpoint if peer else "", opened.body
+        negotiation_service.on_request, opened.sender, opened.sender_endpoint, opened.body
     )
     return protocol_gate.seal(reply, opened.sender)
 

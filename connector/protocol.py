@@ -9,6 +9,7 @@ message is never accepted twice. Replies are sealed for the sender.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -43,17 +44,19 @@ class ProtocolGate:
     def accept(self, envelope: Any) -> Opened:
         """The verified message, or an :class:`EnvelopeRejected` subclass with the reason."""
         opened = open_envelope(envelope, recipient=self.address)
-        self._require_known(opened.sender)
+        name, endpoint = self._require_known(opened.sender)
         self._remember_nonce(opened)
-        return opened
+        return replace(opened, sender_name=name, sender_endpoint=endpoint)
 
     def seal(self, body: dict[str, Any], recipient: str) -> dict[str, Any]:
         return seal(body, private_key=self._private_key(), recipient=recipient)
 
-    def _require_known(self, sender: str) -> None:
+    def _require_known(self, sender: str) -> tuple[str, str]:
+        """The sender's (name, endpoint), from the peer list or the registry; else refused."""
         with Session(self.engine) as session:
-            if session.get(Participant, sender) is not None:
-                return
+            known = session.get(Participant, sender)
+            if known is not None:
+                return known.name, known.endpoint
         on_chain = self._registry_lookup(sender) if self._registry_lookup else None
         if on_chain is None:
             raise UnknownSender(f"{sender} is neither a known peer nor a participant in the registry")
@@ -61,6 +64,7 @@ class ProtocolGate:
         with transaction(self.engine) as session:
             if session.get(Participant, sender) is None:
                 session.add(Participant(address=sender, name=name, endpoint=endpoint, is_self=False))
+        return name, endpoint
 
     def _remember_nonce(self, opened: Opened) -> None:
         try:

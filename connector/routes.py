@@ -50,18 +50,16 @@ async def catalog_request(
     request: Request[Any, Any, Any],
     protocol_gate: NamedDependency[ProtocolGate],
     catalog_service: NamedDependency[CatalogService],
-    participant_service: NamedDependency[ParticipantService],
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
 ) -> Response[Any]:
     """This node's catalog for the signed requester: only what its policies could grant it."""
     opened = await open_request(request, protocol_gate)
     since = catalog_request_since(opened.body)
-    who = participant_service.get(opened.sender)
 
     def render() -> tuple[dict[str, Any], str | None]:
         return catalog_service.dcat_catalog(
-            opened.sender, requester_name=who.name if who else "", since=since, cursor=cursor, limit=limit
+            opened.sender, requester_name=opened.sender_name, since=since, cursor=cursor, limit=limit
         )
 
     catalog, next_cursor = await to_thread.run_sync(render)
