@@ -144,11 +144,21 @@ class ObjectStore(ABC):
         staged.path.unlink(missing_ok=True)
         return info
 
+    def stage_file(self, path: Path) -> StagedObject:
+        """A local file copied into staging (hashed on the way); the caller commits or discards."""
+        staged = self.stage()
+        try:
+            with path.open("rb", buffering=0) as src:
+                while chunk := src.read(CHUNK):
+                    staged.write(chunk)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
     def put_file(self, path: Path, media_type: str = "application/octet-stream") -> ObjectInfo:
         """Copy a local file into the store (hashing it on the way)."""
-        with self.stage() as staged, path.open("rb", buffering=0) as src:
-            while chunk := src.read(CHUNK):
-                staged.write(chunk)
+        with self.stage_file(path) as staged:
             return self.commit(staged, media_type)
 
     def put_bytes(self, data: bytes, media_type: str = "application/octet-stream") -> ObjectInfo:

@@ -122,9 +122,7 @@ class OfferingService:
     def import_path(self, request: ImportRequest, actor: str) -> OfferingOut:
         """Register a file from a server-side directory the operator allows."""
         path = self.allowed_path(request.path)
-        with self.store.stage() as staged, path.open("rb", buffering=0) as src:
-            while chunk := src.read(1024 * 1024):
-                staged.write(chunk)
+        with self.store.stage_file(path) as staged:
             return self.register(staged, request.metadata, actor)
 
     def add_version(self, offering_id: str, staged: StagedObject, actor: str) -> OfferingOut:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from joserfc import jwt
@@ -34,6 +34,9 @@ from joserfc.errors import (
 from joserfc.jwk import ECKey, KeySet
 
 from kernel.errors import ConfigurationError, Forbidden, InvalidInput, Unauthorized
+
+if TYPE_CHECKING:
+    from node.settings import Settings
 
 SCOPES = (
     "catalog:read",
@@ -81,6 +84,18 @@ class TokenIssuer:
         self.issuer = issuer
         self.audience = audience
         self.max_ttl = max_ttl
+
+    @classmethod
+    def for_node(cls, settings: Settings) -> TokenIssuer:
+        """The issuer of the node these settings describe (its token key and participant address)."""
+        from node.identity import participant_address, token_signing_key
+
+        return cls(
+            token_signing_key(settings),
+            settings.token_issuer,
+            participant_address(settings),
+            settings.token_ttl_max_seconds,
+        )
 
     def issue(self, scopes: list[str], ttl_seconds: int, subject: str = "operator") -> str:
         unknown = sorted(set(scopes) - set(SCOPES))

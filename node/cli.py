@@ -76,14 +76,8 @@ def connect(*, url: str | None, token: str | None, home: Path | None, scope: str
 
 def _issuer(settings: Settings):  # type: ignore[no-untyped-def]
     from node.auth import TokenIssuer
-    from node.identity import participant_address, token_signing_key
 
-    return TokenIssuer(
-        token_signing_key(settings),
-        settings.token_issuer,
-        participant_address(settings),
-        settings.token_ttl_max_seconds,
-    )
+    return TokenIssuer.for_node(settings)
 
 
 @app.callback()

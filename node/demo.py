@@ -160,14 +160,9 @@ def run_demo(keep: bool = False) -> None:
 
 def _token(home: Path, url: str, scopes: list[str], subject: str) -> str:
     from node.auth import TokenIssuer
-    from node.identity import participant_address, token_signing_key
     from node.settings import Settings
 
-    settings = Settings.load(home=home, public_url=url)
-    issuer = TokenIssuer(
-        token_signing_key(settings), settings.token_issuer, participant_address(settings), 3600
-    )
-    return issuer.issue(scopes, 900, subject=subject)
+    return TokenIssuer.for_node(Settings.load(home=home, public_url=url)).issue(scopes, 900, subject=subject)
 
 
 def _story(root: Path, work: Path) -> None:

@@ -254,10 +254,7 @@ class ManifestService:
         staged = files.get(item.name)
         if staged is None and Path(item.source).is_absolute():
             path = self._server_path(loaded, index, item.source)
-            staged = self.offerings.store.stage()
-            with path.open("rb", buffering=0) as src:
-                while chunk := src.read(1024 * 1024):
-                    staged.write(chunk)
+            staged = self.offerings.store.stage_file(path)
         if staged is None:
             raise locate(
                 InvalidInput(
