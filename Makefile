@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: demo test test-fast lint typecheck services contracts-check bench clean
+.PHONY: demo test test-fast lint typecheck services demo-services contracts-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ $(NPM_STAMP): package.json package-lock.json | services
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-demo: $(STAMP)
+demo: demo-services $(STAMP)
 	$(VENV)/bin/agora demo
+
+# The one system package the demo needs: bubblewrap, the sandbox Beta's training job runs in.
+demo-services:
+	@bash .ci/install-services.sh demo
 
 # System packages the integration tests start (PostgreSQL, bubblewrap, chromium …).
 services:

@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Installs the system packages the integration tests start on loopback, when missing.
-# Runs as part of `make test`; needs root and apt for anything that is missing.
+# Installs the system packages `make demo` or `make test` need, when missing.
+#   .ci/install-services.sh demo   what the demo runs: bubblewrap (the training sandbox)
+#   .ci/install-services.sh        what the tests start too: PostgreSQL, Node.js/npm, Chromium
+# As root with apt it installs them; otherwise it stops with one line naming the packages.
 set -euo pipefail
 
+profile=${1:-test}
 need=()
-command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+why=()
+command -v bwrap >/dev/null 2>&1 || { need+=(bubblewrap); why+=("bubblewrap: the sandbox training jobs run in"); }
+if [ "$profile" != demo ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { need+=(postgresql); why+=("postgresql: the database tests"); }
+  command -v npm >/dev/null 2>&1 || { need+=(nodejs npm); why+=("nodejs npm: solc and anvil"); }
+  command -v chromium >/dev/null 2>&1 || { need+=(chromium); why+=("chromium: the browser tests"); }
+fi
 
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "missing system packages: ${need[*]} (install them, or run as root with apt)" >&2
-  [ "${CI:-}" = "true" ] && exit 1
-  exit 0
+  reasons=$(IFS=';'; echo "${why[*]}")
+  echo "error: install the Debian package(s) ${need[*]} first (${reasons//;/; }); run as root with apt to have them installed" >&2
+  exit 1
 fi
-echo "installing ${need[*]} …"
+echo "installing ${need[*]} …" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if ! { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }; then
+  echo "error: apt-get could not install ${need[*]}" >&2
+  exit 1
+fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Column, DateTime, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from kernel.db import utcnow
@@ -18,6 +18,11 @@ class Participant(SQLModel, table=True):
     name: str = Field(max_length=200)
     endpoint: str = Field(max_length=500, description="protocol endpoint URL")
     is_self: bool = Field(default=False, index=True)
+    trusted: bool = Field(
+        default=False,
+        sa_column=Column(Boolean, nullable=False, server_default=false(), index=True),
+        description="a peer the operator added (crawled, shown); registry-only senders are not",
+    )
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

@@ -72,6 +72,12 @@ class Offering(SQLModel, table=True):
         sa_column=Column(Boolean, nullable=False, server_default=false()),
         description="declared in a manifest (plan/apply may retire it)",
     )
+    compute_terms: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False),
+        description="what a compute job's consumer may receive: job_logs, allow_native_release, "
+        "allow_stored_examples (training_jobs.terms)",
+    )
     status: str = Field(default="active", max_length=20)
     latest_version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())

@@ -60,6 +60,19 @@ def _settings(**overrides: object) -> Settings:
     return Settings.load(**overrides)
 
 
+def _initialised(home: Path | None) -> Settings:
+    """The settings of a node home that ``agora init`` created; else a one-line refusal."""
+    from kernel.errors import ConfigurationError
+
+    settings = _settings(home=home)
+    if not settings.keystore_path.exists():
+        raise ConfigurationError(
+            f"no node is initialised at {settings.home}: run `agora init --name NAME` first "
+            "(or pass --home / AGORA_HOME of an existing node)"
+        )
+    return settings
+
+
 def connect(*, url: str | None, token: str | None, home: Path | None, scope: str) -> NodeClient:
     """A client for the node at ``url`` (default: this node); without a token, one is
     minted from the node's own key in ``home`` for this one command."""
@@ -124,7 +137,7 @@ def serve(
     from node.app import create_app
     from node.runtime import build_runtime
 
-    settings = _settings(home=home)
+    settings = _initialised(home)
     revision = db.upgrade(settings.effective_database_url)
     err_console.print(f"database at revision {revision}")
     runtime = build_runtime(settings)
@@ -153,7 +166,7 @@ def worker(
     from node import db
     from node.runtime import build_runtime, job_pool
 
-    settings = _settings(home=home)
+    settings = _initialised(home)
     db.upgrade(settings.effective_database_url)
     runtime = build_runtime(settings)
     runtime.sandbox().check()
@@ -264,7 +277,37 @@ def demo(
 
 
 def main() -> None:
-    app()
+    """Run the CLI; whatever goes wrong ends in one ``error: …`` line and a non-zero exit."""
+    import sys
+
+    from rich.markup import escape
+
+    def error(text: str, code: int) -> None:
+        err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+        sys.exit(code)
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        error("aborted", 130)
+    except typer.TyperException as exc:  # usage errors: a bad option, a missing file
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click shows it
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        error(str(getattr(exc, "format_message", exc.__str__)()), int(getattr(exc, "exit_code", 2)))
+    except KeyboardInterrupt:
+        error("interrupted", 130)
+    except AgoraError as exc:
+        try:
+            fail(exc)
+        except typer.Exit as exit_:
+            code = exit_.exit_code
+    except Exception as exc:  # a fault of the CLI itself: still one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        error(f"{type(exc).__name__}: {first}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 from kernel.cli import console
 from kernel.client import NodeClient
-from kernel.errors import AgoraError, ServiceUnavailable
+from kernel.errors import AgoraError, ConfigurationError, ServiceUnavailable
 from kernel.hashing import sha256_file
 from kernel.sidecar import sidecar_of, write_sidecar
 
@@ -146,6 +146,7 @@ def run_demo(keep: bool = False) -> None:
         "[bold]Agora demo[/]: two organisations' nodes on embedded defaults (SQLite, local object "
         "store, an in-process EVM chain each), as real processes on loopback."
     )
+    _require_sandbox()
     root = Path(tempfile.mkdtemp(prefix="agora-demo-"))
     work = root / "work"
     work.mkdir()
@@ -156,6 +157,21 @@ def run_demo(keep: bool = False) -> None:
             console.print(f"\nkept the demo's files in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _require_sandbox() -> None:
+    """Stop at once, in one line, when Beta's training job would have no sandbox to run in."""
+    from training_jobs.sandbox import BubblewrapSandbox, SandboxUnavailable
+
+    if shutil.which("bwrap") is None:
+        raise ConfigurationError(
+            "the demo trains a model in a bubblewrap sandbox: install the Debian package bubblewrap "
+            "(apt-get install bubblewrap; `make demo` does it when run as root)"
+        )
+    try:
+        BubblewrapSandbox().check()
+    except SandboxUnavailable as exc:
+        raise ConfigurationError(f"the demo's training step needs a working sandbox: {exc.detail}") from None
 
 
 def _token(home: Path, url: str, scopes: list[str], subject: str) -> str:
@@ -390,9 +406,8 @@ def _compute_to_data(
         text=True,
     )
     if submitted.returncode != 0:
-        raise AgoraError(
-            f"the training job did not complete: {submitted.stdout[-1500:]}{submitted.stderr[-1500:]}"
-        )
+        said = submitted.stderr.strip().splitlines() or [f"agora jobs submit exited {submitted.returncode}"]
+        raise AgoraError(f"the training job did not complete: {said[-1].removeprefix('error: ')}")
     job = json.loads(submitted.stdout)
     _say(
         "$ agora jobs submit -f examples/jobs/digits-cnn/job.yaml --agreement … --provider … --wait"
@@ -417,7 +432,8 @@ def _compute_to_data(
         [*_agora(), "jobs", "fetch", job["id"], "-o", str(out)], env=env, capture_output=True, text=True
     )
     if fetched.returncode != 0:
-        raise AgoraError(f"agora jobs fetch failed: {fetched.stderr[-1500:]}")
+        said = fetched.stderr.strip().splitlines() or [f"exit {fetched.returncode}"]
+        raise AgoraError(f"agora jobs fetch failed: {said[-1].removeprefix('error: ')}")
     _say(
         f"$ agora jobs fetch {job['id'][:17]}… -o {out.name}   → {out.stat().st_size} bytes "
         "+ provenance sidecar"

@@ -1,4 +1,4 @@
-"""Validate documents against the Dataspace Protocol 2025-1 JSON schemas in ../shared.
+"""Validate documents against the Dataspace Protocol 2025-1 JSON schemas vendored in tests/dsp-2025-1.
 
 The schemas' cross-file ``$ref``s use their ``$id`` URLs; a local ``referencing`` registry
 maps them to the files, so nothing is fetched.
@@ -15,7 +15,7 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT201909
 
-DSP = Path(__file__).resolve().parents[2] / "shared" / "dsp-2025-1"
+DSP = Path(__file__).resolve().parent / "dsp-2025-1"
 
 
 def read(path: str) -> Any:

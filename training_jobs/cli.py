@@ -19,7 +19,15 @@ from kernel.cli import (
     handle_errors,
     print_json,
 )
+from kernel.errors import AgoraError
 from kernel.sidecar import write_sidecar
+
+
+class JobNotCompleted(AgoraError):
+    """A submitted job that did not complete: the CLI's one-line error, exit 1."""
+
+    title = "Job did not complete"
+
 
 app = typer.Typer(help="Training jobs: your code on a provider's data, in its sandbox.", no_args_is_help=True)
 FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
@@ -84,7 +92,8 @@ def submit(
     else:
         print(job["id"])
     if job["state"] in ("FAILED", "REJECTED", "CANCELLED") or (wait and job["state"] != "COMPLETED"):
-        raise typer.Exit(1)
+        ended = "ended" if job["state"] in FINAL else "is still"
+        raise JobNotCompleted(f"job {job['id']} {ended} {job['state']}: {job['reason'] or 'no reason given'}")
 
 
 def _print_log(page: dict[str, Any]) -> None:

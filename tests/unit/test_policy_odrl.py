@@ -1,7 +1,7 @@
 """ODRL export: offers that validate against the Dataspace Protocol 2025-1 schemas.
 
 The schemas' cross-file ``$ref``s use their ``$id`` URLs; a local ``referencing`` registry
-maps them to the files in ``../shared/dsp-2025-1`` so nothing is fetched.
+maps them to the files in ``tests/dsp-2025-1`` so nothing is fetched.
 """
 
 from __future__ import annotations
