@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,7 +18,11 @@ from kernel.cli import (
     handle_errors,
     print_json,
 )
+from kernel.errors import AgoraError, InvalidInput
 from kernel.sidecar import write_sidecar
+
+if TYPE_CHECKING:
+    from kernel.client import NodeClient
 
 app = typer.Typer(help="Peers: other organisations' nodes.", no_args_is_help=True)
 
@@ -66,7 +70,9 @@ FINAL = ("FINALIZED", "TERMINATED")
 @handle_errors
 def negotiate_command(
     ctx: typer.Context,
-    offering_id: Annotated[str, typer.Argument(help="the provider's offering id (see agora catalog)")],
+    offering_id: Annotated[
+        str, typer.Argument(help="the provider's offering id, or its name (see agora catalog)")
+    ],
     provider: Annotated[str, typer.Option("--provider", help="the provider node's URL (a known peer)")],
     purpose: Annotated[str, typer.Option("--purpose", help="what the data will be used for")],
     mode: Annotated[str, typer.Option("--mode", help="download | compute | federate")] = "download",
@@ -81,6 +87,7 @@ def negotiate_command(
     import time
 
     with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
+        offering_id = _offering_by_name(client, offering_id, provider)
         n = client.post_json(
             "/api/v1/negotiations",
             {"offering_id": offering_id, "provider": provider, "purpose": purpose, "access_mode": mode},
@@ -97,7 +104,33 @@ def negotiate_command(
             console.print(f"agreement {n['agreement_id']}")
             print(n["agreement_id"])
     if n["state"] == "TERMINATED" or (wait and n["state"] != "FINALIZED"):
-        raise typer.Exit(1)
+        ended = "ended" if n["state"] in FINAL else "is still"
+        raise NegotiationNotAgreed(
+            f"negotiation {n['id']} {ended} {n['state']}: {n['reason'] or 'no reason given'}"
+        )
+
+
+class NegotiationNotAgreed(AgoraError):
+    """A negotiation that did not reach an agreement: the CLI's one-line error, exit 1."""
+
+    title = "Negotiation not agreed"
+
+
+def _offering_by_name(client: NodeClient, key: str, provider: str) -> str:
+    """An offering id as given, or the id of the provider's offering of that name in the catalog copy."""
+    import re
+
+    if re.fullmatch(r"[0-9a-fA-F-]{36}", key):
+        return key
+    items = client.get("/api/v1/catalog", q=key, limit=100)["items"]
+    origin = provider.rstrip("/")
+    named = [
+        i for i in items if i.get("name") == key and str(i.get("provider_endpoint", "")).rstrip("/") == origin
+    ]
+    if len(named) != 1:
+        found = "no offering" if not named else f"{len(named)} offerings"
+        raise InvalidInput(f"{found} named {key!r} from {provider} in this node's catalog; give its id")
+    return str(named[0]["offering_id"])
 
 
 @negotiations_app.command("list")

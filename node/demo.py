@@ -200,7 +200,7 @@ def _story(root: Path, work: Path) -> None:
                 f"chain {acme_id['chain']}"
             )
 
-            _step(2, "Acme's data steward declares three offerings and their terms in a manifest")
+            _step(2, "Acme's data steward declares four offerings and their terms in a manifest")
             manifest = _demo_manifest(work, beta_url)
             plan = plan_manifest(acme, manifest)
             _say("$ agora plan -f manifest.yaml")
@@ -254,7 +254,7 @@ def _story(root: Path, work: Path) -> None:
             _step(5, "Beta adds Acme as a peer; its catalog shows what Acme's policies could grant Beta")
             beta.post_json("/api/v1/participants", {"url": acme_url})
             _say(f"$ agora peers add {acme_url}")
-            items = _wait_catalog(beta, acme_id["participant"], 3)
+            items = _wait_catalog(beta, acme_id["participant"], 4)
             for item in items:
                 _say(f"  {item['kind']:8} {item['title']:32} access {', '.join(item['access_modes'])}")
             _say("  (the internal maintenance log is prohibit-access: Beta's catalog never hears of it)")
@@ -315,7 +315,8 @@ def _story(root: Path, work: Path) -> None:
             _say("one flipped bit later:")
             _verify(tampered, root, expect_ok=False)
 
-            _compute_to_data(root, work, acme, beta, acme_url, beta_url, beta_env, beta_token)
+            digits = offers["digit-scans"]
+            _compute_to_data(root, work, beta, acme_url, beta_url, beta_env, beta_token, digits)
 
             _step(12, "Bad input is refused with its reason, and changes nothing")
             before = len(acme.get("/api/v1/offerings")["items"])
@@ -334,52 +335,25 @@ def _story(root: Path, work: Path) -> None:
 def _compute_to_data(
     root: Path,
     work: Path,
-    acme: NodeClient,
     beta: NodeClient,
     acme_url: str,
     beta_url: str,
     beta_env: dict[str, str],
     beta_token: str,
+    digits: dict[str, Any],
 ) -> None:
     """Steps 9-11: Beta trains a CNN on Acme's digits without the data leaving Acme's node."""
-    from training_jobs.datasets import digits_npz
-
-    _step(9, "Acme offers its digit images for compute only; Beta agrees to train on them")
-    data = digits_npz(work / "digits.npz")
-    offering = acme.upload(
-        "/api/v1/offerings",
-        data,
-        {
-            "metadata": json.dumps(
-                {
-                    "name": "digit-scans",
-                    "title": "Handwritten digit scans (8x8)",
-                    "media_type": "application/x-npz",
-                    "access_modes": ["compute"],
-                    "policy": {
-                        "permissions": [
-                            {
-                                "action": "compute",
-                                "constraints": [
-                                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": "research"}
-                                ],
-                            }
-                        ]
-                    },
-                }
-            )
-        },
-    )
+    _step(9, "Acme's manifest offers its digit scans for compute only; Beta agrees to train on them")
     _say(
-        f"$ agora offerings add digits.npz --access compute   → {offering['sha256'][:23]}… "
-        "(1,797 images; never downloadable)"
+        f"  {digits['title']}: access {', '.join(digits['access_modes'])} "
+        f"({digits['sha256'][:23]}…; never downloadable)"
     )
-    agreed = _negotiate(beta, acme_url, {"offering_id": offering["id"]}, "research", "compute")
+    agreed = _negotiate(beta, acme_url, digits, "research", "compute")
     if agreed["state"] != "FINALIZED":
         raise AgoraError(f"the compute negotiation ended {agreed['state']}: {agreed['reason']}")
     agreement_id = agreed["agreement_id"]
     _say(
-        f"$ agora negotiate {offering['id'][:8]}… --purpose research --mode compute --wait "
+        f"$ agora negotiate {digits['offering_id'][:8]}… --purpose research --mode compute --wait "
         f"→ {agreement_id[:18]}…"
     )
 
@@ -439,7 +413,7 @@ def _compute_to_data(
         "+ provenance sidecar"
     )
     held = [sha256_file(p)[0] for p in (root / "beta" / "objects").rglob("*") if p.is_file()]
-    leaked = offering["sha256"] in held
+    leaked = digits["sha256"].removeprefix("sha256:") in held
     _say(f"  the dataset's bytes on Beta's node: {'PRESENT' if leaked else 'none'} — only the model crossed")
     if leaked:
         raise AgoraError("the dataset reached the consumer's node")

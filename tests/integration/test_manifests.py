@@ -30,6 +30,7 @@ def example_sources(directory: Path = EXAMPLES) -> dict[str, dict[str, Any]]:
             "turbine-vibration": "data/vibration.csv",
             "bearing-faults": "data/bearings.csv",
             "maintenance-log": "data/maintenance-log.csv",
+            "digit-scans": "data/digits.npz",
         },
     )
 
@@ -47,6 +48,7 @@ def apply(client, auth, text: str, directory: Path, sources: dict[str, Any], nee
         "turbine-vibration": "data/vibration.csv",
         "bearing-faults": "data/bearings.csv",
         "maintenance-log": "data/maintenance-log.csv",
+        "digit-scans": "data/digits.npz",
     }
     body = {"manifest": text, "source_name": "manifest.yaml", "sources": sources}
     if not needs:
@@ -67,14 +69,16 @@ def test_plan_changes_nothing_and_apply_is_idempotent(client, auth) -> None:
     first = plan(client, auth, text, sources)
     assert first.status_code == 200, first.text
     body = first.json()
-    assert [c["action"] for c in body["changes"]] == ["create"] * 3
-    assert sorted(body["needs_bytes"]) == ["bearing-faults", "maintenance-log", "turbine-vibration"]
+    assert [c["action"] for c in body["changes"]] == ["create"] * 4
+    assert sorted(body["needs_bytes"]) == ["bearing-faults", "digit-scans", "maintenance-log", "turbine-vibration"]
     assert offerings(client, auth) == {}, "plan must not change anything"
 
     applied = apply(client, auth, text, EXAMPLES, sources, body["needs_bytes"])
     assert applied.status_code == 200, applied.text
     state = offerings(client, auth)
-    assert set(state) == {"turbine-vibration", "bearing-faults", "maintenance-log"}
+    assert set(state) == {"turbine-vibration", "bearing-faults", "maintenance-log", "digit-scans"}
+    assert state["digit-scans"]["access_modes"] == ["compute"]
+    assert state["digit-scans"]["media_type"] == "application/x-npz"
     assert state["bearing-faults"]["policy"]["prohibitions"] == [{"action": "download"}]
     assert state["turbine-vibration"]["policy"] == {"template": "n-times-usage", "params": {"count": 10}}
     assert state["bearing-faults"]["access_modes"] == ["compute"]
@@ -96,7 +100,7 @@ def test_new_version_update_retire_reactivate(client, auth, tmp_path: Path) -> N
         text,
         work,
         example_sources(work),
-        ["turbine-vibration", "bearing-faults", "maintenance-log"],
+        ["turbine-vibration", "bearing-faults", "maintenance-log", "digit-scans"],
     )
 
     (work / "data" / "vibration.csv").write_text("turbine,t_ms,ax,ay,az\nT00,0,0.1,0.2,0.3\n")
@@ -177,7 +181,9 @@ def test_apply_refuses_missing_or_changed_bytes(client, auth) -> None:
     assert "upload its source" in missing.json()["detail"]
     wrong = dict(sources)
     wrong["turbine-vibration"] = {"sha256": "b" * 64, "size": 10}
-    r = apply(client, auth, text, EXAMPLES, wrong, ["turbine-vibration", "bearing-faults", "maintenance-log"])
+    r = apply(
+        client, auth, text, EXAMPLES, wrong, ["turbine-vibration", "bearing-faults", "maintenance-log", "digit-scans"]
+    )
     assert r.status_code == 400
     assert "changed since it was hashed" in r.json()["detail"]
     assert offerings(client, auth) == {}
@@ -198,12 +204,12 @@ def test_cli_plan_and_apply(live_node: services.LiveNode, tmp_path: Path) -> Non
     manifest = str(work / "manifest.yaml")
     home = str(live_node.home)
     planned = live_node.cli("plan", "-f", manifest, "--home", home)
-    assert planned.stdout.count("create") >= 3 and "plan: 3 create" in planned.stdout
-    assert "applied: 3 create" in live_node.cli("apply", "-f", manifest, "--home", home).stdout
+    assert planned.stdout.count("create") >= 4 and "plan: 4 create" in planned.stdout
+    assert "applied: 4 create" in live_node.cli("apply", "-f", manifest, "--home", home).stdout
     assert "no changes" in live_node.cli("apply", "-f", manifest, "--home", home).stdout
     (work / "manifest.yaml").write_text(
         (work / "manifest.yaml").read_text().replace("source: data/bearings.csv", "source: data/nope.csv")
     )
     bad = live_node.cli("plan", "-f", manifest, "--home", home, check=False)
     assert bad.returncode == 1
-    assert "manifest.yaml:24: offerings.1.source" in bad.stderr and "no such file" in bad.stderr
+    assert "manifest.yaml:25: offerings.1.source" in bad.stderr and "no such file" in bad.stderr
