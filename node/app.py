@@ -17,7 +17,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
@@ -29,6 +28,7 @@ import marketplace.routes
 import training_jobs.routes
 from kernel.errors import ServiceUnavailable
 from node.auth import bearer_token
+from node.headers import security_headers
 from node.problems import exception_handlers
 from node.runtime import Runtime
 
@@ -132,6 +132,7 @@ def create_app(runtime: Runtime) -> Litestar:
     from litestar.plugins.jinja import JinjaTemplateEngine
     from litestar.template.config import TemplateConfig
 
+    from node.ui.openapi_viewer import OfflineSwagger
     from node.ui.routes import TEMPLATES, ui_router
 
     return Litestar(
@@ -163,10 +164,11 @@ def create_app(runtime: Runtime) -> Litestar:
             title="Agora node",
             version=VERSION,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            render_plugins=[OfflineSwagger(path="/")],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
         ),
+        before_send=[security_headers],
         debug=False,
     )

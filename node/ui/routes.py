@@ -2,7 +2,8 @@
 
 No JavaScript build step: htmx is one vendored file. A person signs in by pasting a bearer
 token (``agora token create --scope catalog:read``), kept in an HttpOnly, SameSite=Strict
-cookie; every page checks it like the API checks its header.
+cookie; every page checks it like the API checks its header. Every state-changing request
+(sign-in, sign-out, approve, reject) passes the cross-site checks of :mod:`node.ui.csrf`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from marketplace.catalog import CatalogFilters
 from marketplace.schemas import ACCESS_MODES, Kind
 from node.auth import require_scope
 from node.runtime import Runtime
+from node.ui import csrf
 from training_jobs.models import FINAL_STATES
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
-COOKIE = "agora_ui_token"
+COOKIE = csrf.SESSION_COOKIE
 KINDS = get_args(Kind)
 
 
@@ -58,9 +60,17 @@ def _to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
     return Redirect("/ui/login", status_code=303)
 
 
+def _secure(state: State) -> bool:
+    """Cookies are marked Secure when the node is reached over HTTPS."""
+    return _runtime(state).settings.public_url.startswith("https://")
+
+
 @get("/login", sync_to_thread=False)
-def login_page(error: FromQuery[str | None] = None) -> Template:
-    return Template("login.html", context={"error": error})
+def login_page(
+    request: Request[Any, Any, Any], state: State, error: FromQuery[str | None] = None
+) -> Template:
+    presession = csrf.start_presession(request, secure=_secure(state))
+    return Template("login.html", context={"error": error}, cookies=[presession] if presession else [])
 
 
 @post("/login", sync_to_thread=True, status_code=303)
@@ -77,13 +87,22 @@ def login(
         "/ui/",
         status_code=303,
         cookies=[
-            Cookie(key=COOKIE, value=token, httponly=True, samesite="strict", path="/ui", max_age=8 * 3600)
+            Cookie(
+                key=COOKIE,
+                value=token,
+                httponly=True,
+                samesite="strict",
+                path="/ui",
+                max_age=8 * 3600,
+                secure=_secure(state),
+            )
         ],
     )
 
 
-@get("/logout", sync_to_thread=False, status_code=303)
+@post("/logout", sync_to_thread=False, status_code=303)
 def logout() -> Response[Any]:
+    """Sign out: a POST from the page's own form, so a link or image elsewhere cannot do it."""
     return Redirect(
         "/ui/login", status_code=303, cookies=[Cookie(key=COOKIE, value="", path="/ui", max_age=0)]
     )
@@ -354,6 +373,7 @@ def ui_router() -> Router:
             job_log,
             static,
         ],
+        guards=[csrf.same_origin_guard],
         exception_handlers={LoginRequired: _to_login},
         include_in_schema=False,
     )
