@@ -5,7 +5,9 @@ chain, it has not expired, and its policy allows the request (purpose, access mo
 uses so far). Counts are taken with one conditional ``UPDATE … WHERE uses < max_uses``, so
 fifty parallel uses of a ten-use agreement give exactly ten grants. Each use, granted or
 not, is written to the usage log with its reason; a notify duty queues a signed
-notification to its target.
+notification to its target. The notification is addressed to this node itself, so its
+target must be on this node's own origin: a target elsewhere is not sent, and the usage
+log says why.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlmodel import Session, col, select
 from connector.dispatcher import queue_message
 from connector.models import Agreement, UsageRecord
 from connector.negotiation import agreement_out, policy_decision
+from kernel.addresses import foreign_origin
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import AgoraError, Forbidden
 
@@ -118,17 +121,16 @@ class AgreementService:
                 assert fresh is not None
                 uses = fresh.uses
                 duties = self._duties(row, mode, uses)
-                session.add(
-                    UsageRecord(
-                        agreement_id=agreement_id,
-                        mode=mode,
-                        purpose=purpose,
-                        granted=True,
-                        reason=f"use {uses}" + (f" of {row.max_uses}" if row.max_uses else ""),
-                    )
-                )
+                notes = [f"use {uses}" + (f" of {row.max_uses}" if row.max_uses else "")]
                 for duty in duties:
-                    if duty["action"] == "notify":
+                    if duty["action"] != "notify":
+                        continue
+                    refusal = foreign_origin(
+                        duty["target"], self.public_url, "the notify duty's target", "this node's own"
+                    )
+                    if refusal:
+                        notes.append(f"notification not sent: {refusal}")
+                    else:
                         queue_message(
                             session,
                             recipient=self.address,
@@ -142,6 +144,15 @@ class AgreementService:
                                 "at": utcnow().isoformat(),
                             },
                         )
+                session.add(
+                    UsageRecord(
+                        agreement_id=agreement_id,
+                        mode=mode,
+                        purpose=purpose,
+                        granted=True,
+                        reason="; ".join(notes)[:2000],
+                    )
+                )
         if reason is not None:
             self._log(agreement_id, mode, purpose, granted=False, reason=reason)
             raise UseDenied(reason)

@@ -1,4 +1,9 @@
-"""The sending side of the peer protocol: signed requests to another node, verified replies."""
+"""The sending side of the peer protocol: signed requests to another node, verified replies.
+
+Every request goes through the node's one :class:`~kernel.outbound.OutboundClient` (address
+rules, no redirects, timeouts, size caps); a peer client only adds the envelope and checks
+that the reply is signed by the peer it asked.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,10 @@ import httpx
 from connector.envelope import EnvelopeRejected, open_envelope, seal
 from kernel.client import raise_for_problem
 from kernel.errors import AgoraError, ServiceUnavailable
+from kernel.outbound import OutboundClient
 
-TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-STREAM_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
 CHUNK = 1024 * 1024
+IDENTITY_BYTES = 64 * 1024  # a signed identity statement is a few hundred bytes
 
 
 class PeerClient:
@@ -24,25 +29,22 @@ class PeerClient:
         self,
         base_url: str,
         *,
+        outbound: OutboundClient,
         private_key: bytes,
         own_address: str,
         peer_address: str,
-        http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.outbound = outbound
         self._key = private_key
         self.own_address = own_address
         self.peer_address = peer_address
-        self.http = http or httpx.Client(timeout=TIMEOUT, transport=httpx.HTTPTransport(retries=2))
 
     def post(
         self, path: str, body: dict[str, Any], params: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], httpx.Response]:
         envelope = seal(body, private_key=self._key, recipient=self.peer_address)
-        try:
-            response = self.http.post(self.base_url + path, json=envelope, params=params)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"peer {self.base_url} unreachable: {exc}") from exc
+        response = self.outbound.request("POST", self.base_url + path, json=envelope, params=params)
         self._raise_for_problem(response)
         try:
             opened = open_envelope(response.json(), recipient=self.own_address)
@@ -55,20 +57,19 @@ class PeerClient:
         return opened.body, response
 
     @contextmanager
-    def stream(self, path: str, body: dict[str, Any]) -> Iterator[Iterator[bytes]]:
+    def stream(
+        self, path: str, body: dict[str, Any], *, max_bytes: int | None = None
+    ) -> Iterator[Iterator[bytes]]:
         """A signed request whose answer is raw bytes (checked by the caller against a digest
-        the peer signed elsewhere), streamed in chunks."""
+        the peer signed elsewhere), streamed in chunks, at most ``max_bytes``."""
         envelope = seal(body, private_key=self._key, recipient=self.peer_address)
-        try:
-            with self.http.stream(
-                "POST", self.base_url + path, json=envelope, timeout=STREAM_TIMEOUT
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._raise_for_problem(response)
-                yield response.iter_bytes(CHUNK)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"peer {self.base_url} unreachable: {exc}") from exc
+        with self.outbound.stream(
+            "POST", self.base_url + path, json=envelope, max_bytes=max_bytes
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for_problem(response)
+            yield response.iter_bytes(CHUNK)
 
     def _raise_for_problem(self, response: httpx.Response) -> None:
         """The peer's problem document as an error; one of no known type names the peer."""
@@ -79,22 +80,15 @@ class PeerClient:
                 raise AgoraError(f"peer {self.base_url} refused: {error.detail}") from None
             raise
 
-    def close(self) -> None:
-        self.http.close()
 
-
-def fetch_identity(url: str, http: httpx.Client | None = None) -> dict[str, Any]:
+def fetch_identity(url: str, outbound: OutboundClient) -> dict[str, Any]:
     """A node's self-signed identity statement (address, name, endpoint), verified."""
-    client = http or httpx.Client(timeout=TIMEOUT)
+    response = outbound.request("GET", url.rstrip("/") + "/dsp/identity", max_bytes=IDENTITY_BYTES)
     try:
-        response = client.get(url.rstrip("/") + "/dsp/identity")
         response.raise_for_status()
         envelope = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise ServiceUnavailable(f"cannot read the identity of {url}: {exc}") from exc
-    finally:
-        if http is None:
-            client.close()
     if not isinstance(envelope, dict) or "sender" not in envelope:
         raise EnvelopeRejected(f"{url} did not answer with a signed identity")
     opened = open_envelope(envelope, recipient=str(envelope["sender"]))

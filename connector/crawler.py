@@ -6,6 +6,11 @@ Each pass asks every peer for what changed since the last successful crawl (a si
 its last copy, marked stale with its age; user requests only ever read the copy. Every
 ``full_every`` passes a full crawl drops entries a peer no longer lists to this node (its
 policy may have changed).
+
+Only peers the operator added are crawled; a pass first drops any copy of a provider that
+is not (or no longer) a peer, so nothing a registry-only participant serves is ever listed.
+Requests go through the node's outbound client: a peer that redirects, answers too much or
+too slowly fails its crawl with that reason.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from connector.dsp import DSP_CONTEXT
 from connector.models import Participant
 from kernel.db import as_utc
 from kernel.errors import AgoraError
+from kernel.outbound import OutboundClient
 from kernel.worker import BackgroundWorker
 from marketplace.catalog import CatalogService
 
@@ -38,6 +44,7 @@ class CatalogCrawler(BackgroundWorker):
         catalog: CatalogService,
         *,
         peers: Callable[[], list[Participant]],
+        outbound: OutboundClient,
         own_address: str,
         private_key: Callable[[], bytes],
         interval: float = 30.0,
@@ -45,6 +52,7 @@ class CatalogCrawler(BackgroundWorker):
     ) -> None:
         self.catalog = catalog
         self._peers = peers
+        self.outbound = outbound
         self.own_address = own_address
         self._private_key = private_key
         super().__init__(interval)
@@ -59,14 +67,20 @@ class CatalogCrawler(BackgroundWorker):
         self._passes += 1
         full_pass = full if full is not None else self._passes % self.full_every == 1
         outcome = {}
-        for peer in self._peers():
+        peers = self._peers()
+        dropped = self.catalog.keep_only_providers({p.address for p in peers})
+        if dropped:
+            log.info("dropped %d catalog entries of providers that are not peers", dropped)
+        for peer in peers:
             try:
                 count = self.crawl(peer, full=full_pass)
                 outcome[peer.address] = f"ok: {count} dataset(s)"
-            except AgoraError as exc:
-                self.catalog.record_crawl(peer.address, peer.endpoint, ok=False, error=exc.detail)
-                outcome[peer.address] = f"failed: {exc.detail}"
-                log.warning("crawl of %s (%s) failed: %s", peer.name, peer.endpoint, exc.detail)
+            except (AgoraError, ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
+                # one peer's bad answer fails that peer's crawl, never the whole pass
+                detail = exc.detail if isinstance(exc, AgoraError) else f"malformed catalog: {exc!r}"[:500]
+                self.catalog.record_crawl(peer.address, peer.endpoint, ok=False, error=detail)
+                outcome[peer.address] = f"failed: {detail}"
+                log.warning("crawl of %s (%s) failed: %s", peer.name, peer.endpoint, detail)
         return outcome
 
     def crawl(self, peer: Participant, *, full: bool = False) -> int:
@@ -77,6 +91,7 @@ class CatalogCrawler(BackgroundWorker):
         )
         client = PeerClient(
             peer.endpoint,
+            outbound=self.outbound,
             private_key=self._private_key(),
             own_address=self.own_address,
             peer_address=peer.address,
@@ -86,23 +101,20 @@ class CatalogCrawler(BackgroundWorker):
             message["filter"] = [{"agora:modifiedSince": since.isoformat()}]
         seen: set[str] = set()
         cursor, newest = None, since
-        try:
-            for _ in range(MAX_PAGES):
-                params = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
-                body, response = client.post("/dsp/catalog/request", message, params=params)
-                if str(body.get("participantId", "")).lower() != peer.address.lower():
-                    raise AgoraError(f"{peer.endpoint} served the catalog of {body.get('participantId')}")
-                seen |= self.catalog.store_peer_page(peer.address, body)
-                until = body.get("agora:modifiedUntil")
-                if until:
-                    stamp = as_utc(datetime.fromisoformat(until))
-                    newest = stamp if newest is None or stamp > newest else newest
-                nxt = response.links.get("next", {}).get("url")
-                if not nxt:
-                    break
-                cursor = httpx.URL(nxt).params.get("cursor")
-        finally:
-            client.close()
+        for _ in range(MAX_PAGES):
+            params = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
+            body, response = client.post("/dsp/catalog/request", message, params=params)
+            if str(body.get("participantId", "")).lower() != peer.address.lower():
+                raise AgoraError(f"{peer.endpoint} served the catalog of {body.get('participantId')}")
+            seen |= self.catalog.store_peer_page(peer.address, body)
+            until = body.get("agora:modifiedUntil")
+            if until:
+                stamp = as_utc(datetime.fromisoformat(until))
+                newest = stamp if newest is None or stamp > newest else newest
+            nxt = response.links.get("next", {}).get("url")
+            if not nxt:
+                break
+            cursor = httpx.URL(nxt).params.get("cursor")
         if full:
             self.catalog.retain_only(peer.address, seen)
         self.catalog.record_crawl(peer.address, peer.endpoint, ok=True, cursor=newest)

@@ -4,12 +4,15 @@ A message is queued (:func:`queue_message`) in the same transaction as the state
 calls for it, so a crash never loses one and never sends one for a change that was rolled
 back. The dispatcher signs each message when it sends it, retries transport failures with
 exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit refusal.
+
+It is also the last check before a message leaves: a message goes only to the origin of
+its recipient's verified endpoint (a peer's, a registered participant's, or this node's own
+for its notifications); any other URL is given up with that reason, whatever queued it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -20,8 +23,10 @@ from sqlmodel import Session, col, select
 
 from connector.client import PeerClient
 from connector.models import OutboundMessage
+from kernel.addresses import foreign_origin
 from kernel.db import transaction, utcnow
 from kernel.errors import AgoraError, ServiceUnavailable
+from kernel.outbound import OutboundClient
 from kernel.worker import BackgroundWorker
 
 log = logging.getLogger("agora.dispatcher")
@@ -45,6 +50,8 @@ class Dispatcher(BackgroundWorker):
         *,
         own_address: str,
         private_key: Callable[[], bytes],
+        outbound: OutboundClient,
+        verified_endpoint: Callable[[str], str | None],
         on_given_up: Callable[[OutboundMessage, str], None] | None = None,
         housekeeping: Callable[[], object] | None = None,
         max_attempts: int = 8,
@@ -53,13 +60,13 @@ class Dispatcher(BackgroundWorker):
         self.engine = engine
         self.own_address = own_address
         self._private_key = private_key
+        self.outbound = outbound
+        self._verified_endpoint = verified_endpoint
         self._on_given_up = on_given_up
         self._housekeeping = housekeeping
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self._pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="agora-dispatch")
-        self._clients: dict[tuple[str, str], PeerClient] = {}
-        self._clients_lock = threading.Lock()
         super().__init__(base_delay)
 
     def tick(self) -> None:
@@ -96,32 +103,28 @@ class Dispatcher(BackgroundWorker):
             delivered += 1
         return delivered
 
-    def _client(self, base: str, recipient: str) -> PeerClient:
-        """One kept-alive client per peer, shared by the dispatcher's threads."""
-        key = (base, recipient.lower())
-        with self._clients_lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = PeerClient(
-                    base,
-                    private_key=self._private_key(),
-                    own_address=self.own_address,
-                    peer_address=recipient,
-                )
-                self._clients[key] = client
-            return client
-
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._clients_lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
 
     def _deliver(self, message: OutboundMessage) -> bool:
+        endpoint = self._verified_endpoint(message.recipient)
+        refusal = (
+            foreign_origin(message.url, endpoint, "the message's URL", f"{message.recipient}'s verified")
+            if endpoint
+            else f"{message.recipient} has no verified endpoint at this node"
+        )
+        if refusal is not None:
+            self._give_up(message, refusal)
+            return False
         base, _, path = message.url.partition("/dsp/")
-        client = self._client(base, message.recipient)
+        client = PeerClient(
+            base,
+            outbound=self.outbound,
+            private_key=self._private_key(),
+            own_address=self.own_address,
+            peer_address=message.recipient,
+        )
         try:
             client.post("/dsp/" + path, message.body)
         except ServiceUnavailable as exc:

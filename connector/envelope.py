@@ -6,7 +6,8 @@ address, a random nonce and a timestamp, signed with the sender's organisation k
 signature). A receiver accepts it only when
 
 * the signature recovers to the named sender,
-* the sender is a participant it knows (its peer list, or the on-chain registry),
+* the sender is a peer the operator added (or, when the operator opted in, a participant
+  in the on-chain registry),
 * the recipient is itself (an envelope for another node cannot be replayed here),
 * the timestamp is within the allowed clock skew, and
 * the nonce has not been seen from that sender before (replays are refused).
@@ -44,6 +45,11 @@ class UnknownSender(EnvelopeRejected):
     title = "Unknown participant"
 
 
+class NotAPeer(UnknownSender):
+    type_slug = "not-a-peer"
+    title = "Not a peer of this node"
+
+
 class ReplayedMessage(EnvelopeRejected):
     type_slug = "replayed-message"
     status = 409
@@ -60,7 +66,8 @@ class Opened:
     timestamp: int
     body: dict[str, Any]
     sender_name: str = ""  # filled in by the protocol gate from the peer list or the registry
-    sender_endpoint: str = ""
+    sender_endpoint: str = ""  # the endpoint of the sender's verified identity
+    sender_trusted: bool = False  # a peer the operator added (not only registered on chain)
 
 
 def _signed_part(envelope: dict[str, Any]) -> bytes:

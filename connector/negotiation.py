@@ -19,6 +19,10 @@ reason, so "why is it stuck" and "why was it terminated" have answers.
 Outgoing messages go through the dispatcher's outbox, so a restart of either node resumes
 where it stood. A negotiation that reaches no final state by its deadline is terminated
 with that reason.
+
+Messages go only to the origin of the counterparty's verified identity (its endpoint as a
+peer, or its registry record): a ``callbackAddress`` elsewhere is refused with the reason —
+a new request is recorded TERMINATED, a later message is recorded as refused.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from connector.dsp import DSP_CONTEXT
 from connector.models import Agreement, Negotiation, NegotiationEvent, OutboundMessage, Participant
 from contracts.eip712 import agreement_typed_data, recover_agreement_signer, sign_agreement
 from contracts.registry import Registry
+from kernel.addresses import foreign_origin
 from kernel.canonical import canonical_hash
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import AgoraError, Conflict, FieldError, Forbidden, InvalidInput, NotFound
@@ -334,14 +339,15 @@ class NegotiationService:
                 "a request needs offer.target, agora:purpose and agora:accessMode",
                 errors=[FieldError("offer.target", "required")],
             )
+        callback = body.get("callbackAddress", f"{sender_endpoint}/dsp")
+        refusal = foreign_origin(callback, sender_endpoint, "callbackAddress", f"{sender}'s verified")
+        reply_to = sender_endpoint if refusal else str(callback).rstrip("/").removesuffix("/dsp")
         row = Negotiation(
             id=_pid(),
             role="provider",
             peer_pid=consumer_pid,
             counterparty=sender,
-            counterparty_endpoint=str(body.get("callbackAddress") or f"{sender_endpoint}/dsp").removesuffix(
-                "/dsp"
-            ),
+            counterparty_endpoint=reply_to,
             state="REQUESTED",
             offering_id=offering_id,
             purpose=purpose,
@@ -351,6 +357,11 @@ class NegotiationService:
             offer={k: v for k, v in dict(body.get("offer") or {}).items() if k != "agora:policy"},
             deadline=utcnow() + self.timeout,
         )
+        if refusal:
+            with transaction(self.engine) as session:
+                _open(session, row, signer=sender, message=body)
+                self._terminate(session, row, refusal, signer=self.address, notify=False)
+            raise InvalidInput(refusal, errors=[FieldError("callbackAddress", "not the sender's origin")])
         try:
             offering = self._offering_terms(offering_id)
         except AgoraError as exc:
@@ -429,6 +440,7 @@ class NegotiationService:
             "offering": row.offering_id,
             "version": offering["version"],
             "sha256": offering["sha256"],
+            "size": offering["size"],  # the consumer takes no more bytes than this
             "provider": self.address,
             "consumer": row.counterparty,
             "purpose": row.purpose,
@@ -518,6 +530,12 @@ class NegotiationService:
                 row = fetch(session, Negotiation, pid, f"no negotiation {pid} here", lock=True)
                 if row.counterparty.lower() != sender.lower():
                     raise Forbidden(f"negotiation {pid} is not with {sender}")
+                if "callbackAddress" in body:
+                    refusal = foreign_origin(
+                        body["callbackAddress"], row.counterparty_endpoint, "callbackAddress", f"{sender}'s"
+                    )
+                    if refusal:
+                        raise InvalidInput(refusal, errors=[FieldError("callbackAddress", "another origin")])
                 handler(session, row, sender, body)
                 reply = self.state_message(row)
         except (IllegalTransition, InvalidInput) as exc:

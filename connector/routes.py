@@ -57,9 +57,12 @@ async def catalog_request(
     opened = await open_request(request, protocol_gate)
     since = catalog_request_since(opened.body)
 
+    # a registered participant's name is its own claim: participantName constraints see it not
+    name = opened.sender_name if opened.sender_trusted else ""
+
     def render() -> tuple[dict[str, Any], str | None]:
         return catalog_service.dcat_catalog(
-            opened.sender, requester_name=opened.sender_name, since=since, cursor=cursor, limit=limit
+            opened.sender, requester_name=name, since=since, cursor=cursor, limit=limit
         )
 
     catalog, next_cursor = await to_thread.run_sync(render)

@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class ParticipantOut(BaseModel):
     address: str
     name: str
+    label: str = Field(description="the name as pages show it: with the address when the name is shared")
     endpoint: str
     is_self: bool
+    trusted: bool = Field(description="a peer the operator added; false: known only from the registry")
     created_at: datetime
 
 

@@ -8,7 +8,9 @@ transfer and the consumer. The data endpoint honours ``Range`` so a broken downl
 Consumer: the node requests the transfer, downloads into its own object store (resuming
 on a broken connection), checks the bytes' sha256 against the agreed terms and, through the
 provenance document, against the chain, then tells the provider it is complete. The file
-and its provenance sidecar are then served to the node's own users.
+and its provenance sidecar are then served to the node's own users. The data address must
+be on the origin of the provider's verified endpoint, and no more than the agreed size is
+taken from it (the download is cut off past it), through the node's outbound client.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from connector.agreements import AgreementService
 from connector.client import PeerClient
 from connector.dsp import DSP_CONTEXT
 from connector.models import Agreement, Negotiation, TransferProcess
+from kernel.addresses import foreign_origin
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import (
     AgoraError,
@@ -38,6 +41,7 @@ from kernel.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from kernel.outbound import OutboundClient, OutboundRefused
 from kernel.storage import ObjectStore
 
 TOKEN_TTL = 600
@@ -58,6 +62,7 @@ class TransferService:
         address: str,
         public_url: str,
         private_key: Callable[[], bytes],
+        outbound: OutboundClient,
         token_key: Any,
         store: ObjectStore,
         agreements: AgreementService,
@@ -69,6 +74,7 @@ class TransferService:
         self.address = address
         self.public_url = public_url.rstrip("/")
         self._private_key = private_key
+        self.outbound = outbound
         self._token_key = token_key
         self.store = store
         self.agreements = agreements
@@ -216,11 +222,13 @@ class TransferService:
         )
         client = PeerClient(
             negotiation.counterparty_endpoint,
+            outbound=self.outbound,
             private_key=self._private_key(),
             own_address=self.address,
             peer_address=agreement.provider,
         )
         try:
+            cap = self._agreed_size(agreement)
             start, _ = client.post(
                 "/dsp/transfers/request",
                 {
@@ -232,12 +240,11 @@ class TransferService:
                     "callbackAddress": f"{self.public_url}/dsp",
                 },
             )
-            row.peer_pid = str(start["providerPid"])
+            row.peer_pid = str(start.get("providerPid") or "")
             row.state = "STARTED"
-            address = start["dataAddress"]
-            token = next(p["value"] for p in address["endpointProperties"] if p["name"] == "authorization")
-            self._download(row, str(address["endpoint"]), token)
-            doc = self._fetch_provenance(str(address["endpoint"]), token)
+            url, token = _data_address(start, negotiation.counterparty_endpoint, agreement.provider)
+            self._download(row, url, token, cap)
+            doc = self._fetch_provenance(url, token)
             problem = self._verify(doc, row.sha256)
             if problem is not None:
                 raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
@@ -256,20 +263,35 @@ class TransferService:
             row.state, row.reason = "TERMINATED", exc.detail
             raise
         finally:
-            client.close()
             with transaction(self.engine) as session:
                 session.merge(row)
         return self.get(row.id)
 
-    def _download(self, row: TransferProcess, url: str, token: str) -> None:
-        """Into a staging file, resuming with Range after a broken connection."""
-        with self.store.stage() as staged, httpx.Client(timeout=httpx.Timeout(30.0, read=300.0)) as http:
+    def _agreed_size(self, agreement: Agreement) -> int:
+        """The most bytes to take: the size in the agreed terms, within this node's cap."""
+        limit = self.outbound.policy.max_download_bytes
+        size = agreement.terms.get("size")
+        if size is None:
+            return limit  # terms agreed before sizes were part of them: the digest still decides
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise TransferRefused(f"the agreed size {size!r} is not a byte count")
+        if size > limit:
+            raise TransferRefused(f"the agreed size {size} is over this node's download cap of {limit} bytes")
+        return size
+
+    def _download(self, row: TransferProcess, url: str, token: str, cap: int) -> None:
+        """Into a staging file, resuming with Range after a broken connection; never more
+        than ``cap`` bytes."""
+        with self.store.stage() as staged:
             for attempt in range(RESUME_ATTEMPTS):
                 headers = {"Authorization": f"Bearer {token}"}
                 if staged.size:
                     headers["Range"] = f"bytes={staged.size}-"
                 try:
-                    with http.stream("GET", url, headers=headers) as response:
+                    # cut off (and refused) past what is left of the agreed size
+                    with self.outbound.stream(
+                        "GET", url, headers=headers, max_bytes=cap - staged.size
+                    ) as response:
                         if response.status_code >= 400:
                             raise TransferRefused(
                                 f"the provider refused the data: HTTP {response.status_code}"
@@ -277,10 +299,12 @@ class TransferService:
                         for chunk in response.iter_bytes(1024 * 1024):
                             staged.write(chunk)
                     break
-                except httpx.TransportError as exc:
+                except OutboundRefused as exc:
+                    raise TransferRefused(f"{exc.detail} (the agreed size is {cap} bytes)") from None
+                except ServiceUnavailable as exc:
                     if attempt == RESUME_ATTEMPTS - 1:
                         raise ServiceUnavailable(
-                            f"the download broke off {RESUME_ATTEMPTS} times: {exc}"
+                            f"the download broke off {RESUME_ATTEMPTS} times: {exc.detail}"
                         ) from exc
             if staged.sha256 != row.sha256:
                 raise TransferRefused(
@@ -291,13 +315,15 @@ class TransferService:
 
     def _fetch_provenance(self, data_url: str, token: str) -> dict[str, Any]:
         url = data_url.rsplit("/", 1)[0] + "/provenance"
+        response = self.outbound.request("GET", url, headers={"Authorization": f"Bearer {token}"})
         try:
-            response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
             response.raise_for_status()
-            doc: dict[str, Any] = response.json()
-            return doc
+            doc = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise ServiceUnavailable(f"cannot fetch the provenance of the transfer: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise TransferRefused("the transfer's provenance is not a JSON object")
+        return doc
 
     def get(self, transfer_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
@@ -325,6 +351,27 @@ class TransferService:
 
     def provenance_for(self, row: TransferProcess) -> dict[str, Any]:
         return row.provenance if row.role == "consumer" else self._provenance(row.sha256)
+
+
+def _data_address(start: dict[str, Any], provider_endpoint: str, provider: str) -> tuple[str, str]:
+    """The data URL and its token from a ``TransferStartMessage``; the URL must be on the
+    origin of the provider's verified endpoint."""
+    try:
+        address = start["dataAddress"]
+        url = str(address["endpoint"])
+        token = next(
+            str(p["value"]) for p in address["endpointProperties"] if p.get("name") == "authorization"
+        )
+    except (KeyError, TypeError, AttributeError, StopIteration):
+        raise TransferRefused(
+            "the provider's TransferStartMessage lacks a data address with a token"
+        ) from None
+    refusal = foreign_origin(
+        url, provider_endpoint, "the data address", f"the provider {provider}'s verified"
+    )
+    if refusal:
+        raise TransferRefused(refusal)
+    return url, token
 
 
 def _transfer_out(row: TransferProcess) -> dict[str, Any]:

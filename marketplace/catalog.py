@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, text, update
 from sqlalchemy import column as sa_column
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select as sa_select
 from sqlalchemy import table as sa_table
 from sqlmodel import Session, col, delete, select
@@ -419,6 +420,26 @@ class CatalogService:
             for chunk in range(0, len(stale), 500):
                 session.exec(delete(CatalogEntry).where(col(CatalogEntry.id).in_(stale[chunk : chunk + 500])))
         return len(stale)
+
+    def keep_only_providers(self, providers: set[str]) -> int:
+        """Drop every peer copy (entries and crawl state) of a provider not in ``providers``
+        (the peers the operator added); returns how many entries went."""
+        with transaction(self.engine) as session:
+            held = set(
+                session.exec(
+                    select(CatalogEntry.provider).where(col(CatalogEntry.local).is_(False)).distinct()
+                ).all()
+            ) | set(session.exec(select(PeerCatalogState.provider)).all())
+            gone = sorted(held - providers)
+            if not gone:
+                return 0
+            dropped = session.execute(
+                sa_delete(CatalogEntry).where(
+                    col(CatalogEntry.local).is_(False), col(CatalogEntry.provider).in_(gone)
+                )
+            )
+            session.execute(sa_delete(PeerCatalogState).where(col(PeerCatalogState.provider).in_(gone)))
+            return int(getattr(dropped, "rowcount", 0) or 0)
 
     def crawl_state(self, provider: str) -> PeerCatalogState | None:
         with Session(self.engine) as session:

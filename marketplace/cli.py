@@ -262,9 +262,9 @@ def catalog_command(
     with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
         provider = None
         participants = client.get("/api/v1/participants")
-        names = {p["address"]: p["name"] for p in participants}
+        names = {p["address"]: p["label"] for p in participants}
         if peer:
-            endpoints = {p["endpoint"].rstrip("/"): p["address"] for p in participants}
+            endpoints = {p["endpoint"].rstrip("/"): p["address"] for p in participants if p["trusted"]}
             provider = endpoints.get(peer.rstrip("/"))
             if provider is None:
                 raise InvalidInput(f"{peer} is not a known peer: `agora peers add {peer}` first")

@@ -197,6 +197,7 @@ class OfferingService:
             "policy": detail.policy,
             "version": detail.version,
             "sha256": detail.sha256.removeprefix("sha256:"),
+            "size": detail.size,
         }
 
     def by_name(self, name: str) -> Offering | None:

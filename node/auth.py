@@ -33,7 +33,8 @@ from joserfc.errors import (
 )
 from joserfc.jwk import ECKey, KeySet
 
-from kernel.errors import ConfigurationError, Forbidden, InvalidInput, Unauthorized
+from kernel.errors import AgoraError, ConfigurationError, Forbidden, InvalidInput, Unauthorized
+from kernel.outbound import OutboundClient
 
 if TYPE_CHECKING:
     from node.settings import Settings
@@ -140,18 +141,27 @@ class OIDCKeyFetcher:
     """Fetches and caches an issuer's JWKS; refetches on an unknown ``kid`` (key rotation)."""
 
     MIN_REFRESH_SECONDS = 10.0
+    TIMEOUT = httpx.Timeout(5.0)  # a token check waits on this: shorter than the node's default
+    MAX_BYTES = 1024 * 1024
 
-    def __init__(self, http: httpx.Client | None = None) -> None:
-        self.http = http or httpx.Client(timeout=5.0)
+    def __init__(self, outbound: OutboundClient) -> None:
+        self.outbound = outbound
+
+    def _get(self, url: str) -> Any:
+        """The JSON document at ``url`` (through the node's outbound client)."""
+        try:
+            response = self.outbound.request("GET", url, max_bytes=self.MAX_BYTES, timeout=self.TIMEOUT)
+        except AgoraError as exc:
+            raise ValueError(exc.detail) from None
+        response.raise_for_status()
+        return response.json()
 
     def discover_jwks_url(self, issuer: str) -> str:
         from authlib.oidc.discovery import OpenIDProviderMetadata
 
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
         try:
-            response = self.http.get(url)
-            response.raise_for_status()
-            metadata = OpenIDProviderMetadata(response.json())
+            metadata = OpenIDProviderMetadata(self._get(url))
             metadata.validate_issuer()
             metadata.validate_jwks_uri()
         except (httpx.HTTPError, ValueError, TypeError) as exc:
@@ -162,9 +172,7 @@ class OIDCKeyFetcher:
 
     def fetch(self, jwks_url: str) -> KeySet:
         try:
-            response = self.http.get(jwks_url)
-            response.raise_for_status()
-            return KeySet.import_key_set(response.json())
+            return KeySet.import_key_set(self._get(jwks_url))
         except (httpx.HTTPError, ValueError, TypeError, KeyError, JoseError) as exc:
             # KeyError/TypeError: a body that is JSON but not a JWKS (no "keys" list)
             raise Unauthorized(f"cannot fetch the identity provider's keys from {jwks_url}: {exc}") from exc
@@ -199,7 +207,10 @@ class TokenVerifier:
             self._trusts[oidc_issuer] = _Trust(
                 oidc_issuer, oidc_audience, None, oidc_jwks_url, refreshable=True
             )
-        self._fetcher = fetcher or OIDCKeyFetcher()
+        # the identity provider the operator configured is exempt from the address rules
+        if fetcher is None and oidc_issuer:
+            fetcher = OIDCKeyFetcher(OutboundClient().exempting(oidc_issuer, oidc_jwks_url))
+        self._fetcher = fetcher
         self._cache: OrderedDict[str, Principal] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -297,6 +308,7 @@ class TokenVerifier:
         with trust.lock:
             stale = refresh and time.monotonic() - trust.fetched_at > OIDCKeyFetcher.MIN_REFRESH_SECONDS
             if trust.keys is None or stale:
+                assert self._fetcher is not None  # only an OIDC trust starts without keys or refreshes
                 if not trust.jwks_url:
                     trust.jwks_url = self._fetcher.discover_jwks_url(trust.issuer)
                 trust.keys = self._fetcher.fetch(trust.jwks_url)

@@ -20,13 +20,15 @@ from contracts.chain import Chain
 from contracts.notary import Notary, NotaryConfig
 from contracts.provenance import ProvenanceService
 from contracts.registry import Registry
+from kernel.addresses import AddressRules
 from kernel.db import backend_name, make_engine
 from kernel.errors import AgoraError, ConfigurationError
+from kernel.outbound import OutboundClient, OutboundPolicy
 from kernel.storage import ObjectStore
 from marketplace.catalog import CatalogService
 from marketplace.manifests.service import ManifestService
 from marketplace.services import OfferingService, check_policy
-from node.auth import TokenIssuer, TokenVerifier
+from node.auth import OIDCKeyFetcher, TokenIssuer, TokenVerifier
 from node.identity import org_private_key, participant_address, token_signing_key
 from node.settings import Settings
 from node.storage import make_object_store
@@ -44,6 +46,7 @@ class Runtime:
     settings: Settings
     address: str
     engine: Engine
+    outbound: OutboundClient
     store: ObjectStore
     issuer: TokenIssuer
     verifier: TokenVerifier
@@ -172,13 +175,30 @@ class Runtime:
             chain, self._chain = self._chain, None
         if chain is not None:
             chain.close()
+        self.outbound.close()
         self.engine.dispose()
+
+
+def outbound_policy(settings: Settings) -> OutboundPolicy:
+    """The limits of every request this node makes to another party (``AGORA_OUTBOUND_*``)."""
+    return OutboundPolicy(
+        rules=AddressRules(
+            allow_private=settings.outbound_allow_private,
+            allow_loopback=settings.outbound_loopback_allowed,
+        ),
+        connect_timeout=settings.outbound_connect_timeout,
+        read_timeout=settings.outbound_read_timeout,
+        deadline=settings.outbound_deadline,
+        max_response_bytes=int(settings.outbound_max_response_bytes),
+        max_download_bytes=settings.max_upload_bytes,
+    )
 
 
 def build_runtime(settings: Settings) -> Runtime:
     """Open the database, object store and keys this node's settings name."""
     address = participant_address(settings)
     key = token_signing_key(settings)
+    outbound = OutboundClient(outbound_policy(settings))
     issuer = TokenIssuer(key, settings.token_issuer, address, settings.token_ttl_max_seconds)
     verifier = TokenVerifier(
         settings.token_issuer,
@@ -187,6 +207,8 @@ def build_runtime(settings: Settings) -> Runtime:
         oidc_issuer=settings.oidc_issuer,
         oidc_audience=settings.oidc_audience,
         oidc_jwks_url=settings.oidc_jwks_url,
+        # the identity provider the operator configured is exempt from the address rules
+        fetcher=OIDCKeyFetcher(outbound.exempting(settings.oidc_issuer, settings.oidc_jwks_url)),
     )
     engine = make_engine(settings.effective_database_url)
     store = make_object_store(settings)
@@ -206,7 +228,7 @@ def build_runtime(settings: Settings) -> Runtime:
         max_upload_bytes=settings.max_upload_bytes,
         on_queued=notary.wake,
     )
-    participants = ParticipantService(engine)
+    participants = ParticipantService(engine, outbound)
     manifests = ManifestService(
         offerings,
         known_peer_urls=lambda: {p.endpoint for p in participants.peers()},
@@ -217,6 +239,7 @@ def build_runtime(settings: Settings) -> Runtime:
         settings=settings,
         address=address,
         engine=engine,
+        outbound=outbound,
         store=store,
         issuer=issuer,
         verifier=verifier,
@@ -228,13 +251,18 @@ def build_runtime(settings: Settings) -> Runtime:
         catalog=CatalogService(engine, self_address=address, public_url=settings.public_url),
     )
     runtime.protocol = ProtocolGate(
-        engine, address=address, private_key=runtime.org_key, registry_lookup=runtime.registered_participant
+        engine,
+        address=address,
+        private_key=runtime.org_key,
+        registry_lookup=runtime.registered_participant,
+        accept_registered=settings.accept_registered_participants,
     )
     _connect_negotiations(runtime, token_key=key)
     _connect_jobs(runtime)
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
         peers=participants.peers,
+        outbound=outbound,
         own_address=address,
         private_key=runtime.org_key,
         interval=settings.catalog_crawl_interval,
@@ -245,11 +273,18 @@ def build_runtime(settings: Settings) -> Runtime:
 def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
     """Negotiations, agreements and transfers, and the dispatcher that carries their messages."""
     settings = runtime.settings
+
     # the dispatcher's callbacks are bound late: they name the negotiation service made below
+    def verified_endpoint(address: str) -> str | None:
+        participant = runtime.participants.get(address)
+        return participant.endpoint if participant is not None else None
+
     dispatcher = Dispatcher(
         runtime.engine,
         own_address=runtime.address,
         private_key=runtime.org_key,
+        outbound=runtime.outbound,
+        verified_endpoint=verified_endpoint,
         housekeeping=lambda: negotiations.expire(),
         on_given_up=lambda message, error: negotiations.on_given_up(message.negotiation_id, error),
     )
@@ -280,6 +315,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         address=runtime.address,
         public_url=settings.public_url,
         private_key=runtime.org_key,
+        outbound=runtime.outbound,
         token_key=token_key,
         store=runtime.store,
         agreements=agreements,
@@ -323,6 +359,7 @@ def _connect_jobs(runtime: Runtime) -> None:
         address=runtime.address,
         private_key=runtime.org_key,
         provenance=runtime.provenance.document,
+        outbound=runtime.outbound,
     )
 
 

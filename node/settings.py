@@ -71,6 +71,25 @@ class Settings(BaseSettings):
     )
     anchor_max_delay: float = Field(default=2.0, ge=0, description="seconds a record waits for a full batch")
     public_url: str = "http://127.0.0.1:8000"
+    accept_registered_participants: bool = Field(
+        default=False,
+        description="answer participants known only from the on-chain registry (they may ask, "
+        "negotiate and use agreements; they are never crawled or listed)",
+    )
+    outbound_allow_private: bool = Field(
+        default=False, description="outbound requests may go to private addresses (10/8, fc00::/7 …)"
+    )
+    outbound_allow_loopback: bool | None = Field(
+        default=None, description="outbound requests may go to loopback; default: when public_url is loopback"
+    )
+    outbound_connect_timeout: float = Field(default=3.0, gt=0, description="seconds to connect to a peer")
+    outbound_read_timeout: float = Field(default=30.0, gt=0, description="seconds a peer may send nothing")
+    outbound_deadline: float = Field(
+        default=120.0, gt=0, description="seconds one outbound request and its whole answer may take"
+    )
+    outbound_max_response_bytes: ByteSize = Field(
+        default=ByteSize(16 * 1024**2), description="largest answer a peer may send to a protocol message"
+    )
     oidc_issuer: str = ""
     oidc_jwks_url: str = ""
     oidc_audience: str = ""
@@ -190,6 +209,15 @@ class Settings(BaseSettings):
     def token_issuer(self) -> str:
         """The ``iss`` of tokens this node signs: its public URL."""
         return self.public_url.rstrip("/")
+
+    @property
+    def outbound_loopback_allowed(self) -> bool:
+        """Loopback peers are a development setup: allowed when this node itself is on loopback."""
+        if self.outbound_allow_loopback is not None:
+            return self.outbound_allow_loopback
+        from kernel.addresses import is_loopback_url
+
+        return is_loopback_url(self.public_url)
 
     @property
     def oidc_enabled(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -173,6 +174,13 @@ class LiveNode:
         if check and result.returncode != 0:
             raise AssertionError(f"agora {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
+
+    def org_key(self) -> bytes:
+        """The organisation's private key (to sign protocol messages as this node would)."""
+        from eth_account import Account
+
+        keystore = json.loads((self.home / "keystore.json").read_text())
+        return bytes(Account.decrypt(keystore, "test-passphrase"))
 
     def token(self, *scopes: str) -> str:
         args = ["token", "create", "--home", str(self.home)]

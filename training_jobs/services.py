@@ -29,6 +29,7 @@ from kernel.errors import (
     InvalidInput,
     ServiceUnavailable,
 )
+from kernel.outbound import OutboundClient
 from kernel.storage import ObjectStore
 from training_jobs import bundle as bundles
 from training_jobs.joblog import read_log
@@ -52,8 +53,10 @@ class JobService:
         address: str,
         private_key: Callable[[], bytes],
         provenance: Callable[[str], dict[str, Any]],
+        outbound: OutboundClient,
     ) -> None:
         self.engine = engine
+        self.outbound = outbound
         self.store = store
         self.states = states
         self.address = address
@@ -95,20 +98,16 @@ class JobService:
             bundles.list_members(bundle)
             spec.code.digest = bundles.digest(bundle)
         job_id = f"urn:uuid:{uuid.uuid4()}"
-        client = self._client(endpoint, agreement.provider)
-        try:
-            reply = client.post(
-                "/dsp/jobs",
-                {
-                    "@type": "agora:JobRequestMessage",
-                    "consumerPid": job_id,
-                    "agreementId": agreement_id,
-                    "spec": spec.wire(),
-                    "bundle": base64.b64encode(bundle).decode() if bundle is not None else None,
-                },
-            )[0]
-        finally:
-            client.close()
+        reply = self._client(endpoint, agreement.provider).post(
+            "/dsp/jobs",
+            {
+                "@type": "agora:JobRequestMessage",
+                "consumerPid": job_id,
+                "agreementId": agreement_id,
+                "spec": spec.wire(),
+                "bundle": base64.b64encode(bundle).decode() if bundle is not None else None,
+            },
+        )[0]
         job = Job(
             id=job_id,
             role="consumer",
@@ -131,7 +130,11 @@ class JobService:
 
     def _client(self, endpoint: str, provider: str) -> PeerClient:
         return PeerClient(
-            endpoint, private_key=self._private_key(), own_address=self.address, peer_address=provider
+            endpoint,
+            outbound=self.outbound,
+            private_key=self._private_key(),
+            own_address=self.address,
+            peer_address=provider,
         )
 
     def _job(self, job_id: str) -> Job:
@@ -159,11 +162,9 @@ class JobService:
         return out
 
     def _ask(self, job: Job, what: str, body: dict[str, Any]) -> dict[str, Any]:
-        client = self._client(job.counterparty_endpoint, job.counterparty)
-        try:
-            return client.post(f"/dsp/jobs/{job.peer_pid}/{what}", body)[0]
-        finally:
-            client.close()
+        return self._client(job.counterparty_endpoint, job.counterparty).post(
+            f"/dsp/jobs/{job.peer_pid}/{what}", body
+        )[0]
 
     def list_all(self, state: str | None = None) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
@@ -234,26 +235,21 @@ class JobService:
 
     def _download(self, job: Job, artifact: str, record: dict[str, Any]) -> None:
         client = self._client(job.counterparty_endpoint, job.counterparty)
-        try:
-            with (
-                client.stream(f"/dsp/jobs/{job.peer_pid}/artifacts/{artifact}", {}) as chunks,
-                self.store.stage() as staged,
-            ):
-                for chunk in chunks:
-                    staged.write(chunk)
-                    if staged.size > int(record["size"]):
-                        raise Forbidden(
-                            f"the provider sent more than the {record['size']} bytes it announced"
-                        )
-                staged.finish()
-                if staged.sha256 != record["sha256"]:
-                    raise Forbidden(
-                        f"the {artifact} model's sha256 {staged.sha256} is not the {record['sha256']} "
-                        "the provider signed"
-                    )
-                self.store.commit(staged)
-        finally:
-            client.close()
+        size = int(record["size"])
+        with (
+            # the stream is cut off (and refused) past the size the provider announced
+            client.stream(f"/dsp/jobs/{job.peer_pid}/artifacts/{artifact}", {}, max_bytes=size) as chunks,
+            self.store.stage() as staged,
+        ):
+            for chunk in chunks:
+                staged.write(chunk)
+            staged.finish()
+            if staged.sha256 != record["sha256"]:
+                raise Forbidden(
+                    f"the {artifact} model's sha256 {staged.sha256} is not the {record['sha256']} "
+                    "the provider signed"
+                )
+            self.store.commit(staged)
 
     def read(self, sha256: str) -> Iterator[bytes]:
         return self.store.read(sha256)

@@ -139,6 +139,6 @@ def test_catalog_request_requires_a_known_signed_sender(live_node: services.Live
         json=seal(message, private_key=stranger.key, recipient=address),
     )
     assert r.status_code == 403
-    assert "neither a known peer" in r.json()["detail"]
+    assert "not a peer of this node" in r.json()["detail"]
     unsigned = httpx.post(f"{live_node.url}/dsp/catalog/request", json=message)
     assert unsigned.status_code == 401

@@ -248,7 +248,7 @@ def test_unknown_sender_is_refused(orgs: tuple[services.Org, services.Org]) -> N
     stranger = Account.create()
     envelope = seal({"@type": "ContractRequestMessage"}, private_key=stranger.key, recipient=acme.address)
     r = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
-    assert r.status_code == 403 and "neither a known peer" in r.json()["detail"]
+    assert r.status_code == 403 and "not a peer of this node" in r.json()["detail"]
 
 
 def org_key(org: services.Org) -> bytes:

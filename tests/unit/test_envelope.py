@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from connector.envelope import EnvelopeRejected, ReplayedMessage, UnknownSender, open_envelope, seal
+from connector.envelope import (
+    EnvelopeRejected,
+    NotAPeer,
+    ReplayedMessage,
+    UnknownSender,
+    open_envelope,
+    seal,
+)
 from connector.models import Participant
 from connector.protocol import ProtocolGate
 from kernel.db import make_engine, transaction
@@ -70,22 +77,35 @@ def test_stale_and_future_timestamps() -> None:
         open_envelope(future, recipient=BOB.address)
 
 
-@pytest.fixture
-def gate(tmp_path: Path) -> ProtocolGate:
+def _gate(tmp_path: Path, *, accept_registered: bool) -> ProtocolGate:
     url = f"sqlite:///{tmp_path / 'gate.db'}"
     db.upgrade(url)
     engine = make_engine(url)
     with transaction(engine) as session:
-        session.add(Participant(address=ALICE.address, name="Alice", endpoint="http://alice", is_self=False))
+        session.add(Participant(address=ALICE.address, name="Alice", endpoint="http://alice", trusted=True))
     on_chain = {MALLORY.address: ("Mallory Inc", "http://mallory")}
     return ProtocolGate(
-        engine, address=BOB.address, private_key=lambda: bytes(BOB.key), registry_lookup=on_chain.get
+        engine,
+        address=BOB.address,
+        private_key=lambda: bytes(BOB.key),
+        registry_lookup=on_chain.get,
+        accept_registered=accept_registered,
     )
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> ProtocolGate:
+    return _gate(tmp_path, accept_registered=False)
 
 
 def test_gate_accepts_known_peer_once(gate: ProtocolGate) -> None:
     env = seal({"x": 1}, private_key=ALICE.key, recipient=BOB.address)
-    assert gate.accept(env).sender == ALICE.address
+    opened = gate.accept(env)
+    assert (opened.sender, opened.sender_trusted, opened.sender_endpoint) == (
+        ALICE.address,
+        True,
+        "http://alice",
+    )
     with pytest.raises(ReplayedMessage):
         gate.accept(env)
     assert gate.accept(seal({"x": 1}, private_key=ALICE.key, recipient=BOB.address)).sender == ALICE.address
@@ -93,18 +113,35 @@ def test_gate_accepts_known_peer_once(gate: ProtocolGate) -> None:
 
 def test_gate_refuses_unknown_sender(gate: ProtocolGate) -> None:
     stranger = Account.create()
-    with pytest.raises(UnknownSender):
+    with pytest.raises(
+        NotAPeer, match="not a peer of this node; the operator adds peers with agora peers add"
+    ):
         gate.accept(seal({"x": 1}, private_key=stranger.key, recipient=BOB.address))
 
 
-def test_gate_learns_registered_participants(gate: ProtocolGate) -> None:
-    opened = gate.accept(seal({"x": 1}, private_key=MALLORY.key, recipient=BOB.address))
-    assert opened.sender == MALLORY.address
+def test_registration_on_chain_does_not_make_a_peer(gate: ProtocolGate) -> None:
+    """Anyone may register on chain: by default that is no reason to answer, nor to record."""
     from sqlmodel import Session
 
+    with pytest.raises(NotAPeer, match="not a peer"):
+        gate.accept(seal({"x": 1}, private_key=MALLORY.key, recipient=BOB.address))
+    with Session(gate.engine) as session:
+        assert session.get(Participant, MALLORY.address) is None
+
+
+def test_registered_participants_when_the_operator_opts_in(tmp_path: Path) -> None:
+    from sqlmodel import Session
+
+    gate = _gate(tmp_path, accept_registered=True)
+    opened = gate.accept(seal({"x": 1}, private_key=MALLORY.key, recipient=BOB.address))
+    assert (opened.sender, opened.sender_trusted) == (MALLORY.address, False)
+    assert opened.sender_endpoint == "http://mallory"
     with Session(gate.engine) as session:
         row = session.get(Participant, MALLORY.address)
-    assert row is not None and row.name == "Mallory Inc"
+    assert row is not None and row.name == "Mallory Inc" and row.trusted is False
+    stranger = Account.create()
+    with pytest.raises(UnknownSender, match="neither a peer of this node nor a participant in the registry"):
+        gate.accept(seal({"x": 1}, private_key=stranger.key, recipient=BOB.address))
 
 
 def test_reply_is_sealed_for_the_sender(gate: ProtocolGate) -> None:

@@ -1,0 +1,192 @@
+"""A hostile organisation for the security tests: a real node behind a front that plays tricks.
+
+The hostile node is a stock ``agora serve`` process whose public URL is the front's; the
+front passes every request on to it, except where its current ``mode`` says otherwise. It
+holds the hostile organisation's key, so what it changes it signs again: its lies carry
+valid signatures, as a peer that went rogue would send them. An :class:`InternalService`
+on loopback stands for what must stay out of reach (an admin port, a metadata service): it
+counts every request that reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+from connector.envelope import open_envelope, seal
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+
+
+class InternalService:
+    """Stands for a service inside the network; counts the requests reaching it."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        hits = self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def _count(self) -> None:
+                hits.append(f"{self.command} {self.path}")
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_PUT = do_DELETE = _count
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HostileFront:
+    """The hostile node's public endpoint. Modes:
+
+    ``pass``                 every request goes to the real node
+    ``identity-elsewhere``   the identity statement names ``target`` as the endpoint
+    ``redirect``             catalog requests answer 302 to ``target``
+    ``oversize``             catalog requests answer an endless body
+    ``slow``                 catalog requests answer after ``slow_seconds``
+    ``trickle``              catalog requests answer one byte every 0.3 s
+    ``data-elsewhere``       a transfer's data address points to ``target``
+    ``data-oversize``        a transfer's data comes with a mebibyte more than agreed
+    """
+
+    def __init__(self, key: bytes, address: str, target: str) -> None:
+        self.key, self.address, self.target = key, address, target
+        self.mode = "pass"
+        self.upstream = ""
+        self.slow_seconds = 6.0
+        self.requests: Counter[str] = Counter()  # "METHOD kind" of each request received
+        self.oversize_sent = 0
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                front.handle(self, b"")
+
+            def do_POST(self) -> None:
+                front.handle(self, self.rfile.read(int(self.headers.get("content-length") or 0)))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
+        path = req.path.split("?", 1)[0]
+        kind = _kind(path)
+        self.requests[f"{req.command} {kind}"] += 1
+        mode = self.mode
+        if kind == "identity" and mode == "identity-elsewhere":
+            statement = {"address": self.address, "name": "Hostile", "endpoint": self.target}
+            return _send(req, 200, json.dumps(seal(statement, private_key=self.key, recipient=self.address)))
+        if kind == "catalog" and mode == "redirect":
+            return _send(req, 302, "", {"Location": f"{self.target}/dsp/catalog/request"})
+        if kind == "catalog" and mode == "oversize":
+            return self._endless(req)
+        if kind == "catalog" and mode == "slow":
+            time.sleep(self.slow_seconds)
+        if kind == "catalog" and mode == "trickle":
+            return self._trickle(req)
+        response = self._forward(req, body)
+        content = response.content
+        if kind == "transfer-request" and mode == "data-elsewhere" and response.status_code < 300:
+            content = self._point_data_elsewhere(content)
+        if kind == "data" and mode == "data-oversize":
+            content += b"\0" * (1024 * 1024)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        _send(req, response.status_code, content, headers)
+
+    def _forward(self, req: BaseHTTPRequestHandler, body: bytes) -> httpx.Response:
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
+        return httpx.request(
+            req.command, self.upstream + req.path, content=body or None, headers=headers, timeout=60
+        )
+
+    def _point_data_elsewhere(self, content: bytes) -> bytes:
+        envelope = json.loads(content)
+        opened = open_envelope(envelope, recipient=envelope["recipient"])
+        start = dict(opened.body)
+        start["dataAddress"] = {**start["dataAddress"], "endpoint": f"{self.target}/steal"}
+        return json.dumps(seal(start, private_key=self.key, recipient=opened.recipient)).encode()
+
+    def _endless(self, req: BaseHTTPRequestHandler) -> None:
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.end_headers()
+        chunk = b" " * 65536
+        try:
+            for _ in range(4096):  # 256 MiB, unless the other side hangs up
+                req.wfile.write(chunk)
+                self.oversize_sent += len(chunk)
+        except OSError:
+            return
+
+    def _trickle(self, req: BaseHTTPRequestHandler) -> None:
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", "1000")
+        req.end_headers()
+        try:
+            for _ in range(1000):
+                req.wfile.write(b" ")
+                req.wfile.flush()
+                time.sleep(0.3)
+        except OSError:
+            return
+
+
+def _kind(path: str) -> str:
+    if path == "/dsp/identity":
+        return "identity"
+    if path.startswith("/dsp/catalog"):
+        return "catalog"
+    if path == "/dsp/transfers/request":
+        return "transfer-request"
+    if path.startswith("/dsp/transfers/") and path.endswith("/data"):
+        return "data"
+    return path.split("/")[2] if path.startswith("/dsp/") else path
+
+
+def _send(
+    req: BaseHTTPRequestHandler, status: int, content: str | bytes, headers: dict[str, Any] | None = None
+) -> None:
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        req.send_response(status)
+        for key, value in (headers or {"Content-Type": "application/json"}).items():
+            req.send_header(key, str(value))
+        req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        req.wfile.write(data)
+    except OSError:
+        return  # the victim hung up (it timed out, or refused the answer): that is the point

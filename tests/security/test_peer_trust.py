@@ -1,0 +1,154 @@
+"""Trust in peers inside one node (in-process, real SQLite): who is listed, how names read,
+where the dispatcher and duties may send, and what the participants API refuses to call."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eth_account import Account
+from sqlmodel import Session, select
+
+from connector.models import Agreement, OutboundMessage, Participant, UsageRecord
+from connector.services import labels
+from kernel.db import transaction
+from tests.security.hostile import InternalService
+
+
+@pytest.fixture
+def internal() -> Iterator[InternalService]:
+    service = InternalService()
+    yield service
+    service.stop()
+
+
+def _participant(
+    name: str, *, trusted: bool = True, is_self: bool = False, endpoint: str = ""
+) -> Participant:
+    address = Account.create().address
+    return Participant(
+        address=address,
+        name=name,
+        endpoint=endpoint or f"http://{name.lower()}",
+        trusted=trusted,
+        is_self=is_self,
+    )
+
+
+def test_a_shared_name_shows_the_addresses_and_an_untrusted_one_is_marked() -> None:
+    me = _participant("Acme Wind", is_self=True)
+    twin = _participant("acme wind ", trusted=True)
+    stranger = _participant("Gamma Labs", trusted=False)
+    partner = _participant("Beta Analytics")
+    names = labels([me, twin, stranger, partner])
+    assert names[me.address] == f"Acme Wind ({me.address[:6]}…{me.address[-4:]})"
+    assert names[twin.address] == f"acme wind  ({twin.address[:6]}…{twin.address[-4:]})"
+    assert (
+        names[stranger.address] == f"Gamma Labs ({stranger.address[:6]}…{stranger.address[-4:]}, not a peer)"
+    )
+    assert names[partner.address] == "Beta Analytics"
+    assert len(set(names.values())) == 4
+
+
+def test_copies_from_providers_that_are_not_peers_are_dropped(runtime: Any) -> None:
+    """A node upgraded from when registered senders became peers: their crawled copies go."""
+    former = _participant("Registered Only", trusted=False)
+    with transaction(runtime.engine) as session:
+        session.add(former)
+    page = {"dataset": [{"@id": "urn:uuid:11111111-2222-3333-4444-555555555555", "dct:title": "Leaked"}]}
+    runtime.catalog.store_peer_page(former.address, page)
+    runtime.catalog.record_crawl(former.address, former.endpoint, ok=True)
+    assert [i["title"] for i in runtime.catalog.search(_filters())["items"]] == ["Leaked"]
+    assert runtime.crawler.crawl_all() == {}, "an untrusted participant is not crawled"
+    assert runtime.catalog.search(_filters())["items"] == []
+    assert runtime.catalog.freshness() == []
+
+
+def _filters() -> Any:
+    from marketplace.catalog import CatalogFilters
+
+    return CatalogFilters()
+
+
+def test_the_dispatcher_sends_only_to_the_recipients_verified_origin(
+    runtime: Any, internal: InternalService
+) -> None:
+    peer = _participant("Peer", endpoint="http://127.0.0.1:9")
+    stranger = Account.create().address
+    with transaction(runtime.engine) as session:
+        session.add(peer)
+        session.add(
+            OutboundMessage(recipient=peer.address, url=f"{internal.url}/dsp/negotiations/x/events", body={})
+        )
+        session.add(
+            OutboundMessage(recipient=stranger, url=f"{internal.url}/dsp/negotiations/y/events", body={})
+        )
+    assert runtime.dispatcher.deliver_due() == 0
+    with Session(runtime.engine) as session:
+        rows = {m.recipient: m for m in session.exec(select(OutboundMessage)).all()}
+    assert rows[peer.address].status == "FAILED"
+    assert "is refused: it is not on" in rows[peer.address].last_error
+    assert "http://127.0.0.1:9" in rows[peer.address].last_error
+    assert rows[stranger].status == "FAILED" and "has no verified endpoint" in rows[stranger].last_error
+    assert internal.hits == []
+
+
+def _agreement(runtime: Any, target: str) -> tuple[str, str]:
+    agreement_id = "0x" + secrets.token_hex(32)
+    consumer = Account.create().address
+    policy = {"template": "usage-notification", "params": {"target": target}}
+    with transaction(runtime.engine) as session:
+        session.add(
+            Agreement(
+                id=agreement_id,
+                negotiation_id="urn:uuid:n",
+                role="provider",
+                provider=runtime.address,
+                consumer=consumer,
+                offering_id="o",
+                terms={"purpose": "research", "accessMode": "download", "policy": policy},
+                terms_hash="00" * 32,
+                provider_signature="0x",
+                chain_id=1,
+                registry_address="0x" + "00" * 20,
+                tx_hash="0x" + "11" * 32,
+            )
+        )
+    return agreement_id, consumer
+
+
+def test_a_notify_duty_is_sent_only_to_this_nodes_own_origin(runtime: Any, internal: InternalService) -> None:
+    elsewhere, consumer = _agreement(runtime, f"{internal.url}/collect")
+    grant = runtime.agreements.use(elsewhere, consumer=consumer, mode="download")
+    assert grant.uses == 1
+    own, own_consumer = _agreement(runtime, f"{runtime.settings.public_url}/dsp/notifications")
+    runtime.agreements.use(own, consumer=own_consumer, mode="download")
+    with Session(runtime.engine) as session:
+        queued = session.exec(select(OutboundMessage)).all()
+        logged = {u.agreement_id: u.reason for u in session.exec(select(UsageRecord)).all()}
+    assert [m.url for m in queued] == [f"{runtime.settings.public_url}/dsp/notifications"]
+    assert "notification not sent: the notify duty's target" in logged[elsewhere]
+    assert f"{internal.url}/collect is refused" in logged[elsewhere]
+    assert "not sent" not in logged[own]
+    assert internal.hits == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254", "link-local address"),
+        ("http://2852039166:80", "the cloud metadata address"),
+        ("http://10.0.0.5:8000", "private address (AGORA_OUTBOUND_ALLOW_PRIVATE)"),
+        ("http://[fd00::5]:8000", "private address"),
+        ("http://0.0.0.0:8000", "unspecified address"),
+    ],
+)
+def test_adding_a_peer_at_an_internal_address_is_refused(
+    client: Any, auth: Any, url: str, reason: str
+) -> None:
+    r = client.post("/api/v1/participants", json={"url": url}, headers=auth("admin"))
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["detail"] and r.json()["errors"][0]["path"] == "url"
+    assert [p for p in client.get("/api/v1/participants", headers=auth()).json() if not p["is_self"]] == []
