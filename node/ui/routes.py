@@ -129,12 +129,13 @@ def dashboard(state: State) -> Template:
 
 def _peers(runtime: Runtime) -> list[dict[str, Any]]:
     freshness = {f["provider"]: f for f in runtime.catalog.freshness()}
+    names = runtime.participants.labels()
     rows = []
     for peer in runtime.participants.peers():
         fresh = freshness.get(peer.address, {})
         rows.append(
             {
-                "name": peer.name,
+                "name": names.get(peer.address, peer.name),
                 "address": peer.address,
                 "endpoint": peer.endpoint,
                 "entries": fresh.get("entries", 0),
@@ -191,7 +192,7 @@ def catalog(
         "error": error,
         "kinds": KINDS,
         "modes": ACCESS_MODES,
-        "providers": sorted(names.items(), key=lambda kv: kv[1]),
+        "providers": sorted(((a, names[a]) for a in _providers(runtime) if a in names), key=lambda kv: kv[1]),
         "query": str(request.url.query) if request.url.query else "",
     }
     partial = request.headers.get("hx-request") == "true"
@@ -225,9 +226,16 @@ def offering_page(state: State, provider: FromPath[str], offering_id: FromPath[s
     return Template("offering.html", context=context)
 
 
+def _providers(runtime: Runtime) -> set[str]:
+    """Whose offerings the catalog can hold: this node's and its peers'."""
+    return {runtime.address, *(p.address for p in runtime.participants.peers())}
+
+
 def _names(runtime: Runtime) -> dict[str, str]:
-    names = {p.address: p.name for p in runtime.participants.peers()}
-    names[runtime.address] = runtime.settings.name
+    """How pages name participants: with the address when a name is shared, and marked
+    when one is not a peer (see ``connector.services.labels``)."""
+    names = runtime.participants.labels()
+    names.setdefault(runtime.address, runtime.settings.name)
     return names
 
 
