@@ -2,7 +2,7 @@
 
 Trains the example bundle's ``DigitsCNN`` (examples/jobs/digits-cnn/model.py) for a few epochs
 on the generated digits, exports it with the node's own exporter
-(``training_jobs.evaluate.export_torch``: opset 17, dynamic batch), then times single forward
+(``training_jobs.export.export_torch``: opset 17, dynamic batch), then times single forward
 passes of the same weights in PyTorch eager (``torch.inference_mode``) and in an ONNX Runtime
 CPU session, at batch 1 and batch 64: warm-up first, then many iterations, median latency.
 ``torch.set_num_threads`` and ONNX Runtime's intra-op threads are set to the same ``--threads``.
@@ -79,7 +79,7 @@ def main() -> None:
     from model import make_model  # the example bundle's network
 
     from training_jobs.datasets import digits_npz
-    from training_jobs.evaluate import export_torch
+    from training_jobs.export import export_torch
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

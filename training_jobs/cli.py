@@ -158,8 +158,8 @@ def status(
     metrics = (job.get("result") or {}).get("metrics")
     if metrics:
         console.print(
-            f"held-out rows {metrics.get('holdout_rows')}: native accuracy {metrics.get('native_accuracy')}, "
-            f"ONNX accuracy {metrics.get('onnx_accuracy')}, max |ONNX - native| {metrics.get('max_abs_diff')}"
+            f"held-out rows {metrics.get('holdout_rows')}: ONNX accuracy {metrics.get('onnx_accuracy')}; "
+            f"max |ONNX - native| {metrics.get('max_abs_diff')} on {metrics.get('probe_inputs')} probe inputs"
         )
     for name, artifact in ((job.get("result") or {}).get("artifacts") or {}).items():
         released = "released" if artifact.get("released") else "stays with the provider"

@@ -31,8 +31,18 @@ class JobLogSink:
     def job(self, line: str) -> None:
         self._add("job", line)
 
-    def verifier(self, line: str) -> None:
-        self._add("verify", line)
+    def export(self, line: str) -> None:
+        """A line of the export run, which loaded the consumer's model: consumer code's output."""
+        self._add("export", line)
+
+    def audit(self, line: str) -> None:
+        """A line of the node's audit run (node code, on the consumer's graph)."""
+        self._add("audit", line)
+
+    def private(self, line: str) -> None:
+        """What only the provider reads: the full detail behind a failure the consumer sees in
+        the node's own words."""
+        self._add("node-private", line)
 
     def node(self, line: str) -> None:
         self._add("node", line)

@@ -5,7 +5,13 @@
   resources, in which sandbox, on which dataset version under which agreement);
 * the trained model, anchored directly with its parents (dataset version, agreement, job
   run) and its verification report attested once (``attestResult``);
-* the ONNX model, parent the trained model, with its check report attested.
+* the ONNX model the node released, parent the trained model, with its audit report attested.
+
+Every figure attested comes from the node's audit run (:mod:`training_jobs.audit`), which ran
+node code only; nothing a sandbox holding consumer code wrote is attested. There is no
+held-out accuracy of the native model: measuring it would put the held-out rows beside the
+consumer's code. What is attested is the ONNX model's accuracy on the held-out rows and its
+agreement with the native model on the node's probe inputs.
 
 Everything is queued in the caller's transaction (the one that marks the job COMPLETED);
 the notary anchors it, so a crash leaves either all of it queued or none.
@@ -22,8 +28,8 @@ from contracts.notary import enqueue
 from contracts.registry import asset_id
 from kernel.canonical import canonical_hash
 from training_jobs.models import Job
-from training_jobs.onnx_check import OnnxCheck
 from training_jobs.spec import JobSpec
+from training_jobs.verification import AuditReport
 
 
 class JobLineage:
@@ -34,7 +40,7 @@ class JobLineage:
         self.dataset_kind = dataset_kind
         self.run = self._run_record(sandbox_kind)
 
-    def ids(self, model_sha: str, onnx_sha: str | None) -> dict[str, str]:
+    def ids(self, model_sha: str, onnx_sha: str) -> dict[str, str]:
         """The asset ids of the lineage (what :meth:`queue` notarizes)."""
         job = self.job
         ids = {
@@ -42,23 +48,14 @@ class JobLineage:
             "agreement": self._id("agreement", job.agreement_id.removeprefix("0x")),
             "run": self._id("job-result", canonical_hash(self.run)),
             "model": self._id("model", model_sha),
+            "onnx": self._id("onnx-model", onnx_sha),
         }
-        if onnx_sha:
-            ids["onnx"] = self._id("onnx-model", onnx_sha)
         return ids
 
-    def queue(
-        self,
-        session: Session,
-        model_sha: str,
-        onnx_sha: str | None,
-        evaluation: dict[str, Any],
-        check: OnnxCheck | None,
-        rows: int,
-    ) -> None:
+    def queue(self, session: Session, model_sha: str, onnx_sha: str, audit: AuditReport) -> None:
         job, spec = self.job, self.spec
         ids = self.ids(model_sha, onnx_sha)
-        model_report, onnx_report = reports(spec, model_sha, evaluation, check, rows)
+        model_report, onnx_report = reports(spec, model_sha, audit)
         notarize = partial(enqueue, session, owner=self.address)
         notarize(
             kind="agreement",
@@ -87,20 +84,19 @@ class JobLineage:
             parents=[ids["dataset"], ids["agreement"], ids["run"]],
             result=model_report,
         )
-        if onnx_sha is not None and onnx_report is not None:
-            notarize(
-                kind="onnx-model",
-                content_hash=onnx_sha,
-                metadata={
-                    "title": f"{spec.name} (ONNX)",
-                    "job": job.id,
-                    "opset": spec.onnx.opset,
-                    "input_shape": spec.onnx.input_shape,
-                    "dtype": spec.onnx.dtype,
-                },
-                parents=[ids["model"]],
-                result=onnx_report,
-            )
+        notarize(
+            kind="onnx-model",
+            content_hash=onnx_sha,
+            metadata={
+                "title": f"{spec.name} (ONNX)",
+                "job": job.id,
+                "opset": spec.onnx.opset,
+                "input_shape": spec.onnx.input_shape,
+                "dtype": spec.onnx.dtype,
+            },
+            parents=[ids["model"]],
+            result=onnx_report,
+        )
 
     def _id(self, kind: str, content_hash: str) -> str:
         return "0x" + asset_id(self.address, kind, bytes.fromhex(content_hash)).hex()
@@ -124,27 +120,39 @@ class JobLineage:
         }
 
 
-def reports(
-    spec: JobSpec, model_sha: str, evaluation: dict[str, Any], check: OnnxCheck | None, rows: int
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The verification reports attested on chain: the model's and, if published, the ONNX one's."""
-    accuracy = float(evaluation["native_accuracy"])
+def reports(spec: JobSpec, model_sha: str, audit: AuditReport) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reports attested on chain: the trained model's and the released ONNX model's."""
+    accuracy = (
+        f"ONNX Runtime accuracy {audit.onnx_accuracy:.4f}"
+        if audit.onnx_accuracy is not None
+        else "no accuracy (not a classifier)"
+    )
+    agreement = (
+        f"max |ONNX - native| {audit.max_abs_diff:.2e} <= {audit.tolerance:g} "
+        f"on {audit.probe_inputs} probe inputs"
+    )
     model_report = {
-        "summary": f"held-out accuracy {accuracy:.4f} on {rows} rows, evaluated by the provider's node",
+        "summary": (
+            f"translated to ONNX and checked by the provider's node: {accuracy} on {audit.holdout_rows} "
+            f"held-out rows; {agreement}"
+        ),
         "model_sha256": model_sha,
-        "holdout_rows": rows,
-        "native_accuracy": accuracy,
-        "framework": evaluation.get("framework"),
-        "framework_version": evaluation.get("framework_version"),
+        "format": spec.output.format,
+        "holdout_rows": audit.holdout_rows,
+        "onnx_accuracy": audit.onnx_accuracy,
+        "probe_inputs": audit.probe_inputs,
+        "max_abs_diff": audit.max_abs_diff,
+        "tolerance": audit.tolerance,
         "rerun_checked": spec.verification.rerun,
     }
-    if check is None or not check.ok:
-        return model_report, None
     onnx_report = {
         "summary": (
-            f"ONNX Runtime accuracy {check.onnx_accuracy:.4f} on {rows} held-out rows; "
-            f"max |ONNX - native| {check.max_abs_diff:.2e} ≤ {check.tolerance:g}"
+            f"{accuracy} on {audit.holdout_rows} held-out rows; {agreement}; names, text and metadata "
+            "rewritten by the node; no stored rows of the provider's data"
+            if not audit.memorized_rows
+            else f"{accuracy} on {audit.holdout_rows} held-out rows; {agreement}; names, text and "
+            f"metadata rewritten by the node; {audit.memorized_rows} stored rows, allowed by the offering"
         ),
-        **check.as_dict(),
+        **audit.public(),
     }
     return model_report, onnx_report

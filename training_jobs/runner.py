@@ -1,20 +1,26 @@
 """Running one accepted job on the provider, stage by stage, until it is COMPLETED or FAILED.
 
 1. PROVISIONING: the bundle is unpacked from the object store; the dataset is split
-   (:mod:`training_jobs.holdout`) and only the training part is written for the job.
+   (:mod:`training_jobs.holdout`) and only the training part is written for the job; the
+   node writes its probe inputs (training rows and inputs it draws itself).
 2. RUNNING: the consumer's code runs in the sandbox (no network, data read-only, one
-   writable ``/out``); only the declared model and metrics files are taken out of it. With
+   writable ``/out``); only the declared model and metrics files are taken out of it, and
+   the metrics only as a few named numbers (:mod:`training_jobs.job_metrics`). With
    ``verification.rerun`` it runs twice and the two models must have the same sha256.
-3. VERIFYING: the node's own script (:mod:`training_jobs.evaluate`) loads the model in a
-   second sandbox run — loading a pickled or factory-built model executes code, so that
-   never happens in the node process — evaluates it on the held-out rows and exports ONNX.
-4. TRANSLATING: in the node process, which touches only the ONNX protobuf, ``onnx.checker``
-   and ONNX Runtime check the export and compare it with the native outputs on probe inputs;
-   the node computes the ONNX model's accuracy on the held-out rows itself.
-5. COMPLETED: the model (and the ONNX file, when it passed) go into the object store, then one
+3. VERIFYING: the export run (:mod:`training_jobs.verification`) loads the model — which may
+   execute consumer code — in a sandbox that does not hold the held-out rows, translates it
+   to ONNX and writes its outputs on the probe inputs.
+4. TRANSLATING: the audit run, node code only, in a sandbox with limits: refuses and rewrites
+   what the ONNX file carries besides numbers and standard operators, refuses weights that
+   hold the provider's rows, compares ONNX Runtime with the native outputs on the probe
+   inputs and measures accuracy on the held-out rows. The node process parses only its report.
+5. COMPLETED: the native model and the released ONNX model go into the object store, then one
    transaction marks the job done and queues its lineage (:mod:`training_jobs.lineage`).
 
-Job misbehaviour becomes FAILED with the reason; the node keeps serving.
+Job misbehaviour becomes FAILED with a reason the node wrote (:mod:`training_jobs.failures`);
+details that might echo the job's output go only to the provider's log (stage
+``node-private``). A failure on the provider's side gives the agreement's use back. The node
+keeps serving.
 """
 
 from __future__ import annotations
@@ -25,43 +31,50 @@ import os
 import re
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 
-import training_jobs.evaluate
 from kernel.db import transaction
-from kernel.errors import AgoraError
 from kernel.hashing import sha256_file
 from kernel.storage import ObjectStore
 from training_jobs import bundle as bundles
 from training_jobs import holdout
+from training_jobs.failures import JobCancelled, JobFailed, ProviderFault, ended, output_problem
+from training_jobs.job_metrics import read_metrics
 from training_jobs.joblog import JobLogSink
 from training_jobs.lineage import JobLineage
 from training_jobs.models import COMPLETED, RUNNING, TRANSLATING, VERIFYING, Job
-from training_jobs.onnx_check import OnnxCheck, check_onnx, load_npy
-from training_jobs.sandbox import Limits, Mount, OutputRejected, Sandbox, SandboxRun, collect_outputs
+from training_jobs.release import native_release
+from training_jobs.sandbox import (
+    Limits,
+    Mount,
+    OutputRejected,
+    Sandbox,
+    SandboxRun,
+    SandboxUnavailable,
+    collect_outputs,
+)
+from training_jobs.sandbox.base import fmt_bytes
 from training_jobs.spec import JobSpec
 from training_jobs.states import JobStates
+from training_jobs.terms import ComputeTerms
+from training_jobs.verification import Audited, Verification
 
 log = logging.getLogger("agora.jobs")
 PROGRESS = re.compile(r"^##agora progress=([0-9]*\.?[0-9]+)\s*$")
-EVALUATOR_OUTPUTS = ["model.onnx", "native_outputs.npy", "native_report.json"]
-EVALUATE_SCRIPT = Path(training_jobs.evaluate.__file__)
-# the share of the job's progress bar each stage ends at
+PROGRESS_STEP = 0.01  # a job's progress is shown in whole percent and only ever rises
 # where the job's progress bar stands when each stage begins
 STAGE_START = {RUNNING: 0.05, VERIFYING: 0.7, TRANSLATING: 0.85}
-
-
-class JobFailed(Exception):
-    """The job cannot go on; the message is the reason the consumer reads."""
-
-
-class JobCancelled(Exception):
-    pass
+# the job's working directories: what each sandbox run mounts, and where it writes
+WORKDIRS = (
+    "job", "data", "holdout", "probe", "out", "rerun", "model", "export-code", "export", "exported",
+    "audit-code", "released",
+)  # fmt: skip
+__all__ = ["JobCancelled", "JobFailed", "JobRunner", "RunnerConfig"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,15 @@ class RunnerConfig:
     jobs_dir: Path
     holdout_fraction: float = 0.2
     evaluator_image: str | None = None  # for podman / docker / Kubernetes: an image with torch and skl2onnx
+
+
+def job_dirs(workdir: Path) -> dict[str, Path]:
+    """Fresh, empty working directories of one job."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    dirs = {name: workdir / name for name in WORKDIRS}
+    for path in dirs.values():
+        path.mkdir(parents=True)
+    return dirs
 
 
 class JobRunner:
@@ -84,6 +106,8 @@ class JobRunner:
         config: RunnerConfig,
         states: JobStates,
         offering_kind: Callable[[str], str],
+        compute_terms: Callable[[str], ComputeTerms] = lambda offering_id: ComputeTerms(),
+        give_back: Callable[[str, str], object] = lambda agreement_id, reason: None,
         wake_notary: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
@@ -92,7 +116,10 @@ class JobRunner:
         self.address = address
         self.config = config
         self.states = states
+        self.verification = Verification(sandbox, config.evaluator_image)
         self._offering_kind = offering_kind
+        self._compute_terms = compute_terms
+        self._give_back = give_back
         self._wake_notary = wake_notary
 
     def run(self, job_id: str, cancel: threading.Event) -> None:
@@ -107,28 +134,63 @@ class JobRunner:
             sink.node("cancelled on request; the sandbox was stopped")
             self.states.finish(job_id, "CANCELLED", "cancelled on request")
         except JobFailed as exc:
-            sink.node(f"failed: {exc}")
-            self.states.finish(job_id, "FAILED", str(exc))
+            self._fail(job, exc.reason, exc.detail, sink, provider_fault=exc.provider_fault)
+        except SandboxUnavailable as exc:
+            self._fail(job, "this node's sandbox stopped working, so the job could not run", exc.detail, sink)
         except Exception as exc:  # a node-side fault: the job fails with it, the worker lives on
-            log.exception("job %s: internal error", job_id)
-            detail = exc.detail if isinstance(exc, AgoraError) else f"{type(exc).__name__}: {exc}"
-            sink.node(f"internal error: {detail}")
-            self.states.finish(job_id, "FAILED", f"internal error on the provider's node: {detail}")
+            reference = uuid.uuid4().hex[:8]
+            log.exception("job %s: internal error (reference %s)", job_id, reference)
+            reason = (
+                f"internal error on the provider's node (reference {reference}); its operator has the details"
+            )
+            self._fail(job, reason, f"internal error {reference}: {type(exc).__name__}: {exc}", sink)
         finally:
             sink.close()
             shutil.rmtree(workdir, ignore_errors=True)
 
+    def _fail(
+        self, job: Job, reason: str, detail: str, sink: JobLogSink, *, provider_fault: bool = True
+    ) -> None:
+        """End the job FAILED with the node's reason; the detail only in the provider's log;
+        a failure on the provider's side gives the agreement's use back."""
+        if detail:
+            log.warning("job %s failed: %s (%s)", job.id, reason, detail[:2000])
+            sink.private(detail)
+        sink.node(f"failed: {reason}")
+        if not self.states.finish(job.id, "FAILED", reason) or not provider_fault:
+            return
+        try:
+            self._give_back(job.agreement_id, f"job {job.id} failed on the provider's side: {reason}")
+        except Exception:  # the failure stands; the operator can see the use was not returned
+            log.exception("job %s: could not give the agreement's use back", job.id)
+            return
+        sink.node("the failure was on the provider's side: the agreement's use was given back")
+
     # Stages ---------------------------------------------------------------------------
 
     def _run(self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink, cancel: threading.Event) -> None:
-        dirs, split = self._provision(job, spec, workdir, sink)
+        terms = self._compute_terms(job.offering_id)
+        dirs = self._provision(job, spec, workdir, sink)
         self._advance(job.id, RUNNING, "running the job's code in the sandbox", cancel, sink)
         model_path, metrics = self._train(job, spec, dirs, sink, cancel)
-        self._advance(job.id, VERIFYING, "loading the model and evaluating it on held-out data", cancel, sink)
-        evaluation = self._evaluate(spec, dirs, model_path, sink, cancel)
-        self._advance(job.id, TRANSLATING, "checking the ONNX translation", cancel, sink)
-        check = self._translate(spec, dirs, split, evaluation, sink)
-        self._complete(job, spec, model_path, metrics, evaluation, check, dirs, len(split.holdout_y), sink)
+        self._advance(
+            job.id,
+            VERIFYING,
+            "translating the model to ONNX in a sandbox that does not hold the held-out rows",
+            cancel,
+            sink,
+        )
+        exported = self.verification.export(spec, dirs, model_path, sink.export, cancel)
+        self._advance(
+            job.id, TRANSLATING, "the node's audit: checking and rewriting the ONNX model", cancel, sink
+        )
+        audited = self.verification.audit(spec, dirs, exported, terms, sink.audit, cancel)
+        report = audited.report
+        sink.node(
+            f"audit passed: {report.reason}; ONNX accuracy on {report.holdout_rows} held-out rows "
+            + (f"{report.onnx_accuracy:.4f}" if report.onnx_accuracy is not None else "not measured")
+        )
+        self._complete(job, spec, model_path, metrics, audited, terms, sink)
 
     def _advance(self, job_id: str, state: str, note: str, cancel: threading.Event, sink: JobLogSink) -> None:
         if cancel.is_set():
@@ -137,39 +199,37 @@ class JobRunner:
         if not self.states.advance(job_id, state, note, progress=STAGE_START[state]):
             raise JobCancelled()
 
-    def _provision(
-        self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink
-    ) -> tuple[dict[str, Path], holdout.Split]:
-        shutil.rmtree(workdir, ignore_errors=True)
-        stages = ("job", "data", "holdout", "out", "rerun", "model", "verify", "agora")
-        dirs = {name: workdir / name for name in stages}
-        for path in dirs.values():
-            path.mkdir(parents=True)
+    def _provision(self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink) -> dict[str, Path]:
+        self.verification.image()  # a node that cannot verify runs no job code
+        dirs = job_dirs(workdir)
         if spec.code.image is None:
             data = b"".join(self.store.read(job.code_digest))
             names = bundles.unpack(data, dirs["job"])
             if spec.code.entrypoint not in names:
                 raise JobFailed(f"the bundle has no entrypoint {spec.code.entrypoint}")
         if not self.store.exists(job.dataset_sha256):
-            raise JobFailed(f"the dataset version {job.dataset_sha256[:12]}… is no longer on this node")
+            raise ProviderFault(f"the dataset version {job.dataset_sha256[:12]}… is no longer on this node")
         try:
             features, labels = holdout.read_dataset(b"".join(self.store.read(job.dataset_sha256)))
         except holdout.UnusableDataset as exc:
-            raise JobFailed(exc.detail) from None
+            raise ProviderFault(
+                "the provider's dataset cannot be read as a training set", exc.detail
+            ) from None
         split = holdout.split(
             features, labels, fraction=self.config.holdout_fraction, seed_hex=job.dataset_sha256
         )
         split.write(dirs["data"] / "train.npz", dirs["holdout"] / "holdout.npz")
         (dirs["data"] / "params.json").write_text(json.dumps(spec.parameters))
+        probes = self.verification.write_probe(spec, split, dirs["probe"] / "probe.npy")
         sink.node(
             f"dataset {job.dataset_sha256[:12]}…: {len(split.train_y)} rows for training, "
-            f"{len(split.holdout_y)} held back by the node"
+            f"{len(split.holdout_y)} held back by the node; {probes} probe inputs written by the node"
         )
-        return dirs, split
+        return dirs
 
     def _train(
         self, job: Job, spec: JobSpec, dirs: dict[str, Path], sink: JobLogSink, cancel: threading.Event
-    ) -> tuple[Path, dict[str, Any] | None]:
+    ) -> tuple[Path, dict[str, float]]:
         declared = [spec.output.path] + ([spec.output.metrics] if spec.output.metrics else [])
         # RUNNING's share of the progress bar, halved between the two runs of a re-run job
         start, end = STAGE_START[RUNNING], STAGE_START[VERIFYING]
@@ -182,17 +242,13 @@ class JobRunner:
             first, second = sha256_file(model)[0], sha256_file(again[spec.output.path])[0]
             if first != second:
                 raise JobFailed(
-                    f"the re-run produced another model (sha256 {first[:12]}… then {second[:12]}…): "
-                    "the job is not deterministic"
+                    "the re-run produced another model: the job is not deterministic",
+                    f"sha256 {first} then {second}",
                 )
-            sink.node(f"the re-run produced the same model (sha256 {first[:12]}…)")
-        metrics = None
+            sink.node("the re-run produced the same model")
+        metrics: dict[str, float] = {}
         if spec.output.metrics and spec.output.metrics in outputs:
-            try:
-                loaded = json.loads(outputs[spec.output.metrics].read_text())
-                metrics = loaded if isinstance(loaded, dict) else {"value": loaded}
-            except (ValueError, UnicodeDecodeError):
-                raise JobFailed(f"{spec.output.metrics} is not JSON") from None
+            metrics = read_metrics(outputs[spec.output.metrics], spec.output.metric_names)
         return model, metrics
 
     def _train_once(
@@ -213,6 +269,13 @@ class JobRunner:
             if spec.code.image is None
             else list(spec.code.command or [])
         )
+        limits = Limits(
+            cpu_seconds=resources.cpu_seconds,
+            memory_bytes=int(resources.memory),
+            wall_seconds=resources.wall_time,
+            max_output_bytes=int(resources.max_output),
+            max_processes=resources.max_processes,
+        )
         run = SandboxRun(
             command=command,
             mounts=[Mount(dirs["job"], "/job"), Mount(dirs["data"], "/data")],
@@ -225,143 +288,33 @@ class JobRunner:
                 "AGORA_SEED": str(int(job.dataset_sha256[:8], 16)),
                 "PYTHONHASHSEED": "0",  # a re-run must be able to write byte-identical files
             },
-            limits=Limits(
-                cpu_seconds=resources.cpu_seconds,
-                memory_bytes=int(resources.memory),
-                wall_seconds=resources.wall_time,
-                max_output_bytes=int(resources.max_output),
-                max_processes=resources.max_processes,
-            ),
+            limits=limits,
             image=spec.code.image,
             name=f"agora-{job.id.rsplit(':', 1)[-1][:18]}",
         )
+        shown = [start]
 
         def on_output(line: str) -> None:
             match = PROGRESS.match(line)
             if match:
                 share = min(max(float(match.group(1)), 0.0), 1.0)
-                self.states.progress(job.id, start + (end - start) * share)
+                # whole percent, never back: the bar must not become a channel for numbers
+                value = round((start + (end - start) * share) / PROGRESS_STEP) * PROGRESS_STEP
+                if value > shown[0]:
+                    shown[0] = value
+                    self.states.progress(job.id, value)
             sink.job(line)
 
         outcome = self.sandbox.run(run, on_output=on_output, cancel=cancel)
         if cancel.is_set():
             raise JobCancelled()
-        sink.node(f"the job {outcome.reason} after {outcome.wall_seconds:.1f} s")
+        said = f"the job's code {ended(outcome, limits)}"
+        sink.node(f"{said} after {outcome.wall_seconds:.0f} s")
         if not outcome.ok:
-            raise JobFailed(f"the job's code {outcome.reason}")
+            raise JobFailed(said, outcome.reason)
         # the metrics file is optional: leave it out when the job wrote none
         wanted = [name for name in declared if name == spec.output.path or os.path.lexists(out / name)]
-        try:
-            return collect_outputs(out, wanted, int(resources.max_output))
-        except OutputRejected as exc:
-            raise JobFailed(exc.detail) from None
-
-    def _evaluate(
-        self, spec: JobSpec, dirs: dict[str, Path], model: Path, sink: JobLogSink, cancel: threading.Event
-    ) -> dict[str, Any]:
-        image = None
-        if self.sandbox.kind != "bubblewrap":
-            image = self.config.evaluator_image
-            if not image:
-                raise JobFailed(
-                    f"the {self.sandbox.kind} sandbox needs an evaluator image "
-                    "(AGORA_SANDBOX_EVALUATOR_IMAGE) to verify models"
-                )
-        shutil.copyfile(model, dirs["model"] / spec.output.path)
-        # the node's own script, copied beside the job so every sandbox kind can mount it
-        shutil.copyfile(EVALUATE_SCRIPT, dirs["agora"] / "evaluate.py")
-        command = [
-            "python",
-            "/agora/evaluate.py",
-            "--format",
-            spec.output.format,
-            "--model",
-            f"/model/{spec.output.path}",
-            "--holdout",
-            "/holdout/holdout.npz",
-            "--input-shape",
-            ",".join(str(d) for d in spec.onnx.input_shape),
-            "--dtype",
-            spec.onnx.dtype,
-            "--opset",
-            str(spec.onnx.opset),
-            "--out",
-            "/out",
-        ]
-        if spec.output.factory:
-            command += ["--factory", spec.output.factory, "--bundle", "/job"]
-        limits = Limits(
-            cpu_seconds=900,
-            memory_bytes=max(int(spec.resources.memory), 2 * 1024**3),
-            wall_seconds=900,
-            max_output_bytes=_evaluation_output_cap(spec),
-        )
-        run = SandboxRun(
-            command=command,
-            mounts=[
-                Mount(dirs["agora"], "/agora"),
-                Mount(dirs["model"], "/model"),
-                Mount(dirs["holdout"], "/holdout"),
-                Mount(dirs["job"], "/job"),
-            ],
-            output_dir=dirs["verify"],
-            workdir="/tmp",
-            limits=limits,
-            image=image,
-            name="agora-evaluate",
-        )
-        outcome = self.sandbox.run(run, on_output=sink.verifier, cancel=cancel)
-        if cancel.is_set():
-            raise JobCancelled()
-        report_path = dirs["verify"] / "native_report.json"
-        report: dict[str, Any] = {}
-        if report_path.is_file() and not report_path.is_symlink():
-            try:
-                report = json.loads(report_path.read_text())
-            except ValueError:
-                report = {}
-        if outcome.exit_code == 2:
-            why = report.get("error") or "see the job log"
-            raise JobFailed(f"the node could not load the produced {spec.output.format} model: {why}")
-        if outcome.exit_code == 3:
-            report["export_error"] = report.get("export_error") or "the ONNX export failed"
-        elif not outcome.ok:
-            raise JobFailed(f"evaluating the model {outcome.reason}")
-        if "native_accuracy" not in report:
-            raise JobFailed("the evaluation wrote no report")
-        sink.node(f"held-out accuracy of the native model: {report['native_accuracy']:.4f}")
-        return report
-
-    def _translate(
-        self,
-        spec: JobSpec,
-        dirs: dict[str, Path],
-        split: holdout.Split,
-        evaluation: dict[str, Any],
-        sink: JobLogSink,
-    ) -> OnnxCheck | None:
-        if evaluation.get("export_error"):
-            sink.node(f"no ONNX model: {evaluation['export_error']}")
-            return None
-        try:
-            produced = collect_outputs(dirs["verify"], EVALUATOR_OUTPUTS, _evaluation_output_cap(spec))
-        except OutputRejected as exc:
-            raise JobFailed(f"the evaluation's output is unusable: {exc.detail}") from None
-        cap = 256 * 1024**2
-        native_outputs = load_npy(produced["native_outputs.npy"], cap)
-        holdout_x = split.holdout_X.reshape(-1, *spec.onnx.input_shape[1:]).astype(spec.onnx.dtype)
-        # the probe inputs are the node's own first held-out rows, never a file the sandbox wrote
-        check = check_onnx(
-            produced["model.onnx"],
-            probe_inputs=holdout_x[: len(native_outputs)],
-            native_outputs=native_outputs,
-            holdout_X=holdout_x,
-            holdout_y=split.holdout_y,
-            tolerance=spec.onnx.tolerance,
-            expect_opset=spec.onnx.opset,
-        )
-        sink.node(("ONNX check passed: " if check.ok else "ONNX check failed: ") + check.reason)
-        return check
+        return _collect(out, wanted, int(resources.max_output))
 
     # Completion -----------------------------------------------------------------------
 
@@ -370,61 +323,58 @@ class JobRunner:
         job: Job,
         spec: JobSpec,
         model: Path,
-        metrics: dict[str, Any] | None,
-        evaluation: dict[str, Any],
-        check: OnnxCheck | None,
-        dirs: dict[str, Path],
-        rows: int,
+        metrics: dict[str, float],
+        audited: Audited,
+        terms: ComputeTerms,
         sink: JobLogSink,
     ) -> None:
         """Store the models, then in one transaction end the job and queue its lineage."""
+        report = audited.report
         native = self.store.put_file(model)
-        onnx = self.store.put_file(dirs["verify"] / "model.onnx") if check is not None and check.ok else None
+        onnx = self.store.put_file(audited.model)
         lineage = JobLineage(self.address, job, spec, self.sandbox.kind, self._offering_kind(job.offering_id))
-        ids = lineage.ids(native.sha256, onnx.sha256 if onnx else None)
-        artifacts = {
-            "native": {
-                "sha256": native.sha256,
-                "size": native.size,
-                "asset_id": ids["model"],
-                "released": bool(job.result.get("release_native")),
-                "format": spec.output.format,
-            },
-        }
-        if onnx:
-            artifacts["onnx"] = {
-                "sha256": onnx.sha256,
-                "size": onnx.size,
-                "asset_id": ids["onnx"],
-                "released": True,
-            }
+        ids = lineage.ids(native.sha256, onnx.sha256)
+        released, why = native_release(spec, job.result, terms)
         result = {
             "metrics": {
-                "holdout_rows": rows,
-                "native_accuracy": evaluation.get("native_accuracy"),
-                "onnx_accuracy": check.onnx_accuracy if check else None,
-                "max_abs_diff": check.max_abs_diff if check else None,
-                "tolerance": spec.onnx.tolerance,
-                "job_reported": metrics,
+                "holdout_rows": report.holdout_rows,
+                "onnx_accuracy": report.onnx_accuracy,
+                "probe_inputs": report.probe_inputs,
+                "max_abs_diff": report.max_abs_diff,
+                "tolerance": report.tolerance,
             },
-            "onnx_check": check.as_dict()
-            if check
-            else {"ok": False, "reason": evaluation.get("export_error")},
-            "artifacts": artifacts,
+            "job_metrics": metrics,
+            "onnx_check": report.public(),
+            "artifacts": {
+                "native": {
+                    "sha256": native.sha256,
+                    "size": native.size,
+                    "asset_id": ids["model"],
+                    "released": released,
+                    "format": spec.output.format,
+                },
+                "onnx": {"sha256": onnx.sha256, "size": onnx.size, "asset_id": ids["onnx"], "released": True},
+            },
+            "release_native": released,
+            "release_native_reason": why,
             "lineage": ids,
         }
-        reason = "completed"
-        if onnx is None:
-            reason += "; no ONNX model: " + str(
-                evaluation.get("export_error") or (check.reason if check else "")
-            )
         with transaction(self.engine) as session:
-            lineage.queue(session, native.sha256, onnx.sha256 if onnx else None, evaluation, check, rows)
-            self.states.finish_in(session, job.id, COMPLETED, reason, result=result)
-        sink.node(reason)
+            lineage.queue(session, native.sha256, onnx.sha256, report)
+            self.states.finish_in(session, job.id, COMPLETED, "completed", result=result)
+        sink.node("completed")
         self._wake_notary()
 
 
-def _evaluation_output_cap(spec: JobSpec) -> int:
-    """What the verification run may write: the ONNX model and the native outputs."""
-    return 4 * int(spec.resources.max_output) + 64 * 1024**2
+def _collect(out: Path, wanted: list[str], cap: int) -> dict[str, Path]:
+    """The declared outputs, or :class:`JobFailed` naming the one that cannot leave."""
+    for name in wanted:
+        try:
+            collect_outputs(out, [name], cap)
+        except OutputRejected as exc:
+            raise JobFailed(f"the declared output {name} {output_problem(exc.detail)}", exc.detail) from None
+    try:
+        return collect_outputs(out, wanted, cap)
+    except OutputRejected as exc:
+        said = f"the declared outputs exceed the output cap of {fmt_bytes(cap)}"
+        raise JobFailed(said, exc.detail) from None

@@ -11,7 +11,7 @@ code:
   # image: registry/name@sha256:…  (podman / docker / Kubernetes) with command: […]
 parameters: {epochs: 8}
 resources: {cpu_seconds: 300, memory: 2GiB, wall_time: 5m, max_output: 20MiB}
-output: {format: torchscript, path: model.pt, metrics: metrics.json}
+output: {format: torchscript, path: model.pt, metrics: metrics.json, metric_names: [train_loss]}
 onnx: {input_shape: [1, 1, 8, 8], dtype: float32, opset: 17, tolerance: 0.0001}
 verification: {rerun: false}
 ```
@@ -34,6 +34,7 @@ from kernel.documents import parse_located
 
 SCHEMA_FILE = Path(__file__).with_name("job.schema.json")
 OutputFormat = Literal["torchscript", "torch-state-dict", "sklearn"]
+METRIC_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -106,6 +107,11 @@ class Output(BaseModel):
         description="module:function in the bundle building the nn.Module (torch-state-dict)",
     )
     metrics: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.json$")
+    metric_names: list[Annotated[str, Field(pattern=METRIC_NAME)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="the numbers the metrics file may hold, named before the job sees any data",
+    )
     release_native: bool = Field(
         default=False, description="ask for the native model too (granted when the policy allows download)"
     )
@@ -116,6 +122,10 @@ class Output(BaseModel):
             raise ValueError("a torch-state-dict output needs a factory (module:function in the bundle)")
         if self.metrics == self.path:
             raise ValueError("the metrics file must differ from the model file")
+        if self.metrics and not self.metric_names:
+            raise ValueError("a metrics file needs metric_names: the names of the numbers it holds")
+        if len(set(self.metric_names)) != len(self.metric_names):
+            raise ValueError("metric_names must not repeat a name")
         return self
 
 

@@ -1,8 +1,9 @@
-"""The node's model verification: evaluate.py (native model → ONNX) and check_onnx (ONNX → verdict).
+"""The node's model verification: export.py (native model → ONNX, outputs on the node's probe
+inputs) and the audit (ONNX → rewritten model + verdict).
 
-The example bundles' train.py run as plain subprocesses on generated digits, evaluate.py runs
-as a plain subprocess too (it is the node's trusted script; the sandbox around it is tested
-elsewhere), then check_onnx judges what it wrote.
+The example bundles' train.py run as plain subprocesses on generated digits; export.py and the
+audit run as plain subprocesses too (the sandboxes around them are tested elsewhere). The
+export never gets the held-out rows: only the audit, the node's own code, reads them.
 """
 
 from __future__ import annotations
@@ -21,32 +22,32 @@ import pytest
 import torch
 from sklearn.neighbors import NearestCentroid
 
-from kernel.errors import InvalidInput, PayloadTooLarge
-from training_jobs import evaluate
+from training_jobs import export
 from training_jobs.datasets import digits_npz
-from training_jobs.onnx_check import OnnxCheck, check_onnx, load_npy
+from training_jobs.job_metrics import MetricsRejected, read_metrics
+from training_jobs.verification import AuditReport
 
 ROOT = Path(__file__).resolve().parents[2]
-EVALUATE = ROOT / "training_jobs" / "evaluate.py"
+EXPORT = ROOT / "training_jobs" / "export.py"
 CNN = ROOT / "examples" / "jobs" / "digits-cnn"
 SKLEARN = ROOT / "examples" / "jobs" / "digits-sklearn"
 CNN_SHAPE = "1,1,8,8"
 FLAT_SHAPE = "1,64"
-MAX_NPY = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Digits:
     data: Path  # holds train.npz
     holdout: Path
-    X: np.ndarray
+    probe: Path  # training rows and drawn inputs, as the node writes them
+    X: np.ndarray  # held-out rows
     y: np.ndarray
 
 
 @dataclass(frozen=True)
-class Evaluated:
+class Audited:
     out: Path
-    report: dict[str, object]
+    report: AuditReport
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     (root / "data").mkdir()
     np.savez(root / "data" / "train.npz", X=X[train], y=y[train])
     np.savez(root / "holdout.npz", X=X[held], y=y[held])
-    return Digits(root / "data", root / "holdout.npz", X[held], y[held])
+    drawn = np.random.default_rng(1).uniform(0, 1, size=(16, 1, 8, 8)).astype(np.float32)
+    np.save(root / "probe.npy", np.concatenate([X[train][:16], drawn]))
+    return Digits(root / "data", root / "holdout.npz", root / "probe.npy", X[held], y[held])
 
 
 def train(bundle: Path, digits: Digits, out: Path, params: dict[str, object]) -> Path:
@@ -81,178 +84,279 @@ def train(bundle: Path, digits: Digits, out: Path, params: dict[str, object]) ->
     return out
 
 
-def run_evaluate(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def run_export(out: Path, *args: str | Path, probe: Path) -> subprocess.CompletedProcess[str]:
+    out.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [sys.executable, str(EVALUATE), *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, str(EXPORT), *map(str, args), "--probe", str(probe), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def evaluated(out: Path, *args: str | Path) -> Evaluated:
-    out.mkdir(parents=True)
-    result = run_evaluate(*args, "--out", out, "--opset", "17", "--probe-count", "32")
+def run_audit(
+    exported: Path,
+    digits: Digits,
+    out: Path,
+    *,
+    shape: str,
+    model: Path | None = None,
+    native: Path | None = None,
+    opset: int = 17,
+    extra: tuple[str, ...] = (),
+) -> Audited:
+    out.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training_jobs.audit",
+            "--model",
+            str(model or exported / "model.onnx"),
+            "--native-outputs",
+            str(native or exported / "native_outputs.npy"),
+            "--probe",
+            str(digits.probe),
+            "--holdout",
+            str(digits.holdout),
+            "--train",
+            str(digits.data / "train.npz"),
+            "--input-shape",
+            shape,
+            "--opset",
+            str(opset),
+            "--tolerance",
+            "1e-4",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
-    return Evaluated(out, json.loads((out / "native_report.json").read_text()))
+    report = AuditReport.model_validate(json.loads((out / "audit_report.json").read_text()))
+    return Audited(out, report)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, digits: Digits) -> dict[str, Evaluated]:
-    """Each output format trained by its example bundle and evaluated by evaluate.py."""
+def exported(tmp_path_factory: pytest.TempPathFactory, digits: Digits) -> dict[str, Path]:
+    """Each output format trained by its example bundle and exported by export.py."""
     root = tmp_path_factory.mktemp("models")
     cnn = {"epochs": 5, "lr": 0.01, "batch_size": 64}
     scripted = train(CNN, digits, root / "torchscript", cnn)
     state = train(CNN, digits, root / "state-dict", {**cnn, "save": "state_dict"})
     fitted = train(SKLEARN, digits, root / "sklearn", {"C": 1.0, "max_iter": 500})
-    holdout = ("--holdout", digits.holdout)
-    return {
-        "torchscript": evaluated(
-            root / "eval-ts", "--format", "torchscript", "--model", scripted / "model.pt",
-            *holdout, "--input-shape", CNN_SHAPE,
+    runs = {
+        "torchscript": ("--format", "torchscript", "--model", scripted / "model.pt", "--input-shape", CNN_SHAPE),
+        "torch-state-dict": (
+            "--format", "torch-state-dict", "--model", state / "model.pt", "--factory", "model:make_model",
+            "--bundle", CNN, "--input-shape", CNN_SHAPE,
         ),
-        "torch-state-dict": evaluated(
-            root / "eval-sd", "--format", "torch-state-dict", "--model", state / "model.pt",
-            "--factory", "model:make_model", "--bundle", CNN, *holdout, "--input-shape", CNN_SHAPE,
-        ),
-        "sklearn": evaluated(
-            root / "eval-sk", "--format", "sklearn", "--model", fitted / "model.joblib",
-            *holdout, "--input-shape", FLAT_SHAPE,
-        ),
+        "sklearn": ("--format", "sklearn", "--model", fitted / "model.joblib", "--input-shape", FLAT_SHAPE),
     }  # fmt: skip
+    out = {}
+    for fmt, args in runs.items():
+        result = run_export(root / f"export-{fmt}", *args, probe=digits.probe)
+        assert result.returncode == 0, result.stderr
+        out[fmt] = root / f"export-{fmt}"
+    return out
 
 
-def check(
-    ev: Evaluated,
-    digits: Digits,
-    *,
-    onnx_path: Path | None = None,
-    native: np.ndarray | None = None,
-    expect_opset: int | None = 17,
-) -> OnnxCheck:
-    return check_onnx(
-        onnx_path or ev.out / "model.onnx",
-        probe_inputs=load_npy(ev.out / "probe_inputs.npy", MAX_NPY),
-        native_outputs=load_npy(ev.out / "native_outputs.npy", MAX_NPY) if native is None else native,
-        holdout_X=digits.X,
-        holdout_y=digits.y,
-        tolerance=1e-4,
-        expect_opset=expect_opset,
-    )
+SHAPES = {"torchscript": CNN_SHAPE, "torch-state-dict": CNN_SHAPE, "sklearn": FLAT_SHAPE}
+
+
+@pytest.fixture(scope="module")
+def audited(
+    tmp_path_factory: pytest.TempPathFactory, exported: dict[str, Path], digits: Digits
+) -> dict[str, Audited]:
+    root = tmp_path_factory.mktemp("audits")
+    return {fmt: run_audit(path, digits, root / fmt, shape=SHAPES[fmt]) for fmt, path in exported.items()}
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch-state-dict", "sklearn"])
-def test_each_format_translates_and_agrees_with_onnx_runtime(
-    fmt: str, models: dict[str, Evaluated], digits: Digits
+def test_each_format_translates_and_passes_the_audit(
+    fmt: str, exported: dict[str, Path], audited: dict[str, Audited], digits: Digits
 ) -> None:
-    ev = models[fmt]
-    assert ev.report["format"] == fmt
-    assert ev.report["n_holdout"] == len(digits.y)
-    assert ev.report["opset"] == 17
-    native_accuracy = ev.report["native_accuracy"]
-    assert isinstance(native_accuracy, float) and native_accuracy >= 0.9
-    probes = np.load(ev.out / "probe_inputs.npy")
-    assert probes.dtype == np.float32 and probes.shape[0] == 32
-    assert np.array_equal(probes.reshape(32, -1), digits.X[:32].reshape(32, -1))
+    native = np.load(exported[fmt] / "native_outputs.npy")
+    assert native.dtype == np.float32 and native.shape[0] == 32  # the probe inputs, not the held-out rows
 
-    result = check(ev, digits)
+    report = audited[fmt].report
 
-    assert result.ok, result.reason
-    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-5
-    assert result.opset == 17
-    assert result.input_name == ev.report["input_name"]
-    assert ev.report["output_name"] in result.output_names
-    assert result.onnx_accuracy is not None and result.onnx_accuracy >= 0.9
-    assert result.onnx_accuracy == pytest.approx(native_accuracy, abs=1 / len(digits.y))
-    assert result.as_dict()["ok"] is True
+    assert report.ok, report.reason
+    assert report.max_abs_diff is not None and report.max_abs_diff < 1e-5
+    assert report.opset == 17 and report.probe_inputs == 32 and report.holdout_rows == len(digits.y)
+    assert report.onnx_accuracy is not None and report.onnx_accuracy >= 0.9
+    assert report.memorized_rows == 0 and report.unchecked_rows == 0
+    released = onnx.load(audited[fmt].out / "model.onnx")
+    assert released.producer_name == "agora" and [i.name for i in released.graph.input] == ["input"]
+    assert list(report.output_names) == [o.name for o in released.graph.output]
 
 
-def test_the_onnx_batch_dimension_is_dynamic(models: dict[str, Evaluated]) -> None:
-    graph = onnx.load(models["torchscript"].out / "model.onnx").graph
+def test_the_released_batch_dimension_is_dynamic(audited: dict[str, Audited]) -> None:
+    graph = onnx.load(audited["torchscript"].out / "model.onnx").graph
     batch = graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch.dim_param and not batch.HasField("dim_value")
+    assert batch.dim_param == "d0" and not batch.HasField("dim_value")
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 8, 8]
 
 
-def test_sklearn_probabilities_are_the_compared_output(models: dict[str, Evaluated]) -> None:
-    ev = models["sklearn"]
-    assert ev.report["output_name"] == "probabilities"
-    native = np.load(ev.out / "native_outputs.npy")
-    assert native.shape == (32, 10)
-    assert np.allclose(native.sum(axis=1), 1.0, atol=1e-5)
-
-
-def test_truncated_onnx_file_is_rejected(
-    models: dict[str, Evaluated], digits: Digits, tmp_path: Path
+def test_sklearn_outputs_are_label_and_probabilities(
+    exported: dict[str, Path], audited: dict[str, Audited]
 ) -> None:
-    data = (models["torchscript"].out / "model.onnx").read_bytes()
+    assert audited["sklearn"].report.output_names == ["label", "probabilities"]
+    native = np.load(exported["sklearn"] / "native_outputs.npy")
+    assert native.shape == (32, 10) and np.allclose(native.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_truncated_onnx_file_is_refused(exported: dict[str, Path], digits: Digits, tmp_path: Path) -> None:
+    data = (exported["torchscript"] / "model.onnx").read_bytes()
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(data[: len(data) // 3])
 
-    result = check(models["torchscript"], digits, onnx_path=broken)
+    report = run_audit(
+        exported["torchscript"], digits, tmp_path / "out", shape=CNN_SHAPE, model=broken
+    ).report
 
-    assert not result.ok
-    assert result.reason.startswith("onnx")
-    assert result.onnx_accuracy is None
+    assert not report.ok and report.reason == "the exported file is not an ONNX model"
+    assert report.onnx_accuracy is None and not (tmp_path / "out" / "model.onnx").exists()
 
 
-def test_onnx_with_an_unknown_operator_fails_the_checker(
-    models: dict[str, Evaluated], digits: Digits, tmp_path: Path
+def test_an_unknown_operator_is_refused_without_its_name(
+    exported: dict[str, Path], digits: Digits, tmp_path: Path
 ) -> None:
-    model = onnx.load(models["torchscript"].out / "model.onnx")
-    model.graph.node[0].op_type = "NoSuchOperator"
+    model = onnx.load(exported["torchscript"] / "model.onnx")
+    model.graph.node[0].op_type = "Row_0_0p3125_0p8125"
     bad = tmp_path / "bad.onnx"
     onnx.save(model, bad)
 
-    result = check(models["torchscript"], digits, onnx_path=bad)
+    report = run_audit(exported["torchscript"], digits, tmp_path / "out", shape=CNN_SHAPE, model=bad).report
 
-    assert not result.ok
-    assert result.reason.startswith("onnx.checker:")
-    assert "NoSuchOperator" in result.reason
+    assert not report.ok and "not a standard operator" in report.reason
+    assert "Row_0" not in report.reason and "Row_0" in (report.detail or "")  # the provider's log only
 
 
 def test_onnx_with_external_data_is_refused(
-    models: dict[str, Evaluated], digits: Digits, tmp_path: Path
+    exported: dict[str, Path], digits: Digits, tmp_path: Path
 ) -> None:
-    model = onnx.load(models["torchscript"].out / "model.onnx")
+    model = onnx.load(exported["torchscript"] / "model.onnx")
     path = tmp_path / "external.onnx"
     onnx.save_model(model, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
     assert (tmp_path / "weights.bin").exists()
 
-    result = check(models["torchscript"], digits, onnx_path=path)
+    report = run_audit(exported["torchscript"], digits, tmp_path / "out", shape=CNN_SHAPE, model=path).report
 
-    assert not result.ok
-    assert "external data" in result.reason
+    assert not report.ok and "external data" in report.reason
 
 
 def test_outputs_that_differ_by_more_than_the_tolerance_fail(
-    models: dict[str, Evaluated], digits: Digits
+    exported: dict[str, Path], digits: Digits, tmp_path: Path
 ) -> None:
-    ev = models["torchscript"]
-    native = np.load(ev.out / "native_outputs.npy")
+    native = np.load(exported["torchscript"] / "native_outputs.npy")
     native[3, 4] += 0.1
+    np.save(tmp_path / "native.npy", native)
 
-    result = check(ev, digits, native=native)
+    report = run_audit(
+        exported["torchscript"], digits, tmp_path / "out", shape=CNN_SHAPE, native=tmp_path / "native.npy"
+    ).report
 
-    assert not result.ok
-    assert "differ by 0.1" in result.reason and "tolerance 0.0001" in result.reason
-    assert result.max_abs_diff is None
-    assert result.onnx_accuracy is None
-
-
-def test_nan_native_outputs_and_a_wrong_shape_fail(models: dict[str, Evaluated], digits: Digits) -> None:
-    ev = models["torchscript"]
-    native = np.load(ev.out / "native_outputs.npy")
-    with_nan = native.copy()
-    with_nan[0, 0] = np.nan
-
-    assert "NaN" in check(ev, digits, native=with_nan).reason
-    short = check(ev, digits, native=native[:-1])
-    assert not short.ok and "shape" in short.reason
+    assert not report.ok
+    assert "differ by 0.1" in report.reason and "tolerance 0.0001" in report.reason
+    assert report.max_abs_diff is None and report.onnx_accuracy is None
 
 
-def test_an_unexpected_opset_fails(models: dict[str, Evaluated], digits: Digits) -> None:
-    result = check(models["sklearn"], digits, expect_opset=18)
+def test_nan_or_misshapen_native_outputs_and_pickles_fail(
+    exported: dict[str, Path], digits: Digits, tmp_path: Path
+) -> None:
+    native = np.load(exported["torchscript"] / "native_outputs.npy")
+    cases = {
+        "nan": (np.where(np.arange(native.size).reshape(native.shape) == 0, np.nan, native), "NaN"),
+        "short": (native[:-1], "shape"),
+    }
+    for name, (array, said) in cases.items():
+        np.save(tmp_path / f"{name}.npy", array)
+        report = run_audit(
+            exported["torchscript"], digits, tmp_path / name, shape=CNN_SHAPE, native=tmp_path / f"{name}.npy"
+        ).report
+        assert not report.ok and said in report.reason, (name, report.reason)
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    report = run_audit(
+        exported["torchscript"],
+        digits,
+        tmp_path / "pickled",
+        shape=CNN_SHAPE,
+        native=tmp_path / "pickled.npy",
+    ).report
+    assert not report.ok and "not a readable array" in report.reason
 
-    assert not result.ok
-    assert result.reason == "the ONNX model uses opset 17, the job asked for 18"
+
+def test_an_unexpected_opset_fails(exported: dict[str, Path], digits: Digits, tmp_path: Path) -> None:
+    report = run_audit(exported["sklearn"], digits, tmp_path / "out", shape=FLAT_SHAPE, opset=18).report
+
+    assert not report.ok and report.reason == "the ONNX model uses opset 17, the job asked for 18"
+
+
+def test_a_knn_model_holds_the_rows_and_is_refused_unless_allowed(digits: Digits, tmp_path: Path) -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    with np.load(digits.data / "train.npz") as data:
+        X, y = data["X"].reshape(len(data["X"]), -1), data["y"]
+    joblib.dump(KNeighborsClassifier(3).fit(X, y), tmp_path / "knn.joblib")
+    args = ("--format", "sklearn", "--model", tmp_path / "knn.joblib", "--input-shape", FLAT_SHAPE)
+    assert run_export(tmp_path / "export", *args, probe=digits.probe).returncode == 0
+
+    refused = run_audit(tmp_path / "export", digits, tmp_path / "refused", shape=FLAT_SHAPE).report
+    allowed = run_audit(
+        tmp_path / "export",
+        digits,
+        tmp_path / "allowed",
+        shape=FLAT_SHAPE,
+        extra=("--allow-stored-examples",),
+    ).report
+
+    assert not refused.ok and "rows of the provider's data" in refused.reason
+    assert refused.memorized_rows is not None and refused.memorized_rows >= len(X)
+    assert allowed.ok and allowed.memorized_rows == refused.memorized_rows
+
+
+def test_the_audit_says_when_the_nodes_own_inputs_are_unreadable(
+    exported: dict[str, Path], digits: Digits, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training_jobs.audit",
+            "--model",
+            str(exported["sklearn"] / "model.onnx"),
+            "--native-outputs",
+            str(exported["sklearn"] / "native_outputs.npy"),
+            "--probe",
+            str(digits.probe),
+            "--holdout",
+            str(tmp_path / "missing.npz"),
+            "--train",
+            str(digits.data / "train.npz"),
+            "--input-shape",
+            FLAT_SHAPE,
+            "--opset",
+            "17",
+            "--tolerance",
+            "1e-4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 4, result.stderr
+    report = json.loads((out / "audit_report.json").read_text())
+    assert report["reason"] == "the node's audit could not read its own inputs" and not report["ok"]
 
 
 class SpectralNet(torch.nn.Module):
@@ -270,40 +374,33 @@ class SpectralNet(torch.nn.Module):
 def test_a_torch_model_without_onnx_translation_exits_3(digits: Digits, tmp_path: Path) -> None:
     model_path = tmp_path / "spectral.pt"
     torch.jit.save(torch.jit.script(SpectralNet()), str(model_path))
-    out = tmp_path / "out"
-    out.mkdir()
 
-    result = run_evaluate(
-        "--format", "torchscript", "--model", model_path, "--holdout", digits.holdout,
-        "--input-shape", CNN_SHAPE, "--out", out,
+    result = run_export(
+        tmp_path / "out", "--format", "torchscript", "--model", model_path, "--input-shape", CNN_SHAPE,
+        probe=digits.probe,
     )  # fmt: skip
 
-    assert result.returncode == evaluate.EXIT_EXPORT, result.stderr
-    report = json.loads((out / "native_report.json").read_text())
-    assert "linalg_svd" in report["export_error"]
-    assert report["export_error"] in result.stderr
-    assert report["framework"] == "torch" and isinstance(report["native_accuracy"], float)
-    assert not (out / "model.onnx").exists()
-    assert not (out / "native_outputs.npy").exists()
+    assert result.returncode == export.EXIT_EXPORT, result.stderr
+    assert "linalg_svd" in result.stderr
+    assert not (tmp_path / "out" / "model.onnx").exists()
+    assert not (tmp_path / "out" / "native_outputs.npy").exists()
 
 
-def test_an_sklearn_estimator_without_converter_exits_3(digits: Digits, tmp_path: Path) -> None:
+def test_an_sklearn_estimator_without_converter_exits_3(
+    digits: Digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model_path = tmp_path / "centroid.joblib"
     joblib.dump(NearestCentroid().fit(digits.X.reshape(len(digits.X), -1), digits.y), model_path)
-    out = tmp_path / "out"
-    out.mkdir()
+    (tmp_path / "out").mkdir()
 
-    code = evaluate.main(
-        ["--format", "sklearn", "--model", str(model_path), "--holdout", str(digits.holdout),
-         "--input-shape", FLAT_SHAPE, "--out", str(out)]
+    code = export.main(
+        ["--format", "sklearn", "--model", str(model_path), "--probe", str(digits.probe),
+         "--input-shape", FLAT_SHAPE, "--out", str(tmp_path / "out")]
     )  # fmt: skip
 
-    assert code == evaluate.EXIT_EXPORT
-    report = json.loads((out / "native_report.json").read_text())
-    assert report["export_error"].startswith("skl2onnx:")
-    assert "NearestCentroid" in report["export_error"]
-    assert report["n_holdout"] == len(digits.y)
-    assert report["native_accuracy"] > 0.8  # measured before the export was attempted
+    assert code == export.EXIT_EXPORT
+    said = capsys.readouterr().err
+    assert "skl2onnx:" in said and "NearestCentroid" in said
 
 
 @pytest.mark.parametrize(
@@ -318,66 +415,81 @@ def test_a_state_dict_whose_factory_is_missing_exits_2(
 ) -> None:
     weights = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(64, 10).state_dict(), weights)
-    out = tmp_path / "out"
-    out.mkdir()
 
-    result = run_evaluate(
-        "--format", "torch-state-dict", "--model", weights, "--factory", factory, "--bundle", CNN,
-        "--holdout", digits.holdout, "--input-shape", CNN_SHAPE, "--out", out,
+    result = run_export(
+        tmp_path / "out", "--format", "torch-state-dict", "--model", weights, "--factory", factory,
+        "--bundle", CNN, "--input-shape", CNN_SHAPE, probe=digits.probe,
     )  # fmt: skip
 
-    assert result.returncode == evaluate.EXIT_LOAD
-    report = json.loads((out / "native_report.json").read_text())
-    assert reason in report["error"]
+    assert result.returncode == export.EXIT_LOAD
     assert reason in result.stderr
-    assert not (out / "model.onnx").exists()
+    assert not (tmp_path / "out" / "model.onnx").exists()
 
 
-def test_a_corrupt_model_file_exits_2(digits: Digits, tmp_path: Path) -> None:
+def test_a_corrupt_model_file_exits_2(
+    digits: Digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model_path = tmp_path / "model.joblib"
     model_path.write_bytes(b"not a pickle")
-    out = tmp_path / "out"
-    out.mkdir()
 
-    code = evaluate.main(
-        ["--format", "sklearn", "--model", str(model_path), "--holdout", str(digits.holdout),
-         "--input-shape", FLAT_SHAPE, "--out", str(out)]
+    code = export.main(
+        ["--format", "sklearn", "--model", str(model_path), "--probe", str(digits.probe),
+         "--input-shape", FLAT_SHAPE, "--out", str(tmp_path)]
     )  # fmt: skip
 
-    assert code == evaluate.EXIT_LOAD
-    assert "cannot load the sklearn model" in json.loads((out / "native_report.json").read_text())["error"]
+    assert code == export.EXIT_LOAD
+    assert "cannot load the sklearn model" in capsys.readouterr().err
 
 
-def test_a_holdout_that_does_not_fit_the_input_shape_is_a_usage_error(digits: Digits, tmp_path: Path) -> None:
-    code = evaluate.main(
-        ["--format", "sklearn", "--model", str(tmp_path / "unused.joblib"), "--holdout", str(digits.holdout),
+def test_probe_inputs_that_do_not_fit_the_input_shape_are_a_usage_error(
+    digits: Digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = export.main(
+        ["--format", "sklearn", "--model", str(tmp_path / "unused.joblib"), "--probe", str(digits.probe),
          "--input-shape", "1,63", "--out", str(tmp_path)]
     )  # fmt: skip
 
-    assert code == evaluate.EXIT_USAGE
-    assert (
-        "does not fit the input shape" in json.loads((tmp_path / "native_report.json").read_text())["error"]
-    )
+    assert code == export.EXIT_USAGE
+    assert "do not fit the input shape" in capsys.readouterr().err
 
 
-def test_the_cnn_training_is_reproducible(digits: Digits, tmp_path: Path) -> None:
+def test_the_cnn_training_is_reproducible_and_reports_named_numbers(digits: Digits, tmp_path: Path) -> None:
     params = {"epochs": 1, "save": "state_dict"}
     first = train(CNN, digits, tmp_path / "a", params)
     second = train(CNN, digits, tmp_path / "b", params)
 
     assert (first / "model.pt").read_bytes() == (second / "model.pt").read_bytes()
-    metrics = json.loads((first / "metrics.json").read_text())
-    assert metrics["seed"] == 7 and len(metrics["epochs"]) == 1
+    names = ["train_loss", "train_accuracy", "epochs", "n_train", "seed", "seconds"]
+    metrics = read_metrics(first / "metrics.json", names)
+    assert metrics["seed"] == 7 and metrics["epochs"] == 1 and list(metrics) == names
 
 
-def test_load_npy_refuses_pickles_and_oversized_files(tmp_path: Path) -> None:
-    pickled = tmp_path / "objects.npy"
-    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InvalidInput):
-        load_npy(pickled, MAX_NPY)
-
-    big = tmp_path / "big.npy"
-    np.save(big, np.zeros(1000, dtype=np.float32))
-    with pytest.raises(PayloadTooLarge):
-        load_npy(big, 1000)
-    assert load_npy(big, 10_000).shape == (1000,)
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"loss": 0.123456789, "acc": 12345678}', None),
+        ('{"loss": "0.1"}', "is not a number"),
+        ('{"loss": true}', "is not a number"),
+        ('{"loss": NaN}', "not a finite number"),
+        ('{"loss": 1e999}', "not a finite number"),
+        ('{"loss": {"rows": [0.5, 0.25]}}', "is not a number"),
+        ('{"loss": [0.5, 0.25]}', "is not a number"),
+        ('{"row_0_0p5_0p25": 1}', "not a metric the job spec declared"),
+        ('{"loss": 1, "loss": 2}', "names one metric twice"),
+        ("[0.5, 0.25]", "not a JSON object"),
+        ("not json", "not JSON"),
+        ("{" + ", ".join(f'"m{i}": {i}' for i in range(17)) + "}", "more than 16 entries"),
+        ('{"loss": 0.5, "pad": "' + "x" * 5000 + '"}', "larger than 4096 bytes"),
+    ],
+)
+def test_job_metrics_are_a_few_declared_numbers(text: str, reason: str | None, tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_text(text)
+    declared = ["loss", "acc", *(f"m{i}" for i in range(16))]
+    if reason is None:
+        assert read_metrics(path, declared) == {"loss": 0.1235, "acc": 12350000.0}
+        return
+    with pytest.raises(MetricsRejected) as rejected:
+        read_metrics(path, declared)
+    assert reason in rejected.value.reason
+    assert "row_0" not in rejected.value.reason and "rows" not in rejected.value.reason

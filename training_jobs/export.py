@@ -1,29 +1,29 @@
-"""Load a job's native model, run it on the holdout and translate it to ONNX — inside a sandbox.
+"""Load a job's native model and translate it to ONNX — in the export sandbox, away from the held-out rows.
 
-The node ships this script and runs it in a second sandbox after the consumer's training run,
-because loading an untrusted native model (a pickle, a TorchScript archive, a state dict
-with the consumer's own model factory) can execute code. The node process itself touches
-only what this script writes to ``--out`` (see ``training_jobs.onnx_check``)::
+Loading an untrusted native model executes code (a pickle, a TorchScript archive, a state
+dict with the consumer's own factory), so the node runs this script in a sandbox that holds
+the model, the job's bundle and the node's probe inputs — and not the held-out rows, which
+consumer code never meets. Nothing this run writes is believed: the ONNX file and the
+native outputs go, as files, to the node's audit run (``training_jobs.audit``), which
+checks and rewrites the model with node code alone::
 
-    python /agora/evaluate.py --format torchscript --model /model/model.pt \\
-        --holdout /holdout/holdout.npz --input-shape 1,1,8,8 --dtype float32 --opset 17 --out /out
-    python /agora/evaluate.py --format torch-state-dict --model /model/model.pt \\
-        --factory model:make_model --bundle /job --holdout /holdout/holdout.npz ...
-    python /agora/evaluate.py --format sklearn --model /model/model.joblib --input-shape 1,64 ...
+    python /agora/export.py --format torchscript --model /model/model.pt --probe /probe/probe.npy \\
+        --input-shape 1,1,8,8 --dtype float32 --opset 17 --out /out
+    python /agora/export.py --format torch-state-dict --model /model/model.pt \\
+        --factory model:make_model --bundle /job --probe /probe/probe.npy ...
+    python /agora/export.py --format sklearn --model /model/model.joblib --input-shape 1,64 ...
 
-The holdout (``X``, ``y``) is reshaped to ``(-1, *input_shape[1:])`` and cast to ``--dtype``.
-Written to ``--out``:
+The probe inputs (written by the node: training rows the job already saw and inputs the
+node generated) are reshaped to ``(-1, *input_shape[1:])`` and cast to ``--dtype``. Written
+to ``--out``:
 
 * ``model.onnx`` — the translation (batch dimension dynamic, opset ``--opset``);
-* ``probe_inputs.npy`` — the first ``--probe-count`` holdout rows, shaped as the input;
-* ``native_outputs.npy`` — the native model's outputs on those rows (float32): the raw
-  output of a torch model, ``predict_proba`` of a scikit-learn classifier (else ``predict``);
-* ``native_report.json`` — format, framework and version, holdout size, native accuracy,
-  ONNX input/output names, opset, the exporter's warnings (``export_warnings``, if any), and
-  on failure ``error`` (exits 2 and 4) or ``export_error`` (exit 3, after the native figures).
+* ``native_outputs.npy`` — the native model's outputs on the probe inputs (float32): the raw
+  output of a torch model, ``predict_proba`` of a scikit-learn classifier (else ``predict``).
 
-Exit codes: 0 success; 2 the model cannot be loaded or run on the holdout; 3 it runs but
-cannot be exported to ONNX; 4 bad invocation or an unreadable holdout (the node's side).
+What went wrong, and the exporter's warnings, are printed (the job log's ``export`` lines).
+Exit codes: 0 success; 2 the model cannot be loaded or run on the probe inputs; 3 it runs
+but cannot be exported to ONNX; 4 bad invocation or unreadable probe inputs.
 
 Only the standard library, numpy, torch, scikit-learn, skl2onnx, onnx and joblib may be
 imported here: the repository's packages are not visible inside the sandbox.
@@ -51,9 +51,7 @@ EXIT_USAGE = 4
 FORMATS = ("torchscript", "torch-state-dict", "sklearn")
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 ONNX_FILE = "model.onnx"
-PROBE_INPUTS_FILE = "probe_inputs.npy"
 NATIVE_OUTPUTS_FILE = "native_outputs.npy"
-REPORT_FILE = "native_report.json"
 INPUT_NAME = "input"
 TORCH_OUTPUT_NAME = "output"
 BATCH = 256
@@ -62,29 +60,28 @@ MAX_WARNINGS = 10
 
 
 class Failure(Exception):
-    """A step failed: ``key`` names the report field, ``code`` the exit status."""
+    """A step failed: ``code`` is the exit status, ``reason`` what is printed."""
 
-    def __init__(self, key: str, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
-        self.key = key
         self.code = code
         self.reason = reason
 
 
 def _load_failure(reason: str) -> Failure:
-    return Failure("error", EXIT_LOAD, reason)
+    return Failure(EXIT_LOAD, reason)
 
 
 def _export_failure(reason: str) -> Failure:
-    return Failure("export_error", EXIT_EXPORT, reason)
+    return Failure(EXIT_EXPORT, reason)
 
 
 def _usage_failure(reason: str) -> Failure:
-    return Failure("error", EXIT_USAGE, reason)
+    return Failure(EXIT_USAGE, reason)
 
 
 def _describe(exc: BaseException) -> str:
-    """One line for a report: exporters append whole graph dumps to their messages."""
+    """One line: exporters append whole graph dumps to their messages."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
@@ -92,60 +89,31 @@ def _describe(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class Holdout:
-    X: np.ndarray
-    y: np.ndarray
-
-
-@dataclass(frozen=True)
 class Native:
-    """The loaded model and what it produced: outputs on the probe rows, holdout accuracy."""
+    """The loaded model and its outputs on the probe inputs."""
 
     model: Any
     framework: str
     framework_version: str
     outputs: np.ndarray
-    accuracy: float | None
     probabilistic: bool = False
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "framework": self.framework,
-            "framework_version": self.framework_version,
-            "native_accuracy": self.accuracy,
-            "input_name": INPUT_NAME,
-        }
 
-
-@dataclass(frozen=True)
-class Export:
-    """The written ONNX model's compared output and what the exporter warned about."""
-
-    output_name: str
-    warnings: list[str]
-
-
-def load_holdout(path: Path, input_shape: Sequence[int], dtype: str) -> Holdout:
-    """The holdout's ``X`` shaped to the model input and cast, and its labels ``y``."""
+def load_probe(path: Path, input_shape: Sequence[int], dtype: str) -> np.ndarray:
+    """The node's probe inputs shaped to the model input and cast."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            X, y = data["X"], data["y"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise _usage_failure(f"cannot read the holdout {path}: {_describe(exc)}") from exc
+        probe = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _usage_failure(f"cannot read the probe inputs {path}: {_describe(exc)}") from exc
     try:
-        X = np.ascontiguousarray(X.reshape((-1, *input_shape[1:])).astype(DTYPES[dtype]))
+        probe = np.ascontiguousarray(probe.reshape((-1, *input_shape[1:])).astype(DTYPES[dtype]))
     except ValueError as exc:
         raise _usage_failure(
-            f"the holdout X of shape {X.shape} does not fit the input shape {list(input_shape)}"
+            f"the probe inputs of shape {probe.shape} do not fit the input shape {list(input_shape)}"
         ) from exc
-    y = np.asarray(y).reshape(-1)
-    if len(y) != len(X) or len(X) == 0:
-        raise _usage_failure(f"the holdout has {len(X)} rows of X and {len(y)} labels")
-    return Holdout(X, y)
-
-
-def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(predicted.reshape(-1) == y))
+    if len(probe) == 0:
+        raise _usage_failure("there are no probe inputs")
+    return probe
 
 
 def _configure_torch() -> None:
@@ -166,8 +134,6 @@ def load_torch_model(fmt: str, model_path: Path, factory: str | None, bundle: Pa
             if not factory or ":" not in factory:
                 raise _usage_failure("a torch-state-dict model needs --factory module:function")
             module_name, _, function_name = factory.partition(":")
-            if bundle is not None:
-                sys.path.insert(0, str(bundle))
             build = getattr(importlib.import_module(module_name), function_name)
             model = build()
             if not isinstance(model, torch.nn.Module):
@@ -198,7 +164,7 @@ def torch_outputs(model: Any, X: np.ndarray) -> np.ndarray:
     except Failure:
         raise
     except Exception as exc:  # the consumer's forward()
-        raise _load_failure(f"the model fails on the holdout: {_describe(exc)}") from exc
+        raise _load_failure(f"the model fails on the probe inputs: {_describe(exc)}") from exc
     outputs = np.concatenate(chunks)
     if outputs.ndim == 0 or outputs.shape[0] != len(X):
         raise _load_failure(f"the model's output of shape {outputs.shape} has no batch dimension")
@@ -209,8 +175,8 @@ def export_torch(model: Any, probe: np.ndarray, opset: int, onnx_path: Path) -> 
     """Export with the TorchScript-based exporter (``dynamo=False``); the exporter's warnings.
 
     The dynamo exporter needs onnxscript, which the node does not install, and cannot take
-    a TorchScript archive as it is. Warnings are returned for the report because a tracer
-    warning (Python control flow frozen at export) explains an ONNX/native mismatch later.
+    a TorchScript archive as it is. Warnings are printed because a tracer warning (Python
+    control flow frozen at export) explains an ONNX/native mismatch later.
     """
     import torch
 
@@ -242,23 +208,18 @@ def export_torch(model: Any, probe: np.ndarray, opset: int, onnx_path: Path) -> 
     return notes[:MAX_WARNINGS]
 
 
-def run_torch(args: argparse.Namespace, holdout: Holdout, probe_count: int) -> Native:
+def run_torch(args: argparse.Namespace, probe: np.ndarray) -> Native:
     import torch
 
     _configure_torch()
     model = load_torch_model(args.format, args.model, args.factory, args.bundle)
-    outputs = torch_outputs(model, holdout.X)
-    accuracy = (
-        _accuracy(outputs.argmax(axis=1), holdout.y) if outputs.ndim == 2 and outputs.shape[1] > 1 else None
-    )
-    return Native(model, "torch", torch.__version__, outputs[:probe_count], accuracy)
+    return Native(model, "torch", torch.__version__, torch_outputs(model, probe))
 
 
-def run_sklearn(args: argparse.Namespace, holdout: Holdout, probe_count: int) -> Native:
-    """``predict_proba`` on the probe rows if the estimator has it (else ``predict``)."""
+def run_sklearn(args: argparse.Namespace, probe: np.ndarray) -> Native:
+    """``predict_proba`` on the probe inputs if the estimator has it (else ``predict``)."""
     import joblib
     import sklearn
-    from sklearn.base import is_classifier
 
     if len(args.input_shape) != 2:
         raise _usage_failure(
@@ -272,14 +233,11 @@ def run_sklearn(args: argparse.Namespace, holdout: Holdout, probe_count: int) ->
         raise _load_failure(f"the loaded {type(model).__name__} has no predict method")
     probabilistic = callable(getattr(model, "predict_proba", None))
     try:
-        predicted = np.asarray(model.predict(holdout.X))
-        probe = holdout.X[:probe_count]
-        outputs = np.asarray(model.predict_proba(probe) if probabilistic else predicted[:probe_count])
+        outputs = np.asarray(model.predict_proba(probe) if probabilistic else model.predict(probe))
         outputs = outputs.astype(np.float32)
     except Exception as exc:  # the consumer's estimator
-        raise _load_failure(f"the model fails on the holdout: {_describe(exc)}") from exc
-    accuracy = _accuracy(predicted, holdout.y) if is_classifier(model) else None
-    return Native(model, "sklearn", sklearn.__version__, outputs, accuracy, probabilistic)
+        raise _load_failure(f"the model fails on the probe inputs: {_describe(exc)}") from exc
+    return Native(model, "sklearn", sklearn.__version__, outputs, probabilistic)
 
 
 def _onnx_tensor_type(dtype: str, n_features: int) -> Any:
@@ -289,7 +247,7 @@ def _onnx_tensor_type(dtype: str, n_features: int) -> Any:
     return types[dtype]([None, n_features])
 
 
-def export_sklearn(native: Native, args: argparse.Namespace, onnx_path: Path) -> Export:
+def export_sklearn(native: Native, args: argparse.Namespace, onnx_path: Path) -> None:
     """skl2onnx with plain tensor outputs (no ZipMap): ``label`` and ``probabilities``."""
     from sklearn.base import is_classifier
 
@@ -307,13 +265,7 @@ def export_sklearn(native: Native, args: argparse.Namespace, onnx_path: Path) ->
         )
     except Exception as exc:  # unsupported estimators, options or operator sets
         raise _export_failure(f"skl2onnx: {_describe(exc)}") from exc
-    outputs = [o.name for o in onx.graph.output]
-    if native.probabilistic:
-        output_name = "probabilities" if "probabilities" in outputs else outputs[-1]
-    else:
-        output_name = outputs[0]
     onnx_path.write_bytes(onx.SerializeToString())
-    return Export(output_name, [])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -333,58 +285,45 @@ def _shape(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="export.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--model", required=True, type=Path, help="the native model file")
     parser.add_argument("--factory", help="module:function building the nn.Module (torch-state-dict)")
-    parser.add_argument("--bundle", type=Path, help="the job's code bundle, for the factory's import")
-    parser.add_argument("--holdout", required=True, type=Path, help="npz with X and y")
+    parser.add_argument("--bundle", type=Path, help="the job's code bundle, importable while loading")
+    parser.add_argument("--probe", required=True, type=Path, help="the node's probe inputs (.npy)")
     parser.add_argument("--input-shape", required=True, type=_shape, help="e.g. 1,1,8,8 (batch first)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--probe-count", type=int, default=64)
     return parser
-
-
-def _write_report(out: Path, report: dict[str, Any]) -> None:
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report: dict[str, Any] = {"format": args.format, "opset": args.opset}
+    onnx_path = args.out / ONNX_FILE
     try:
-        if args.probe_count < 1:
-            raise _usage_failure("--probe-count must be at least 1")
         if not args.out.is_dir():
             raise _usage_failure(f"the output directory {args.out} does not exist")
-        holdout = load_holdout(args.holdout, args.input_shape, args.dtype)
-        report["n_holdout"] = len(holdout.X)
-        probe_count = min(args.probe_count, len(holdout.X))
-        onnx_path = args.out / ONNX_FILE
+        probe = load_probe(args.probe, args.input_shape, args.dtype)
+        if args.bundle is not None:
+            sys.path.insert(0, str(args.bundle))  # a factory or a pickled class may live there
         if args.format == "sklearn":
-            native = run_sklearn(args, holdout, probe_count)
-            report.update(native.summary())
-            export = export_sklearn(native, args, onnx_path)
+            native = run_sklearn(args, probe)
+            export_sklearn(native, args, onnx_path)
+            notes: list[str] = []
         else:
-            native = run_torch(args, holdout, probe_count)
-            report.update(native.summary())
-            notes = export_torch(native.model, holdout.X[:probe_count], args.opset, onnx_path)
-            export = Export(TORCH_OUTPUT_NAME, notes)
+            native = run_torch(args, probe)
+            notes = export_torch(native.model, probe, args.opset, onnx_path)
     except Failure as failure:
-        report[failure.key] = failure.reason
         if args.out.is_dir():
-            (args.out / ONNX_FILE).unlink(missing_ok=True)  # never leave a half-written translation
-            _write_report(args.out, report)
-        print(f"evaluate.py: {failure.reason}", file=sys.stderr)
+            onnx_path.unlink(missing_ok=True)  # never leave a half-written translation
+        print(f"export.py: {failure.reason}", file=sys.stderr)
         return failure.code
-    np.save(args.out / PROBE_INPUTS_FILE, holdout.X[:probe_count])
     np.save(args.out / NATIVE_OUTPUTS_FILE, np.ascontiguousarray(native.outputs, dtype=np.float32))
-    report["output_name"] = export.output_name
-    if export.warnings:
-        report["export_warnings"] = export.warnings
-    _write_report(args.out, report)
+    summary = {"framework": native.framework, "version": native.framework_version, "probe_inputs": len(probe)}
+    print("export.py: exported " + json.dumps(summary, sort_keys=True))
+    for note in notes:
+        print(f"export.py: exporter warning: {note}")
     return EXIT_OK
 
 
