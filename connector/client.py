@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from connector.envelope import EnvelopeRejected, open_envelope, seal
+from kernel.addresses import foreign_origin
 from kernel.client import raise_for_problem
 from kernel.errors import AgoraError, ServiceUnavailable
 from kernel.outbound import OutboundClient
@@ -99,3 +100,15 @@ def fetch_identity(url: str, outbound: OutboundClient) -> dict[str, Any]:
         )
     identity["address"] = opened.sender
     return identity
+
+
+def chain_refusal(doc: dict[str, Any], provider_endpoint: str, own_chain_rpc: str) -> str | None:
+    """Why the chain a provider's provenance document names may not be asked, or None.
+
+    Checking received bytes means asking the chain the document names; the consumer's node
+    asks only its own chain or one on the provider's verified origin (the provider's
+    embedded chain at ``/chain/rpc``), never an address the provider picked elsewhere."""
+    rpc = (doc.get("chain") or {}).get("rpc_url") if isinstance(doc.get("chain"), dict) else None
+    if isinstance(rpc, str) and own_chain_rpc and rpc.rstrip("/") == own_chain_rpc.rstrip("/"):
+        return None
+    return foreign_origin(rpc, provider_endpoint, "the chain the provenance names", "the provider's verified")

@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from connector.agreements import AgreementService
-from connector.client import PeerClient
+from connector.client import PeerClient, chain_refusal
 from connector.dsp import DSP_CONTEXT
 from connector.models import Agreement, Negotiation, TransferProcess
 from kernel.addresses import foreign_origin
@@ -63,6 +63,7 @@ class TransferService:
         public_url: str,
         private_key: Callable[[], bytes],
         outbound: OutboundClient,
+        chain_rpc_url: str,
         token_key: Any,
         store: ObjectStore,
         agreements: AgreementService,
@@ -75,6 +76,7 @@ class TransferService:
         self.public_url = public_url.rstrip("/")
         self._private_key = private_key
         self.outbound = outbound
+        self.chain_rpc_url = chain_rpc_url
         self._token_key = token_key
         self.store = store
         self.agreements = agreements
@@ -245,6 +247,9 @@ class TransferService:
             url, token = _data_address(start, negotiation.counterparty_endpoint, agreement.provider)
             self._download(row, url, token, cap)
             doc = self._fetch_provenance(url, token)
+            refusal = chain_refusal(doc, negotiation.counterparty_endpoint, self.chain_rpc_url)
+            if refusal:
+                raise TransferRefused(refusal)
             problem = self._verify(doc, row.sha256)
             if problem is not None:
                 raise TransferRefused(f"the bytes do not verify against the chain: {problem}")

@@ -316,6 +316,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         public_url=settings.public_url,
         private_key=runtime.org_key,
         outbound=runtime.outbound,
+        chain_rpc_url=settings.chain_rpc_url,
         token_key=token_key,
         store=runtime.store,
         agreements=agreements,
@@ -360,6 +361,7 @@ def _connect_jobs(runtime: Runtime) -> None:
         private_key=runtime.org_key,
         provenance=runtime.provenance.document,
         outbound=runtime.outbound,
+        chain_rpc_url=settings.chain_rpc_url,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connector.client import PeerClient
+from connector.client import PeerClient, chain_refusal
 from connector.models import Agreement, Participant
 from contracts.verify import verify_document
 from kernel.db import as_utc, fetch, transaction, utcnow
@@ -54,9 +54,11 @@ class JobService:
         private_key: Callable[[], bytes],
         provenance: Callable[[str], dict[str, Any]],
         outbound: OutboundClient,
+        chain_rpc_url: str,
     ) -> None:
         self.engine = engine
         self.outbound = outbound
+        self.chain_rpc_url = chain_rpc_url
         self.store = store
         self.states = states
         self.address = address
@@ -205,6 +207,9 @@ class JobService:
         if fetched and self.store.exists(record["sha256"]):
             return record, fetched["provenance"]
         doc = self._anchored_provenance(job, artifact)
+        refusal = chain_refusal(doc, job.counterparty_endpoint, self.chain_rpc_url)
+        if refusal:
+            raise Forbidden(refusal)
         self._download(job, artifact, record)
         reason = verify_document(doc, str(record["sha256"]))
         if reason is not None:

@@ -68,6 +68,7 @@ class HostileFront:
     ``trickle``              catalog requests answer one byte every 0.3 s
     ``data-elsewhere``       a transfer's data address points to ``target``
     ``data-oversize``        a transfer's data comes with a mebibyte more than agreed
+    ``chain-elsewhere``      a transfer's provenance names ``target`` as the chain to ask
     """
 
     def __init__(self, key: bytes, address: str, target: str) -> None:
@@ -123,6 +124,10 @@ class HostileFront:
             content = self._point_data_elsewhere(content)
         if kind == "data" and mode == "data-oversize":
             content += b"\0" * (1024 * 1024)
+        if kind == "provenance" and mode == "chain-elsewhere" and response.status_code == 200:
+            doc = json.loads(content)
+            doc["chain"] = {**doc.get("chain", {}), "rpc_url": f"{self.target}/rpc"}
+            content = json.dumps(doc).encode()
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
         _send(req, response.status_code, content, headers)
 
@@ -174,6 +179,8 @@ def _kind(path: str) -> str:
         return "transfer-request"
     if path.startswith("/dsp/transfers/") and path.endswith("/data"):
         return "data"
+    if path.startswith("/dsp/transfers/") and path.endswith("/provenance"):
+        return "provenance"
     return path.split("/")[2] if path.startswith("/dsp/") else path
 
 

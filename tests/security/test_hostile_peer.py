@@ -395,6 +395,23 @@ def test_more_bytes_than_agreed_are_refused(world: World) -> None:
     assert beta.api("GET", "/transfers").json()[0]["state"] == "TERMINATED"
 
 
+def test_a_chain_the_provider_picked_elsewhere_is_not_asked(world: World) -> None:
+    """Checking the bytes means asking the chain the provenance names: only this node's own
+    chain or one at the provider's origin."""
+    beta = world.beta
+    agreement = next(
+        a for a in beta.api("GET", "/agreements").json() if a["provider"] == world.hostile.address
+    )
+    world.front.mode = "chain-elsewhere"
+    try:
+        r = beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
+    finally:
+        world.front.mode = "pass"
+    assert r.status_code == 403, r.text
+    assert f"the chain the provenance names {world.internal.url}/rpc is refused" in r.json()["detail"]
+    assert world.internal.hits == []
+
+
 def test_nothing_reached_the_internal_service_and_nothing_broke(world: World) -> None:
     assert world.internal.hits == []
     for org in (world.acme, world.beta):
