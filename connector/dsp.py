@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 
 from kernel.db import as_utc
-from kernel.errors import FieldError, InvalidInput
+from kernel.errors import FieldError, InvalidInput, PayloadTooLarge
+from kernel.limits import JSON, loads
 from marketplace.catalog import DSP_CONTEXT as DSP_CONTEXT_URL
 
 if TYPE_CHECKING:
@@ -25,14 +25,13 @@ DSP_CONTEXT = [DSP_CONTEXT_URL]  # the "@context" of every protocol message
 async def open_request(
     request: Request[Any, Any, Any], gate: ProtocolGate, *, max_bytes: int = MAX_MESSAGE_BYTES
 ) -> Opened:
-    """The verified envelope of a protocol request (size-capped JSON, signature, sender, nonce)."""
+    """The verified envelope of a protocol request: size first, then the JSON's bounds
+    (depth, numbers, strings up to ``max_bytes``) before it is parsed, then the form and
+    signature, and only then the sender and nonce (database)."""
     body = await request.body()
     if len(body) > max_bytes:
-        raise InvalidInput(f"protocol messages are limited to {max_bytes} bytes")
-    try:
-        envelope = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"not JSON: {exc}") from None
+        raise PayloadTooLarge(f"protocol messages are limited to {max_bytes} bytes")
+    envelope = loads(body, JSON.with_max_string(max_bytes), what="the protocol message")
     return await to_thread.run_sync(gate.accept, envelope)
 
 

@@ -17,6 +17,7 @@ Each refusal is an :class:`EnvelopeRejected` naming the reason.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from kernel.errors import AgoraError
 
 VERSION = "agora-envelope/1"
 MAX_SKEW_SECONDS = 300
+_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 
 
 class EnvelopeRejected(AgoraError):
@@ -109,16 +111,10 @@ def open_envelope(envelope: Any, *, recipient: str, now: float | None = None) ->
     nonce, timestamp = envelope["nonce"], envelope["timestamp"]
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
         raise EnvelopeRejected("the nonce must be a string of 16 to 128 characters")
-    if not isinstance(timestamp, int):
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
         raise EnvelopeRejected("the timestamp must be an integer (unix seconds)")
-    try:
-        recovered = Account.recover_message(
-            encode_defunct(primitive=_signed_part(envelope)), signature=envelope["signature"]
-        )
-    except Exception:  # any malformed signature is just a bad signature
-        raise EnvelopeRejected("the signature is malformed") from None
-    if recovered.lower() != sender.lower():
-        raise EnvelopeRejected(f"bad signature: it was made by {recovered}, not by the sender {sender}")
+    # the cheap checks before the costly one: canonicalising the whole message and
+    # recovering the signer is done only for a well-formed, current message meant for us
     if to.lower() != recipient.lower():
         raise EnvelopeRejected(f"the message is addressed to {to}, not to this node ({recipient})")
     skew = abs((now if now is not None else time.time()) - timestamp)
@@ -126,4 +122,15 @@ def open_envelope(envelope: Any, *, recipient: str, now: float | None = None) ->
         raise EnvelopeRejected(
             f"the timestamp is {int(skew)} s away from this node's clock (limit {MAX_SKEW_SECONDS} s)"
         )
+    signature = envelope["signature"]
+    if not (isinstance(signature, str) and _SIGNATURE.fullmatch(signature)):
+        raise EnvelopeRejected("the signature is malformed (expected 0x and 130 hex digits)")
+    try:
+        recovered = Account.recover_message(
+            encode_defunct(primitive=_signed_part(envelope)), signature=signature
+        )
+    except Exception:  # any malformed signature is just a bad signature
+        raise EnvelopeRejected("the signature is malformed") from None
+    if recovered.lower() != sender.lower():
+        raise EnvelopeRejected(f"bad signature: it was made by {recovered}, not by the sender {sender}")
     return Opened(to_checksum_address(sender), to_checksum_address(to), nonce, timestamp, envelope["body"])

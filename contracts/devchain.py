@@ -17,6 +17,8 @@ from typing import Any
 
 from contracts import rpc
 from contracts.chain import DEV_FAUCET_KEY, EmbeddedChain
+from kernel.errors import InvalidInput
+from kernel.limits import JSON, loads
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -39,8 +41,8 @@ class DevChainServer:
                     )
                     return
                 try:
-                    body = json.loads(self.rfile.read(length))
-                except ValueError:
+                    body = loads(self.rfile.read(length), JSON.with_max_string(MAX_BODY))
+                except InvalidInput:
                     self._reply(
                         400,
                         {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},

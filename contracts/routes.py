@@ -13,7 +13,8 @@ from litestar.params import FromPath
 from contracts import rpc
 from contracts.chain import Chain, EmbeddedChain
 from contracts.provenance import ProvenanceService
-from kernel.errors import InvalidInput, NotFound
+from kernel.errors import NotFound
+from kernel.limits import loads
 
 
 class ProvenanceController(Controller):
@@ -36,10 +37,7 @@ async def chain_rpc(
     chain = await to_thread.run_sync(chain_getter)
     if not isinstance(chain, EmbeddedChain):
         raise NotFound("this node uses an external chain: verify against AGORA_CHAIN_URL instead")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise InvalidInput(f"not JSON-RPC: {exc}") from exc
+    body = loads(await request.body(), what="the JSON-RPC request")
     return await to_thread.run_sync(lambda: rpc.handle(chain, body, read_only=True))
 
 

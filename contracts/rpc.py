@@ -35,6 +35,7 @@ READ_METHODS = {
     "eth_feeHistory",
 }
 WRITE_METHODS = {"eth_sendRawTransaction", "anvil_setBalance"}
+MAX_BATCH = 100  # each request may run the EVM: a batch is bounded like any other work
 _QUANTITY_KEYS = {
     "gas",
     "gasPrice",
@@ -108,16 +109,23 @@ def _params_in(chain: EmbeddedChain, method: str, params: list[Any]) -> list[Any
 
 
 def handle(chain: EmbeddedChain, request: Any, *, read_only: bool) -> Any:
-    """Answer one JSON-RPC request object, or a batch (list) of them."""
+    """Answer one JSON-RPC request object, or a batch (list) of at most
+    :data:`MAX_BATCH` of them."""
     if isinstance(request, list):
-        return [handle(chain, item, read_only=read_only) for item in request]
+        if not request or len(request) > MAX_BATCH:
+            return _error(None, -32600, f"a batch holds 1 to {MAX_BATCH} requests")
+        return [_one(chain, item, read_only=read_only) for item in request]
+    return _one(chain, request, read_only=read_only)
+
+
+def _one(chain: EmbeddedChain, request: Any, *, read_only: bool) -> Any:
     if not isinstance(request, dict):
         return _error(None, -32600, "invalid request")
     rid = request.get("id")
     method = request.get("method")
     params = request.get("params") or []
     allowed = READ_METHODS if read_only else READ_METHODS | WRITE_METHODS
-    if method not in allowed:
+    if not isinstance(method, str) or method not in allowed:
         reason = "this endpoint is read-only" if method in WRITE_METHODS else "method not supported"
         return _error(rid, -32601, f"{method}: {reason}")
     try:

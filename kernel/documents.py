@@ -3,13 +3,16 @@ error names the file, the line and the field."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from yaml.constructor import ConstructorError, SafeConstructor
 
 from kernel.errors import FieldError, InvalidInput
+from kernel.limits import check_yaml
 from kernel.validation import field_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,26 +54,42 @@ class Located:
             raise self.error(field_errors(exc), what) from None
 
 
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+def _scalar(node: yaml.Node, source_name: str) -> Any:
+    """A scalar as YAML's safe loader types it; a value Python or JSON cannot hold (an
+    integer of thousands of digits, ``.inf``, ``.nan``, a non-date) is refused with its line."""
+    where = f"{source_name}:{node.start_mark.line + 1}"
+    try:
+        value = SafeConstructor().construct_object(node, deep=True)
+    except (ValueError, ConstructorError) as exc:
+        raise InvalidInput(f"{where}: {exc}", errors=[FieldError("(root)", str(exc))]) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{where}: {node.value} is not a finite number")
+    return value
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int], source_name: str) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            key = str(_scalar(key_node, source_name))
             child = f"{path}.{key}" if path else key
             lines[child] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, child, lines)
+            out[key] = _to_python(value_node, child, lines, source_name)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
-            _to_python(item, f"{path}.{i}" if path else str(i), lines) for i, item in enumerate(node.value)
+            _to_python(item, f"{path}.{i}" if path else str(i), lines, source_name)
+            for i, item in enumerate(node.value)
         ]
-    return yaml.safe_load(yaml.serialize(node))
+    return _scalar(node, source_name)
 
 
 def parse_located(text: str, source_name: str, what: str) -> Located:
-    """Parse YAML (JSON is YAML) keeping lines; refuses invalid YAML and empty documents."""
+    """Parse YAML (JSON is YAML) keeping lines; refuses invalid YAML, empty documents and
+    documents over :class:`kernel.limits.YamlLimits` (checked before anything recursive)."""
     lines: dict[str, int] = {}
+    check_yaml(text, what=source_name)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -81,4 +100,4 @@ def parse_located(text: str, source_name: str, what: str) -> Located:
         raise InvalidInput(f"{where}: {message}", errors=[FieldError("(root)", message)]) from None
     if node is None:
         raise InvalidInput(f"{source_name}: the {what} is empty")
-    return Located(_to_python(node, "", lines), source_name, lines)
+    return Located(_to_python(node, "", lines, source_name), source_name, lines)

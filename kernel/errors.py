@@ -15,7 +15,9 @@ the command line prints the same detail and exits non-zero.
     ├── Forbidden               403  valid token without the needed scope
     ├── NotFound                404
     ├── Conflict                409  the change collides with existing state
-    ├── PayloadTooLarge         413  an upload over the configured maximum
+    ├── RequestTimeout          408  the client took too long to send its request
+    ├── PayloadTooLarge         413  a body over the route's or the node's maximum
+    ├── HeadersTooLarge         431  a request line and headers over the node's maximum
     ├── ClientGone              499  the client hung up half-way (nothing was written)
     ├── ServiceUnavailable      503  a part the node depends on is down
     └── ConfigurationError      500  the node itself is set up wrongly
@@ -117,10 +119,22 @@ class Conflict(AgoraError):
     title = "Conflict"
 
 
+class RequestTimeout(AgoraError):
+    type_slug = "request-timeout"
+    status = 408
+    title = "Request timeout"
+
+
 class PayloadTooLarge(AgoraError):
     type_slug = "payload-too-large"
     status = 413
     title = "Payload too large"
+
+
+class HeadersTooLarge(AgoraError):
+    type_slug = "headers-too-large"
+    status = 431
+    title = "Request header fields too large"
 
 
 class ClientGone(AgoraError):

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from kernel.errors import FieldError, InvalidInput
+from kernel.limits import JSON, JsonLimits, check_json
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,13 +22,26 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     return errors
 
 
-def validate(model: type[M], data: Any, *, prefix: str = "", what: str = "input") -> M:
-    """Validate ``data`` (a dict or JSON text/bytes) into ``model`` or raise with paths."""
+def validate(
+    model: type[M], data: Any, *, prefix: str = "", what: str = "input", limits: JsonLimits = JSON
+) -> M:
+    """Validate ``data`` (a dict or JSON text/bytes) into ``model`` or raise with paths;
+    JSON text is held to ``limits`` first (depth, number and string sizes)."""
     try:
         if isinstance(data, str | bytes):
+            _check(data, limits, prefix, what)
             return model.model_validate_json(data)
         return model.model_validate(data)
     except ValidationError as exc:
         errors = field_errors(exc, prefix)
         summary = "; ".join(f"{e.path}: {e.message}" for e in errors[:5])
         raise InvalidInput(f"invalid {what}: {summary}", errors=errors) from None
+
+
+def _check(data: str | bytes, limits: JsonLimits, prefix: str, what: str) -> None:
+    try:
+        check_json(data, limits, what=f"the {what}")
+    except InvalidInput as exc:
+        if not prefix:
+            raise
+        raise InvalidInput(exc.detail, errors=[FieldError(prefix, exc.detail)]) from None

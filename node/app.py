@@ -27,9 +27,11 @@ import marketplace.policy.routes
 import marketplace.routes
 import training_jobs.routes
 from kernel.errors import ServiceUnavailable
+from kernel.limits import bound_recursion
 from node.auth import bearer_token
 from node.headers import security_headers
 from node.problems import exception_handlers
+from node.request_limits import RequestLimits
 from node.runtime import Runtime
 
 log = logging.getLogger("agora.node")
@@ -96,6 +98,8 @@ def _constant(value: Any) -> Any:
 
 def create_app(runtime: Runtime) -> Litestar:
     """The node's ASGI app for a runtime (database, store and keys already opened)."""
+    bound_recursion()  # before any request: a parser that recurses too deep fails, not the process
+    limits = runtime.settings
 
     def on_startup() -> None:
         settings = runtime.settings
@@ -157,6 +161,14 @@ def create_app(runtime: Runtime) -> Litestar:
             }.items()
         },
         exception_handlers=exception_handlers,
+        middleware=[
+            RequestLimits(
+                max_json_bytes=limits.max_json_bytes,
+                max_upload_bytes=limits.max_upload_bytes,
+                timeout=limits.request_timeout,
+            )
+        ],
+        request_max_body_size=limits.max_json_bytes,
         state=State({"runtime": runtime}),
         on_startup=[on_startup],
         on_shutdown=[runtime.close],

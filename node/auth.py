@@ -34,6 +34,7 @@ from joserfc.errors import (
 from joserfc.jwk import ECKey, KeySet
 
 from kernel.errors import AgoraError, ConfigurationError, Forbidden, InvalidInput, Unauthorized
+from kernel.limits import JsonLimits, check_json, loads
 from kernel.outbound import OutboundClient
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ SCOPES = (
     "admin",
 )
 ACCEPTED_ALGORITHMS = ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "Ed25519"]
+MAX_TOKEN_CHARS = 16 * 1024  # identity providers' tokens with many groups stay well below
+TOKEN_JSON = JsonLimits(max_depth=32, max_string=8 * 1024, max_tokens=2_000)
 CLOCK_SKEW_SECONDS = 30
 
 
@@ -317,16 +320,23 @@ class TokenVerifier:
 
 
 def _unverified_issuer(token: str) -> str:
-    """Peek at ``iss`` to pick the trust anchor; the signature is checked right after."""
-    import base64
-    import json
+    """Peek at ``iss`` to pick the trust anchor; the signature is checked right after.
 
+    Nothing is verified yet, so the token is held to a length and its header and payload
+    to small JSON bounds before this or the JOSE library parses them."""
+    import base64
+
+    if len(token) > MAX_TOKEN_CHARS:
+        raise Unauthorized(f"the token is longer than {MAX_TOKEN_CHARS} characters")
     parts = token.split(".")
     if len(parts) != 3:
         raise Unauthorized("the token is malformed (not a compact JWT)")
     try:
-        padded = parts[1] + "=" * (-len(parts[1]) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(padded))
+        header, payload = (base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)) for p in parts[:2])
+        check_json(header, TOKEN_JSON, what="the token's header")
+        claims = loads(payload, TOKEN_JSON, what="the token's payload")
+    except InvalidInput as exc:
+        raise Unauthorized(f"the token is malformed: {exc.detail}") from None
     except (ValueError, TypeError):
         raise Unauthorized("the token is malformed (payload is not JSON)") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("iss"), str):

@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     jobs_max_output: ByteSize = Field(default=ByteSize(1024**3), description="largest output a job may ask")
     key_passphrase: SecretStr | None = None
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="largest accepted upload")
+    max_json_bytes: int = Field(
+        default=1024**2, ge=64 * 1024, description="largest JSON body: API, protocol messages, chain RPC"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=8 * 1024, le=1024**2, description="largest request line plus headers"
+    )
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a client may take to send a request's headers or a JSON body, "
+        "and the longest pause between two chunks of an upload",
+    )
     import_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="server-side directories offerings may be registered from (by path)",

@@ -20,6 +20,7 @@ from kernel.hashing import sha256_bytes
 
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024
+MAX_MEMBERS = 10_000  # a gzip of empty-file headers would otherwise list millions
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache"}
 
 
@@ -83,13 +84,16 @@ def _check_size(data: bytes) -> None:
 def list_members(data: bytes) -> list[str]:
     """The file names in a bundle; refuses anything but regular files and directories inside it."""
     names = []
-    total = 0
+    total = members = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for member in tar:
                 name = member.name
                 if name.startswith("/") or ".." in Path(name).parts:
                     raise BundleRejected(f"bundle member {name!r} points outside the bundle")
+                members += 1
+                if members > MAX_MEMBERS:
+                    raise BundleRejected(f"the bundle has more than {MAX_MEMBERS} members")
                 if member.isdir():
                     continue
                 if not member.isfile():

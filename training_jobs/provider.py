@@ -75,8 +75,9 @@ class ProviderJobs:
                 errors=[FieldError("agreementId", "required")],
             )
         spec = validate(JobSpec, body.get("spec"), prefix="spec", what="job spec")
-        code = self._received_code(spec, body.get("bundle"))
+        # one indexed read before the costly part: decoding, hashing and listing the bundle
         agreement = self.agreements.as_provider(agreement_id)
+        code = self._received_code(spec, body.get("bundle"))
         job = Job(
             id=f"urn:uuid:{uuid.uuid4()}",
             role="provider",
@@ -233,5 +234,5 @@ def int_param(value: Any, default: int = 0) -> int:
     """An integer field of a protocol message, or :class:`InvalidInput`."""
     try:
         return int(value) if value is not None else default
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise InvalidInput(f"expected an integer, got {value!r}") from None

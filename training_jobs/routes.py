@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connector.dsp import open_request
 from connector.protocol import ProtocolGate
 from kernel.hashing import repr_digest
+from kernel.limits import JSON
 from kernel.validation import validate
 from training_jobs.bundle import MAX_BUNDLE_BYTES, decode
 from training_jobs.provider import ProviderJobs
@@ -28,6 +29,7 @@ from training_jobs.services import JobService
 from training_jobs.spec import SCHEMA_FILE, JobSpec
 
 MAX_JOB_MESSAGE = MAX_BUNDLE_BYTES * 4 // 3 + 1024 * 1024  # the bundle travels base64-encoded
+JOB_JSON = JSON.with_max_string(MAX_JOB_MESSAGE)  # one string, the bundle, may be that long
 
 
 class JobSubmit(BaseModel):
@@ -47,7 +49,7 @@ class JobController(Controller):
     ) -> dict[str, Any]:
         """Consumer: send a job to the provider of its agreement (201 also when the provider
         rejected it: the job is recorded with the reason)."""
-        body: JobSubmit = validate(JobSubmit, await request.body(), what="job")
+        body: JobSubmit = validate(JobSubmit, await request.body(), what="job", limits=JOB_JSON)
         bundle = decode(body.bundle) if body.bundle is not None else None
         return await to_thread.run_sync(job_service.submit, body.spec, bundle, request.user.subject)
 

@@ -17,6 +17,7 @@ from marketplace.manifests.service import ManifestService, SourceInfo
 from marketplace.streaming import body_chunks
 
 MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_REQUEST_BYTES = 2 * MAX_MANIFEST_BYTES  # the manifest as a JSON string, and its sources
 SOURCE_PREFIX = "source:"
 
 
@@ -36,8 +37,8 @@ class ManifestRequest(BaseModel):
 
 async def _json_request(request: Request[Any, Any, Any]) -> ManifestRequest:
     body = await request.body()
-    if len(body) > 2 * MAX_MANIFEST_BYTES:
-        raise PayloadTooLarge("the manifest request is over 2 MiB")
+    if len(body) > MAX_REQUEST_BYTES:
+        raise PayloadTooLarge(f"the manifest request is over {MAX_REQUEST_BYTES} bytes")
     return validate(ManifestRequest, body, what="manifest request")
 
 
@@ -45,7 +46,7 @@ class ManifestController(Controller):
     path = "/manifests"
     tags = ["manifests"]
 
-    @post("/plan", opt={"scope": "offerings:write"}, status_code=200)
+    @post("/plan", opt={"scope": "offerings:write"}, status_code=200, request_max_body_size=MAX_REQUEST_BYTES)
     async def plan(
         self, request: Request[Any, Any, Any], manifest_service: NamedDependency[ManifestService]
     ) -> dict[str, Any]:
@@ -55,7 +56,12 @@ class ManifestController(Controller):
         plan = await to_thread.run_sync(manifest_service.plan, loaded, req.sources)
         return plan.as_dict()
 
-    @post("/apply", opt={"scope": "offerings:write"}, status_code=200, request_max_body_size=None)
+    @post(
+        "/apply",
+        opt={"scope": "offerings:write", "max_json_bytes": MAX_REQUEST_BYTES},
+        status_code=200,
+        request_max_body_size=None,
+    )
     async def apply(
         self, request: Request[Any, Any, Any], manifest_service: NamedDependency[ManifestService]
     ) -> dict[str, Any]:
