@@ -22,6 +22,7 @@ from typing import Any
 from litestar import Request, Router, get
 from litestar.enums import MediaType
 from litestar.openapi.plugins import OpenAPIRenderPlugin
+from litestar.params import FromPath
 from litestar.response import File
 
 from kernel.errors import NotFound
@@ -83,7 +84,7 @@ class OfflineSwagger(OpenAPIRenderPlugin):
         assets = self.assets
 
         @get("/static/{name:str}", media_type=MediaType.TEXT, sync_to_thread=False, include_in_schema=False)
-        def asset(name: str) -> File:
+        def asset(name: FromPath[str]) -> File:
             if name not in assets:
                 raise NotFound(f"no viewer file {name!r}")
             path, media_type = assets[name]
