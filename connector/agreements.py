@@ -159,6 +159,32 @@ class AgreementService:
         self._wake()
         return Grant(uses, [d["action"] for d in duties])
 
+    def give_back(self, agreement_id: str, *, mode: str, reason: str) -> bool:
+        """Return one use whose purpose failed on this node's side (a compute job that failed
+        on the provider's data or node), with one conditional ``UPDATE … WHERE uses > 0``;
+        the usage log records it with the reason. False when no use was taken to give back."""
+        row = self.as_provider(agreement_id)
+        with transaction(self.engine) as session:
+            given = session.execute(
+                update(Agreement)
+                .where(col(Agreement.id) == agreement_id, col(Agreement.uses) > 0)
+                .values(uses=col(Agreement.uses) - 1)
+            )
+            if getattr(given, "rowcount", 0) != 1:
+                return False
+            fresh = session.get(Agreement, agreement_id)
+            assert fresh is not None
+            session.add(
+                UsageRecord(
+                    agreement_id=agreement_id,
+                    mode=mode,
+                    purpose=str(row.terms.get("purpose", ""))[:200],
+                    granted=False,
+                    reason=f"use given back, {fresh.uses} now taken: {reason}"[:2000],
+                )
+            )
+        return True
+
     def policy_allows(self, row: Agreement, mode: str) -> tuple[bool, str]:
         """Whether the agreed policy would also permit ``mode`` (e.g. may a compute job's
         native model leave like a download?), without taking a use."""

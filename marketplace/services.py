@@ -200,6 +200,10 @@ class OfferingService:
             "size": detail.size,
         }
 
+    def compute_terms(self, offering_id: str) -> dict[str, Any]:
+        """The offering's compute terms as stored (``training_jobs.terms.ComputeTerms`` reads them)."""
+        return dict(self._get(offering_id).compute_terms or {})
+
     def by_name(self, name: str) -> Offering | None:
         with Session(self.engine) as session:
             return self._by_name(session, name)

@@ -395,9 +395,9 @@ def _compute_to_data(
             _say(f"  [{line['stage']}] {line['line'][:100]}")
     metrics = job["result"]["metrics"]
     _say(
-        f"  Acme's node, on {metrics['holdout_rows']} rows it kept back: native accuracy "
-        f"{metrics['native_accuracy']:.3f}, ONNX Runtime accuracy {metrics['onnx_accuracy']:.3f}, "
-        f"max |ONNX - native| {metrics['max_abs_diff']:.1e}"
+        f"  Acme's node, on {metrics['holdout_rows']} rows it kept back: ONNX Runtime accuracy "
+        f"{metrics['onnx_accuracy']:.3f}; max |ONNX - native| {metrics['max_abs_diff']:.1e} "
+        f"on {metrics['probe_inputs']} probe inputs"
     )
 
     _step(11, "Beta receives only the model, and anyone can check its whole lineage on chain")

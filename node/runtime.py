@@ -368,9 +368,12 @@ def _connect_jobs(runtime: Runtime) -> None:
 def job_pool(runtime: Runtime, size: int, *, label: str = "") -> JobPool:
     """Workers running this node's queued jobs (in ``agora serve`` or ``agora worker``)."""
     from training_jobs.runner import JobRunner, RunnerConfig
+    from training_jobs.terms import ComputeTerms
     from training_jobs.worker import JobPool
 
     assert runtime.jobs is not None
+    agreements = runtime.agreements
+    assert agreements is not None
     settings = runtime.settings
     runner = JobRunner(
         runtime.engine,
@@ -384,6 +387,8 @@ def job_pool(runtime: Runtime, size: int, *, label: str = "") -> JobPool:
         ),
         states=runtime.jobs.states,
         offering_kind=lambda offering_id: str(runtime.offerings.get(offering_id).kind),
+        compute_terms=lambda offering_id: ComputeTerms.of(runtime.offerings.compute_terms(offering_id)),
+        give_back=lambda agreement, reason: agreements.give_back(agreement, mode="compute", reason=reason),
         wake_notary=runtime.notary.wake,
     )
     return JobPool(runner, runtime.jobs.states, size, label=label)

@@ -45,12 +45,12 @@ def ended(outcome: SandboxOutcome, limits: Limits) -> str:
     quotes the first line of the log), so they are not passed on.
     """
     stopped = {
-        "wall": f"was stopped at its wall-time limit of {limits.wall_seconds:g} s",
-        "cpu": f"was stopped at its CPU-time limit of {limits.cpu_seconds} s",
-        "memory": f"was stopped at its memory limit of {fmt_bytes(limits.memory_bytes)}",
-        "output": f"was stopped: its output exceeded {fmt_bytes(limits.max_output_bytes)} "
+        "wall": f"was stopped: wall time limit of {limits.wall_seconds:g} s exceeded",
+        "cpu": f"was stopped: CPU time limit of {limits.cpu_seconds} s exceeded",
+        "memory": f"was stopped: memory limit of {fmt_bytes(limits.memory_bytes)} exceeded",
+        "output": f"was stopped: output exceeded {fmt_bytes(limits.max_output_bytes)} "
         f"or {limits.max_output_files} files",
-        "processes": f"was stopped at its process limit of {limits.max_processes}",
+        "processes": f"was stopped: process limit of {limits.max_processes} reached",
         "cancelled": "was cancelled",
     }
     if outcome.killed_by is not None:
