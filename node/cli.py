@@ -131,24 +131,23 @@ def serve(
     """Migrate the database, then serve the API, protocol endpoints and UI."""
     from urllib.parse import urlparse
 
-    import uvicorn
-
     from node import db
     from node.app import create_app
     from node.runtime import build_runtime
+    from node.server import serve as run_server
 
     settings = _initialised(home)
     revision = db.upgrade(settings.effective_database_url)
     err_console.print(f"database at revision {revision}")
     runtime = build_runtime(settings)
     listen_port = port or urlparse(settings.public_url).port or 8000
-    uvicorn.run(
+    run_server(
         create_app(runtime),
         host=host,
         port=listen_port,
         log_level=log_level,
-        timeout_graceful_shutdown=5,
-        h11_max_incomplete_event_size=64 * 1024,
+        max_header_bytes=settings.max_header_bytes,
+        timeout=settings.request_timeout,
     )
 
 
@@ -163,12 +162,14 @@ def worker(
     import signal
     import threading
 
+    from kernel.limits import bound_recursion
     from node import db
     from node.runtime import build_runtime, job_pool
 
     settings = _initialised(home)
     db.upgrade(settings.effective_database_url)
     runtime = build_runtime(settings)
+    bound_recursion()  # jobs' outputs are read here: a deep document fails, not the worker
     runtime.sandbox().check()
     pool = job_pool(runtime, concurrency)
     stop = threading.Event()
