@@ -43,12 +43,23 @@ class FieldError:
         return {"path": self.path, "message": self.message}
 
 
+_BY_SLUG: dict[str, type[AgoraError]] = {}  # problem type -> class, for :func:`from_problem`
+
+
 class AgoraError(Exception):
     """Root of every error Agora reports to a user."""
 
     type_slug: ClassVar[str] = "error"
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every error with its own problem type, wherever it is defined (``UseDenied`` in
+        the connector, say), is known to :func:`from_problem`: a peer's refusal keeps its
+        status instead of arriving as a 500."""
+        super().__init_subclass__(**kwargs)
+        if "type_slug" in cls.__dict__:
+            _BY_SLUG.setdefault(cls.type_slug, cls)
 
     def __init__(self, detail: str, *, errors: Sequence[FieldError] = (), **extra: Any) -> None:
         super().__init__(detail)
@@ -155,16 +166,7 @@ class ConfigurationError(AgoraError):
     title = "Node configuration error"
 
 
-_BY_SLUG: dict[str, type[AgoraError]] = {}
-
-
-def _register(cls: type[AgoraError]) -> None:
-    _BY_SLUG[cls.type_slug] = cls
-    for sub in cls.__subclasses__():
-        _register(sub)
-
-
-_register(AgoraError)
+_BY_SLUG[AgoraError.type_slug] = AgoraError
 
 
 def from_problem(body: dict[str, Any], status: int) -> AgoraError:
