@@ -23,6 +23,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, and_, func, or_, text, update
 from sqlalchemy import column as sa_column
 from sqlalchemy import delete as sa_delete
@@ -33,9 +34,11 @@ from sqlmodel import Session, col, delete, select
 from kernel.db import as_utc, backend_name, transaction, utcnow
 from kernel.errors import FieldError, InvalidInput
 from marketplace.models import Asset, CatalogEntry, Offering, OfferingVersion, PeerCatalogState
+from training_jobs.terms import ComputeTerms
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 MAX_PAGE = 200
+COMPUTE_TERMS = "agora:computeTerms"  # what a compute job's consumer may receive (training_jobs.terms)
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -82,8 +85,19 @@ def sync_local(session: Session, offering: Offering) -> None:
     else:
         for key, value in fields.items():
             setattr(entry, key, value)
+    # what a peer's DCAT dataset carries besides the columns (see CatalogService._dataset)
+    entry.document = {COMPUTE_TERMS: ComputeTerms.of(offering.compute_terms).model_dump()}
     entry.modified_at = as_utc(offering.updated_at)
     entry.fetched_at = utcnow()
+
+
+def stated_terms(document: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The compute terms a catalog entry states (a peer's, as it sent them), or None when it
+    states none or they are not valid terms."""
+    try:
+        return ComputeTerms.model_validate((document or {})[COMPUTE_TERMS]).model_dump()
+    except (KeyError, TypeError, ValidationError):
+        return None
 
 
 def _entry_fields(**values: Any) -> dict[str, Any]:
@@ -205,7 +219,7 @@ class CatalogService:
             if row is None:
                 return None
             state = session.get(PeerCatalogState, provider)
-        return self._item(row, state)
+        return {**self._item(row, state), "compute_terms": stated_terms(row.document)}
 
     def _text_search(self, query: Any, table: Any, q: str) -> Any:
         if self.backend == "sqlite":
@@ -349,6 +363,7 @@ class CatalogService:
             "agora:accessModes": row.access_modes,
             "agora:anchorStatus": row.anchor_status,
             "agora:policy": row.policy,
+            COMPUTE_TERMS: (row.document or {}).get(COMPUTE_TERMS),
         }
 
     # Peers' catalogs ------------------------------------------------------------------------

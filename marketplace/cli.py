@@ -35,6 +35,7 @@ def _metadata(
     media_type: str | None,
     access_modes: list[str],
     name: str | None,
+    terms: dict[str, Any],
 ) -> dict[str, Any]:
     if metadata_file is not None:
         try:
@@ -56,7 +57,18 @@ def _metadata(
         data["media_type"] = media_type
     if name:
         data["name"] = name
-    return data
+    return {**data, **terms}
+
+
+def describe_terms(terms: dict[str, Any]) -> str:
+    """An offering's compute terms in one line (what a job's consumer may receive)."""
+    logs = str(terms.get("job_logs", "none"))
+    reads = {"none": "none of its output", "tail": "the tail of its output", "full": "all its output, capped"}
+    return (
+        f"job logs: {logs} (the consumer reads {reads.get(logs, logs)}); "
+        f"native model release: {'allowed' if terms.get('allow_native_release') else 'no'}; "
+        f"stored training rows in a model: {'allowed' if terms.get('allow_stored_examples') else 'no'}"
+    )
 
 
 def _guess_media_type(path: Path) -> str:
@@ -85,6 +97,15 @@ def add(
         list[str] | None, typer.Option("--access-mode", "-m", help="download | compute | federate")
     ] = None,
     name: Annotated[str | None, typer.Option(help="stable key (manifests match on it)")] = None,
+    job_logs: Annotated[
+        str, typer.Option(help="compute jobs: what of its output a consumer reads: none, tail or full")
+    ] = "none",
+    allow_native_release: Annotated[
+        bool, typer.Option(help="compute jobs: a job may release its native (non-ONNX) model")
+    ] = False,
+    allow_stored_examples: Annotated[
+        bool, typer.Option(help="compute jobs: a released model may contain training rows")
+    ] = False,
     metadata: Annotated[Path | None, typer.Option("--metadata", help="JSON file with all metadata")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -102,6 +123,11 @@ def add(
         media_type or _guess_media_type(file),
         access_mode or [],
         name,
+        {
+            "job_logs": job_logs,
+            "allow_native_release": allow_native_release,
+            "allow_stored_examples": allow_stored_examples,
+        },
     )
     with (
         connect_from(ctx)(url=url, token=token, home=home, scope="offerings:write") as client,
@@ -190,6 +216,7 @@ def show(
             console.print(f"  {label:12} {o[key]}")
     console.print(f"  {'keywords':12} {', '.join(o['keywords']) or '-'}")
     console.print(f"  {'access':12} {', '.join(o['access_modes'])}")
+    console.print(f"  {'compute':12} {describe_terms(o.get('compute_terms') or {})}")
     for v in o["versions"]:
         console.print(f"  v{v['version']}  {v['sha256']}  {_size(v['size'])}  anchor {v['anchor']['status']}")
 

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
+
+from training_jobs.terms import ComputeTerms, JobLogs
 
 Kind = Literal["dataset", "model"]
 AccessMode = Literal["download", "compute", "federate"]
@@ -44,6 +46,28 @@ class OfferingMetadata(BaseModel):
         default=None,
         description="usage policy (template or ODRL-shaped rules); none: offered to no other party",
     )
+    job_logs: JobLogs = Field(
+        default="none",
+        description="compute jobs: how much of a job's own output its consumer may read (none, tail, full)",
+    )
+    allow_native_release: StrictBool = Field(
+        default=False, description="compute jobs: a job may release its native (non-ONNX) model"
+    )
+    allow_stored_examples: StrictBool = Field(
+        default=False, description="compute jobs: a released model may contain training rows"
+    )
+
+    def compute_terms(self) -> ComputeTerms:
+        """The three compute-term fields as the terms the provider's node decides by."""
+        return ComputeTerms(
+            job_logs=self.job_logs,
+            allow_native_release=self.allow_native_release,
+            allow_stored_examples=self.allow_stored_examples,
+        )
+
+    def descriptive(self) -> dict[str, Any]:
+        """Every other field: the offering's columns of the same names."""
+        return self.model_dump(exclude=set(ComputeTerms.model_fields))
 
     @field_validator("media_type")
     @classmethod
@@ -101,6 +125,14 @@ class VersionOut(msgspec.Struct, kw_only=True):
     anchor: Anchor
 
 
+class ComputeTermsOut(msgspec.Struct, kw_only=True):
+    """What a compute job's consumer may receive (``training_jobs.terms``)."""
+
+    job_logs: str
+    allow_native_release: bool
+    allow_stored_examples: bool
+
+
 class OfferingOut(msgspec.Struct, kw_only=True):
     id: str
     name: str | None
@@ -113,6 +145,7 @@ class OfferingOut(msgspec.Struct, kw_only=True):
     access_modes: list[str]
     approval: str
     policy: dict[str, Any] | None
+    compute_terms: ComputeTermsOut
     provider: str
     status: str
     version: int

@@ -29,10 +29,12 @@ from kernel import audit
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from kernel.storage import ObjectInfo, ObjectStore, StagedObject
+from kernel.validation import validate
 from marketplace.catalog import sync_local
 from marketplace.models import Asset, Offering, OfferingVersion
 from marketplace.schemas import (
     Anchor,
+    ComputeTermsOut,
     ImportRequest,
     OfferingDetail,
     OfferingMetadata,
@@ -40,6 +42,7 @@ from marketplace.schemas import (
     OfferingPage,
     VersionOut,
 )
+from training_jobs.terms import ComputeTerms
 
 T = TypeVar("T")
 MAX_PAGE = 500
@@ -52,6 +55,7 @@ UPDATABLE_FIELDS = (
     "access_modes",
     "approval",
     "policy",
+    "compute_terms",
     "managed",
 )
 
@@ -101,7 +105,8 @@ class OfferingService:
                 id=str(uuid.uuid4()),
                 provider=self.provider,
                 managed=managed,
-                **metadata.model_dump(),
+                compute_terms=metadata.compute_terms().model_dump(),
+                **metadata.descriptive(),
             )
             session.add(offering)
             session.flush()
@@ -157,6 +162,8 @@ class OfferingService:
         allowed = set(UPDATABLE_FIELDS)
         if changes.get("policy") is not None:
             _check_at("policy", changes["policy"])  # type: ignore[arg-type]
+        if "compute_terms" in changes:
+            changes = {**changes, "compute_terms": _terms_at("compute_terms", changes["compute_terms"])}
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidInput(
@@ -328,6 +335,7 @@ class OfferingService:
                 o.access_modes,
                 o.approval,
                 o.policy,
+                o.compute_terms,
                 o.provider,
                 o.status,
                 o.created_at,
@@ -432,6 +440,21 @@ def _check_at(prefix: str, policy: dict[str, object]) -> None:
         raise exc.under(prefix) from None
 
 
+def _terms_at(prefix: str, value: object) -> dict[str, Any]:
+    """Compute terms as stored (every key, validated), or :class:`InvalidInput` naming the field."""
+    return validate(ComputeTerms, value, prefix=prefix, what="compute terms").model_dump()
+
+
+def terms_out(stored: dict[str, Any] | None) -> ComputeTermsOut:
+    """An offering's stored compute terms as the API shows them (missing keys: the defaults)."""
+    terms = ComputeTerms.of(stored)
+    return ComputeTermsOut(
+        job_logs=terms.job_logs,
+        allow_native_release=terms.allow_native_release,
+        allow_stored_examples=terms.allow_stored_examples,
+    )
+
+
 def _require_content(staged: StagedObject) -> None:
     if staged.size == 0:
         raise InvalidInput("the file is empty", errors=[FieldError("file", "empty file")])
@@ -502,6 +525,7 @@ def _out(
         access_modes=offering.access_modes,
         approval=offering.approval,
         policy=offering.policy,
+        compute_terms=terms_out(offering.compute_terms),
         provider=offering.provider,
         status=offering.status,
         version=version.version,
@@ -543,6 +567,7 @@ def _row_out(m: Any) -> OfferingOut:
         access_modes=m["access_modes"],
         approval=m["approval"],
         policy=m["policy"],
+        compute_terms=terms_out(m["compute_terms"]),
         provider=m["provider"],
         status=m["status"],
         version=m["version"],

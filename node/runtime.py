@@ -334,6 +334,8 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
 
 def _connect_jobs(runtime: Runtime) -> None:
     """Training jobs: the provider's protocol side and the users' side, sharing one queue."""
+    from training_jobs.terms import ComputeTerms
+
     settings = runtime.settings
     assert runtime.agreements is not None
     states = JobStates(runtime.engine)
@@ -351,6 +353,8 @@ def _connect_jobs(runtime: Runtime) -> None:
             wall_seconds=settings.jobs_max_wall_time,
             output_bytes=int(settings.jobs_max_output),
         ),
+        # read whenever a consumer reads a job's log: the offering's terms as they are then
+        offering_terms=lambda offering_id: ComputeTerms.of(runtime.offerings.compute_terms(offering_id)),
         wake_workers=lambda: runtime.job_pool.wake() if runtime.job_pool else None,
     )
     runtime.jobs = JobService(

@@ -31,6 +31,7 @@ class JobNotCompleted(AgoraError):
 
 app = typer.Typer(help="Training jobs: your code on a provider's data, in its sandbox.", no_args_is_help=True)
 FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
+LOG_GRACE = 10.0  # seconds an ended job's log may take to be closed by its worker
 
 
 def _line(job: dict[str, Any]) -> str:
@@ -102,22 +103,38 @@ def _print_log(page: dict[str, Any]) -> None:
 
 
 def _follow(client: Any, job: dict[str, Any], timeout: float, *, quiet: bool) -> dict[str, Any]:
-    """Print the job's log and state changes until it ends (or ``timeout``)."""
+    """Print the job's log and state changes until it ends (or ``timeout``). Once the job has
+    ended its log is read until the provider says it is complete (the tail of a job's output,
+    when the offering's terms release only that, comes last), for at most ``LOG_GRACE`` s."""
     deadline = time.monotonic() + timeout
-    after, state = 0, job["state"]
+    after, state, ended = 0, job["state"], None
     while True:
+        complete = True
         if job["state"] not in ("REJECTED",):
-            page = client.get(f"/api/v1/jobs/{job['id']}/logs", after=after)
-            after = page["next"]
-            if not quiet:
-                _print_log(page)
+            after, complete = _print_new_lines(client, job["id"], after, quiet=quiet)
         if job["state"] != state and not quiet:
             console.print(f"[bold]{job['state']}[/] {job['reason']}", highlight=False)
         state = job["state"]
-        if job["state"] in FINAL or time.monotonic() > deadline:
+        if job["state"] in FINAL:
+            ended = ended or time.monotonic()
+            if complete or time.monotonic() - ended > LOG_GRACE:
+                return job
+        elif time.monotonic() > deadline:
             return job
         time.sleep(1.0)
         job = client.get(f"/api/v1/jobs/{job['id']}")
+
+
+def _print_new_lines(client: Any, job_id: str, after: int, *, quiet: bool) -> tuple[int, bool]:
+    """Read (and print) every log line after ``after``; where the next read starts and
+    whether the log is complete."""
+    while True:
+        page = client.get(f"/api/v1/jobs/{job_id}/logs", after=after)
+        after = page["next"]
+        if not quiet:
+            _print_log(page)
+        if not page["lines"]:
+            return after, bool(page.get("complete", True))
 
 
 @app.command("list")

@@ -4,8 +4,9 @@ A request is refused with a 4xx when it is malformed (spec, bundle, digest) and 
 REJECTED with the reason when the agreement or the node does not allow it (not the sender's
 agreement, not a compute agreement, the offering is not offered for compute, the policy
 denies a use, no working sandbox, resources above this node's limits). Accepted jobs are
-QUEUED for the workers. The consumer may then read the job's status and log, cancel it, and
-fetch what was released to it with its provenance.
+QUEUED for the workers. The consumer may then read the job's status and log (its own output
+only as the offering's ``job_logs`` term allows, :func:`training_jobs.joblog.read_released`),
+cancel it, and fetch what was released to it with its provenance.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from kernel.errors import AgoraError, Conflict, FieldError, Forbidden, InvalidIn
 from kernel.storage import ObjectStore
 from kernel.validation import validate
 from training_jobs import bundle as bundles
-from training_jobs.joblog import read_log
+from training_jobs.joblog import read_released
 from training_jobs.models import QUEUED, REJECTED, Job
 from training_jobs.sandbox import Sandbox
 from training_jobs.spec import JobSpec
 from training_jobs.states import JobStates, entry
+from training_jobs.terms import ComputeTerms
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ProviderJobs:
         provenance: Callable[[str], dict[str, Any]],
         sandbox: Callable[[], Sandbox],
         limits: NodeLimits,
+        offering_terms: Callable[[str], ComputeTerms] = lambda offering_id: ComputeTerms(),
         wake_workers: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
@@ -64,6 +67,7 @@ class ProviderJobs:
         self._provenance = provenance
         self._sandbox = sandbox
         self.limits = limits
+        self._offering_terms = offering_terms
         self._wake = wake_workers
 
     def on_request(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -182,9 +186,15 @@ class ProviderJobs:
         return self._status(self._provider_job(sender, job_id))
 
     def on_logs(self, sender: str, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The log as the consumer may read it: the node's lines, and the job's own output as
+        far as the offering's terms allow them now (``job_logs``, read from its row here)."""
         job = self._provider_job(sender, job_id)
-        return read_log(
-            self.engine, job.id, after=int_param(body.get("after")), limit=int_param(body.get("limit"), 1000)
+        return read_released(
+            self.engine,
+            job.id,
+            self._offering_terms(job.offering_id).job_logs,
+            after=int_param(body.get("after")),
+            limit=int_param(body.get("limit"), 1000),
         )
 
     def on_cancel(self, sender: str, job_id: str) -> dict[str, Any]:

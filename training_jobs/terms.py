@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 JobLogs = Literal["none", "tail", "full"]
 TAIL_LINES = 50
@@ -32,10 +32,10 @@ class ComputeTerms(BaseModel):
     job_logs: JobLogs = Field(
         default="none", description="how much of a job's own output its consumer may read"
     )
-    allow_native_release: bool = Field(
+    allow_native_release: StrictBool = Field(
         default=False, description="a job may release its native (non-ONNX) model to the consumer"
     )
-    allow_stored_examples: bool = Field(
+    allow_stored_examples: StrictBool = Field(
         default=False, description="a released model may contain training rows (e.g. nearest neighbours)"
     )
 

@@ -22,8 +22,10 @@ from kernel.hashing import parse_digest, sha256_file
 from kernel.storage import StagedObject
 from marketplace.manifests.loader import LoadedManifest, locate
 from marketplace.manifests.schema import ManifestOffering
+from marketplace.models import Offering
 from marketplace.schemas import OfferingMetadata
 from marketplace.services import OfferingService
+from training_jobs.terms import ComputeTerms
 
 COMPARED_FIELDS = (
     "title",
@@ -34,6 +36,7 @@ COMPARED_FIELDS = (
     "access_modes",
     "approval",
     "policy",
+    "compute_terms",
 )
 SPECIAL_TYPES = {
     ".csv": "text/csv",
@@ -144,10 +147,12 @@ class ManifestService:
                     )
                 )
                 found = True
-            differing = [f for f in COMPARED_FIELDS if getattr(existing, f) != self._desired(item)[f]]
+            desired = self._desired(item)
+            differing = [f for f in COMPARED_FIELDS if _current(existing, f) != desired[f]]
             if differing or not existing.managed:
                 fields = differing + ([] if existing.managed else ["managed"])
-                changes.append(Change("update", item.name, "metadata: " + ", ".join(fields), fields=fields))
+                detail = ", ".join(_described(f, existing, desired) for f in fields)
+                changes.append(Change("update", item.name, "metadata: " + detail, fields=fields))
                 found = True
             if not found:
                 unchanged.append(item.name)
@@ -201,6 +206,7 @@ class ManifestService:
             "access_modes": list(item.access_modes),
             "approval": item.approval,
             "policy": item.policy,
+            "compute_terms": item.compute_terms().model_dump(),
         }
 
     # Applying -------------------------------------------------------------------------
@@ -221,7 +227,9 @@ class ManifestService:
                 staged = self._bytes_for(loaded, index, item, files, change.sha256 or "")
                 with staged:
                     if change.action == "create":
-                        metadata = OfferingMetadata(name=item.name, kind=item.kind, **self._desired(item))
+                        desired = self._desired(item)
+                        terms = desired.pop("compute_terms")
+                        metadata = OfferingMetadata(name=item.name, kind=item.kind, **desired, **terms)
                         self.offerings.register(staged, metadata, actor, managed=True)
                     else:
                         existing = self.offerings.by_name(item.name)
@@ -273,3 +281,19 @@ class ManifestService:
                 f"offerings.{index}.source",
             )
         return staged
+
+
+def _current(offering: Offering, name: str) -> Any:
+    """A compared field of an existing offering; compute terms with their defaults filled in
+    (an offering registered before they existed holds none)."""
+    value = getattr(offering, name)
+    return ComputeTerms.of(value).model_dump() if name == "compute_terms" else value
+
+
+def _described(name: str, offering: Offering, desired: dict[str, Any]) -> str:
+    """A changed field for the plan; compute terms name each term that changes, old → new."""
+    if name != "compute_terms":
+        return name
+    before, after = _current(offering, name), desired[name]
+    moves = [f"{key} {before[key]} → {after[key]}".lower() for key in after if before[key] != after[key]]
+    return f"compute terms ({', '.join(moves)})"

@@ -333,6 +333,7 @@ def job_page(state: State, job_id: FromPath[str]) -> Template:
     """State, progress and log, refreshed live until the job ends."""
     runtime = _runtime(state)
     context = {**_job_context(runtime, job_id), "log": _job_log_or_reason(runtime, job_id)}
+    context["log_done"] = context["final"] and context["log"].get("complete", True)
     return Template("job.html", context=context)
 
 
@@ -357,7 +358,9 @@ def job_log(state: State, job_id: FromPath[str]) -> Template:
     assert runtime.jobs is not None
     final = runtime.jobs.get(job_id, refresh=False)["state"] in FINAL_STATES
     log = _job_log_or_reason(runtime, job_id)
-    return Template("_job_log.html", context={"log": log}, status_code=286 if final else 200)
+    # an ended job's log may still grow by its last lines (the tail its terms release)
+    done = final and log.get("complete", True)
+    return Template("_job_log.html", context={"log": log}, status_code=286 if done else 200)
 
 
 def ui_router() -> Router:
