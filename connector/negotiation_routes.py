@@ -289,7 +289,9 @@ async def transfer_request(
     transfer_service: NamedDependency[TransferService],
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(transfer_service.on_request, opened.sender, opened.body)
+    reply = await to_thread.run_sync(
+        transfer_service.on_request, opened.sender, opened.sender_endpoint, opened.body
+    )
     return protocol_gate.seal(reply, opened.sender)
 
 

@@ -86,7 +86,7 @@ class TransferService:
 
     # Provider --------------------------------------------------------------------------
 
-    def on_request(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+    def on_request(self, sender: str, sender_endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         consumer_pid = str(body.get("consumerPid") or "")
         agreement_id = str(body.get("agreementId") or "")
         if not consumer_pid or not agreement_id:
@@ -106,17 +106,7 @@ class TransferService:
             state="REQUESTED",
             sha256=str(agreement.terms.get("sha256", "")),
         )
-        refusal = None
-        if agreement.consumer.lower() != sender.lower():
-            refusal = f"agreement {agreement_id} is not {sender}'s"
-        elif "download" not in self._offering_modes(agreement.offering_id):
-            modes = ", ".join(self._offering_modes(agreement.offering_id))
-            refusal = f"the offering is not offered for download (its access modes: {modes}); use compute"
-        else:
-            try:
-                self.agreements.use(agreement_id, consumer=sender, mode="download")
-            except AgoraError as exc:
-                refusal = exc.detail
+        refusal = self._refusal(agreement, sender, sender_endpoint, body)
         row.state, row.reason = ("TERMINATED", refusal) if refusal else ("STARTED", "access granted")
         with transaction(self.engine) as session:
             session.add(row)
@@ -139,6 +129,28 @@ class TransferService:
             },
             "agora:sha256": row.sha256,
         }
+
+    def _refusal(
+        self, agreement: Agreement, sender: str, sender_endpoint: str, body: dict[str, Any]
+    ) -> str | None:
+        """Why the transfer is refused (a use of the agreement is taken when it is not)."""
+        if "callbackAddress" in body:
+            foreign = foreign_origin(
+                body["callbackAddress"], sender_endpoint, "callbackAddress", f"{sender}'s verified"
+            )
+            if foreign:
+                return foreign
+        if agreement.consumer.lower() != sender.lower():
+            return f"agreement {agreement.id} is not {sender}'s"
+        modes = self._offering_modes(agreement.offering_id)
+        if "download" not in modes:
+            offered = ", ".join(modes)
+            return f"the offering is not offered for download (its access modes: {offered}); use compute"
+        try:
+            self.agreements.use(agreement.id, consumer=sender, mode="download")
+        except AgoraError as exc:
+            return exc.detail
+        return None
 
     def _issue_token(self, row: TransferProcess) -> str:
         now = int(time.time())

@@ -152,3 +152,27 @@ def test_adding_a_peer_at_an_internal_address_is_refused(
     assert r.status_code == 400, r.text
     assert reason in r.json()["detail"] and r.json()["errors"][0]["path"] == "url"
     assert [p for p in client.get("/api/v1/participants", headers=auth()).json() if not p["is_self"]] == []
+
+
+def test_a_transfer_request_with_a_callback_elsewhere_is_refused_and_recorded(
+    runtime: Any, internal: InternalService
+) -> None:
+    from connector.models import TransferProcess
+    from connector.transfers import TransferRefused
+
+    agreement_id, consumer = _agreement(runtime, f"{runtime.settings.public_url}/dsp/notifications")
+    body = {
+        "@type": "TransferRequestMessage",
+        "consumerPid": "urn:uuid:c-1",
+        "agreementId": agreement_id,
+        "format": "HttpData-PULL",
+        "callbackAddress": f"{internal.url}/dsp",
+    }
+    with pytest.raises(TransferRefused, match=f"callbackAddress {internal.url}/dsp is refused"):
+        runtime.transfers.on_request(consumer, "http://consumer.example:8000", body)
+    with Session(runtime.engine) as session:
+        row = session.exec(select(TransferProcess)).one()
+        agreement = session.get(Agreement, agreement_id)
+    assert row.state == "TERMINATED" and "is refused" in row.reason
+    assert agreement is not None and agreement.uses == 0, "a refused request takes no use"
+    assert internal.hits == []
