@@ -99,6 +99,10 @@ def describe(ip: IPAddress) -> str:
     return str(ip)
 
 
+class AddressRefused(Exception):
+    """No address of a host may be connected to; the message names each and why."""
+
+
 @dataclass(frozen=True)
 class AddressRules:
     """Which resolved addresses outbound requests may connect to."""
@@ -125,7 +129,7 @@ class AddressRules:
 
     def addresses(self, host: str, port: int, resolve: Resolver) -> list[str]:
         """The addresses of ``host`` this node may connect to, in resolver order; raises
-        :class:`PermissionError` with the reason when there is none."""
+        :class:`AddressRefused` with the reason when there is none."""
         literal = parse_ip(host)
         found = [str(literal)] if literal is not None else resolve(host, port)
         if self.exempt(host):
@@ -137,7 +141,7 @@ class AddressRules:
             (refused if reason else allowed).append(reason or text)
         if not allowed:
             named = host if literal is None or _plain_ip(host) else f"{host} ({literal})"
-            raise PermissionError(
+            raise AddressRefused(
                 f"{named}: {'; '.join(refused) or 'no address'}" if found else f"{host} has no address"
             )
         return allowed

@@ -29,7 +29,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from kernel.addresses import AddressRules, Resolver, hosts_of, origin_text, system_resolver
+from kernel.addresses import AddressRefused, AddressRules, Resolver, hosts_of, origin_text, system_resolver
 from kernel.errors import AgoraError, ServiceUnavailable
 
 MiB = 1024 * 1024
@@ -120,7 +120,7 @@ class _Backend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         try:
             addresses = self._rules.addresses(host, port, self._resolve)
-        except PermissionError as exc:
+        except AddressRefused as exc:
             raise OutboundRefused(f"this node does not connect to {exc}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from None

@@ -208,7 +208,9 @@ def build_runtime(settings: Settings) -> Runtime:
         oidc_audience=settings.oidc_audience,
         oidc_jwks_url=settings.oidc_jwks_url,
         # the identity provider the operator configured is exempt from the address rules
-        fetcher=OIDCKeyFetcher(outbound.exempting(settings.oidc_issuer, settings.oidc_jwks_url)),
+        fetcher=OIDCKeyFetcher(outbound.exempting(settings.oidc_issuer, settings.oidc_jwks_url))
+        if settings.oidc_issuer
+        else None,
     )
     engine = make_engine(settings.effective_database_url)
     store = make_object_store(settings)

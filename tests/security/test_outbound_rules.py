@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from kernel.addresses import AddressRules, classify, foreign_origin, is_loopback_url, origin, parse_ip
+from kernel.addresses import (
+    AddressRefused,
+    AddressRules,
+    classify,
+    foreign_origin,
+    is_loopback_url,
+    origin,
+    parse_ip,
+)
 from kernel.errors import ServiceUnavailable
 from kernel.outbound import OutboundClient, OutboundPolicy, OutboundRefused
 
@@ -113,21 +121,21 @@ def never(host: str, port: int) -> list[str]:
     ],
 )
 def test_strict_rules_refuse_every_non_public_literal_without_resolving(host: str) -> None:
-    with pytest.raises(PermissionError) as refused:
+    with pytest.raises(AddressRefused) as refused:
         STRICT.addresses(host, 80, never)
     assert "is a" in str(refused.value)
 
 
 def test_the_refusal_names_the_address_and_the_setting_that_would_allow_it() -> None:
     with pytest.raises(
-        PermissionError, match=r"127\.0\.0\.1 is a loopback address \(AGORA_OUTBOUND_ALLOW_LOOPBACK\)"
+        AddressRefused, match=r"127\.0\.0\.1 is a loopback address \(AGORA_OUTBOUND_ALLOW_LOOPBACK\)"
     ):
         STRICT.addresses("2130706433", 80, never)
     with pytest.raises(
-        PermissionError, match=r"10\.0\.0\.5 is a private address \(AGORA_OUTBOUND_ALLOW_PRIVATE\)"
+        AddressRefused, match=r"10\.0\.0\.5 is a private address \(AGORA_OUTBOUND_ALLOW_PRIVATE\)"
     ):
         STRICT.addresses("10.0.0.5", 80, never)
-    with pytest.raises(PermissionError, match="the cloud metadata address"):
+    with pytest.raises(AddressRefused, match="the cloud metadata address"):
         STRICT.addresses("169.254.169.254", 80, never)
 
 
@@ -137,7 +145,7 @@ def test_rules_judge_what_a_name_resolves_to() -> None:
     def resolve(host: str, port: int) -> list[str]:
         return names[host]
 
-    with pytest.raises(PermissionError, match=r"friendly\.example: 10\.0\.0\.5 is a private address"):
+    with pytest.raises(AddressRefused, match=r"friendly\.example: 10\.0\.0\.5 is a private address"):
         STRICT.addresses("friendly.example", 443, resolve)
     # only the checked public address is ever connected to
     assert STRICT.addresses("mixed.example", 443, resolve) == ["8.8.8.8"]
@@ -151,12 +159,12 @@ def test_what_the_operator_may_allow() -> None:
     assert loopback.addresses("[::ffff:127.0.0.1]", 80, never) == ["::ffff:7f00:1"]
     assert private.addresses("10.0.0.5", 80, never) == ["10.0.0.5"]
     for host in ("10.0.0.5", "192.168.1.1"):
-        with pytest.raises(PermissionError):
+        with pytest.raises(AddressRefused):
             loopback.addresses(host, 80, never)
     # link-local (the metadata address), multicast and unspecified are never allowed
     both = AddressRules(allow_loopback=True, allow_private=True)
     for host in ("169.254.169.254", "224.0.0.1", "0.0.0.0", "[fe80::1]", "240.0.0.1"):
-        with pytest.raises(PermissionError):
+        with pytest.raises(AddressRefused):
             both.addresses(host, 80, never)
     exempt = AddressRules(exempt_hosts=frozenset({"idp.internal"}))
     assert exempt.addresses("idp.internal", 443, lambda h, p: ["10.9.9.9"]) == ["10.9.9.9"]
