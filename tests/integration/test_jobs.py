@@ -4,10 +4,8 @@ translates it to ONNX and notarizes the lineage; the consumer fetches and verifi
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +14,10 @@ import httpx
 import pytest
 
 from tests import services
-from training_jobs import bundle as bundles
-from training_jobs.datasets import digits_npz
-from training_jobs.spec import load_spec
+from tests.job_orgs import EXAMPLES, FINAL, job_orgs, poll, run_job, submit
+from tests.job_orgs import bundle as hostile
 
-EXAMPLES = services.REPO / "examples" / "jobs"
-FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
+BROKEN_CSV = "a,b,label\n1,x,0\n"  # not numbers: the provider's own dataset cannot be trained on
 
 
 @pytest.fixture(scope="module")
@@ -29,147 +25,28 @@ def orgs(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[services.Org, services.Org, dict[str, str]]]:
     """Acme (provider of the digits dataset, compute only) and Beta with compute agreements."""
-    from contracts.devchain import DevChainServer
-
     root = tmp_path_factory.mktemp("jobs")
-    chain = DevChainServer(root / "chain", port=services.free_port())
-    chain.start()
-    env = {
-        "AGORA_CHAIN_URL": chain.url,
-        "AGORA_CHAIN_REGISTRY": chain.registry,
-        "AGORA_ANCHOR_MAX_DELAY": "0.2",
-    }
-    provider = services.start_node(root / "acme", name="Acme Wind", AGORA_JOBS_WORKERS="1", **env)
-    consumer = services.start_node(root / "beta", name="Beta Analytics", **env)
-    # a separate `agora worker` process shares the provider's queue with the serve process's pool
-    worker_log = (root / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [services.AGORA, "worker", "--concurrency", "2"],
-        env=provider.env,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
-    provider.worker_pid = worker.pid  # type: ignore[attr-defined]
-    try:
-        acme, beta = services.Org(provider), services.Org(consumer)
-        data = digits_npz(root / "digits.npz")
-        offerings = {
-            "digits": {"access_modes": ["compute"], "policy": {"template": "provide-access"}},
-            "digits-limited": {
-                "access_modes": ["compute"],
-                "policy": {"template": "n-times-usage", "params": {"count": 1}},
-            },
-            "digits-open": {
-                "access_modes": ["compute", "download"],
-                "policy": {"template": "provide-access"},
-            },
-        }
-        ids = {}
-        for name, extra in offerings.items():
-            with data.open("rb") as f:
-                r = acme.api(
-                    "POST",
-                    "/offerings",
-                    data={
-                        "metadata": json.dumps(
-                            {
-                                "name": name,
-                                "title": f"Digits {name}",
-                                "media_type": "application/x-npz",
-                                **extra,
-                            }
-                        )
-                    },
-                    files={"file": ("digits.npz", f, "application/octet-stream")},
-                )
-            assert r.status_code == 201, r.text
-            ids[name] = r.json()["id"]
-        assert acme.api("POST", "/participants", json={"url": consumer.url}).status_code == 201
-        assert beta.api("POST", "/participants", json={"url": provider.url}).status_code == 201
-        agreements = {name: agree(acme, beta, ids[name], "compute") for name in offerings}
-        agreements["download"] = agree(acme, beta, ids["digits-open"], "download")
-        yield acme, beta, agreements
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        worker_log.close()
-        provider.stop()
-        consumer.stop()
-        chain.stop()
-
-
-def agree(acme: services.Org, beta: services.Org, offering_id: str, mode: str) -> str:
-    r = beta.api(
-        "POST",
-        "/negotiations",
-        json={
-            "offering_id": offering_id,
-            "provider": acme.node.url,
-            "purpose": "research",
-            "access_mode": mode,
+    broken = root / "broken.csv"
+    broken.write_text(BROKEN_CSV)
+    compute = {"access_modes": ["compute"]}
+    once = {"template": "n-times-usage", "params": {"count": 1}}
+    offerings = {
+        # the hostile jobs' tests read the job's own output: this offering releases it all
+        "digits": {**compute, "policy": {"template": "provide-access"}, "job_logs": "full"},
+        "digits-limited": {**compute, "policy": once},
+        "digits-open": {
+            "access_modes": ["compute", "download"],
+            "policy": {"template": "provide-access"},
+            "allow_native_release": True,
         },
-    )
-    assert r.status_code == 201, r.text
-    negotiation = poll(
-        lambda: beta.api("GET", f"/negotiations/{r.json()['id']}").json(), ("FINALIZED", "TERMINATED")
-    )
-    assert negotiation["state"] == "FINALIZED", negotiation
-    return str(negotiation["agreement_id"])
-
-
-def poll(read: Any, done: tuple[str, ...], timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        value: dict[str, Any] = read()
-        if value["state"] in done:
-            return value
-        assert time.monotonic() < deadline, f"still {value['state']}: {value.get('reason')}"
-        time.sleep(0.3)
-
-
-def submit(
-    beta: services.Org, acme: services.Org, agreement: str, bundle_dir: Path, spec_text: str
-) -> httpx.Response:
-    spec = load_spec(spec_text, "job.yaml")
-    spec.agreement, spec.provider = agreement, acme.node.url
-    packed = bundles.pack(bundle_dir)
-    spec.code.digest = bundles.digest(packed)
-    body = {
-        "spec": spec.model_dump(mode="json", exclude_none=True, exclude={"code": {"bundle"}}),
-        "bundle": base64.b64encode(packed).decode(),
+        "digits-closed": {"access_modes": ["compute", "download"], "policy": {"template": "provide-access"}},
+        "broken": {**compute, "policy": once},
     }
-    return beta.api("POST", "/jobs", json=body)
-
-
-def run_job(
-    beta: services.Org, acme: services.Org, agreement: str, bundle_dir: Path, spec_text: str
-) -> dict[str, Any]:
-    r = submit(beta, acme, agreement, bundle_dir, spec_text)
-    assert r.status_code == 201, r.text
-    return poll(lambda: beta.api("GET", f"/jobs/{r.json()['id']}").json(), FINAL)
-
-
-def hostile(tmp_path: Path, name: str, code: str, **spec: Any) -> tuple[Path, str]:
-    """A bundle whose train.py does ``code``, with a job spec (small limits)."""
-    bundle = tmp_path / name
-    bundle.mkdir()
-    (bundle / "train.py").write_text(code)
-    resources = {
-        "cpu_seconds": 60,
-        "memory": "512MiB",
-        "wall_time": "20s",
-        "max_output": "1MiB",
-        **spec.pop("resources", {}),
-    }
-    doc = {
-        "name": name,
-        "code": {"bundle": ".", "entrypoint": "train.py"},
-        "resources": resources,
-        "output": {"format": "sklearn", "path": "model.joblib"},
-        "onnx": {"input_shape": [1, 64]},
-        **spec,
-    }
-    return bundle, json.dumps(doc)
+    agreements = {name: (name, "compute") for name in offerings}
+    agreements["download"] = ("digits-open", "download")
+    with job_orgs(root, offerings, agreements, files={"broken": broken}, worker_process=2) as world:
+        world.acme.node.worker_pid = world.worker_pid  # type: ignore[attr-defined]
+        yield world.acme, world.beta, world.agreements
 
 
 def test_sklearn_job_end_to_end(
@@ -189,20 +66,32 @@ def test_sklearn_job_end_to_end(
     ]
     metrics = job["result"]["metrics"]
     assert metrics["holdout_rows"] == 359  # 20 % of 1,797 rows, kept back by the provider's node
-    assert metrics["native_accuracy"] > 0.9 and metrics["onnx_accuracy"] > 0.9
-    assert metrics["max_abs_diff"] <= 1e-4
+    assert metrics["onnx_accuracy"] > 0.9 and "native_accuracy" not in metrics
+    assert metrics["max_abs_diff"] <= 1e-4 and metrics["probe_inputs"] == 64
+    reported = job["result"]["job_metrics"]
+    assert list(reported) == ["train_loss", "train_accuracy", "n_train", "n_features", "seed", "seconds"]
+    assert reported["n_train"] == 1438 and reported["train_accuracy"] > 0.9
+    assert (
+        job["result"]["onnx_check"]["rewritten_by_node"]
+        and job["result"]["onnx_check"]["memorized_rows"] == 0
+    )
 
     # the provider's log holds the job's own output and the node's steps
     lines = beta.api("GET", f"/jobs/{job['id']}/logs").json()["lines"]
     assert any(line["stage"] == "node" and "held back by the node" in line["line"] for line in lines)
 
-    # the ONNX model, checked against the signed sha256 and the chain by Beta's node
-    onnx = beta.api("GET", f"/jobs/{job['id']}/result")
-    assert onnx.status_code == 200, onnx.text
+    # the ONNX model, checked against the signed sha256 and the chain by Beta's node, is the node's
+    onnx_bytes = beta.api("GET", f"/jobs/{job['id']}/result")
+    assert onnx_bytes.status_code == 200, onnx_bytes.text
     artifact = job["result"]["artifacts"]["onnx"]
-    import hashlib
+    assert hashlib.sha256(onnx_bytes.content).hexdigest() == artifact["sha256"]
+    import onnx
 
-    assert hashlib.sha256(onnx.content).hexdigest() == artifact["sha256"]
+    released = onnx.load_model_from_string(onnx_bytes.content)
+    assert released.producer_name == "agora" and [o.name for o in released.graph.output] == [
+        "label",
+        "probabilities",
+    ]
     # the native model stays with the provider unless the job asked and the policy allows download
     native = beta.api("GET", f"/jobs/{job['id']}/result", params={"artifact": "native"})
     assert native.status_code == 403 and "stays with the provider" in native.json()["detail"]
@@ -259,6 +148,7 @@ def test_cnn_job_with_rerun_and_native_release(
     spec_text = spec_text.replace(
         "  metrics: metrics.json", "  metrics: metrics.json\n  release_native: true"
     )
+    # the offering's compute terms allow native models, and its policy permits a download
     job = run_job(beta, acme, agreements["digits-open"], EXAMPLES / "digits-cnn", spec_text)
     assert job["state"] == "COMPLETED", job
     assert job["result"]["metrics"]["onnx_accuracy"] > 0.8
@@ -266,6 +156,27 @@ def test_cnn_job_with_rerun_and_native_release(
     assert any("the re-run produced the same model" in line for line in lines)
     native = beta.api("GET", f"/jobs/{job['id']}/result", params={"artifact": "native"})
     assert native.status_code == 200 and len(native.content) == job["result"]["artifacts"]["native"]["size"]
+
+
+def test_a_native_model_is_released_only_when_the_offering_allows_it(
+    orgs: tuple[services.Org, services.Org, dict[str, str]],
+) -> None:
+    acme, beta, agreements = orgs
+    spec_text = (
+        (EXAMPLES / "digits-sklearn" / "job.yaml").read_text().replace("max_iter: 1000", "max_iter: 100")
+    )
+    spec_text = spec_text.replace(
+        "  metrics: metrics.json", "  metrics: metrics.json\n  release_native: true"
+    )
+    # the policy would permit a download, but the compute terms do not allow native models
+    r = submit(beta, acme, agreements["digits-closed"], EXAMPLES / "digits-sklearn", spec_text)
+    assert r.status_code == 201, r.text
+    job = poll(lambda: beta.api("GET", f"/jobs/{r.json()['id']}").json(), FINAL)
+    assert "allow_native_release" in (
+        job["reason"] if job["state"] == "REJECTED" else job["result"]["release_native_reason"]
+    )
+    native = beta.api("GET", f"/jobs/{job['id']}/result", params={"artifact": "native"})
+    assert native.status_code in (403, 409) and native.status_code != 200
 
 
 def test_refusals(orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path) -> None:
@@ -299,6 +210,27 @@ def test_refusals(orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_p
     second = submit(beta, acme, agreements["digits-limited"], bundle, spec)
     assert second.status_code == 201 and second.json()["state"] == "REJECTED"
     assert "use count (1) is not less than 1" in second.json()["reason"]
+
+
+def test_a_failure_on_the_providers_side_gives_the_use_back(
+    orgs: tuple[services.Org, services.Org, dict[str, str]], tmp_path: Path
+) -> None:
+    """A one-use agreement on a dataset the provider's node cannot read: the first job fails
+    on the provider's side and the use is given back, so a second job still runs."""
+    acme, beta, agreements = orgs
+    bundle, spec = hostile(tmp_path, "fine", "print('never runs')\n")
+    agreement = agreements["broken"]
+    jobs = [run_job(beta, acme, agreement, bundle, spec) for _ in range(2)]
+    for job in jobs:
+        assert job["state"] == "FAILED", job  # the second one ran: it was not REJECTED
+        assert job["reason"] == "the provider's dataset cannot be read as a training set"
+        assert "could not convert" not in json.dumps(job)  # the detail stays in the provider's log
+        lines = [line["line"] for line in beta.api("GET", f"/jobs/{job['id']}/logs").json()["lines"]]
+        assert any("the agreement's use was given back" in line for line in lines), lines
+    usage = acme.api("GET", f"/agreements/{agreement}").json()["usage"]
+    assert [u["granted"] for u in usage] == [True, False, True, False], usage
+    assert all("use given back, 0 now taken" in u["reason"] for u in usage if not u["granted"])
+    assert acme.api("GET", f"/agreements/{agreement}").json()["uses"] == 0
 
 
 HOSTILE = {
