@@ -287,8 +287,13 @@ def _where(url: str) -> str:
 
 
 def _timeout_text(exc: httpx.TimeoutException, policy: OutboundPolicy) -> str:
+    try:  # the timeouts this request ran with (a caller may have shortened them)
+        timeouts = dict(exc.request.extensions.get("timeout") or {})
+    except RuntimeError:
+        timeouts = {}
     if isinstance(exc, httpx.ConnectTimeout):
-        return f"could not be connected to within {policy.connect_timeout:g} s (connect timeout)"
+        seconds = timeouts.get("connect") or policy.connect_timeout
+        return f"could not be connected to within {seconds:g} s (connect timeout)"
     if _TOTAL in str(exc):
         return "did not finish its answer within the request's total time limit (deadline)"
-    return f"sent nothing for {policy.read_timeout:g} s (read timeout)"
+    return f"sent nothing for {timeouts.get('read') or policy.read_timeout:g} s (read timeout)"
