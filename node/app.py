@@ -166,6 +166,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 max_json_bytes=limits.max_json_bytes,
                 max_upload_bytes=limits.max_upload_bytes,
                 timeout=limits.request_timeout,
+                early_guards=(authenticate,),
             )
         ],
         request_max_body_size=limits.max_json_bytes,

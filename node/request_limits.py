@@ -16,6 +16,10 @@ One middleware, run for every routed HTTP request once Litestar has picked the h
 * a NUL character in the path or the query string is refused (400): no identifier or
   search holds one, and PostgreSQL text columns cannot.
 
+Guards that read no body (the API's bearer-token check, ``early_guards``) run before a
+body is buffered: a client without a valid token gets its 401 before the node holds a byte
+of what it sends.
+
 Limits per handler: its ``request_max_body_size`` (the app's default is
 ``AGORA_MAX_JSON_BYTES``); a streaming handler's JSON variant may raise it with
 ``opt={"max_json_bytes": N}``; forms are held to :data:`FORM_BYTES`. Requests for no route
@@ -25,13 +29,16 @@ never reach a handler: the server closes a connection whose body was not read
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import anyio
 from anyio import to_thread
+from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Receive, ReceiveMessage, Scope, Send
 
@@ -42,6 +49,7 @@ FORM_BYTES = 64 * 1024  # the web UI's forms: a token, a reason
 UPLOAD_OVERHEAD = 1024 * 1024  # multipart boundaries and the metadata part
 SCAN_IN_THREAD = 256 * 1024  # larger bodies are scanned off the event loop
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+EarlyGuard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,18 @@ class BodyRule:
 class RequestLimits(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, *, max_json_bytes: int, max_upload_bytes: int, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_json_bytes: int,
+        max_upload_bytes: int,
+        timeout: float,
+        early_guards: tuple[EarlyGuard, ...] = (),
+    ) -> None:
         self.max_json_bytes = max_json_bytes
         self.max_upload_bytes = max_upload_bytes
         self.timeout = timeout
+        self.early_guards = early_guards
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
@@ -76,6 +92,11 @@ class RequestLimits(ASGIMiddleware):
         if rule.stream:
             await next_app(scope, self._counting(receive, rule.max_bytes), send)
             return
+        handler = scope["route_handler"]
+        guards = handler.resolve_guards()
+        for guard in self.early_guards:
+            if guard in guards:  # who asks, before the node holds what they send
+                await guard(ASGIConnection(scope, receive, send), handler)
         body = await self._read(receive, rule.max_bytes)
         if body is None:
             return  # the client hung up: there is no one to answer

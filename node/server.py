@@ -57,7 +57,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().connection_made(transport)
         self._reading_head = True
         self._head_bytes = 0
-        self._header_count = 0
+        self._header_count = self._head_size = 0
         self._refused: AgoraError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
@@ -71,22 +71,42 @@ class _GuardedHttpTools(HttpToolsProtocol):
             self._arm_head_timer()
             self._head_bytes += len(data)
         super().data_received(data)
+        # a head still unfinished after this many bytes: the parser holds them all
         if self._reading_head and self._head_bytes > self.max_head_bytes:
-            limit = self.max_head_bytes
-            self._refuse(HeadersTooLarge(f"the request line and headers exceed {limit} bytes", limit=limit))
+            self._refuse(self._too_large())
+
+    def _too_large(self) -> HeadersTooLarge:
+        limit = self.max_head_bytes
+        return HeadersTooLarge(f"the request line and headers exceed {limit} bytes", limit=limit)
+
+    def _check_head(self) -> None:
+        """A head that arrived whole in one read is measured field by field."""
+        if self._head_size > self.max_head_bytes:
+            self._stop(self._too_large())
+
+    def _stop(self, error: AgoraError) -> None:
+        """Stop the parser from inside a callback; uvicorn then calls send_400_response."""
+        self._refused = error
+        raise ValueError(error.detail)
 
     # parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._header_count = 0
+        self._header_count = self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        self._check_head()
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
         if self._header_count > MAX_HEADERS:
-            self._refused = HeadersTooLarge(f"the request has more than {MAX_HEADERS} header fields")
-            raise ValueError("too many headers")  # stops the parser; answered in send_400_response
+            self._stop(HeadersTooLarge(f"the request has more than {MAX_HEADERS} header fields"))
+        self._check_head()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
