@@ -39,7 +39,7 @@ def add(
     """Add a peer: its signed identity statement gives its address and name."""
     with connect_from(ctx)(url=url, token=token, home=home, scope="admin") as client:
         peer = client.post_json("/api/v1/participants", {"url": peer_url})
-    console.print(f"[green]peer[/] {peer['name']}  {peer['address']}  {peer['endpoint']}")
+    console.print(f"[green]peer[/] {peer['label']}  {peer['address']}  {peer['endpoint']}")
 
 
 @app.command("list")
@@ -51,13 +51,13 @@ def list_(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """This node and its peers."""
+    """This node, its peers, and participants known only from the registry (not peers)."""
     rows = get_or_print(ctx, "/api/v1/participants", url=url, token=token, home=home, as_json=as_json)
     if rows is None:
         return
     for row in rows:
-        marker = "self" if row["is_self"] else "peer"
-        console.print(f"{marker:5} {row['address']}  {row['name']:24} {row['endpoint']}")
+        marker = "self" if row["is_self"] else "peer" if row["trusted"] else "registered"
+        console.print(f"{marker:10} {row['address']}  {row['label']:32} {row['endpoint']}")
 
 
 negotiations_app = typer.Typer(help="Contract negotiations with other organisations.", no_args_is_help=True)
