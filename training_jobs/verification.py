@@ -81,8 +81,10 @@ class AuditReport(BaseModel):
     onnxruntime_version: Version | None = None
 
     def public(self) -> dict[str, object]:
-        """What the consumer reads of the audit (everything but the provider's detail)."""
-        return {**self.model_dump(exclude={"detail"}), "input_name": "input", "rewritten_by_node": True}
+        """What the consumer reads of the audit: not the provider's detail, nor the figures that
+        describe the provider's data rather than the model (its scale, its blank rows)."""
+        private = {"detail", "memorization_tolerance", "unchecked_rows"}
+        return {**self.model_dump(exclude=private), "input_name": "input", "rewritten_by_node": True}
 
 
 @dataclass(frozen=True)

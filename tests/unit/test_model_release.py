@@ -80,6 +80,47 @@ def test_the_rewrite_leaves_no_text_of_the_consumer_and_computes_the_same() -> N
     assert np.array_equal(run(released, X), before)
 
 
+def test_names_inside_subgraphs_are_rewritten_too() -> None:
+    """A Loop body with the consumer's names, reading a value of the outer graph by name."""
+    body = helper.make_graph(
+        [
+            helper.make_node(
+                "Add", [f"acc_{SECRET}", "outer_w"], [f"next_{SECRET}"], name=SECRET, doc_string=SECRET
+            )
+        ],
+        f"body_{SECRET}",
+        [
+            helper.make_tensor_value_info(f"i_{SECRET}", TensorProto.INT64, []),
+            helper.make_tensor_value_info(f"c_{SECRET}", TensorProto.BOOL, []),
+            helper.make_tensor_value_info(f"acc_{SECRET}", TensorProto.FLOAT, [None, 10]),
+        ],
+        [
+            helper.make_tensor_value_info(f"c_{SECRET}", TensorProto.BOOL, []),
+            helper.make_tensor_value_info(f"next_{SECRET}", TensorProto.FLOAT, [None, 10]),
+        ],
+    )
+    model = linear_model()
+    graph = model.graph
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.full((10,), 0.5, dtype=np.float32), "outer_w"),
+            numpy_helper.from_array(np.array(3, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "go"),
+        ]
+    )
+    graph.node.append(helper.make_node("Loop", ["trips", "go", "logits"], ["looped"], body=body))
+    graph.output[0].name = "looped"
+    X = ROWS[:4].astype(np.float32)
+    before = run(model, X)
+
+    released = rewrite(model).model
+
+    assert SECRET.encode() not in released.SerializeToString()
+    assert list(leftover_text(released)) == []
+    onnx.checker.check_model(released, full_check=True)
+    assert np.array_equal(run(released, X), before)
+
+
 def test_a_classifiers_outputs_are_named_label_and_probabilities() -> None:
     model = linear_model()
     graph = model.graph
