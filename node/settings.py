@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     oidc_audience: str = ""
     sandbox: Literal["bwrap", "podman", "docker", "kubernetes"] = "bwrap"
     sandbox_evaluator_image: str = Field(
-        default="", description="podman/docker/kubernetes: image (with digest) holding torch + skl2onnx"
+        default="",
+        description="podman/docker/kubernetes: image (with digest) holding torch, skl2onnx, onnx and "
+        "onnxruntime, for the export and audit runs",
     )
     sandbox_namespace: str = Field(default="default", description="kubernetes: namespace of job pods")
     sandbox_volume_claim: str = Field(

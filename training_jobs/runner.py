@@ -81,7 +81,8 @@ __all__ = ["JobCancelled", "JobFailed", "JobRunner", "RunnerConfig"]
 class RunnerConfig:
     jobs_dir: Path
     holdout_fraction: float = 0.2
-    evaluator_image: str | None = None  # for podman / docker / Kubernetes: an image with torch and skl2onnx
+    # podman / docker / Kubernetes: an image with torch, skl2onnx, onnx and onnxruntime
+    evaluator_image: str | None = None
 
 
 def job_dirs(workdir: Path) -> dict[str, Path]:
