@@ -125,7 +125,9 @@ def _one(chain: EmbeddedChain, request: Any, *, read_only: bool) -> Any:
     method = request.get("method")
     params = request.get("params") or []
     allowed = READ_METHODS if read_only else READ_METHODS | WRITE_METHODS
-    if not isinstance(method, str) or method not in allowed:
+    if not isinstance(method, str):
+        return _error(rid, -32601, "the method must be a string")
+    if method not in allowed:
         reason = "this endpoint is read-only" if method in WRITE_METHODS else "method not supported"
         return _error(rid, -32601, f"{method}: {reason}")
     try:

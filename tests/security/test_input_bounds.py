@@ -1,0 +1,242 @@
+"""The bounds documents from outside are held to before anything parses them (no servers).
+
+``kernel.limits`` scans JSON and YAML without recursion; the envelope, the JSON-RPC handler,
+the token reader, the bundle lister and the error rebuilder each refuse their hostile
+input with the reason instead of crashing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+import tarfile
+import time
+
+import pytest
+
+from kernel.errors import InvalidInput, from_problem
+from kernel.limits import (
+    JSON,
+    RECURSION_LIMIT,
+    JsonLimits,
+    YamlLimits,
+    bound_recursion,
+    check_json,
+    check_yaml,
+    loads,
+)
+
+DEEP = 100_000
+
+REFUSED_JSON = {
+    "nested arrays": (b"[" * DEEP + b"]" * DEEP, "nests deeper than 64"),
+    "nested objects": (b'{"a":' * DEEP + b"1" + b"}" * DEEP, "nests deeper than 64"),
+    "unclosed nesting": (b"[" * DEEP, "nests deeper than 64"),
+    "huge exponent": (b'{"a": 1e999999}', "1e999999 is out of range"),
+    "negative huge exponent": (b"[-1.5E+400]", "out of range"),
+    "long integer": (b"[" + b"9" * DEEP + b"]", "more than 100 characters"),
+    "NaN": (b'{"a": NaN}', "NaN is not a JSON number"),
+    "Infinity": (b"[-Infinity]", "-Infinity is not a JSON number"),
+    "invalid UTF-8": (b'{"a": "\xff"}', "not UTF-8 (byte 7)"),
+    "UTF-16": ('{"a": 1}'.encode("utf-16-le"), "NUL byte"),
+    "lone surrogate": (b'["\\udc00"]', "unpaired UTF-16 surrogate"),
+    "NUL character": (b'{"\\u0000": 1}', "U+0000"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_JSON))
+def test_hostile_json_is_refused_with_the_bound(name: str) -> None:
+    raw, reason = REFUSED_JSON[name]
+    started = time.monotonic()
+    with pytest.raises(InvalidInput) as refused:
+        check_json(raw)
+    assert reason in refused.value.detail
+    assert time.monotonic() - started < 1
+
+
+def test_sizes_are_bounded_as_configured() -> None:
+    with pytest.raises(InvalidInput, match="longer than 10 bytes"):
+        check_json(b'["' + b"x" * 11 + b'"]', JsonLimits(max_string=10))
+    with pytest.raises(InvalidInput, match="longer than 10 bytes"):
+        check_json(b'["' + b"x" * 20, JsonLimits(max_string=10))  # unterminated
+    with pytest.raises(InvalidInput, match="more than 5 tokens"):
+        check_json(b"[1, 2, 3, 4, 5]", JsonLimits(max_tokens=5))
+    check_json(b"[[[1]]]", JsonLimits(max_depth=3))
+    with pytest.raises(InvalidInput, match="deeper than 3"):
+        check_json(b"[[[[1]]]]", JsonLimits(max_depth=3))
+
+
+def test_ordinary_json_passes_and_parses_the_same() -> None:
+    document = {
+        "text": 'brackets [[{{ and "quotes" \\ inside strings do not count',
+        "emoji": "\U0001f600 é",
+        "numbers": [0, -1, 2.5, -3e10, 1e-400, 10**77, 1.7976931348623157e308],
+        "nested": [[[[{"a": None, "b": True, "c": False}]]]],
+    }
+    raw = json.dumps(document).encode()
+    check_json(raw)
+    assert loads(raw) == json.loads(raw)
+    assert loads(json.dumps(document, ensure_ascii=False)) == json.loads(raw)
+    check_json(b'{"a": "' + b"x" * (JSON.max_string - 10) + b'"}')
+    assert loads(b'["\\ud83d\\ude00"]') == ["\U0001f600"]  # a surrogate pair is a character
+
+
+def test_malformed_json_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="is not JSON"):
+        loads(b'{"a": [1, 2')
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
+
+def test_yaml_that_expands_through_aliases_is_refused_before_composing() -> None:
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="expands to more than 50000 nodes"):
+        check_yaml(LAUGHS)
+    assert time.monotonic() - started < 2
+    check_yaml("base: &p {template: provide-access}\none: *p\ntwo: *p\n")  # ordinary reuse passes
+
+
+def test_yaml_depth_and_aliases_are_bounded() -> None:
+    with pytest.raises(InvalidInput, match="deeper than 64"):
+        check_yaml("[" * DEEP)
+    block = "".join("  " * i + f"k{i}:\n" for i in range(100)) + "  " * 100 + "v\n"
+    with pytest.raises(InvalidInput, match="deeper than 64"):
+        check_yaml(block)
+    aliases = "a: &a 1\nb: [" + ", ".join(["*a"] * 11) + "]\n"
+    with pytest.raises(InvalidInput, match="more than 10 YAML aliases"):
+        check_yaml(aliases, YamlLimits(max_aliases=10))
+
+
+def test_documents_refuse_values_json_cannot_hold_with_their_line() -> None:
+    from kernel.documents import parse_located
+
+    with pytest.raises(InvalidInput, match=r"m.yaml:3: \.inf is not a finite number"):
+        parse_located("a: 1\nb: 2\nc: .inf\n", "m.yaml", "manifest")
+    with pytest.raises(InvalidInput, match=r"m.yaml:2: .*4300 digits"):
+        parse_located("a: 1\nb: " + "9" * 5000 + "\n", "m.yaml", "manifest")
+    with pytest.raises(InvalidInput, match=r"m\.yaml is refused: it expands"):
+        parse_located(LAUGHS, "m.yaml", "manifest")
+    located = parse_located("p: &p {x: 1}\nq: *p\nwhen: 2026-01-01\n", "m.yaml", "manifest")
+    assert located.data["q"] == {"x": 1} and str(located.data["when"]) == "2026-01-01"
+
+
+def test_validation_holds_json_text_to_the_bounds_and_names_the_field() -> None:
+    from pydantic import BaseModel
+
+    from kernel.validation import validate
+
+    class Metadata(BaseModel):
+        title: str
+
+    with pytest.raises(InvalidInput) as refused:
+        validate(Metadata, b'{"title": ' + b"[" * DEEP + b"}", prefix="metadata", what="metadata")
+    assert refused.value.errors[0].path == "metadata"
+    assert "nests deeper" in refused.value.detail
+
+
+def test_the_recursion_limit_is_put_back_for_the_evm_and_never_raised() -> None:
+    before = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(100_000)  # what py_ecc sets on import
+        bound_recursion()
+        assert sys.getrecursionlimit() == RECURSION_LIMIT
+        sys.setrecursionlimit(2000)
+        bound_recursion()
+        assert sys.getrecursionlimit() == 2000
+        with pytest.raises(RecursionError):  # a recursive parser now fails; it does not crash
+            json.loads("[" * DEEP + "]" * DEEP)
+    finally:
+        sys.setrecursionlimit(before)
+
+
+def test_an_envelope_is_checked_cheaply_before_it_is_canonicalised() -> None:
+    from eth_account import Account
+
+    from connector.envelope import EnvelopeRejected, open_envelope, seal
+
+    key = Account.create().key
+    me = Account.create().address
+    envelope = seal({"hello": 1}, private_key=key, recipient=me)
+    # a value canonical JSON cannot hold: reached only if the cheap checks pass
+    uncanonical = {**envelope, "body": {"n": 2**80}}
+    with pytest.raises(EnvelopeRejected, match="addressed to"):
+        open_envelope(uncanonical, recipient=Account.create().address)
+    with pytest.raises(EnvelopeRejected, match="timestamp is"):
+        open_envelope({**uncanonical, "timestamp": 1}, recipient=me)
+    with pytest.raises(EnvelopeRejected, match=r"expected 0x and 130 hex digits"):
+        open_envelope({**envelope, "signature": "0x" + "ab" * 10_000}, recipient=me)
+    with pytest.raises(EnvelopeRejected, match="timestamp must be an integer"):
+        open_envelope({**envelope, "timestamp": True}, recipient=me)
+    with pytest.raises(EnvelopeRejected, match="signature is malformed"):
+        open_envelope(uncanonical, recipient=me)
+    assert open_envelope(envelope, recipient=me).body == {"hello": 1}
+
+
+def test_json_rpc_refuses_big_batches_and_odd_methods() -> None:
+    from contracts import rpc
+
+    chain = None  # never reached: every request here is refused before the chain is asked
+    big = rpc.handle(
+        chain, [{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(101)], read_only=True
+    )  # type: ignore[arg-type]
+    assert big["error"]["code"] == -32600
+    odd = rpc.handle(
+        chain, [{"id": 1, "method": ["eth_chainId"]}, {"id": 2, "method": {}}, 7], read_only=True
+    )  # type: ignore[arg-type]
+    assert [answer["error"]["code"] for answer in odd] == [-32601, -32601, -32600]
+    assert rpc.handle(chain, [], read_only=True)["error"]["code"] == -32600  # type: ignore[arg-type]
+
+
+def test_tokens_are_bounded_before_they_are_parsed() -> None:
+    from kernel.errors import Unauthorized
+    from node.auth import _unverified_issuer
+
+    def segment(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    with pytest.raises(Unauthorized, match="longer than 16384"):
+        _unverified_issuer("a" * 20_000 + ".b.c")
+    deep = segment(b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(Unauthorized, match="nests deeper"):
+        _unverified_issuer(f"{deep}.{segment(b'{}')}.sig")
+    with pytest.raises(Unauthorized, match="nests deeper"):
+        _unverified_issuer(f"{segment(b'{}')}.{deep}.sig")
+    good = f"{segment(b'{}')}.{segment(json.dumps({'iss': 'https://idp'}).encode())}.sig"
+    assert _unverified_issuer(good) == "https://idp"
+
+
+def test_a_bundle_of_many_members_is_refused() -> None:
+    from training_jobs.bundle import MAX_MEMBERS, BundleRejected, list_members
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for i in range(MAX_MEMBERS + 1):
+            info = tarfile.TarInfo(f"d{i}")
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+    with pytest.raises(BundleRejected, match=f"more than {MAX_MEMBERS} members"):
+        list_members(buffer.getvalue())
+
+
+def test_an_integer_field_of_a_protocol_message_refuses_infinity() -> None:
+    from training_jobs.provider import int_param
+
+    with pytest.raises(InvalidInput, match="expected an integer"):
+        int_param(float("inf"))
+    assert int_param("12") == 12
+
+
+def test_a_peers_refusal_keeps_its_type_and_status() -> None:
+    from connector.agreements import UseDenied
+
+    denied = from_problem(
+        {"type": "https://agora.dev/problems/use-denied", "detail": "all 2 uses are spent"}, 403
+    )
+    assert isinstance(denied, UseDenied) and (denied.status, denied.detail) == (403, "all 2 uses are spent")
+    assert from_problem({"type": "https://agora.dev/problems/replayed-message"}, 409).status == 409
+    assert from_problem({"type": "https://agora.dev/problems/made-up"}, 418).status == 500
