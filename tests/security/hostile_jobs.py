@@ -120,9 +120,10 @@ def _replace(kind):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
     nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"])]
-    if kind == "huge":  # 3 GiB of floats, shaped by the input so nothing is folded away
+    if kind in ("huge", "large"):  # 3 or 1.5 GiB of floats, from the input so nothing is folded away
+        floats = (3 << 28) if kind == "huge" else (3 << 27)
         nodes += [
-            helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [1, 3 << 28])),
+            helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [1, floats])),
             helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=1),
             helper.make_node("Expand", ["sum", "shape"], ["big"]),
             helper.make_node("ReduceMax", ["big"], ["peak"], keepdims=1),
