@@ -16,11 +16,20 @@ import httpx
 from connector.envelope import EnvelopeRejected, open_envelope, seal
 from kernel.addresses import foreign_origin
 from kernel.client import raise_for_problem
-from kernel.errors import AgoraError, ServiceUnavailable
+from kernel.errors import AgoraError, InvalidInput, ServiceUnavailable
+from kernel.limits import JSON, JsonLimits, loads
 from kernel.outbound import OutboundClient
 
 CHUNK = 1024 * 1024
 IDENTITY_BYTES = 64 * 1024  # a signed identity statement is a few hundred bytes
+
+
+def _reply_limits(response: httpx.Response) -> JsonLimits:
+    """A peer's reply is held to the JSON bounds before it is parsed (its size is already
+    capped by the outbound client): a catalog page may hold many tokens, none may nest deep."""
+    return JsonLimits(
+        max_string=len(response.content), max_tokens=max(JSON.max_tokens, len(response.content) // 4)
+    )
 
 
 class PeerClient:
@@ -48,9 +57,12 @@ class PeerClient:
         response = self.outbound.request("POST", self.base_url + path, json=envelope, params=params)
         self._raise_for_problem(response)
         try:
-            opened = open_envelope(response.json(), recipient=self.own_address)
-        except ValueError as exc:
-            raise EnvelopeRejected(f"peer {self.base_url} answered without a signed envelope") from exc
+            reply = loads(response.content, _reply_limits(response), what=f"the reply of {self.base_url}")
+            opened = open_envelope(reply, recipient=self.own_address)
+        except InvalidInput as exc:
+            raise EnvelopeRejected(
+                f"peer {self.base_url} answered without a signed envelope: {exc.detail}"
+            ) from exc
         if opened.sender.lower() != self.peer_address.lower():
             raise EnvelopeRejected(
                 f"the reply is signed by {opened.sender}, not by the peer {self.peer_address}"
@@ -87,8 +99,10 @@ def fetch_identity(url: str, outbound: OutboundClient) -> dict[str, Any]:
     response = outbound.request("GET", url.rstrip("/") + "/dsp/identity", max_bytes=IDENTITY_BYTES)
     try:
         response.raise_for_status()
-        envelope = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        envelope = loads(response.content, what=f"the identity of {url}")
+    except InvalidInput as exc:
+        raise ServiceUnavailable(f"cannot read the identity of {url}: {exc.detail}") from exc
+    except httpx.HTTPError as exc:
         raise ServiceUnavailable(f"cannot read the identity of {url}: {exc}") from exc
     if not isinstance(envelope, dict) or "sender" not in envelope:
         raise EnvelopeRejected(f"{url} did not answer with a signed identity")

@@ -41,6 +41,7 @@ from kernel.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from kernel.limits import loads
 from kernel.outbound import OutboundClient, OutboundRefused
 from kernel.storage import ObjectStore
 
@@ -335,8 +336,8 @@ class TransferService:
         response = self.outbound.request("GET", url, headers={"Authorization": f"Bearer {token}"})
         try:
             response.raise_for_status()
-            doc = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            doc = loads(response.content, what="the transfer's provenance")
+        except (httpx.HTTPError, InvalidInput) as exc:
             raise ServiceUnavailable(f"cannot fetch the provenance of the transfer: {exc}") from exc
         if not isinstance(doc, dict):
             raise TransferRefused("the transfer's provenance is not a JSON object")

@@ -17,6 +17,7 @@ import httpx
 
 from kernel.errors import AgoraError, InvalidInput, ServiceUnavailable, from_problem
 from kernel.hashing import repr_digest_hex, sha256_file
+from kernel.limits import loads
 
 Progress = Callable[[int], None]
 
@@ -147,8 +148,8 @@ def raise_for_problem(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        body = response.json()
-    except ValueError:
+        body = loads(response.content, what="the error document")
+    except InvalidInput:  # not JSON, or JSON past the bounds (a hostile peer's)
         body = {"detail": response.text[:500] or response.reason_phrase}
     if not isinstance(body, dict):
         body = {"detail": str(body)}

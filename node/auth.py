@@ -157,7 +157,10 @@ class OIDCKeyFetcher:
         except AgoraError as exc:
             raise ValueError(exc.detail) from None
         response.raise_for_status()
-        return response.json()
+        try:
+            return loads(response.content, what=f"the document at {url}")
+        except InvalidInput as exc:
+            raise ValueError(exc.detail) from None
 
     def discover_jwks_url(self, issuer: str) -> str:
         from authlib.oidc.discovery import OpenIDProviderMetadata

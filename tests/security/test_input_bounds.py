@@ -12,6 +12,7 @@ import io
 import json
 import sys
 import tarfile
+import threading
 import time
 
 import pytest
@@ -240,3 +241,58 @@ def test_a_peers_refusal_keeps_its_type_and_status() -> None:
     assert isinstance(denied, UseDenied) and (denied.status, denied.detail) == (403, "all 2 uses are spent")
     assert from_problem({"type": "https://agora.dev/problems/replayed-message"}, 409).status == 409
     assert from_problem({"type": "https://agora.dev/problems/made-up"}, 418).status == 500
+
+
+class _DeepPeer:
+    """A peer on loopback whose every answer nests 100,000 levels deep (a problem document
+    too, with status ``status``)."""
+
+    def __init__(self, status: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        deep = b'{"type": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(deep)))
+                self.end_headers()
+                self.wfile.write(deep)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [200, 403])
+def test_a_peers_deeply_nested_reply_is_refused_not_parsed(status: int) -> None:
+    from eth_account import Account
+
+    from connector.client import PeerClient
+    from kernel.addresses import AddressRules
+    from kernel.errors import AgoraError
+    from kernel.outbound import OutboundClient, OutboundPolicy
+
+    peer = _DeepPeer(status)
+    outbound = OutboundClient(OutboundPolicy(rules=AddressRules(allow_loopback=True)))
+    me = Account.create()
+    client = PeerClient(
+        peer.url, outbound=outbound, private_key=me.key, own_address=me.address, peer_address=me.address
+    )
+    try:
+        with pytest.raises(AgoraError) as refused:  # not a RecursionError, not a crash
+            client.post("/dsp/catalog/request", {"@type": "CatalogRequestMessage"})
+        assert refused.value.status < 500 or "refused" in refused.value.detail
+        if status == 200:
+            assert "nests deeper" in refused.value.detail
+    finally:
+        peer.close()
