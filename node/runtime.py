@@ -118,6 +118,9 @@ class Runtime:
             settings = self.settings
             kind = "bubblewrap" if settings.sandbox == "bwrap" else settings.sandbox
             options: dict[str, Any] = {}
+            if kind == "bubblewrap":  # no bind may ever contain the node's keys, chain or staged uploads
+                secrets = (settings.keystore_path, settings.passphrase_path, settings.token_key_path)
+                options = {"protected": [*secrets, settings.staging_dir, settings.chain_dir]}
             if kind == "kubernetes":
                 if not settings.sandbox_volume_claim:
                     raise ConfigurationError(

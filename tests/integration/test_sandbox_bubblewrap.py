@@ -412,24 +412,30 @@ while True:
 """
 
 
-def test_without_a_pids_cgroup_root_is_refused(node: Node) -> None:
-    """Root ignores RLIMIT_NPROC: with no pids cgroup a root node must not run jobs at all."""
-    box = BubblewrapSandbox(use_cgroups=False)
+def test_without_a_pids_cgroup_a_job_running_as_host_root_is_refused(node: Node) -> None:
+    """Root ignores RLIMIT_NPROC: with no pids cgroup, a job whose host uid would be root (a
+    root node that does not stage its runs) must not run at all."""
+    if os.getuid() != 0:
+        pytest.skip("only a root node can run a job as host root")
+    box = BubblewrapSandbox(use_cgroups=False, stage_on_root=False)
     run = SandboxRun(command=["python", "-c", "print('ran')"], mounts=[], output_dir=node.out)
-    if os.getuid() == 0:
-        with pytest.raises(SandboxUnavailable, match="RLIMIT_NPROC"):
-            box.check()
-        with pytest.raises(SandboxUnavailable, match="fork bomb"):
-            box.run(run)
-    else:  # an unprivileged node: RLIMIT_NPROC binds, so forks beyond the limit fail
+    with pytest.raises(SandboxUnavailable, match="RLIMIT_NPROC"):
         box.check()
-        lines: list[str] = []
-        counter = Limits(max_processes=16, wall_seconds=10)
-        job = SandboxRun(
-            command=["python", "-c", FORK_COUNTER], mounts=[], output_dir=node.out, limits=counter
-        )
-        assert box.run(job, on_output=lines.append).ok
-        assert int(lines[-1]) < counter.max_processes
+    with pytest.raises(SandboxUnavailable, match="fork bomb"):
+        box.run(run)
+
+
+def test_without_a_pids_cgroup_rlimit_nproc_caps_an_unprivileged_job(node: Node) -> None:
+    """A job whose host uid is not root (an unprivileged node, or a root node staging its
+    runs as uid 65534): RLIMIT_NPROC binds, so forks beyond the limit fail."""
+    box = BubblewrapSandbox(use_cgroups=False)
+    box.check()
+    assert box.isolation["job_host_uid"] != 0, box.isolation
+    lines: list[str] = []
+    counter = Limits(max_processes=16, wall_seconds=10)
+    job = SandboxRun(command=["python", "-c", FORK_COUNTER], mounts=[], output_dir=node.out, limits=counter)
+    assert box.run(job, on_output=lines.append).ok
+    assert int(lines[-1]) < counter.max_processes
 
 
 @pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroup-or-rlimit", "rlimit-only"])

@@ -5,23 +5,31 @@ What each guarantee rests on:
 * **Isolation** — new user, PID, network, IPC, UTS, mount and cgroup namespaces
   (``--unshare-all --unshare-user``; never ``--share-net``: only the sandbox's own loopback
   exists). Nested user namespaces are disabled. The job runs as uid/gid 65534 with no
-  capabilities, in a new session (no terminal injection), and dies with the node.
-* **What is visible** — a read-only root assembled from ``/usr`` (and the merged-usr
-  symlinks or directories ``/bin``, ``/sbin``, ``/lib``, ``/lib64``), a synthetic ``/etc``
-  (passwd/group/hosts/nsswitch written by us, plus ``ld.so.cache`` and ``localtime``), the
-  interpreter's prefixes (``sys.prefix``, ``sys.base_prefix`` and their real paths — a
-  venv's ``python`` is a symlink into e.g. ``/root/.pyenv``), a private ``/proc``, a minimal
-  ``/dev``, size-capped tmpfs ``/tmp`` and ``/dev/shm``, the run's read-only mounts and the
-  writable ``/out``. Nothing else: ``/``, ``/root``, ``/home``, ``/work`` or the node's data
-  directory are never bound wholesale, and a bind that would contain one of the node's
-  ``protected`` paths (its home: keystore, database, token key, other jobs) is refused.
+  capabilities, in a new session (no terminal injection), and dies with the node. On a root
+  node the run is staged (:mod:`.staging`): the job's processes are host uid 65534, not
+  root. ``check()`` says how this host runs jobs (:attr:`BubblewrapSandbox.isolation`) and
+  falls back, with the reason logged, where staging does not work.
+* **What is visible** — the world :mod:`.bwrap_view` builds: ``/usr``, a synthetic
+  ``/etc``, the interpreter, a private ``/proc``, a minimal ``/dev``, tmpfs ``/tmp``, the
+  run's mounts and ``/out``. ``bwrap`` gets its options through a memfd and an empty
+  environment, so ``/proc/1/cmdline`` and ``/proc/1/environ`` (bubblewrap's own process,
+  inside) name no host path and no variable of the node; no descriptor of the node reaches
+  the job. On a root node the run's mounts are overlays named by a throw-away stage
+  directory, so ``/proc/self/mountinfo`` shows no host path of the data either.
+  What stays visible: the kernel (``uname``, ``/proc/version``) and the host's hardware and
+  load (``/proc/cpuinfo``, ``meminfo``, ``stat``, ``loadavg``, ``uptime``); the host's
+  ``/usr`` and the node's Python installation, read-only at their host paths (a venv only
+  works where it was made: e.g. ``/work/main/.venv`` and ``/root/.pyenv/versions/3.11.7``
+  appear as mount points); on a node that does not stage (not root, or staging failed) the
+  host paths of the run's mounts in ``mountinfo`` (the node's jobs directory and this job's
+  name in it, never another job's) and a job uid that is the node's own.
 * **Limits** — a cgroup per run (v2, or v1 ``memory`` + ``pids``) when the host lets the
   node create one: memory (no swap) and process count, and the OOM counter tells a memory
   kill apart. Always rlimits in the child before ``exec``: ``RLIMIT_CPU`` (SIGXCPU, then
   SIGKILL 5 s later), ``RLIMIT_AS``, ``RLIMIT_FSIZE`` (one file ≤ the output cap),
   ``RLIMIT_CORE`` 0, and ``RLIMIT_NPROC`` when no pids cgroup is available. The kernel
-  exempts root's uid from ``RLIMIT_NPROC``, so a root node without a pids cgroup refuses to
-  run jobs (``SandboxUnavailable``) rather than leave fork bombs uncapped. The total of
+  exempts root's uid from ``RLIMIT_NPROC``, so a job that would run as host root without a
+  pids cgroup is refused (``SandboxUnavailable``) rather than leave fork bombs uncapped. The total of
   ``/out`` is polled every 0.1 s (a single file is capped exactly by ``RLIMIT_FSIZE``), and
   with a cgroup the job's total CPU time is polled too. Wall time, cancel and any breach
   kill ``bwrap``'s process group, which takes the PID namespace (and so every process of the
@@ -37,6 +45,7 @@ and runs torch) and an allocation over it fails with ``MemoryError``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import shutil
@@ -46,11 +55,10 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from kernel.errors import ConfigurationError
-
+from . import staging
 from .base import (
     Limits,
     Mount,
@@ -66,49 +74,37 @@ from .base import (
     sanitize_name,
     supervise,
 )
+from .bwrap_view import SandboxView, etc_files, memfd
 from .cgroups import Cgroup, create_cgroup
+from .staging import Stage, StagingFailed
 
-SANDBOX_UID = 65534
+log = logging.getLogger("agora.sandbox")
+# How a root node runs a job, best first (check() falls back and records why): staged with
+# overlays (unprivileged host uid, no host path of the data visible), staged with binds only
+# (unprivileged host uid), plain (the job's host uid is the node's).
+STAGED_MODES = ("staged", "staged-binds")
+MODE_NOTES = {
+    "staged": "the job runs as host uid 65534; its data's host paths are hidden behind overlays",
+    "staged-binds": "the job runs as host uid 65534; its mounts show their host paths",
+    "plain": "the job's host uid is the node's own; its mounts show their host paths",
+}
 CPU_GRACE_SECONDS = 5
-# Host directories never bound wholesale, whatever a caller asks.
-BROAD_PATHS = frozenset(
-    {"/", "/root", "/home", "/work", "/etc", "/var", "/tmp", "/run", "/proc", "/sys", "/dev", "/boot", "/srv"}
-    | {"/mnt", "/media", "/opt"}
-)
-RESERVED_TARGETS = ("/", "/proc", "/dev", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/tmp", "/out")
 NO_PROCESS_CAP = (
     "bubblewrap: the node runs as root and cannot create a pids cgroup here, and the kernel "
     "exempts root from RLIMIT_NPROC, so a fork bomb could not be contained; give the node a "
     "writable (delegated) cgroup or run it as an unprivileged user"
 )
-_ETC_FILES = {
-    "/etc/passwd": (
-        "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/tmp:/usr/sbin/nologin\n"
-    ),
-    "/etc/group": "root:x:0:\nnogroup:x:65534:\n",
-    "/etc/hosts": "127.0.0.1 localhost\n::1 localhost\n",
-    "/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
-}
-
-
 # -- the sandbox ----------------------------------------------------------------------------
-
-
-def _resolved(path: Path | str) -> str:
-    return os.path.realpath(path)
-
-
-def _contains(outer: str, inner: str) -> bool:
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 class BubblewrapSandbox(Sandbox):
     """Runs jobs under ``bwrap`` with the node's own interpreter (see the module docstring).
 
     ``protected`` are host paths (the node's home) that no bind may contain; ``use_cgroups``
-    False forces the rlimit-only mode. A node running as root is exempt from
-    ``RLIMIT_NPROC``, so as root this sandbox needs a pids cgroup and reports itself
-    unavailable without one, unless ``allow_uncapped_processes`` (tests of the fallback).
+    False forces the rlimit-only mode. A job running as host root is exempt from
+    ``RLIMIT_NPROC``, so then this sandbox needs a pids cgroup and reports itself unavailable
+    without one, unless ``allow_uncapped_processes`` (tests of the fallback).
+    ``stage_on_root`` False keeps a root node's jobs unstaged (their host uid is root).
     """
 
     kind = "bubblewrap"
@@ -121,12 +117,17 @@ class BubblewrapSandbox(Sandbox):
         protected: Sequence[Path | str] = (),
         use_cgroups: bool = True,
         allow_uncapped_processes: bool = False,
+        stage_on_root: bool = True,
     ) -> None:
-        self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
+        self.bwrap = shutil.which(bwrap or "bwrap") or bwrap or "bwrap"
         self.python = python or sys.executable
-        self.protected = [_resolved(p) for p in protected]
+        self.view = SandboxView(self.bwrap, self.python, [os.path.realpath(p) for p in protected])
         self.use_cgroups = use_cgroups
         self.allow_uncapped_processes = allow_uncapped_processes
+        # on a root node: stage the run and drop to an unprivileged uid (see .staging), with
+        # overlays hiding the data's host paths; check() falls back step by step, and says why
+        self._modes = [m for m in STAGED_MODES if stage_on_root and os.getuid() == 0] + ["plain"]
+        self.isolation = {"job_host_uid": os.getuid(), "mount_sources": "visible", "why": "not checked yet"}
         self._checked = False
         self._lock = threading.Lock()
 
@@ -141,19 +142,22 @@ class BubblewrapSandbox(Sandbox):
                 return
             if not shutil.which(self.bwrap):
                 raise SandboxUnavailable(f"bubblewrap: {self.bwrap!r} is not installed")
-            with tempfile.TemporaryDirectory(prefix="agora-bwrap-probe-") as out:
-                lines: list[str] = []
-                probe = SandboxRun(
-                    command=["python", "-S", "-c", "pass"],
-                    mounts=[],
-                    output_dir=Path(out),
-                    workdir="/job",
-                    limits=Limits(wall_seconds=30),
-                )
-                outcome = self._run(probe, lines.append, None, cgroups=False, trusted=True)
-            if not outcome.ok:
-                detail = "; ".join(lines[-3:]) or outcome.reason
-                raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here: {detail}")
+            failures: list[str] = []
+            while True:
+                why = self._probe()
+                if why is None:
+                    break
+                failures.append(f"{self._modes[0]}: {why}")
+                if len(self._modes) == 1:
+                    raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here: {why}")
+                self._modes.pop(0)
+            self.isolation = {
+                "job_host_uid": staging.HOST_UID if self._modes[0] != "plain" else os.getuid(),
+                "mount_sources": "hidden" if self._modes[0] == "staged" else "visible",
+                "why": "; ".join(failures) or MODE_NOTES[self._modes[0]],
+            }
+            if failures:
+                log.warning("bubblewrap sandbox: %s", self.isolation["why"])
             if self._needs_pids_cgroup():
                 group = None
                 if self.use_cgroups:
@@ -164,114 +168,58 @@ class BubblewrapSandbox(Sandbox):
                     raise SandboxUnavailable(NO_PROCESS_CAP)
             self._checked = True
 
+    def _probe(self) -> str | None:
+        """Why a run in the first remaining mode fails here, or None: the probe reads a
+        read-only mount and writes ``/out``, as every job does."""
+        with tempfile.TemporaryDirectory(prefix="agora-bwrap-probe-") as tmp:
+            data, out = Path(tmp) / "data", Path(tmp) / "out"
+            data.mkdir()
+            out.mkdir()
+            (data / "probe").write_text("ok")
+            code = "open('/out/probe', 'w').write(open('/probe/probe').read())"
+            probe = SandboxRun(
+                command=["python", "-S", "-c", code],
+                mounts=[Mount(data, "/probe")],
+                output_dir=out,
+                workdir="/probe",
+                limits=Limits(wall_seconds=30),
+            )
+            lines: list[str] = []
+            try:
+                outcome = self._run(probe, lines.append, None, cgroups=False, trusted=True)
+            except StagingFailed as exc:
+                return str(exc)
+            if not outcome.ok:
+                return "; ".join(lines[-3:]) or outcome.reason
+            if not (out / "probe").is_file() or (out / "probe").read_text() != "ok":
+                return "the probe's output did not arrive in the output directory"
+        return None
+
+    def _job_uid(self) -> int:
+        """The host uid the job's processes run as."""
+        return staging.HOST_UID if self._modes[0] != "plain" else os.getuid()
+
     def _needs_pids_cgroup(self) -> bool:
-        return os.getuid() == 0 and not self.allow_uncapped_processes
+        return self._job_uid() == 0 and not self.allow_uncapped_processes
 
     # -- the command line -----------------------------------------------------------------
 
-    def _interpreter_paths(self) -> list[str]:
-        """Host directories the interpreter needs, outermost first, none under /usr."""
-        candidates = {
-            sys.prefix,
-            sys.base_prefix,
-            sys.exec_prefix,
-            sys.base_exec_prefix,
-            os.path.dirname(os.path.dirname(self.python)),
-        }
-        paths = {os.path.abspath(p) for p in candidates} | {_resolved(p) for p in candidates}
-        paths.add(os.path.dirname(os.path.dirname(_resolved(self.python))))
-        kept: list[str] = []
-        for p in sorted(paths, key=len):
-            if _contains("/usr", p) or any(_contains(k, p) for k in kept):
-                continue
-            kept.append(p)
-        return kept
+    def build_command(
+        self, run: SandboxRun, etc_fds: dict[str, int], stage: Stage | None = None
+    ) -> list[str]:
+        """The ``bwrap`` argv for ``run`` (see :meth:`SandboxView.command`)."""
+        return self.view.command(run, etc_fds, stage)
 
-    def _check_source(self, source: str, what: str) -> None:
-        real = _resolved(source)
-        if real in BROAD_PATHS or os.path.abspath(source) in BROAD_PATHS:
-            raise ConfigurationError(f"refusing to bind {what} {source!r}: that exposes too much of the host")
-        for secret in self.protected:
-            if _contains(real, secret):
-                raise ConfigurationError(
-                    f"refusing to bind {what} {source!r}: it contains the protected path {secret!r}"
-                )
-
-    @staticmethod
-    def _check_target(target: str) -> str:
-        p = PurePosixPath(target)
-        if not p.is_absolute() or ".." in p.parts:
-            raise ConfigurationError(f"mount target {target!r} must be an absolute path without '..'")
-        t = str(p)
-        if any(_contains(t, r) or _contains(r, t) for r in RESERVED_TARGETS if r != "/") or t == "/":
-            raise ConfigurationError(f"mount target {target!r} collides with the sandbox's own file system")
-        return t
-
-    def build_command(self, run: SandboxRun, etc_fds: dict[str, int]) -> list[str]:
-        """The ``bwrap`` argv for ``run``; ``etc_fds`` maps synthetic /etc files to readable fds."""
-        lim = run.limits
-        args = [
-            self.bwrap,
-            "--unshare-all",
-            "--unshare-user",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-            "--uid", str(SANDBOX_UID),
-            "--gid", str(SANDBOX_UID),
-            "--hostname", "sandbox",
-            "--ro-bind", "/usr", "/usr",
-        ]  # fmt: skip
-        for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
-            if os.path.islink(top):
-                args += ["--symlink", os.readlink(top), top]
-            elif os.path.isdir(top):
-                args += ["--ro-bind", top, top]
-        for etc in ("/etc/ld.so.cache", "/etc/localtime"):
-            args += ["--ro-bind-try", etc, etc]
-        for dest, fd in etc_fds.items():
-            args += ["--ro-bind-data", str(fd), dest]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        size = ["--size", str(lim.tmp_bytes)]
-        args += [*size, "--tmpfs", "/dev/shm", *size, "--tmpfs", "/tmp"]
-        # after the tmpfs: an interpreter (a venv) living under /tmp is bound on top of it
-        for path in self._interpreter_paths():
-            self._check_source(path, "interpreter directory")
-            args += ["--ro-bind", path, path]
-        for mount in sorted(run.mounts, key=lambda m: len(PurePosixPath(m.target).parts)):
-            args += self._mount_args(mount)
-        self._check_source(str(run.output_dir), "output directory")
-        if not run.output_dir.is_dir():
-            raise ConfigurationError(f"output directory {str(run.output_dir)!r} does not exist")
-        args += ["--bind", _resolved(run.output_dir), "/out"]
-        if not any(m.target.rstrip("/") == run.workdir.rstrip("/") for m in run.mounts):
-            args += ["--dir", run.workdir]
-        args += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", run.workdir, "--clearenv"]
-        env = {
-            "PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONNOUSERSITE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-        env.update(run.env)
-        for key, value in env.items():
-            args += ["--setenv", key, value]
-        command = list(run.command)
-        if command and command[0] == "python":
-            command[0] = self.python
-        return [*args, "--", *command]
-
-    def _mount_args(self, mount: Mount) -> list[str]:
-        target = self._check_target(mount.target)
-        source = str(mount.source)
-        if not os.path.exists(source):
-            raise ConfigurationError(f"mount source {source!r} does not exist")
-        self._check_source(source, "mount")
-        return ["--ro-bind", _resolved(source), target]
+    def _stage(self, run: SandboxRun) -> Stage | None:
+        """The stage of a run on a root node (None in plain mode); see :mod:`.staging`."""
+        if self._modes[0] == "plain":
+            return None
+        return staging.plan(
+            self.view.interpreter_paths(),
+            [self.view.mount_source(m)[1] for m in run.mounts],
+            self.view.output_source(run),
+            overlay=self._modes[0] == "staged",
+        )
 
     # -- running --------------------------------------------------------------------------
 
@@ -284,21 +232,10 @@ class BubblewrapSandbox(Sandbox):
     ) -> SandboxOutcome:
         """Run ``run`` in a fresh bubblewrap sandbox; see :meth:`Sandbox.run`."""
         self.check()
-        return self._run(run, on_output, cancel, cgroups=self.use_cgroups)
-
-    @contextlib.contextmanager
-    def _etc_fds(self) -> Iterator[dict[str, int]]:
-        fds: dict[str, int] = {}
         try:
-            for dest, text in _ETC_FILES.items():
-                fd = os.memfd_create(os.path.basename(dest), os.MFD_CLOEXEC)
-                fds[dest] = fd
-                os.write(fd, text.encode())
-                os.lseek(fd, 0, os.SEEK_SET)
-            yield fds
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+            return self._run(run, on_output, cancel, cgroups=self.use_cgroups)
+        except StagingFailed as exc:  # it worked when checked: the host changed since
+            raise SandboxUnavailable(f"bubblewrap: preparing the run failed: {exc}") from None
 
     def _run(
         self,
@@ -318,18 +255,36 @@ class BubblewrapSandbox(Sandbox):
             if group:
                 group.remove()
             raise SandboxUnavailable(NO_PROCESS_CAP)
+        stage: Stage | None = None
+        status_read, status_write = os.pipe()
         try:
-            with self._etc_fds() as etc_fds:
-                argv = self.build_command(run, etc_fds)
-                proc = self._spawn(argv, list(etc_fds.values()), run, group)
-            return self._supervise(proc, run, group, on_output, cancel)
+            stage = self._stage(run)
+            with etc_files() as etc_fds:
+                full = self.build_command(run, etc_fds, stage)
+                split = full.index("--")
+                # the options (every host path) travel in a memfd, never in a command line
+                args_fd = memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in full[1:split]))
+                argv = [self.bwrap, "--args", str(args_fd), "--json-status-fd", str(status_write)]
+                try:
+                    fds = [*etc_fds.values(), args_fd, status_write]
+                    proc = self._spawn([*argv, *full[split:]], fds, run, group, stage)
+                finally:
+                    os.close(args_fd)
+                    os.close(status_write)
+                    status_write = -1
+            return self._supervise(proc, run, group, on_output, cancel, status_read)
         finally:
+            for fd in (status_read, status_write):
+                if fd >= 0:
+                    os.close(fd)
             if group:
                 group.kill()
                 group.remove()
+            if stage:
+                stage.cleanup()
 
     def _spawn(
-        self, argv: list[str], fds: list[int], run: SandboxRun, group: Cgroup | None
+        self, argv: list[str], fds: list[int], run: SandboxRun, group: Cgroup | None, stage: Stage | None
     ) -> subprocess.Popen[bytes]:
         lim = run.limits
         memory_by_cgroup = bool(group and group.memory_dir)
@@ -340,11 +295,14 @@ class BubblewrapSandbox(Sandbox):
             (resource.RLIMIT_FSIZE, lim.max_output_bytes, lim.max_output_bytes),
             (resource.RLIMIT_CORE, 0, 0),
         ]
-        if not (group and group.pids_dir) and os.getuid() != 0:
-            # Counted per real uid across the host, so leave room for the node's own tasks.
-            own = _tasks_of_uid(os.getuid())
+        job_uid = self._job_uid()
+        if not (group and group.pids_dir) and job_uid != 0:
+            # Counted per real uid across the host, so leave room for that uid's other tasks.
+            own = _tasks_of_uid(job_uid)
             rlimits.append((resource.RLIMIT_NPROC, lim.max_processes + own, lim.max_processes + own))
         procs_files = [os.path.join(d, "cgroup.procs") for d in (group.dirs if group else [])]
+        report_read, report_write = os.pipe()
+        enter_stage = staging.enterer(stage, report_write) if stage else None
 
         def enter_limits() -> None:  # runs in the child between fork and exec: no locks, no imports
             for path in procs_files:
@@ -353,17 +311,28 @@ class BubblewrapSandbox(Sandbox):
                 os.close(fd)
             for which, soft, hard in rlimits:
                 resource.setrlimit(which, (soft, hard))
+            if enter_stage is not None:
+                enter_stage()
 
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=fds,
-            start_new_session=True,
-            preexec_fn=enter_limits,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        )
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=fds,
+                start_new_session=True,
+                preexec_fn=enter_limits,
+                env={},  # bwrap's own environment, readable in the sandbox as /proc/1/environ
+            )
+        except subprocess.SubprocessError:
+            os.close(report_write)
+            report_write = -1
+            raise StagingFailed(os.read(report_read, 4096).decode(errors="replace") or "unknown") from None
+        finally:
+            os.close(report_read)
+            if report_write >= 0:
+                os.close(report_write)
 
     def _supervise(
         self,
@@ -372,6 +341,7 @@ class BubblewrapSandbox(Sandbox):
         group: Cgroup | None,
         on_output: OutputCallback,
         cancel: threading.Event | None,
+        status: int,
     ) -> SandboxOutcome:
         lim = run.limits
         done = supervise(
@@ -385,7 +355,9 @@ class BubblewrapSandbox(Sandbox):
         peak = group.peak_memory() if group else None
         killed_by, reason = done.killed_by, done.reason
         if not killed_by:
-            killed_by, reason = self._classify(exit_code, cpu, group, done.tail, lim)
+            # bwrap reports an exit code only for a command it got to run: else setup failed
+            started = b'"exit-code"' in _read_all(status)
+            killed_by, reason = self._classify(exit_code, cpu, group, done.tail, lim, started)
         return SandboxOutcome(
             ok=exit_code == 0 and not killed_by,
             exit_code=exit_code,
@@ -412,9 +384,16 @@ class BubblewrapSandbox(Sandbox):
 
     @staticmethod
     def _classify(
-        exit_code: int | None, cpu: float | None, group: Cgroup | None, tail: list[str], lim: Limits
+        exit_code: int | None,
+        cpu: float | None,
+        group: Cgroup | None,
+        tail: list[str],
+        lim: Limits,
+        started: bool,
     ) -> tuple[str | None, str]:
-        """(killed_by, reason) for a job that ended without the supervisor stopping it."""
+        """(killed_by, reason) for a job that ended without the supervisor stopping it. Only
+        a sandbox that never started its command (``started`` False) failed in setup: after
+        that, a line saying ``bwrap: …`` is the job's own."""
         memory = f"killed: memory limit of {fmt_bytes(lim.memory_bytes)} exceeded"
         if group and group.oom_killed():
             return "memory", memory
@@ -424,7 +403,7 @@ class BubblewrapSandbox(Sandbox):
             return "cpu", cpu_reason(lim.cpu_seconds)
         if exit_code == 0:
             return None, exit_reason(0)
-        if tail and tail[0].startswith("bwrap: ") and exit_code == 1:
+        if not started and tail and tail[0].startswith("bwrap: ") and exit_code == 1:
             return None, f"sandbox setup failed: {tail[0].removeprefix('bwrap: ')}"
         if any("MemoryError" in line for line in tail):
             return "memory", f"{memory} (allocation refused, {exit_reason(exit_code)})"
@@ -439,6 +418,16 @@ class BubblewrapSandbox(Sandbox):
             os.killpg(proc.pid, signal.SIGKILL)
         if group:
             group.kill()
+
+
+def _read_all(fd: int) -> bytes:
+    """What a pipe holds now, without waiting for its writer."""
+    os.set_blocking(fd, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _tasks_of_uid(uid: int) -> int:
