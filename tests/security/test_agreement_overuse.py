@@ -124,3 +124,26 @@ def test_both_nodes_still_serve(world: JobOrgs) -> None:
     for org in (world.acme, world.beta):
         assert org.node.proc.poll() is None
         assert httpx.get(f"{org.node.url}/health", timeout=10).status_code == 200
+
+
+def test_a_job_request_is_checked_against_its_agreement_before_its_bundle_is_read(
+    world: JobOrgs, tmp_path: Path
+) -> None:
+    """An agreement this node never made: refused (404) before the bundle is decoded — the
+    bundle here is not even base64, which would be a 400 if it were read first."""
+    _, spec_text = bundle(tmp_path, "unread", "print('never')\n")
+    spec = load_spec(spec_text, "job.yaml")
+    spec.code.digest = "0" * 64
+    answer = signed(
+        world,
+        "/dsp/jobs",
+        {
+            "@type": "agora:JobRequestMessage",
+            "consumerPid": f"urn:uuid:{uuid.uuid4()}",
+            "agreementId": "0x" + "ab" * 32,
+            "spec": spec.wire(),
+            "bundle": "!!! not base64 !!!" * 100_000,
+        },
+    )
+    assert_refused(answer, "no agreement")
+    assert answer.status_code == 404

@@ -147,3 +147,31 @@ def test_slow_clients_do_not_hold_the_node(node: services.LiveNode) -> None:
         assert sock.recv(100) == b""
         sock.close()
     assert node.proc.poll() is None
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
+
+def test_documents_inside_requests_are_bounded_with_the_reason(node: services.LiveNode, token: str) -> None:
+    """YAML manifests (aliases, depth, numbers), JSON policies and multipart metadata parts."""
+    with httpx.Client(base_url=f"{node.url}/api/v1", headers={"Authorization": f"Bearer {token}"}) as api:
+        started = time.monotonic()
+        laughs = api.post("/manifests/plan", json={"manifest": LAUGHS, "source_name": "laughs.yaml"})
+        assert laughs.status_code == 400 and "expands to more than" in laughs.json()["detail"], laughs.text
+        assert time.monotonic() - started < 5
+        deep = api.post("/manifests/plan", json={"manifest": "offerings: " + "[" * 50_000})
+        assert deep.status_code == 400 and "nests deeper" in deep.json()["detail"], deep.text
+        number = api.post("/manifests/plan", json={"manifest": "apiVersion: agora/v1\nx: " + "9" * 5000})
+        assert number.status_code == 400 and "manifest:2" in number.json()["detail"], number.text
+        policy = {"permissions": [{"action": "use", "constraints": [{"and": []}]}]}
+        for _ in range(100):
+            policy = {"permissions": [{"action": "use", "constraints": [{"and": [policy]}]}]}
+        evaluated = api.post("/policies/evaluate", json={"policy": policy, "context": {}})
+        assert evaluated.status_code == 400 and "nests deeper" in evaluated.json()["detail"], evaluated.text
+        metadata = "[" * 10_000 + "]" * 10_000
+        upload = api.post("/offerings", data={"metadata": metadata}, files={"file": ("f.csv", b"a,b\n1,2\n")})
+        assert upload.status_code == 400, upload.text
+        assert upload.json()["errors"][0]["path"] == "metadata" and "nests deeper" in upload.text
+        assert api.get("/offerings").json()["items"] == []  # nothing was registered
