@@ -16,6 +16,8 @@ from contracts.provenance import ProvenanceService
 from kernel.errors import NotFound
 from kernel.limits import loads
 
+MAX_RPC_BYTES = 256 * 1024  # read-only calls a verifier makes: a few hundred bytes each
+
 
 class ProvenanceController(Controller):
     path = "/provenance"
@@ -29,7 +31,7 @@ class ProvenanceController(Controller):
         return provenance_service.document(key)
 
 
-@post("/chain/rpc", tags=["chain"], status_code=200)
+@post("/chain/rpc", tags=["chain"], status_code=200, request_max_body_size=MAX_RPC_BYTES)
 async def chain_rpc(
     request: Request[Any, Any, Any], chain_getter: NamedDependency[Callable[[], Chain]]
 ) -> Any:
