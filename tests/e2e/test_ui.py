@@ -170,6 +170,7 @@ def test_a_training_job_page_follows_the_job_live(
             "media_type": "application/x-npz",
             "access_modes": ["compute"],
             "policy": {"template": "provide-access"},
+            "job_logs": "full",  # the consumer's page shows the job's own output as it comes
         }
         created = acme.api(
             "POST", "/offerings", data={"metadata": json.dumps(meta)}, files={"file": ("d.npz", f)}
