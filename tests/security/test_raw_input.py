@@ -4,8 +4,9 @@ One ``agora serve`` process; its routes are read from its OpenAPI document plus 
 router and the schema pages. Every route gets every case below twice, without a token and
 with an admin token (header and UI cookie): nesting 100,000 levels deep, a number of
 100,000 digits and one of ``1e999999``, a string one KiB past the route's body limit,
-invalid UTF-8, a lone surrogate and U+0000, wrong content types, NUL in the path or query,
-a body that stops half-way (the client hangs up), and a chunked body that never ends.
+invalid UTF-8, a lone surrogate and U+0000, wrong content types and methods, NUL in the
+path or query, a body that stops half-way (the client hangs up), and a chunked body that
+never ends.
 Afterwards the same process still answers ``/health`` and its log holds no traceback.
 The figures (cases, status codes) land in ``test-artifacts/raw-input.json``.
 """
@@ -58,6 +59,7 @@ class Case:
     target: Callable[[Route], str] | None = None
     only: Callable[[Route], bool] = lambda route: True
     close_after_body: bool = False
+    method: str | None = None  # another method than the route's
 
 
 def body_cap(route: Route) -> int:
@@ -112,6 +114,8 @@ CASES = [
     Case("form-garbage", "application/x-www-form-urlencoded", fixed(b"token=%ff%fe&" + b"%5B" * 20_000)),
     Case("no-content-type", None, fixed(b'{"a": [1, 2, {"b": null}]}')),
     Case("binary", "application/octet-stream", fixed(bytes(range(256)) * 64)),
+    Case("other-method", "application/json", fixed(b"{}"), method="PATCH"),
+    Case("options", None, fixed(b""), method="OPTIONS"),
     Case("nul-query", None, fixed(b""), target=lambda route: route.path() + "?q=%00&limit=%00&cursor=%00"),
     Case(
         "nul-path", None, fixed(b""), target=lambda route: route.path("%00"), only=lambda r: "{" in r.template
@@ -177,7 +181,7 @@ def send(node: services.LiveNode, route: Route, case: Case, token: str | None) -
     target = case.target(route) if case.target else route.path()
     return exchange(
         node.port,
-        head(route.method, target, headers),
+        head(case.method or route.method, target, headers),
         body if body is not None else case.body(route),
         timeout=20,
         close_after_body=case.close_after_body,

@@ -175,3 +175,21 @@ def test_documents_inside_requests_are_bounded_with_the_reason(node: services.Li
         assert upload.status_code == 400, upload.text
         assert upload.json()["errors"][0]["path"] == "metadata" and "nests deeper" in upload.text
         assert api.get("/offerings").json()["items"] == []  # nothing was registered
+
+
+MALFORMED = {
+    "length and chunked": b"POST /chain/rpc HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two lengths": b"POST /chain/rpc HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n{}",
+    "negative length": b"POST /chain/rpc HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "bad chunk size": b"POST /chain/rpc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "space in header name": b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+    "NUL in header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_http_is_refused_as_a_problem(node: services.LiveNode, name: str) -> None:
+    answer = exchange(node.port, MALFORMED[name])
+    assert answer.status == 400, (answer.status, answer.body[:200])
+    assert answer.content_type.startswith("application/problem+json")
+    assert node.proc.poll() is None
