@@ -4,11 +4,11 @@ One middleware, run for every routed HTTP request once Litestar has picked the h
 
 * the declared ``Content-Length`` is checked first, and the bytes are counted as they
   arrive, so a chunked body is cut off at the same limit (413 with the limit);
-* a body that is buffered anyway (JSON, forms) is read whole here, within
-  ``AGORA_REQUEST_TIMEOUT`` (408 after it), and a JSON one is scanned for depth, number and
-  string sizes (:mod:`kernel.limits`, 400 with the bound) before Litestar, msgspec or
-  pydantic parse it — whatever the content type, because the protocol routes read JSON
-  from any body;
+* a body that is buffered anyway (JSON, forms) is read whole here, with no pause over
+  ``AGORA_REQUEST_TIMEOUT`` and at :data:`MIN_RATE` on average (408 otherwise), and a JSON
+  one is scanned for depth, number and string sizes (:mod:`kernel.limits`, 400 with the
+  bound) before Litestar, msgspec or pydantic parse it — whatever the content type,
+  because the protocol routes read JSON from any body;
 * an upload (a ``multipart/form-data`` body on a handler that streams, declared with
   ``request_max_body_size=None``) passes on chunk by chunk, counted against
   ``AGORA_MAX_UPLOAD_BYTES``, and may pause at most ``AGORA_REQUEST_TIMEOUT`` between two
@@ -48,6 +48,7 @@ from kernel.limits import JSON, JsonLimits, check_json
 FORM_BYTES = 64 * 1024  # the web UI's forms: a token, a reason
 UPLOAD_OVERHEAD = 1024 * 1024  # multipart boundaries and the metadata part
 SCAN_IN_THREAD = 256 * 1024  # larger bodies are scanned off the event loop
+MIN_RATE = 64 * 1024  # bytes/s a buffered body must average, after AGORA_REQUEST_TIMEOUT
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 EarlyGuard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
@@ -127,26 +128,31 @@ class RequestLimits(ASGIMiddleware):
         return BodyRule(declared, stream=False, json=JSON.with_max_string(declared))
 
     async def _read(self, receive: Receive, max_bytes: int) -> bytes | None:
-        """The whole body (``None`` when the client left), within the node's timeout."""
+        """The whole body (``None`` when the client left): no pause longer than the timeout,
+        and all of it within the timeout plus the time the limit takes at :data:`MIN_RATE`
+        (a slow link can still send a large job; a trickle cannot hold the node)."""
         chunks: list[bytes] = []
         size = 0
-        try:
-            with anyio.fail_after(self.timeout):
-                while True:
+        allowed = self.timeout + max_bytes / MIN_RATE
+        deadline = anyio.current_time() + allowed
+        while True:
+            left = deadline - anyio.current_time()
+            try:
+                with anyio.fail_after(min(self.timeout, max(left, 0))):
                     message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None
-                    chunk = cast(bytes, message.get("body", b""))
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise _too_large(max_bytes)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {self.timeout:g} s (AGORA_REQUEST_TIMEOUT)"
-            ) from None
+            except TimeoutError:
+                if left <= self.timeout:
+                    raise RequestTimeout(f"the request body did not arrive within {allowed:g} s") from None
+                raise RequestTimeout(f"no part of the request body arrived for {self.timeout:g} s") from None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = cast(bytes, message.get("body", b""))
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _counting(self, receive: Receive, max_bytes: int) -> Receive:
         """``receive`` that refuses more than ``max_bytes`` and a pause over the timeout."""

@@ -122,8 +122,8 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         default=30.0,
         gt=0,
-        description="seconds a client may take to send a request's headers or a JSON body, "
-        "and the longest pause between two chunks of an upload",
+        description="seconds a client may take to send a request's headers, and the longest "
+        "pause in a body (a buffered body must then keep 64 KiB/s on average)",
     )
     import_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

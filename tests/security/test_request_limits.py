@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from contracts.routes import MAX_RPC_BYTES
+from node.request_limits import MIN_RATE
 from tests import services
 from tests.security.rawhttp import Answer, chunked, exchange, head, trickle
 
@@ -107,39 +109,41 @@ def test_a_body_nobody_reads_closes_the_connection_after_the_answer(node: servic
 
 
 def test_slow_clients_do_not_hold_the_node(node: services.LiveNode) -> None:
-    """40 clients trickle request heads, 10 trickle JSON bodies and 20 send nothing; /health
-    answers promptly all the while, and every slow client is cut off after the timeout."""
+    """40 clients trickle request heads, 10 trickle JSON bodies, 10 pause in their bodies and
+    20 send nothing; /health answers promptly all the while, and every slow client is cut
+    off: a head or a pause after the timeout, a trickled body once it falls behind 64 KiB/s
+    after the timeout."""
     answers: list[tuple[str, Answer]] = []
     lock = threading.Lock()
+    rpc_head = head("POST", "/chain/rpc", {"Content-Type": "application/json", "Content-Length": "300"})
+    body = b'{"jsonrpc": "2.0", "id": 1' + b" " * 300
 
     def slow(kind: str) -> None:
         if kind == "head":
             answer = exchange(
                 node.port, b"", trickle(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 200, 0.2)
             )
+        elif kind == "trickle":
+            answer = exchange(node.port, rpc_head, trickle(body, 0.2))
         else:
-            request_head = head(
-                "POST", "/chain/rpc", {"Content-Type": "application/json", "Content-Length": "300"}
-            )
-            answer = exchange(
-                node.port, request_head, trickle(b'{"jsonrpc": "2.0", "id": 1' + b" " * 300, 0.2)
-            )
+            answer = exchange(node.port, rpc_head, trickle(body[:3], TIMEOUT + 1))
         with lock:
             answers.append((kind, answer))
 
     silent = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(20)]
-    threads = [threading.Thread(target=slow, args=("head",)) for _ in range(40)]
-    threads += [threading.Thread(target=slow, args=("body",)) for _ in range(10)]
+    kinds = ["head"] * 40 + ["trickle"] * 10 + ["pause"] * 10
+    threads = [threading.Thread(target=slow, args=(kind,)) for kind in kinds]
     started = time.monotonic()
     for thread in threads:
         thread.start()
     latencies = health_latencies(node, 20)
     for thread in threads:
-        thread.join(30)
+        thread.join(60)
     assert max(latencies) < 1.0, latencies
-    assert len(answers) == 50
+    assert len(answers) == len(kinds)
+    cut_after = {"head": TIMEOUT, "pause": TIMEOUT, "trickle": TIMEOUT + MAX_RPC_BYTES / MIN_RATE}
     for kind, answer in answers:
-        assert answer.seconds < TIMEOUT + 3, (kind, answer.seconds)
+        assert answer.seconds < cut_after[kind] + 3, (kind, answer.seconds)
         assert answer.status == 408, (kind, answer.status, answer.body[:200])
         assert answer.content_type.startswith("application/problem+json")
     for sock in silent:  # each was closed by the node, without an answer
