@@ -122,15 +122,26 @@ def _offering_by_name(client: NodeClient, key: str, provider: str) -> str:
 
     if re.fullmatch(r"[0-9a-fA-F-]{36}", key):
         return key
-    items = client.get("/api/v1/catalog", q=key, limit=100)["items"]
     origin = provider.rstrip("/")
-    named = [
-        i for i in items if i.get("name") == key and str(i.get("provider_endpoint", "")).rstrip("/") == origin
+    addresses = [
+        p["address"]
+        for p in client.get("/api/v1/participants")
+        if p["trusted"] and p["endpoint"].rstrip("/") == origin
     ]
+    if not addresses:
+        raise InvalidInput(f"{provider} is not a known peer: `agora peers add {provider}` first")
+    named: list[str] = []
+    cursor = None
+    while True:
+        page = client.get("/api/v1/catalog", provider=addresses[0], limit=200, cursor=cursor)
+        named += [str(i["offering_id"]) for i in page["items"] if i.get("name") == key]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
     if len(named) != 1:
         found = "no offering" if not named else f"{len(named)} offerings"
         raise InvalidInput(f"{found} named {key!r} from {provider} in this node's catalog; give its id")
-    return str(named[0]["offering_id"])
+    return named[0]
 
 
 @negotiations_app.command("list")

@@ -72,16 +72,18 @@ class CatalogCrawler(BackgroundWorker):
         if dropped:
             log.info("dropped %d catalog entries of providers that are not peers", dropped)
         for peer in peers:
-            try:
-                count = self.crawl(peer, full=full_pass)
-                outcome[peer.address] = f"ok: {count} dataset(s)"
-            except (AgoraError, ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
-                # one peer's bad answer fails that peer's crawl, never the whole pass
-                detail = exc.detail if isinstance(exc, AgoraError) else f"malformed catalog: {exc!r}"[:500]
-                self.catalog.record_crawl(peer.address, peer.endpoint, ok=False, error=detail)
-                outcome[peer.address] = f"failed: {detail}"
-                log.warning("crawl of %s (%s) failed: %s", peer.name, peer.endpoint, detail)
+            outcome[peer.address] = self.crawl_recorded(peer, full=full_pass)
         return outcome
+
+    def crawl_recorded(self, peer: Participant, *, full: bool = False) -> str:
+        """Crawl one peer; a bad answer is recorded as that peer's failed crawl, never raised."""
+        try:
+            return f"ok: {self.crawl(peer, full=full)} dataset(s)"
+        except (AgoraError, ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
+            detail = exc.detail if isinstance(exc, AgoraError) else f"malformed catalog: {exc!r}"[:500]
+            self.catalog.record_crawl(peer.address, peer.endpoint, ok=False, error=detail)
+            log.warning("crawl of %s (%s) failed: %s", peer.name, peer.endpoint, detail)
+            return f"failed: {detail}"
 
     def crawl(self, peer: Participant, *, full: bool = False) -> int:
         """Fetch one peer's catalog (changes since the last crawl unless ``full``)."""

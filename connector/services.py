@@ -9,7 +9,7 @@ never listed, marked on every page that names them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -26,6 +26,8 @@ class ParticipantService:
     def __init__(self, engine: Engine, outbound: OutboundClient) -> None:
         self.engine = engine
         self.outbound = outbound
+        # set by the node: a new peer's catalog is fetched at once, so it shows without a wait
+        self.on_peer_added: Callable[[Participant], object] | None = None
 
     def ensure_self(self, *, address: str, name: str, endpoint: str) -> ParticipantOut:
         """Record (or update) this node's own participant row; audited when it changes."""
@@ -98,7 +100,11 @@ class ParticipantService:
                 details={"name": name, "endpoint": endpoint},
             )
             session.flush()
-            return _out(row, labels(session.exec(select(Participant)).all()))
+            added = _out(row, labels(session.exec(select(Participant)).all()))
+        peer = self.get(address)
+        if self.on_peer_added is not None and peer is not None:
+            self.on_peer_added(peer)
+        return added
 
     def peers(self) -> list[Participant]:
         """The peers the operator added (crawled, listed, negotiated with)."""

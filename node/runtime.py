@@ -272,6 +272,7 @@ def build_runtime(settings: Settings) -> Runtime:
         private_key=runtime.org_key,
         interval=settings.catalog_crawl_interval,
     )
+    participants.on_peer_added = runtime.crawler.crawl_recorded
     return runtime
 
 
