@@ -33,7 +33,9 @@ def _without_bwrap(tmp_path: Path) -> str:
     return f"{Path(services.AGORA).parent}{os.pathsep}{shadow}"
 
 
-def _agora(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _agora(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
     return subprocess.run(
         [services.AGORA, *args], capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout
