@@ -31,7 +31,6 @@ class JobNotCompleted(AgoraError):
 
 app = typer.Typer(help="Training jobs: your code on a provider's data, in its sandbox.", no_args_is_help=True)
 FINAL = ("COMPLETED", "FAILED", "REJECTED", "CANCELLED")
-LOG_GRACE = 10.0  # seconds an ended job's log may take to be closed by its worker
 
 
 def _line(job: dict[str, Any]) -> str:
@@ -105,21 +104,21 @@ def _print_log(page: dict[str, Any]) -> None:
 def _follow(client: Any, job: dict[str, Any], timeout: float, *, quiet: bool) -> dict[str, Any]:
     """Print the job's log and state changes until it ends (or ``timeout``). Once the job has
     ended its log is read until the provider says it is complete (the tail of a job's output,
-    when the offering's terms release only that, comes last), for at most ``LOG_GRACE`` s."""
+    when the offering's terms release only that, comes last; see ``log_is_whole``)."""
+    from training_jobs.joblog import log_is_whole
+
     deadline = time.monotonic() + timeout
-    after, state, ended = 0, job["state"], None
+    after, state = 0, job["state"]
     while True:
-        complete = True
+        page = {"complete": True}
         if job["state"] not in ("REJECTED",):
-            after, complete = _print_new_lines(client, job["id"], after, quiet=quiet)
+            after, page["complete"] = _print_new_lines(client, job["id"], after, quiet=quiet)
         if job["state"] != state and not quiet:
             console.print(f"[bold]{job['state']}[/] {job['reason']}", highlight=False)
         state = job["state"]
-        if job["state"] in FINAL:
-            ended = ended or time.monotonic()
-            if complete or time.monotonic() - ended > LOG_GRACE:
-                return job
-        elif time.monotonic() > deadline:
+        if log_is_whole(job["state"], job["updated_at"], page, final_states=FINAL):
+            return job
+        if job["state"] not in FINAL and time.monotonic() > deadline:
             return job
         time.sleep(1.0)
         job = client.get(f"/api/v1/jobs/{job['id']}")

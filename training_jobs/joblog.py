@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func
@@ -41,6 +41,7 @@ PRIVATE = "node-private"
 END = "end"  # written by JobLogSink.close(): the log of this run is complete
 NOT_JOB_OUTPUT = frozenset({NODE, PRIVATE, END})
 CUT = "…"
+LOG_GRACE_SECONDS = 10.0  # how long an ended job's log may wait for its worker to close it
 
 
 class JobLogSink:
@@ -231,6 +232,18 @@ _HEADERS: dict[str, str] = {
     "full": f"the offering's terms release the job's own output, each line cut at {MAX_LINE_CHARS} "
     f"characters, up to {MAX_RELEASED_LOG_CHARS} characters in all",
 }
+
+
+def log_is_whole(state: str, updated_at: str, log: dict[str, Any], *, final_states: tuple[str, ...]) -> bool:
+    """Whether a reader following a job's log may stop: the job has ended (``state``, last
+    changed at ``updated_at``, ISO 8601) and its log is complete — or the job ended more than
+    :data:`LOG_GRACE_SECONDS` ago without one (refused before it ran, or its worker died)."""
+    if state not in final_states:
+        return False
+    if log.get("complete", True):
+        return True
+    ended = datetime.fromisoformat(updated_at)
+    return (datetime.now(UTC) - ended).total_seconds() > LOG_GRACE_SECONDS
 
 
 def _cut(text: str) -> str:

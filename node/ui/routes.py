@@ -27,6 +27,7 @@ from marketplace.schemas import ACCESS_MODES, Kind
 from node.auth import require_scope
 from node.runtime import Runtime
 from node.ui import csrf
+from training_jobs.joblog import log_is_whole
 from training_jobs.models import FINAL_STATES
 
 HERE = Path(__file__).resolve().parent
@@ -333,7 +334,7 @@ def job_page(state: State, job_id: FromPath[str]) -> Template:
     """State, progress and log, refreshed live until the job ends."""
     runtime = _runtime(state)
     context = {**_job_context(runtime, job_id), "log": _job_log_or_reason(runtime, job_id)}
-    context["log_done"] = context["final"] and context["log"].get("complete", True)
+    context["log_done"] = _log_done(context["job"], context["log"])
     return Template("job.html", context=context)
 
 
@@ -356,11 +357,14 @@ def job_log(state: State, job_id: FromPath[str]) -> Template:
     """The log; once the job has ended, status 286 tells htmx to stop polling."""
     runtime = _runtime(state)
     assert runtime.jobs is not None
-    final = runtime.jobs.get(job_id, refresh=False)["state"] in FINAL_STATES
+    job = runtime.jobs.get(job_id, refresh=False)
     log = _job_log_or_reason(runtime, job_id)
-    # an ended job's log may still grow by its last lines (the tail its terms release)
-    done = final and log.get("complete", True)
-    return Template("_job_log.html", context={"log": log}, status_code=286 if done else 200)
+    return Template("_job_log.html", context={"log": log}, status_code=286 if _log_done(job, log) else 200)
+
+
+def _log_done(job: dict[str, Any], log: dict[str, Any]) -> bool:
+    """An ended job's log may still grow by its last lines (the tail its terms release)."""
+    return log_is_whole(job["state"], job["updated_at"], log, final_states=FINAL_STATES)
 
 
 def ui_router() -> Router:

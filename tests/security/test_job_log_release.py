@@ -23,7 +23,7 @@ from tests.job_orgs import FINAL, job_orgs, poll, submit
 from tests.job_orgs import bundle as job_bundle
 from tests.security.rows import RowCounter, digit_rows
 from training_jobs import joblog
-from training_jobs.joblog import JobLogSink, read_log, read_released
+from training_jobs.joblog import JobLogSink, log_is_whole, read_log, read_released
 from training_jobs.terms import MAX_LINE_CHARS, MAX_RELEASED_LOG_CHARS, TAIL_LINES
 
 SECRET = "private-detail-only-the-provider-reads"
@@ -167,6 +167,17 @@ def test_a_job_cannot_fill_the_database_with_lines(engine: Engine, monkeypatch: 
     ]
 
 
+def test_a_follower_stops_once_an_ended_jobs_log_is_complete_or_never_will_be() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now, old = datetime.now(UTC).isoformat(), (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    final = ("COMPLETED", "FAILED")
+    assert not log_is_whole("RUNNING", old, {"complete": True}, final_states=final)
+    assert log_is_whole("COMPLETED", now, {"complete": True}, final_states=final)
+    assert not log_is_whole("COMPLETED", now, {"complete": False}, final_states=final)  # the tail may follow
+    assert log_is_whole("FAILED", old, {"complete": False}, final_states=final)  # its worker died
+
+
 # -- end to end: a job that prints the training rows -------------------------------------------
 
 LEAKER = """
@@ -231,6 +242,11 @@ def test_a_job_printing_training_rows_leaks_only_what_the_terms_allow(tmp_path: 
                 assert released == []
             elif name == "logs-tail":
                 assert 0 < len(released) <= TAIL_LINES
+                # the CLI follows the consumer's log to its end: the node's lines, then the tail
+                beta = orgs.beta.node
+                followed = beta.cli("jobs", "logs", job["id"], "--follow", "--home", str(beta.home)).stdout
+                assert followed.count("\njob ") + followed.startswith("job ") == len(released)
+                assert "failed: " in followed
             else:
                 assert chars <= MAX_RELEASED_LOG_CHARS
         print(f"\ndataset rows the consumer rebuilt from the log: {leaked} (of {len(own)} the provider read)")
