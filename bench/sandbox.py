@@ -57,7 +57,8 @@ def main() -> None:
                 sys.exit(f"sandboxed run failed: {outcome.reason}")
 
     b, s = statistics.median(bare) * 1000, statistics.median(boxed) * 1000
-    print(f"`{Path(sys.executable).name} -S -c pass`, {args.runs} runs each, start to exit\n")
+    print(f"`{Path(sys.executable).name} -S -c pass`, {args.runs} runs each, start to exit")
+    print(f"sandbox: {sandbox.isolation['why']}\n")
     print(f"{'side':24} {'median ms':>10} {'p90 ms':>10}")
     print(f"{'bare subprocess':24} {b:10.1f} {p90(bare) * 1000:10.1f}")
     print(f"{'bubblewrap sandbox':24} {s:10.1f} {p90(boxed) * 1000:10.1f}")
