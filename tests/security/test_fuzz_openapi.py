@@ -2,7 +2,7 @@
 
 Every operation gets cases that fit its schema and cases that break it (hypothesis draws
 them, deterministically), sent with an admin token, so they reach the handlers and the
-services behind them. At least 5,000 cases in all; none may answer 5xx, and every 4xx
+services behind them; the operations on one offering run again with a real offering's id. At least 5,000 cases in all; none may answer 5xx, and every 4xx
 must be ``application/problem+json``. Afterwards the same process still serves. The
 figures land in ``test-artifacts/fuzz-openapi.json``.
 """
@@ -25,7 +25,7 @@ from schemathesis import GenerationMode
 from tests import services
 
 pytestmark = pytest.mark.slow
-EXAMPLES_PER_MODE = 70  # per operation and mode; operations with few inputs run out sooner
+EXAMPLES_PER_MODE = 60  # per operation and mode; operations with few inputs run out sooner
 MIN_CASES = 5000
 ARTIFACTS = services.REPO / "test-artifacts"
 
@@ -35,6 +35,19 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.LiveNode
     live = services.start_node(tmp_path_factory.mktemp("fuzz") / "node", AGORA_JOBS_WORKERS="0")
     yield live
     live.stop()
+
+
+def register(node: services.LiveNode, token: str) -> str:
+    metadata = {"name": "seed", "title": "Seed", "media_type": "text/csv", "access_modes": ["download"]}
+    answer = httpx.post(
+        f"{node.url}/api/v1/offerings",
+        headers={"Authorization": f"Bearer {token}"},
+        data={"metadata": json.dumps(metadata)},
+        files={"file": ("seed.csv", b"a,b,label\n1,2,0\n", "text/csv")},
+        timeout=60,
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
 
 
 def test_generated_requests_never_answer_5xx(node: services.LiveNode) -> None:
@@ -65,8 +78,13 @@ def test_generated_requests_never_answer_5xx(node: services.LiveNode) -> None:
                 }
             )
 
-    for operation in operations:
+    # one real offering: its operations also run with its id, to reach past the lookup
+    offering = register(node, token)
+    passes = [(operation, None) for operation in operations]
+    passes += [(op, {"offering_id": offering}) for op in operations if "{offering_id}" in op.path]
+    for operation, path_parameters in passes:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
             run = settings(
                 max_examples=EXAMPLES_PER_MODE,
                 deadline=None,
@@ -74,7 +92,7 @@ def test_generated_requests_never_answer_5xx(node: services.LiveNode) -> None:
                 derandomize=True,
                 phases=[Phase.generate],
                 suppress_health_check=list(HealthCheck),
-            )(given(case=operation.as_strategy(generation_mode=mode))(check))
+            )(given(case=strategy)(check))
             try:
                 run()
             except Unsatisfiable:  # nothing to break: an operation without parameters or body
