@@ -80,25 +80,34 @@ def plan(
 
     Prepares the host side (the empty stage directory, the overlay work directory, the
     output directory's owner, read access to the read-only sources); the rest happens in
-    the child (:func:`enter`)."""
+    the child (:func:`enterer`)."""
     stage = Stage(Path(tempfile.mkdtemp(prefix="agora-sandbox-")), overlay)
+    try:
+        _prepare(stage, interpreter_paths, read_only, output_dir)
+    except BaseException:
+        stage.cleanup()
+        raise
+    return stage
+
+
+def _prepare(stage: Stage, interpreters: Sequence[str], read_only: Sequence[str], output_dir: str) -> None:
     root = str(stage.root)
     stage.steps.append(("tmpfs", (root.encode(),)))
     empty = f"{root}/empty"
     stage.steps.append(("mkdir", (empty.encode(),)))
-    for i, path in enumerate(interpreter_paths):
+    for i, path in enumerate(interpreters):
         stage.sources[path] = _bind(stage, path, f"{root}/python{i}")
     for i, path in enumerate(read_only):
         _grant_read(path)
         bound = _bind(stage, path, f"{root}/source{i}")
-        if overlay and os.path.isdir(path):
+        if stage.overlay and os.path.isdir(path):
             shown = f"{root}/ro{i}"
             stage.steps.append(("mkdir", (shown.encode(),)))
             stage.steps.append(("overlay", (shown.encode(), f"ro,lowerdir={bound}:{empty}".encode())))
             bound = shown
         stage.sources[path] = bound
     os.chown(output_dir, HOST_UID, HOST_UID)
-    if overlay:
+    if stage.overlay:
         parent, name = os.path.split(output_dir)
         work = Path(tempfile.mkdtemp(prefix=f".{name}-overlay-", dir=parent))
         stage.work_dirs.append(work)
@@ -110,7 +119,6 @@ def plan(
         stage.sources[output_dir] = shown
     else:
         stage.sources[output_dir] = _bind(stage, output_dir, f"{root}/out")
-    return stage
 
 
 def _bind(stage: Stage, host_path: str, at: str) -> str:
