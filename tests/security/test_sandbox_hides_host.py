@@ -225,3 +225,24 @@ def test_a_job_cannot_pass_its_words_off_as_the_sandboxs(tmp_path: Path) -> None
     mounts = [Mount(data, "/job"), Mount(tmp_path / "inner", "/job/inner")]
     failed = box.run(SandboxRun(command=["python", "-c", "pass"], mounts=mounts, output_dir=out))
     assert failed.reason.startswith("sandbox setup failed: "), failed
+
+
+def test_stages_left_by_a_node_that_died_mid_run_are_swept() -> None:
+    import tempfile
+
+    from training_jobs.sandbox import staging
+
+    stale = Path(tempfile.mkdtemp(prefix=staging.PREFIX))
+    fresh = Path(tempfile.mkdtemp(prefix=staging.PREFIX))
+    kept = Path(tempfile.mkdtemp(prefix=staging.PREFIX))
+    (kept / "not-a-stage").write_text("x")  # a stage is always empty on the host: never delete files
+    long_ago = time.time() - staging.STALE_SECONDS - 60
+    for path in (stale, kept):
+        os.utime(path, (long_ago, long_ago))
+    try:
+        assert staging.sweep() >= 1
+        assert not stale.exists() and fresh.is_dir() and (kept / "not-a-stage").is_file()
+    finally:
+        for path in (fresh, kept):
+            (path / "not-a-stage").unlink(missing_ok=True)
+            path.rmdir()

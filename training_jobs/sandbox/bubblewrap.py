@@ -142,6 +142,8 @@ class BubblewrapSandbox(Sandbox):
                 return
             if not shutil.which(self.bwrap):
                 raise SandboxUnavailable(f"bubblewrap: {self.bwrap!r} is not installed")
+            if self._modes[0] != "plain":
+                staging.sweep()
             failures: list[str] = []
             while True:
                 why = self._probe()

@@ -35,11 +35,14 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST_UID = 65534  # "nobody": the host identity of a job on a root node
+PREFIX = "agora-sandbox-"
+STALE_SECONDS = 600  # a stage serves bubblewrap's setup only (milliseconds); older ones were left
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
@@ -81,13 +84,27 @@ def plan(
     Prepares the host side (the empty stage directory, the overlay work directory, the
     output directory's owner, read access to the read-only sources); the rest happens in
     the child (:func:`enterer`)."""
-    stage = Stage(Path(tempfile.mkdtemp(prefix="agora-sandbox-")), overlay)
+    stage = Stage(Path(tempfile.mkdtemp(prefix=PREFIX)), overlay)
     try:
         _prepare(stage, interpreter_paths, read_only, output_dir)
     except BaseException:
         stage.cleanup()
         raise
     return stage
+
+
+def sweep(now: float | None = None) -> int:
+    """Remove stage directories a node left behind when it died during a run (each is empty
+    on the host; a stage is only read while bubblewrap sets the sandbox up, so one older than
+    :data:`STALE_SECONDS` serves no one). Returns how many went."""
+    now = time.time() if now is None else now
+    removed = 0
+    for entry in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if now - entry.lstat().st_mtime > STALE_SECONDS:
+                entry.rmdir()
+                removed += 1
+    return removed
 
 
 def _prepare(stage: Stage, interpreters: Sequence[str], read_only: Sequence[str], output_dir: str) -> None:
