@@ -16,7 +16,7 @@ import httpx
 from connector.envelope import EnvelopeRejected, open_envelope, seal
 from kernel.addresses import foreign_origin
 from kernel.client import raise_for_problem
-from kernel.errors import AgoraError, InvalidInput, ServiceUnavailable
+from kernel.errors import AgoraError, InvalidInput, PeerError, ServiceUnavailable
 from kernel.limits import JSON, JsonLimits, loads
 from kernel.outbound import OutboundClient
 
@@ -89,8 +89,11 @@ class PeerClient:
         try:
             raise_for_problem(response)
         except AgoraError as error:
-            if type(error) is AgoraError:
-                raise AgoraError(f"peer {self.base_url} refused: {error.detail}") from None
+            # a peer's 5xx (or an unknown type) is the peer's failure: never a 5xx of this node's own
+            if type(error) is AgoraError or (
+                error.status >= 500 and not isinstance(error, ServiceUnavailable)
+            ):
+                raise PeerError(f"peer {self.base_url} refused: {error.detail[:500]}") from None
             raise
 
 

@@ -19,6 +19,7 @@ the command line prints the same detail and exits non-zero.
     ├── PayloadTooLarge         413  a body over the route's or the node's maximum
     ├── HeadersTooLarge         431  a request line and headers over the node's maximum
     ├── ClientGone              499  the client hung up half-way (nothing was written)
+    ├── PeerError               502  a peer answered with an error of no type this node knows
     ├── ServiceUnavailable      503  a part the node depends on is down
     └── ConfigurationError      500  the node itself is set up wrongly
 """
@@ -152,6 +153,14 @@ class ClientGone(AgoraError):
     type_slug = "client-gone"
     status = 499
     title = "Client closed the request"
+
+
+class PeerError(AgoraError):
+    """Another node's refusal this node cannot classify: its fault or its words, never ours (5xx)."""
+
+    type_slug = "peer-error"
+    status = 502
+    title = "The peer answered with an error"
 
 
 class ServiceUnavailable(AgoraError):

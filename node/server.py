@@ -29,6 +29,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kernel.errors import AgoraError, HeadersTooLarge, InvalidInput, RequestTimeout
+from node.headers import COMMON, NOTHING_POLICY
 
 MAX_HEADERS = 100
 KEEP_ALIVE_SECONDS = 5
@@ -37,10 +38,14 @@ KEEP_ALIVE_SECONDS = 5
 def problem_response(error: AgoraError) -> bytes:
     """A complete HTTP/1.1 response carrying ``error`` as problem+json; the connection closes."""
     body = json.dumps(error.problem()).encode()
+    security = "".join(
+        f"{name}: {value}\r\n"
+        for name, value in {**COMMON, "content-security-policy": NOTHING_POLICY}.items()
+    )
     head = (
         f"HTTP/1.1 {error.status} {error.title}\r\n"
         "content-type: application/problem+json\r\n"
-        "x-content-type-options: nosniff\r\n"
+        f"{security}"
         f"content-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"
     )

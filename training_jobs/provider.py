@@ -28,6 +28,7 @@ from kernel.validation import validate
 from training_jobs import bundle as bundles
 from training_jobs.joblog import read_released
 from training_jobs.models import QUEUED, REJECTED, Job
+from training_jobs.release import native_release_refusal
 from training_jobs.sandbox import Sandbox
 from training_jobs.spec import JobSpec
 from training_jobs.states import JobStates, entry
@@ -148,6 +149,9 @@ class ProviderJobs:
         modes = self._offering_modes(agreement.offering_id)
         if "compute" not in modes:
             return f"the offering is not offered for compute (its access modes: {', '.join(modes)})"
+        refused = native_release_refusal(spec, self._offering_terms(agreement.offering_id))
+        if refused:
+            return refused
         resources, limits = spec.resources, self.limits
         over = [
             f"{name} {asked} > {most}"

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from connector.client import PeerClient, chain_refusal
 from connector.models import Agreement, Participant
 from contracts.verify import verify_document
+from kernel.addresses import foreign_origin
 from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import (
     Conflict,
@@ -88,12 +89,18 @@ class JobService:
                 "negotiate with --mode compute",
                 errors=[FieldError("agreement", "not a compute agreement")],
             )
-        endpoint = (spec.provider or (peer.endpoint if peer else "")).rstrip("/")
-        if not endpoint:
+        if peer is None or not peer.trusted:
             raise InvalidInput(
-                "the provider's URL is unknown: give provider: or --provider",
-                errors=[FieldError("provider", "required")],
+                f"the agreement's provider {agreement.provider} is not a peer of this node: "
+                "`agora peers add` its URL first",
+                errors=[FieldError("agreement", "provider is not a peer")],
             )
+        # the job goes only to the endpoint of the provider's verified identity
+        endpoint = peer.endpoint.rstrip("/")
+        if spec.provider:
+            refused = foreign_origin(spec.provider, endpoint, "provider", "the agreement's provider's")
+            if refused:
+                raise InvalidInput(refused, errors=[FieldError("provider", "not the agreement's provider")])
         if spec.code.image is None:
             if bundle is None:
                 raise InvalidInput("a bundle job needs its bundle", errors=[FieldError("bundle", "required")])

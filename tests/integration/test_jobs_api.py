@@ -3,7 +3,10 @@ whose provider cannot be reached."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
+
+import pytest
 
 from kernel.db import transaction
 from tests import services
@@ -71,3 +74,50 @@ def test_a_job_whose_provider_is_unreachable_shows_its_last_state(
     page = client.get(f"/ui/jobs/{job_id}")
     assert page.status_code == 200
     assert "the log is not available now" in page.text and "could not be reached" in page.text
+
+
+def test_a_job_goes_only_to_the_agreement_providers_verified_endpoint(
+    client: Any, auth: Any, runtime: Any
+) -> None:
+    """A spec's ``provider`` on another origin (an internal service, say) is refused before any
+    request is sent; a provider that is not a peer is refused too."""
+    from connector.models import Agreement, Participant
+
+    provider = "0x" + "2" * 40
+    agreement_id = "0x" + "cd" * 32
+    internal_service = socket.socket()
+    internal_service.bind(("127.0.0.1", 0))
+    internal_service.listen(4)
+    internal_service.setblocking(False)
+    internal = internal_service.getsockname()[1]
+    with internal_service, transaction(runtime.engine) as session:
+        session.add(Participant(address=provider, name="Acme", endpoint="http://127.0.0.1:9", trusted=False))
+        session.add(
+            Agreement(
+                id=agreement_id,
+                negotiation_id="n",
+                role="consumer",
+                provider=provider,
+                consumer=runtime.address,
+                offering_id="o",
+                terms={"accessMode": "compute"},
+                terms_hash="0" * 64,
+                provider_signature="0x",
+                chain_id=1,
+                registry_address="0x" + "0" * 40,
+            )
+        )
+        session.commit()
+        body = {"spec": {**SPEC, "agreement": agreement_id, "provider": f"http://127.0.0.1:{internal}"}}
+        r = client.post("/api/v1/jobs", json={**body, "bundle": ""}, headers=auth("jobs:write"))
+        assert r.status_code == 400 and "not a peer of this node" in r.json()["detail"]
+        with transaction(runtime.engine) as again:
+            row = again.get(Participant, provider)
+            row.trusted = True
+            again.add(row)
+        r = client.post("/api/v1/jobs", json={**body, "bundle": ""}, headers=auth("jobs:write"))
+        assert r.status_code == 400, r.text
+        assert "is not on the agreement's provider's origin http://127.0.0.1:9" in r.json()["detail"]
+        assert client.get("/api/v1/jobs", headers=auth("catalog:read")).json() == []
+        with pytest.raises(BlockingIOError):
+            internal_service.accept()  # no connection ever reached the internal service

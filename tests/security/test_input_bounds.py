@@ -14,6 +14,7 @@ import sys
 import tarfile
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -244,13 +245,15 @@ def test_a_peers_refusal_keeps_its_type_and_status() -> None:
 
 
 class _DeepPeer:
-    """A peer on loopback whose every answer nests 100,000 levels deep (a problem document
-    too, with status ``status``)."""
+    """A peer on loopback whose every answer is ``body`` with status ``status`` (by default a
+    document nesting 100,000 levels deep)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(
+        self, status: int, body: bytes | None = None, content_type: str = "application/json"
+    ) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        deep = b'{"type": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+        deep = body if body is not None else b'{"type": ' + b"[" * DEEP + b"]" * DEEP + b"}"
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -259,7 +262,7 @@ class _DeepPeer:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(deep)))
                 self.end_headers()
                 self.wfile.write(deep)
@@ -273,26 +276,50 @@ class _DeepPeer:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("status", [200, 403])
-def test_a_peers_deeply_nested_reply_is_refused_not_parsed(status: int) -> None:
+def _client_of(peer: _DeepPeer) -> Any:
     from eth_account import Account
 
     from connector.client import PeerClient
     from kernel.addresses import AddressRules
-    from kernel.errors import AgoraError
     from kernel.outbound import OutboundClient, OutboundPolicy
 
-    peer = _DeepPeer(status)
     outbound = OutboundClient(OutboundPolicy(rules=AddressRules(allow_loopback=True)))
     me = Account.create()
-    client = PeerClient(
+    return PeerClient(
         peer.url, outbound=outbound, private_key=me.key, own_address=me.address, peer_address=me.address
     )
+
+
+@pytest.mark.parametrize("status", [200, 403])
+def test_a_peers_deeply_nested_reply_is_refused_not_parsed(status: int) -> None:
+    from kernel.errors import AgoraError
+
+    peer = _DeepPeer(status)
+    client = _client_of(peer)
     try:
         with pytest.raises(AgoraError) as refused:  # not a RecursionError, not a crash
             client.post("/dsp/catalog/request", {"@type": "CatalogRequestMessage"})
         assert refused.value.status < 500 or "refused" in refused.value.detail
         if status == 200:
             assert "nests deeper" in refused.value.detail
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "problem_type"),
+    [(400, "https://evil.example/made-up"), (500, "https://agora.dev/problems/error"), (500, "x")],
+)
+def test_a_peers_unknown_or_internal_error_is_a_502_of_this_node(status: int, problem_type: str) -> None:
+    """What another node says went wrong on its side never becomes a 5xx of this node's own."""
+    from kernel.errors import PeerError
+
+    body = json.dumps({"type": problem_type, "title": "t", "status": status, "detail": "d" * 10_000})
+    peer = _DeepPeer(status, body.encode(), "application/problem+json")
+    try:
+        with pytest.raises(PeerError) as refused:
+            _client_of(peer).post("/dsp/catalog/request", {"@type": "CatalogRequestMessage"})
+        assert refused.value.status == 502 and peer.url in refused.value.detail
+        assert len(refused.value.detail) < 700, "a peer's words are bounded"
     finally:
         peer.close()

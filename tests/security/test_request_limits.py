@@ -92,6 +92,9 @@ def test_a_client_without_a_token_is_refused_before_its_body_is_read(node: servi
 def test_headers_over_the_limits_are_refused(node: services.LiveNode) -> None:
     big = exchange(node.port, head("GET", "/health", {"X-Big": "a" * 20000}))
     assert "16384" in str(problem(big, 431)["detail"])
+    # refused by the server before the app: still the node's security headers
+    assert "frame-ancestors 'none'" in big.headers.get("content-security-policy", "")
+    assert big.headers.get("x-frame-options") == "DENY"
     many = exchange(node.port, head("GET", "/health", {f"X-{i}": "1" for i in range(150)}))
     assert "header fields" in str(problem(many, 431)["detail"])
     garbage = exchange(node.port, b"\x16\x03\x01\x00\xff" + bytes(200))
