@@ -34,11 +34,11 @@ from sqlmodel import Session, col, delete, select
 from kernel.db import as_utc, backend_name, transaction, utcnow
 from kernel.errors import FieldError, InvalidInput
 from marketplace.models import Asset, CatalogEntry, Offering, OfferingVersion, PeerCatalogState
-from training_jobs.terms import ComputeTerms
+from marketplace.terms import ComputeTerms
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 MAX_PAGE = 200
-COMPUTE_TERMS = "agora:computeTerms"  # what a compute job's consumer may receive (training_jobs.terms)
+COMPUTE_TERMS = "agora:computeTerms"  # what a compute job's consumer may receive (marketplace.terms)
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 

@@ -76,7 +76,7 @@ class Offering(SQLModel, table=True):
         default_factory=dict,
         sa_column=Column(JSON, nullable=False),
         description="what a compute job's consumer may receive: job_logs, allow_native_release, "
-        "allow_stored_examples (training_jobs.terms)",
+        "allow_stored_examples (marketplace.terms)",
     )
     status: str = Field(default="active", max_length=20)
     latest_version: int = Field(default=1)

@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from training_jobs.terms import ComputeTerms, JobLogs
+from marketplace.terms import ComputeTermFields, ComputeTerms
 
 Kind = Literal["dataset", "model"]
 AccessMode = Literal["download", "compute", "federate"]
@@ -20,7 +20,7 @@ MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;\s*[a-z0-9_.-]+=[^;\s]+)*$")
 Keyword = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
 
-class OfferingMetadata(BaseModel):
+class OfferingMetadata(ComputeTermFields):
     """What a provider says about an offering; unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -46,24 +46,6 @@ class OfferingMetadata(BaseModel):
         default=None,
         description="usage policy (template or ODRL-shaped rules); none: offered to no other party",
     )
-    job_logs: JobLogs = Field(
-        default="none",
-        description="compute jobs: how much of a job's own output its consumer may read (none, tail, full)",
-    )
-    allow_native_release: StrictBool = Field(
-        default=False, description="compute jobs: a job may release its native (non-ONNX) model"
-    )
-    allow_stored_examples: StrictBool = Field(
-        default=False, description="compute jobs: a released model may contain training rows"
-    )
-
-    def compute_terms(self) -> ComputeTerms:
-        """The three compute-term fields as the terms the provider's node decides by."""
-        return ComputeTerms(
-            job_logs=self.job_logs,
-            allow_native_release=self.allow_native_release,
-            allow_stored_examples=self.allow_stored_examples,
-        )
 
     def descriptive(self) -> dict[str, Any]:
         """Every other field: the offering's columns of the same names."""
@@ -126,7 +108,7 @@ class VersionOut(msgspec.Struct, kw_only=True):
 
 
 class ComputeTermsOut(msgspec.Struct, kw_only=True):
-    """What a compute job's consumer may receive (``training_jobs.terms``)."""
+    """What a compute job's consumer may receive (``marketplace.terms``)."""
 
     job_logs: str
     allow_native_release: bool

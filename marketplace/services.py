@@ -42,7 +42,7 @@ from marketplace.schemas import (
     OfferingPage,
     VersionOut,
 )
-from training_jobs.terms import ComputeTerms
+from marketplace.terms import ComputeTerms
 
 T = TypeVar("T")
 MAX_PAGE = 500
@@ -208,7 +208,7 @@ class OfferingService:
         }
 
     def compute_terms(self, offering_id: str) -> dict[str, Any]:
-        """The offering's compute terms as stored (``training_jobs.terms.ComputeTerms`` reads them)."""
+        """The offering's compute terms as stored (``marketplace.terms.ComputeTerms`` reads them)."""
         return dict(self._get(offering_id).compute_terms or {})
 
     def by_name(self, name: str) -> Offering | None:

@@ -340,7 +340,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
 
 def _connect_jobs(runtime: Runtime) -> None:
     """Training jobs: the provider's protocol side and the users' side, sharing one queue."""
-    from training_jobs.terms import ComputeTerms
+    from marketplace.terms import ComputeTerms
 
     settings = runtime.settings
     assert runtime.agreements is not None
@@ -377,8 +377,8 @@ def _connect_jobs(runtime: Runtime) -> None:
 
 def job_pool(runtime: Runtime, size: int, *, label: str = "") -> JobPool:
     """Workers running this node's queued jobs (in ``agora serve`` or ``agora worker``)."""
+    from marketplace.terms import ComputeTerms
     from training_jobs.runner import JobRunner, RunnerConfig
-    from training_jobs.terms import ComputeTerms
     from training_jobs.worker import JobPool
 
     assert runtime.jobs is not None

@@ -6,7 +6,7 @@ Stages: ``node`` is the node's own account of the job (always shown to the consu
 ``audit`` …) is output of a sandbox that ran, or read, consumer code — the job's own output.
 The provider's users read everything (:func:`read_log`). The consumer reads
 :func:`read_released`: the node's lines, and the job's output only as far as the offering's
-``job_logs`` term allows (see :mod:`training_jobs.terms`), decided when the log is served.
+``job_logs`` term allows (see :mod:`marketplace.terms`), decided when the log is served.
 
 The released log is numbered by its own positions (1, 2, 3 …), never by the stored rows'
 ids: withheld lines leave no gaps, so the numbers say nothing about how much was held back.
@@ -26,8 +26,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from kernel.db import as_utc, transaction
+from marketplace.terms import MAX_LINE_CHARS, MAX_RELEASED_LOG_CHARS, TAIL_LINES, JobLogs
 from training_jobs.models import JobLog
-from training_jobs.terms import MAX_LINE_CHARS, MAX_RELEASED_LOG_CHARS, TAIL_LINES, JobLogs
 
 FLUSH_SECONDS = 0.5
 FLUSH_LINES = 200

@@ -25,6 +25,7 @@ from kernel.db import fetch, transaction
 from kernel.errors import AgoraError, Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from kernel.storage import ObjectStore
 from kernel.validation import validate
+from marketplace.terms import ComputeTerms
 from training_jobs import bundle as bundles
 from training_jobs.joblog import read_released
 from training_jobs.models import QUEUED, REJECTED, Job
@@ -32,7 +33,6 @@ from training_jobs.release import native_release_refusal
 from training_jobs.sandbox import Sandbox
 from training_jobs.spec import JobSpec
 from training_jobs.states import JobStates, entry
-from training_jobs.terms import ComputeTerms
 
 
 @dataclass(frozen=True)

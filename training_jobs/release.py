@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from marketplace.terms import ComputeTerms
 from training_jobs.spec import JobSpec
-from training_jobs.terms import ComputeTerms
 
 NOT_ALLOWED = (
     "the offering's compute terms do not allow releasing a native model (allow_native_release); "

@@ -41,6 +41,7 @@ from sqlalchemy import Engine
 from kernel.db import transaction
 from kernel.hashing import sha256_file
 from kernel.storage import ObjectStore
+from marketplace.terms import ComputeTerms
 from training_jobs import bundle as bundles
 from training_jobs import holdout
 from training_jobs.failures import JobCancelled, JobFailed, ProviderFault, ended, output_problem
@@ -61,7 +62,6 @@ from training_jobs.sandbox import (
 from training_jobs.sandbox.base import fmt_bytes
 from training_jobs.spec import JobSpec
 from training_jobs.states import JobStates
-from training_jobs.terms import ComputeTerms
 from training_jobs.verification import Audited, Verification
 
 log = logging.getLogger("agora.jobs")

@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import training_jobs.audit
 import training_jobs.export
+from marketplace.terms import ComputeTerms
 from training_jobs import holdout
 from training_jobs.failures import JobCancelled, JobFailed, ProviderFault, ended
 from training_jobs.sandbox import Limits, Mount, OutputRejected, Sandbox, SandboxRun, collect_outputs
 from training_jobs.spec import JobSpec
-from training_jobs.terms import ComputeTerms
 
 EXPORT_SCRIPT = Path(training_jobs.export.__file__)
 AUDIT_PACKAGE = Path(training_jobs.audit.__file__).parent

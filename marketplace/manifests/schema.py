@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from marketplace.schemas import MEDIA_TYPE, AccessMode, Keyword, Kind
-from training_jobs.terms import ComputeTerms, JobLogs
+from marketplace.terms import ComputeTermFields
 
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 
 
-class ManifestOffering(BaseModel):
+class ManifestOffering(ComputeTermFields):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(
@@ -38,24 +38,6 @@ class ManifestOffering(BaseModel):
     policy: dict[str, Any] | None = Field(
         default=None, description="a named template with params, or explicit rules"
     )
-    job_logs: JobLogs = Field(
-        default="none",
-        description="compute jobs: how much of a job's own output its consumer may read "
-        "(none; tail: its last lines; full: all of it, capped)",
-    )
-    allow_native_release: StrictBool = Field(
-        default=False, description="compute jobs: a job may release its native (non-ONNX) model"
-    )
-    allow_stored_examples: StrictBool = Field(
-        default=False, description="compute jobs: a released model may contain training rows"
-    )
-
-    def compute_terms(self) -> ComputeTerms:
-        return ComputeTerms(
-            job_logs=self.job_logs,
-            allow_native_release=self.allow_native_release,
-            allow_stored_examples=self.allow_stored_examples,
-        )
 
     @field_validator("media_type")
     @classmethod

@@ -25,7 +25,7 @@ from marketplace.manifests.schema import ManifestOffering
 from marketplace.models import Offering
 from marketplace.schemas import OfferingMetadata
 from marketplace.services import OfferingService
-from training_jobs.terms import ComputeTerms
+from marketplace.terms import ComputeTerms
 
 COMPARED_FIELDS = (
     "title",

@@ -18,13 +18,13 @@ import pytest
 from sqlalchemy import Engine
 
 from kernel.db import make_engine
+from marketplace.terms import MAX_LINE_CHARS, MAX_RELEASED_LOG_CHARS, TAIL_LINES
 from node import db
 from tests.job_orgs import FINAL, job_orgs, poll, submit
 from tests.job_orgs import bundle as job_bundle
 from tests.security.rows import RowCounter, digit_rows
 from training_jobs import joblog
 from training_jobs.joblog import JobLogSink, log_is_whole, read_log, read_released
-from training_jobs.terms import MAX_LINE_CHARS, MAX_RELEASED_LOG_CHARS, TAIL_LINES
 
 SECRET = "private-detail-only-the-provider-reads"
 

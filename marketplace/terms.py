@@ -12,6 +12,10 @@ read by the provider's node whenever it decides what leaves a job:
   TorchScript file the node cannot rewrite) to be released to the consumer; default no.
 * ``allow_stored_examples`` — whether a model may hold training rows (nearest neighbours,
   support vectors, a memorised row in its weights); default no: such a model is refused.
+
+They are the offering's (this package's); the job machinery in ``training_jobs`` reads them.
+:class:`ComputeTermFields` declares them as flat fields of the offering metadata and of a
+manifest's offering entry.
 """
 
 from __future__ import annotations
@@ -43,3 +47,27 @@ class ComputeTerms(BaseModel):
     def of(cls, stored: dict[str, Any] | None) -> ComputeTerms:
         """The terms kept on an offering row (missing keys take the defaults)."""
         return cls.model_validate(stored or {})
+
+
+class ComputeTermFields(BaseModel):
+    """The compute terms as top-level fields of an offering's API metadata or manifest entry."""
+
+    job_logs: JobLogs = Field(
+        default="none",
+        description="compute jobs: how much of a job's own output its consumer may read "
+        "(none; tail: its last lines; full: all of it, capped)",
+    )
+    allow_native_release: StrictBool = Field(
+        default=False, description="compute jobs: a job may release its native (non-ONNX) model"
+    )
+    allow_stored_examples: StrictBool = Field(
+        default=False, description="compute jobs: a released model may contain training rows"
+    )
+
+    def compute_terms(self) -> ComputeTerms:
+        """The three fields as the terms the provider's node decides by."""
+        return ComputeTerms(
+            job_logs=self.job_logs,
+            allow_native_release=self.allow_native_release,
+            allow_stored_examples=self.allow_stored_examples,
+        )
