@@ -21,10 +21,13 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contracts.compile import load_artifact
 from contracts.errors import ChainReverted, ChainUnavailable, RegistryMissing, WrongChain, map_chain_errors
+
+if TYPE_CHECKING:
+    from kernel.outbound import OutboundClient
 
 REGISTRY_VERSION = "agora-registry/1"
 # A well-known development key that holds the embedded chain's ether, like anvil's test
@@ -349,14 +352,18 @@ class RpcChain(Chain):
         confirmations: int = 1,
         timeout: float = 10.0,
         retries: int = 5,
+        outbound: OutboundClient | None = None,
     ) -> None:
+        """``outbound``: send every call through the node's outbound client (its address rules,
+        no redirects, a response cap) — for a chain a peer's document named."""
         import requests
         from web3 import HTTPProvider, Web3
         from web3.providers.rpc.utils import ExceptionRetryConfiguration
 
-        provider = HTTPProvider(
+        provider_class = HTTPProvider if outbound is None else _outbound_provider_class()
+        provider = provider_class(
             url,
-            request_kwargs={"timeout": timeout},
+            request_kwargs={"timeout": timeout, "allow_redirects": False},
             exception_retry_configuration=ExceptionRetryConfiguration(
                 errors=(requests.ConnectionError, requests.Timeout, requests.HTTPError),
                 # web3 counts attempts, not retries: 0 attempts would send nothing at all
@@ -379,6 +386,8 @@ class RpcChain(Chain):
                 ],
             ),
         )
+        if outbound is not None:
+            provider.outbound = outbound  # type: ignore[union-attr]
         super().__init__(Web3(provider), account, confirmations)
         self.url = url
         if expected_chain_id is not None and self.chain_id != expected_chain_id:
@@ -403,6 +412,33 @@ class RpcChain(Chain):
 
     def close(self) -> None:
         return None
+
+
+RPC_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+def _outbound_provider_class() -> type[Any]:
+    """web3's HTTP provider with its POSTs sent by the node's outbound client."""
+    from web3 import HTTPProvider
+
+    class OutboundHTTPProvider(HTTPProvider):
+        outbound: OutboundClient
+
+        def _make_request(self, method: str, request_data: bytes) -> bytes:
+            response = self.outbound.request(
+                "POST",
+                str(self.endpoint_uri),
+                content=request_data,
+                headers={"Content-Type": "application/json"},
+                max_bytes=RPC_MAX_RESPONSE_BYTES,
+            )
+            if response.status_code != 200:
+                raise ChainUnavailable(
+                    f"the chain at {self.endpoint_uri} answered HTTP {response.status_code}"
+                )
+            return bytes(response.content)
+
+    return OutboundHTTPProvider
 
 
 def open_chain(

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contracts.chain import Chain
 from contracts.errors import ChainReverted, ChainUnavailable, RegistryMissing
@@ -22,6 +22,9 @@ from contracts.registry import KINDS, Registry, asset_id
 from kernel.canonical import canonical_hash
 from kernel.errors import AgoraError, InvalidInput
 from kernel.sidecar import sidecar_of
+
+if TYPE_CHECKING:
+    from kernel.outbound import OutboundClient
 
 
 class CannotCheck(AgoraError):
@@ -389,18 +392,24 @@ def _time(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def verify_document(doc: dict[str, Any], sha256: str, trusted_registry: str | None = None) -> str | None:
+def verify_document(
+    doc: dict[str, Any],
+    sha256: str,
+    trusted_registry: str | None = None,
+    *,
+    outbound: OutboundClient | None = None,
+) -> str | None:
     """Check a provenance document for bytes with ``sha256`` against the chain it names;
-    None when verified, else the reason (a node checking what it received)."""
+    None when verified, else the reason (a node checking what it received: it passes its
+    ``outbound`` client, since the chain's URL came from a peer)."""
     from contracts.chain import RpcChain
 
     rpc_url = str((doc.get("chain") or {}).get("rpc_url") or "")
     if not rpc_url:
         return "the provenance document names no chain"
     try:
-        report = Verifier(RpcChain(rpc_url, None, registry=None, retries=2), trusted_registry).verify(
-            doc, "transfer", sha256
-        )
+        chain = RpcChain(rpc_url, None, registry=None, retries=2, outbound=outbound)
+        report = Verifier(chain, trusted_registry).verify(doc, "transfer", sha256)
     except AgoraError as exc:
         return exc.detail
     return None if report.verified else report.reason

@@ -314,7 +314,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
     def verify(doc: dict[str, Any], sha256: str) -> str | None:
         from contracts.verify import verify_document
 
-        return verify_document(doc, sha256)
+        return verify_document(doc, sha256, outbound=runtime.outbound)
 
     transfers = TransferService(
         runtime.engine,

@@ -2,8 +2,9 @@
 and the part of it a job's consumer may read.
 
 Stages: ``node`` is the node's own account of the job (always shown to the consumer);
-``node-private`` is detail only the provider reads; every other stage (``job``, ``export``,
-``audit`` …) is output of a sandbox that ran, or read, consumer code — the job's own output.
+``node-private`` is what only the provider reads (failure detail, and the audit run's output,
+which read the held-out rows); every other stage (``job``, ``export`` …) is output of a
+sandbox that ran consumer code — the job's own output.
 The provider's users read everything (:func:`read_log`). The consumer reads
 :func:`read_released`: the node's lines, and the job's output only as far as the offering's
 ``job_logs`` term allows (see :mod:`marketplace.terms`), decided when the log is served.
@@ -64,13 +65,9 @@ class JobLogSink:
         """A line of the export run, which loaded the consumer's model: consumer code's output."""
         self._add("export", line)
 
-    def audit(self, line: str) -> None:
-        """A line of the node's audit run (node code, on the consumer's graph)."""
-        self._add("audit", line)
-
     def private(self, line: str) -> None:
         """What only the provider reads: the full detail behind a failure the consumer sees in
-        the node's own words."""
+        the node's own words, and the audit run's output (it holds the held-out rows)."""
         self._add(PRIVATE, line)
 
     def node(self, line: str) -> None:

@@ -185,7 +185,9 @@ class JobRunner:
         self._advance(
             job.id, TRANSLATING, "the node's audit: checking and rewriting the ONNX model", cancel, sink
         )
-        audited = self.verification.audit(spec, dirs, exported, terms, sink.audit, cancel)
+        # the audit run reads the held-out rows: whatever it prints (ONNX Runtime's own errors
+        # quote values the consumer's graph computed) stays with the provider
+        audited = self.verification.audit(spec, dirs, exported, terms, sink.private, cancel)
         report = audited.report
         sink.node(
             f"audit passed: {report.reason}; ONNX accuracy on {report.holdout_rows} held-out rows "

@@ -218,7 +218,7 @@ class JobService:
         if refusal:
             raise Forbidden(refusal)
         self._download(job, artifact, record)
-        reason = verify_document(doc, str(record["sha256"]))
+        reason = verify_document(doc, str(record["sha256"]), outbound=self.outbound)
         if reason is not None:
             raise Forbidden(f"the {artifact} model does not verify against the chain: {reason}")
         with transaction(self.engine) as session:

@@ -33,6 +33,7 @@ import training_jobs.audit
 import training_jobs.export
 from marketplace.terms import ComputeTerms
 from training_jobs import holdout
+from training_jobs.audit.__main__ import EXIT_NODE as AUDIT_EXIT_NODE
 from training_jobs.failures import JobCancelled, JobFailed, ProviderFault, ended
 from training_jobs.sandbox import Limits, Mount, OutputRejected, Sandbox, SandboxRun, collect_outputs
 from training_jobs.spec import JobSpec
@@ -272,9 +273,14 @@ class Verification:
             said = f"the audit of the ONNX model {ended(outcome, limits)}; the node cannot verify it"
             raise JobFailed(said, outcome.reason)
         report = self._report(dirs["released"], outcome.exit_code)
-        if outcome.exit_code != 0:
+        if outcome.exit_code == AUDIT_EXIT_NODE:  # only the node's own inputs failing is the node's fault
             raise ProviderFault(
                 "the node could not audit the model (a fault on the provider's side)",
+                (report.detail if report else None) or f"the audit {ended(outcome, limits)} without a report",
+            )
+        if outcome.exit_code != 0 or report is None:
+            raise JobFailed(
+                "the node cannot audit this model; it cannot verify it",
                 (report.detail if report else None) or f"the audit {ended(outcome, limits)} without a report",
             )
         assert report is not None

@@ -69,6 +69,8 @@ class HostileFront:
     ``data-elsewhere``       a transfer's data address points to ``target``
     ``data-oversize``        a transfer's data comes with a mebibyte more than agreed
     ``chain-elsewhere``      a transfer's provenance names ``target`` as the chain to ask
+    ``chain-redirect``       the provenance names the front's own ``/chain/rpc``, which answers
+                             307 to ``target`` (a redirect keeps the POST)
     """
 
     def __init__(self, key: bytes, address: str, target: str) -> None:
@@ -112,6 +114,8 @@ class HostileFront:
             return _send(req, 200, json.dumps(seal(statement, private_key=self.key, recipient=self.address)))
         if kind == "catalog" and mode == "redirect":
             return _send(req, 302, "", {"Location": f"{self.target}/dsp/catalog/request"})
+        if path == "/chain/rpc" and mode == "chain-redirect":
+            return _send(req, 307, "", {"Location": f"{self.target}/rpc"})
         if kind == "catalog" and mode == "oversize":
             return self._endless(req)
         if kind == "catalog" and mode == "slow":
@@ -124,9 +128,14 @@ class HostileFront:
             content = self._point_data_elsewhere(content)
         if kind == "data" and mode == "data-oversize":
             content += b"\0" * (1024 * 1024)
-        if kind == "provenance" and mode == "chain-elsewhere" and response.status_code == 200:
+        if (
+            kind == "provenance"
+            and mode in ("chain-elsewhere", "chain-redirect")
+            and response.status_code == 200
+        ):
             doc = json.loads(content)
-            doc["chain"] = {**doc.get("chain", {}), "rpc_url": f"{self.target}/rpc"}
+            rpc = f"{self.target}/rpc" if mode == "chain-elsewhere" else f"{self.url}/chain/rpc"
+            doc["chain"] = {**doc.get("chain", {}), "rpc_url": rpc}
             content = json.dumps(doc).encode()
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
         _send(req, response.status_code, content, headers)

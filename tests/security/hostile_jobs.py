@@ -129,6 +129,31 @@ def _replace(kind):
             helper.make_node("ReduceMax", ["big"], ["peak"], keepdims=1),
             helper.make_node("Add", ["xw", "peak"], ["y"]),
         ]
+    elif kind == "gather":
+        # fine on the node's 64 probe inputs; on any other batch (the held-out rows) a Gather whose
+        # index is the first row's pixel sum times 10**6: ONNX Runtime's error would quote it
+        nodes += [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+            helper.make_node("Equal", ["n", "sixty_four"], ["probing"]),
+            helper.make_node("ReduceSum", ["x", "rows_axis"], ["total"], keepdims=0),
+            helper.make_node("Gather", ["total", "zero"], ["first"], axis=0),
+            helper.make_node("Mul", ["first", "million"], ["scaled"]),
+            helper.make_node("Cast", ["scaled"], ["secret"], to=TensorProto.INT64),
+            helper.make_node("Where", ["probing", "zero", "secret"], ["index"]),
+            helper.make_node("Gather", ["xw", "index"], ["picked"], axis=0),
+            helper.make_node("Add", ["xw", "picked"], ["y"]),
+        ]
+        W = [
+            W,
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+            numpy_helper.from_array(np.array(64, dtype=np.int64), "sixty_four"),
+            numpy_helper.from_array(np.array(1e6, dtype=np.float32), "million"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "rows_axis"),
+        ]
+    elif kind == "text":  # an output of strings: nothing the node can compare or score
+        y = helper.make_tensor_value_info("y", TensorProto.STRING, ["N", 10])
+        nodes += [helper.make_node("Cast", ["xw"], ["y"], to=TensorProto.STRING)]
     else:  # a Loop of 2**62 iterations over a value computed from the input
         body = helper.make_graph(
             [
@@ -154,11 +179,17 @@ def _replace(kind):
             helper.make_node("Loop", ["trips", "go", "start"], ["end"], body=body),
             helper.make_node("Add", ["xw", "end"], ["y"]),
         ]
-    graph = helper.make_graph(nodes, "g", [x], [y], [W])
+    graph = helper.make_graph(nodes, "g", [x], [y], W if isinstance(W, list) else [W])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, "/out/model.onnx")
-    np.save("/out/native_outputs.npy", np.zeros((64, 10), dtype=np.float32))
+    native = np.zeros((64, 10), dtype=np.float32)
+    if kind == "gather":  # this export run sees the node's probes: it answers them as the graph does
+        import onnxruntime
+
+        probe = np.load("/probe/probe.npy").reshape(-1, 64).astype(np.float32)
+        native = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": probe})[0]
+    np.save("/out/native_outputs.npy", native)
 '''
 
 TRAIN = """

@@ -29,8 +29,14 @@ SMALL = {"cpu_seconds": 20, "memory": "512MiB", "wall_time": "30s", "max_output"
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobOrgs]:
     """Jobs run in two worker threads of Acme's serve process: the process measured here."""
     root = tmp_path_factory.mktemp("consumer-graphs")
-    offerings = {"digits": {"access_modes": ["compute"], "policy": {"template": "provide-access"}}}
-    with job_orgs(root, offerings, {"digits": ("digits", "compute")}, workers=2) as orgs:
+    compute = {"access_modes": ["compute"], "policy": {"template": "provide-access"}}
+    offerings = {
+        "digits": compute,
+        "digits-open-log": {**compute, "job_logs": "full"},
+        "digits-once": {**compute, "policy": {"template": "n-times-usage", "params": {"count": 1}}},
+    }
+    agreements = {name: (name, "compute") for name in offerings}
+    with job_orgs(root, offerings, agreements, workers=2) as orgs:
         yield orgs
 
 
@@ -140,3 +146,49 @@ def test_cancel_stops_a_job_in_its_export_and_in_its_audit(
 
 def _quick_sklearn() -> str:
     return (EXAMPLES / "digits-sklearn" / "job.yaml").read_text().replace("max_iter: 1000", "max_iter: 100")
+
+
+def test_what_the_audit_prints_about_held_out_rows_stays_with_the_provider(
+    world: JobOrgs, tmp_path: Path
+) -> None:
+    """A graph that behaves on the probes and, on the held-out rows, makes ONNX Runtime's
+    error quote a value computed from the first held-out row: on an offering whose terms
+    release the job's full output, the consumer still reads nothing the audit printed."""
+    from tests.job_orgs import received
+
+    job = run_job(
+        world.beta,
+        world.acme,
+        world.agreements["digits-open-log"],
+        *carrier_job(tmp_path, "gather", "graph", "'gather'", resources=SMALL),
+    )
+    assert job["state"] == "FAILED", job
+    print(f"\ngather graph: {job['reason']}")
+    got = received(world.beta, job["id"])
+    stages = {line["stage"] for line in got.log_lines}
+    assert stages <= {"node", "job", "export"}, stages
+    consumer_text = repr(got.status) + repr(got.log_lines)
+    assert "idx" not in consumer_text and "out of bound" not in consumer_text.lower()
+    provider = world.acme.api("GET", f"/jobs/{job['peer_pid']}/logs", params={"limit": 5000}).json()
+    assert any(line["stage"] == "node-private" for line in provider["lines"]), "the provider reads it all"
+
+
+def test_a_graph_the_audit_cannot_score_uses_up_its_agreement(world: JobOrgs, tmp_path: Path) -> None:
+    """A graph whose output is text makes the audit fail on the consumer's side: the job
+    FAILS as the consumer's doing and the use is not given back (else one agreement would
+    buy unlimited runs)."""
+    first = run_job(
+        world.beta,
+        world.acme,
+        world.agreements["digits-once"],
+        *carrier_job(tmp_path, "text", "graph", "'text'", resources=SMALL),
+    )
+    assert first["state"] == "FAILED", first
+    assert "provider's side" not in first["reason"]
+    again = submit(
+        world.beta,
+        world.acme,
+        world.agreements["digits-once"],
+        *carrier_job(tmp_path, "text-again", "graph", "'text'", resources=SMALL),
+    )
+    assert again.status_code == 201 and again.json()["state"] == "REJECTED", again.text

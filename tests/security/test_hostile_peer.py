@@ -412,6 +412,24 @@ def test_a_chain_the_provider_picked_elsewhere_is_not_asked(world: World) -> Non
     assert world.internal.hits == []
 
 
+def test_a_chain_at_the_providers_origin_that_redirects_is_not_followed(world: World) -> None:
+    """The chain the provenance names is on the provider's origin, and answers every call with
+    a 307 to the internal service: the node's outbound client follows no redirect."""
+    beta = world.beta
+    agreement = next(
+        a for a in beta.api("GET", "/agreements").json() if a["provider"] == world.hostile.address
+    )
+    world.front.mode = "chain-redirect"
+    try:
+        r = beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
+    finally:
+        world.front.mode = "pass"
+    assert r.status_code in (403, 502, 503), r.text
+    assert "redirect" in r.json()["detail"], r.json()["detail"]
+    assert world.front.requests["POST /chain/rpc"] >= 1, "the chain at the provider's origin was asked"
+    assert world.internal.hits == []
+
+
 def test_nothing_reached_the_internal_service_and_nothing_broke(world: World) -> None:
     assert world.internal.hits == []
     for org in (world.acme, world.beta):
