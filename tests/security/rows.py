@@ -116,7 +116,7 @@ class RowCounter:
             model = onnx.load_model_from_string(data)
         except Exception:  # not an ONNX file: its bytes were read above
             return found
-        from training_jobs.audit.rewrite import graphs
+        from training_jobs.audit.walk import graphs
 
         for graph in graphs(model.graph):
             tensors = list(graph.initializer)

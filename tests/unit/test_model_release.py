@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from training_jobs.audit.memorization import WINDOW, find_memorized, tolerance_for
-from training_jobs.audit.rewrite import Refused, leftover_text, rewrite, weights
+from training_jobs.audit.rewrite import leftover_text, rewrite
+from training_jobs.audit.walk import Refused, weights
 
 ROWS = np.random.default_rng(5).integers(0, 17, size=(400, 64)).astype(np.float64) / 16.0
 SECRET = "ROW17:" + ",".join(f"{v:.4f}" for v in ROWS[17][:8])

@@ -5,9 +5,9 @@ factory executes consumer code — so it never sees the held-out rows. Its ONNX 
 judged here, by node code alone, in a second sandbox that mounts the file, the node's probe
 inputs, the native model's outputs on them, and the provider's rows read-only:
 
-1. :mod:`.rewrite` refuses what the node will not release (custom operator domains, text,
-   training info, external data) and rewrites the rest: every name, doc string and metadata
-   entry is the node's own;
+1. :mod:`.structure` refuses what the node will not release (custom operator domains, text,
+   training info, external data) and :mod:`.rewrite` rewrites the rest: every name, doc
+   string and metadata entry is the node's own (both walk the model with :mod:`.walk`);
 2. :mod:`.memorization` refuses weights that hold rows of the provider's data;
 3. :mod:`.check` runs ``onnx.checker`` and ONNX Runtime: outputs on the probe inputs against
    the native ones, accuracy on the held-out rows.

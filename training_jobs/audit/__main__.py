@@ -86,7 +86,7 @@ def _node_array(path: Path, key: str | None = None) -> np.ndarray:
 
 def _native_outputs(path: Path) -> np.ndarray:
     """The export run's numbers: no pickle, numeric, or the model is refused."""
-    from .rewrite import Refused
+    from .walk import Refused
 
     try:
         array = np.load(path, allow_pickle=False)
@@ -105,7 +105,8 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
 
     from . import check
     from .memorization import find_memorized
-    from .rewrite import Refused, rewrite, weights
+    from .rewrite import rewrite
+    from .walk import Refused, weights
 
     report["onnx_version"], report["onnxruntime_version"] = onnx.__version__, onnxruntime.__version__
     row_shape = tuple(args.input_shape[1:])
@@ -171,7 +172,7 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .rewrite import Refused
+    from .walk import Refused
 
     args = build_parser().parse_args(argv)
     report: dict[str, Any] = dict.fromkeys(REPORT_FIELDS)

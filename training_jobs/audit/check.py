@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .rewrite import Refused
+from .walk import Refused
 
 BATCH = 512
 PROBABILITIES = "probabilities"
