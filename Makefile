@@ -72,6 +72,7 @@ bench: $(DEV_STAMP) $(NPM_STAMP)
 	$(PY) bench/negotiate.py
 	$(PY) bench/sandbox.py
 	$(PY) bench/onnx.py
+	$(PY) bench/memorization.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache test-artifacts

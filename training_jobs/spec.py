@@ -31,6 +31,7 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, mo
 
 from kernel.canonical import canonical_hash
 from kernel.documents import parse_located
+from training_jobs.job_metrics import MAX_METRICS
 
 SCHEMA_FILE = Path(__file__).with_name("job.schema.json")
 OutputFormat = Literal["torchscript", "torch-state-dict", "sklearn"]
@@ -109,7 +110,7 @@ class Output(BaseModel):
     metrics: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.json$")
     metric_names: list[Annotated[str, Field(pattern=METRIC_NAME)]] = Field(
         default_factory=list,
-        max_length=16,
+        max_length=MAX_METRICS,
         description="the numbers the metrics file may hold, named before the job sees any data",
     )
     release_native: bool = Field(

@@ -187,8 +187,8 @@ def test_the_export_run_cannot_read_the_held_out_rows(
         (
             "metrics-row",
             "{f'p{i}': v for i, v in enumerate(pixels)}",
-            [f"p{i}" for i in range(16)],
-            "more than 16 entries",
+            [f"p{i}" for i in range(8)],
+            "more than 8 entries",
         ),
         ("metrics-text", "{'note': ','.join(map(str, pixels))}", ["note"], "is not a number"),
         ("metrics-nested", "{'rows': {'a': pixels}}", ["rows"], "is not a number"),
@@ -216,26 +216,39 @@ def test_metrics_stuffed_with_rows_fail_the_job(
     assert nothing(recovered(world, counter, job, name))
 
 
-def test_sixteen_numbers_are_all_the_metrics_carry(
-    world: JobOrgs, counter: RowCounter, tmp_path: Path
-) -> None:
-    """The bounded channel that remains: 16 declared numbers of 4 significant digits. Packed three
-    pixels to a number, a job gets 48 of a row's 64 pixels out: no whole row."""
-    packed = "{f'm{i}': pixels[3*i] * 289 + pixels[3*i+1] * 17 + pixels[3*i+2] for i in range(16)}"
+def test_eight_numbers_are_all_the_metrics_carry(world: JobOrgs, counter: RowCounter, tmp_path: Path) -> None:
+    """The bounded channel that remains: 8 declared numbers of 4 significant digits. Packed as
+    tightly as the rounding allows — five pixels to a number, in its mantissa and its
+    exponent — a job gets 40 of a row's 64 pixels out: no whole row."""
+    packed = (
+        "{f'm{i}': (1000 + k % 9000) * 10.0 ** (k // 9000 - 300) "
+        "for i in range(8) for k in [sum(pixels[5 * i + j] * 17 ** j for j in range(5))]}"
+    )
     job = run_job(
         world.beta,
         world.acme,
         world.agreements["digits"],
-        *metrics_job(tmp_path, "packed", packed, [f"m{i}" for i in range(16)]),
+        *metrics_job(tmp_path, "packed", packed, [f"m{i}" for i in range(8)]),
     )
     assert job["state"] == "COMPLETED", job
-    values = [int(job["result"]["job_metrics"][f"m{i}"]) for i in range(16)]
-    unpacked = [digit for v in values for digit in (v // 289, v // 17 % 17, v % 17)]
+    unpacked = [pixel for i in range(8) for pixel in _unpack(job["result"]["job_metrics"][f"m{i}"])]
     training_rows = digit_rows(world.digits)
-    assert any(np.array_equal(row[:48], unpacked) for row in training_rows)  # the attack worked this far
-    counts = recovered(world, counter, job, "metrics: 16 packed numbers")
+    assert any(np.array_equal(row[:40], unpacked) for row in training_rows)  # the attack worked this far
+    counts = recovered(world, counter, job, "metrics: 8 packed numbers")
     assert nothing(counts)  # ... and no more: no whole row
-    FIGURES["metrics: 16 packed numbers"]["pixels"] = len(unpacked)
+    FIGURES["metrics: 8 packed numbers"]["pixels"] = len(unpacked)
+
+
+def _unpack(value: float) -> list[int]:
+    """Five pixels from one number packed as ``(1000 + k % 9000) * 10 ** (k // 9000 - 300)``."""
+    import math
+
+    for exponent in range(math.floor(math.log10(value)) - 4, math.floor(math.log10(value)) - 1):
+        mantissa = round(value / 10.0**exponent)
+        if 1000 <= mantissa <= 9999 and math.isclose(mantissa * 10.0**exponent, value, rel_tol=1e-9):
+            k = (exponent + 300) * 9000 + mantissa - 1000
+            return [k // 17**j % 17 for j in range(5)]
+    raise AssertionError(f"{value} is not a packed number")
 
 
 ECHOES = {

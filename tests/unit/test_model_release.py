@@ -8,8 +8,6 @@ compute what the original computed.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from training_jobs.audit.memorization import WINDOW, find_memorized, tolerance_for
+from training_jobs.audit.memorization import STRIDE, WINDOW, find_memorized, tolerance_for
 from training_jobs.audit.rewrite import leftover_text, rewrite
 from training_jobs.audit.walk import Refused, weights
 
@@ -291,15 +289,13 @@ def test_any_stored_run_of_a_row_within_the_tolerance_is_found(
     weights[at : at + len(run)] = run[: len(weights) - at]
     stored = min(len(run), len(weights) - at)
     found = find_memorized(ROWS, [weights])
-    if stored >= 2 * WINDOW:
+    if stored >= WINDOW + STRIDE - 1:  # the guarantee the module states
         assert row in found.rows
 
 
-def test_the_check_is_fast_on_millions_of_weights() -> None:
+def test_millions_of_random_weights_hold_no_row() -> None:
+    """No false alarm on a big model (its speed is measured by bench/memorization.py)."""
     rows = np.random.default_rng(4).integers(0, 17, size=(1_800, 64)) / 16.0
     big = np.random.default_rng(5).normal(size=4_000_000)
-    started = time.perf_counter()
     found = find_memorized(rows, [big])
-    seconds = time.perf_counter() - started
     assert not found.rows
-    assert seconds < 20, seconds

@@ -118,8 +118,10 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
         holdout_X = np.ascontiguousarray(holdout_X.reshape((-1, *row_shape)), dtype=dtype)
         probe = np.ascontiguousarray(probe.reshape((-1, *row_shape)), dtype=dtype)
         rows = np.concatenate([train_X.reshape(len(train_X), -1), holdout_X.reshape(len(holdout_X), -1)])
-    except ValueError as exc:
-        raise NodeInputs(f"the rows do not fit the input shape {args.input_shape}: {exc}") from exc
+    except ValueError as exc:  # the shape is the job's: its fault, not the node's
+        raise Refused(
+            f"the provider's rows do not fit the job's onnx.input_shape {args.input_shape}", str(exc)
+        ) from exc
     report["holdout_rows"], report["probe_inputs"] = len(holdout_y), len(probe)
     native = _native_outputs(args.native_outputs)
 
@@ -152,9 +154,10 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
                 "do not allow stored examples"
             )
         if memorized.rows:
-            raise Refused(
-                f"the model's weights hold {len(memorized.rows)} rows of the provider's data; the "
-                "offering's compute terms do not allow stored examples"
+            raise Refused(  # how many is the provider's to read: a count tells which guesses hit
+                "the model's weights hold rows of the provider's data; the offering's compute terms "
+                "do not allow stored examples",
+                f"{len(memorized.rows)} rows found",
             )
 
     released: bytes = model.SerializeToString()
@@ -187,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["reason"] = "the node's audit could not read its own inputs"
         report["detail"] = str(exc)[:MAX_DETAIL]
         code = EXIT_NODE
+    except Exception as exc:  # anything else the consumer's graph provoked is the graph's doing
+        report["reason"] = "the node cannot audit this model"
+        report["detail"] = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL]
     else:
         (args.out / MODEL_FILE).write_bytes(released)
         report["ok"] = True
