@@ -118,7 +118,7 @@ def create_app(runtime: Runtime) -> Litestar:
         if runtime.dispatcher is not None:
             runtime.dispatcher.start()
         if settings.jobs_workers > 0:
-            from node.runtime import job_pool
+            from node.jobs import job_pool
 
             runtime.job_pool = job_pool(runtime, settings.jobs_workers)
             runtime.job_pool.start()

@@ -164,7 +164,8 @@ def worker(
 
     from kernel.limits import bound_recursion
     from node import db
-    from node.runtime import build_runtime, job_pool
+    from node.jobs import job_pool
+    from node.runtime import build_runtime
 
     settings = _initialised(home)
     db.upgrade(settings.effective_database_url)

@@ -1,4 +1,10 @@
-"""Everything a running node holds, built once from the settings and passed around."""
+"""Everything a running node holds, built once from the settings and passed around.
+
+:func:`build_runtime` opens the database, object store, keys and outbound client, then wires
+the domains: offerings, manifests and the catalog here, negotiations, agreements and
+transfers with their dispatcher (:func:`_connect_negotiations`), training jobs in
+:mod:`node.jobs`.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +36,12 @@ from marketplace.manifests.service import ManifestService
 from marketplace.services import OfferingService, check_policy
 from node.auth import OIDCKeyFetcher, TokenIssuer, TokenVerifier
 from node.identity import org_private_key, participant_address, token_signing_key
+from node.jobs import connect_jobs
 from node.settings import Settings
 from node.storage import make_object_store
-from training_jobs.provider import NodeLimits, ProviderJobs
+from training_jobs.provider import ProviderJobs
 from training_jobs.sandbox import Sandbox
 from training_jobs.services import JobService
-from training_jobs.states import JobStates
 from training_jobs.worker import JobPool
 
 log = logging.getLogger("agora.node")
@@ -263,7 +269,7 @@ def build_runtime(settings: Settings) -> Runtime:
         accept_registered=settings.accept_registered_participants,
     )
     _connect_negotiations(runtime, token_key=key)
-    _connect_jobs(runtime)
+    connect_jobs(runtime)
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
         peers=participants.peers,
@@ -336,69 +342,3 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         transfers,
         dispatcher,
     )
-
-
-def _connect_jobs(runtime: Runtime) -> None:
-    """Training jobs: the provider's protocol side and the users' side, sharing one queue."""
-    from marketplace.terms import ComputeTerms
-
-    settings = runtime.settings
-    assert runtime.agreements is not None
-    states = JobStates(runtime.engine)
-    runtime.job_provider = ProviderJobs(
-        runtime.engine,
-        runtime.store,
-        states,
-        agreements=runtime.agreements,
-        offering_modes=lambda offering_id: list(runtime.offerings.get(offering_id).access_modes),
-        provenance=runtime.provenance.document,
-        sandbox=runtime.sandbox,
-        limits=NodeLimits(
-            cpu_seconds=settings.jobs_max_cpu_seconds,
-            memory_bytes=int(settings.jobs_max_memory),
-            wall_seconds=settings.jobs_max_wall_time,
-            output_bytes=int(settings.jobs_max_output),
-        ),
-        # read whenever a consumer reads a job's log: the offering's terms as they are then
-        offering_terms=lambda offering_id: ComputeTerms.of(runtime.offerings.compute_terms(offering_id)),
-        wake_workers=lambda: runtime.job_pool.wake() if runtime.job_pool else None,
-    )
-    runtime.jobs = JobService(
-        runtime.engine,
-        runtime.store,
-        states,
-        address=runtime.address,
-        private_key=runtime.org_key,
-        provenance=runtime.provenance.document,
-        outbound=runtime.outbound,
-        chain_rpc_url=settings.chain_rpc_url,
-    )
-
-
-def job_pool(runtime: Runtime, size: int, *, label: str = "") -> JobPool:
-    """Workers running this node's queued jobs (in ``agora serve`` or ``agora worker``)."""
-    from marketplace.terms import ComputeTerms
-    from training_jobs.runner import JobRunner, RunnerConfig
-    from training_jobs.worker import JobPool
-
-    assert runtime.jobs is not None
-    agreements = runtime.agreements
-    assert agreements is not None
-    settings = runtime.settings
-    runner = JobRunner(
-        runtime.engine,
-        runtime.store,
-        runtime.sandbox(),
-        address=runtime.address,
-        config=RunnerConfig(
-            jobs_dir=settings.jobs_dir,
-            holdout_fraction=settings.jobs_holdout_fraction,
-            evaluator_image=settings.sandbox_evaluator_image or None,
-        ),
-        states=runtime.jobs.states,
-        offering_kind=lambda offering_id: str(runtime.offerings.get(offering_id).kind),
-        compute_terms=lambda offering_id: ComputeTerms.of(runtime.offerings.compute_terms(offering_id)),
-        give_back=lambda agreement, reason: agreements.give_back(agreement, mode="compute", reason=reason),
-        wake_notary=runtime.notary.wake,
-    )
-    return JobPool(runner, runtime.jobs.states, size, label=label)
