@@ -23,8 +23,6 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-import yaml
-
 from kernel.errors import InvalidInput
 
 RECURSION_LIMIT = 12 * 1024  # what py-evm asks for: 1024 EVM call frames
@@ -158,6 +156,8 @@ def check_yaml(text: str, limits: YamlLimits = YAML, *, what: str = "the documen
     expanded; an anchor's size is counted once when it closes and added at each alias.
     Syntax errors are left to the loader, which reports them with their line.
     """
+    import yaml  # only documents that are YAML pay for the import (the CLI starts without it)
+
     depth = events = aliases = nodes = 0
     sizes: dict[str, int] = {}
     open_anchors: list[tuple[str | None, int]] = []  # (anchor, nodes before the collection)

@@ -114,7 +114,10 @@ class Settings(BaseSettings):
     key_passphrase: SecretStr | None = None
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="largest accepted upload")
     max_json_bytes: int = Field(
-        default=1024**2, ge=64 * 1024, description="largest JSON body: API, protocol messages, chain RPC"
+        default=1024**2,
+        ge=64 * 1024,
+        description="largest JSON body of the management API (protocol messages have their own "
+        "1 MiB cap, a job submission its bundle's, /chain/rpc 256 KiB)",
     )
     max_header_bytes: int = Field(
         default=64 * 1024, ge=8 * 1024, le=1024**2, description="largest request line plus headers"

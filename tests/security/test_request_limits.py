@@ -142,7 +142,8 @@ def test_slow_clients_do_not_hold_the_node(node: services.LiveNode) -> None:
     latencies = health_latencies(node, 20)
     for thread in threads:
         thread.join(60)
-    assert max(latencies) < 1.0, latencies
+    # blocked by the slow clients, /health would wait until they are cut off (TIMEOUT)
+    assert max(latencies) < TIMEOUT, latencies
     assert len(answers) == len(kinds)
     cut_after = {"head": TIMEOUT, "pause": TIMEOUT, "trickle": TIMEOUT + MAX_RPC_BYTES / MIN_RATE}
     for kind, answer in answers:
