@@ -18,6 +18,7 @@ from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.agreements import AgreementService
+from connector.downloads import DownloadService
 from connector.dsp import open_request
 from connector.negotiation import NegotiationService
 from connector.protocol import ProtocolGate
@@ -204,12 +205,12 @@ class TransferController(Controller):
 
     @post("", opt={"scope": "negotiations:write"}, status_code=201)
     async def start(
-        self, request: Request[Any, Any, Any], transfer_service: NamedDependency[TransferService]
+        self, request: Request[Any, Any, Any], download_service: NamedDependency[DownloadService]
     ) -> dict[str, Any]:
         """Consumer: fetch an offering under an agreement into this node, checked against the chain."""
         body: TransferStart = await _body(request, TransferStart)
         return await to_thread.run_sync(
-            transfer_service.start, body.agreement_id.lower(), request.user.subject
+            download_service.start, body.agreement_id.lower(), request.user.subject
         )
 
     @get("", opt={"scope": "catalog:read"}, sync_to_thread=True)
@@ -223,8 +224,8 @@ class TransferController(Controller):
         return transfer_service.get(transfer_id)
 
     @get("/{transfer_id:str}/data", opt={"scope": "catalog:read"}, sync_to_thread=True)
-    def data(self, transfer_id: FromPath[str], transfer_service: NamedDependency[TransferService]) -> Stream:
-        row, chunks = transfer_service.received(transfer_id)
+    def data(self, transfer_id: FromPath[str], download_service: NamedDependency[DownloadService]) -> Stream:
+        row, chunks = download_service.received(transfer_id)
         return Stream(
             chunks,
             media_type="application/octet-stream",
@@ -233,10 +234,10 @@ class TransferController(Controller):
 
     @get("/{transfer_id:str}/provenance", opt={"scope": "catalog:read"}, sync_to_thread=True)
     def provenance(
-        self, transfer_id: FromPath[str], transfer_service: NamedDependency[TransferService]
+        self, transfer_id: FromPath[str], download_service: NamedDependency[DownloadService]
     ) -> dict[str, Any]:
-        row, _ = transfer_service.received(transfer_id)
-        return transfer_service.provenance_for(row)
+        row, _ = download_service.received(transfer_id)
+        return row.provenance  # what the download checked against the chain
 
 
 # Protocol endpoints ------------------------------------------------------------------------

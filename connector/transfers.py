@@ -1,52 +1,38 @@
-"""Transfers of an offering's bytes under an agreement (``download`` mode only).
+"""Transfers of an offering's bytes under an agreement (``download`` mode only): the
+provider's side, and the transfer records of both sides.
 
-Provider: a signed ``TransferRequestMessage`` is checked against the agreement (the asker's,
-finalized, in force, download allowed, a use left), then answered with a
-``TransferStartMessage`` whose data address carries a short-lived token bound to the
-transfer and the consumer. The data endpoint honours ``Range`` so a broken download resumes.
+A signed ``TransferRequestMessage`` is checked against the agreement (the asker's,
+finalized, in force, download allowed, a use left, a callback on the asker's verified
+origin), then answered with a ``TransferStartMessage`` whose data address carries a
+short-lived token bound to the transfer and the consumer (:meth:`TransferService.authorize`
+checks it on every data request). The data endpoint honours ``Range`` so a broken download
+resumes.
 
-Consumer: the node requests the transfer, downloads into its own object store (resuming
-on a broken connection), checks the bytes' sha256 against the agreed terms and, through the
-provenance document, against the chain, then tells the provider it is complete. The file
-and its provenance sidecar are then served to the node's own users. The data address must
-be on the origin of the provider's verified endpoint, and no more than the agreed size is
-taken from it (the download is cut off past it), through the node's outbound client.
+The consumer's side — requesting, downloading, verifying against the terms and the chain,
+confirming — is :class:`connector.downloads.DownloadService`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from connector.agreements import AgreementService
-from connector.client import PeerClient, chain_refusal
 from connector.dsp import DSP_CONTEXT
-from connector.models import Agreement, Negotiation, TransferProcess
+from connector.models import Agreement, TransferProcess
 from kernel.addresses import foreign_origin
 from kernel.db import as_utc, fetch, transaction, utcnow
-from kernel.errors import (
-    AgoraError,
-    FieldError,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    ServiceUnavailable,
-    Unauthorized,
-)
-from kernel.limits import loads
-from kernel.outbound import OutboundClient, OutboundRefused
+from kernel.errors import AgoraError, FieldError, Forbidden, InvalidInput, Unauthorized
 from kernel.storage import ObjectStore
 
 TOKEN_TTL = 600
-RESUME_ATTEMPTS = 5
 
 
 class TransferRefused(AgoraError):
@@ -56,34 +42,26 @@ class TransferRefused(AgoraError):
 
 
 class TransferService:
+    """The provider's side of transfers and every transfer record; one instance serves all."""
+
     def __init__(
         self,
         engine: Engine,
         *,
-        address: str,
         public_url: str,
-        private_key: Callable[[], bytes],
-        outbound: OutboundClient,
-        chain_rpc_url: str,
         token_key: Any,
         store: ObjectStore,
         agreements: AgreementService,
         offering_modes: Callable[[str], list[str]],
         provenance: Callable[[str], dict[str, Any]],
-        verify: Callable[[dict[str, Any], str], str | None],
     ) -> None:
         self.engine = engine
-        self.address = address
         self.public_url = public_url.rstrip("/")
-        self._private_key = private_key
-        self.outbound = outbound
-        self.chain_rpc_url = chain_rpc_url
         self._token_key = token_key
         self.store = store
         self.agreements = agreements
         self._offering_modes = offering_modes
         self._provenance = provenance
-        self._verify = verify
 
     # Provider --------------------------------------------------------------------------
 
@@ -216,132 +194,7 @@ class TransferService:
         )
         return {"@context": DSP_CONTEXT, "@type": "TransferProcess", **pids, "state": row.state}
 
-    # Consumer --------------------------------------------------------------------------
-
-    def start(self, agreement_id: str, actor: str) -> dict[str, Any]:
-        """Request, download, check against terms and chain, confirm; returns the transfer."""
-        with Session(self.engine) as session:
-            agreement = session.get(Agreement, agreement_id)
-            negotiation = session.get(Negotiation, agreement.negotiation_id) if agreement else None
-        if agreement is None or agreement.role != "consumer" or negotiation is None:
-            raise NotFound(f"no agreement {agreement_id} with this node as consumer")
-        if not agreement.tx_hash:
-            raise InvalidInput(f"agreement {agreement_id} is not finalized yet")
-        row = TransferProcess(
-            id=f"urn:uuid:{uuid.uuid4()}",
-            role="consumer",
-            counterparty=agreement.provider,
-            agreement_id=agreement_id,
-            state="REQUESTED",
-            sha256=str(agreement.terms["sha256"]),
-        )
-        client = PeerClient(
-            negotiation.counterparty_endpoint,
-            outbound=self.outbound,
-            private_key=self._private_key(),
-            own_address=self.address,
-            peer_address=agreement.provider,
-        )
-        try:
-            cap = self._agreed_size(agreement)
-            start, _ = client.post(
-                "/dsp/transfers/request",
-                {
-                    "@context": DSP_CONTEXT,
-                    "@type": "TransferRequestMessage",
-                    "consumerPid": row.id,
-                    "agreementId": agreement_id,
-                    "format": "HttpData-PULL",
-                    "callbackAddress": f"{self.public_url}/dsp",
-                },
-            )
-            row.peer_pid = str(start.get("providerPid") or "")
-            row.state = "STARTED"
-            url, token = _data_address(start, negotiation.counterparty_endpoint, agreement.provider)
-            self._download(row, url, token, cap)
-            doc = self._fetch_provenance(url, token)
-            refusal = chain_refusal(doc, negotiation.counterparty_endpoint, self.chain_rpc_url)
-            if refusal:
-                raise TransferRefused(refusal)
-            problem = self._verify(doc, row.sha256)
-            if problem is not None:
-                raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
-            row.provenance = doc
-            client.post(
-                f"/dsp/transfers/{row.peer_pid}/completion",
-                {
-                    "@context": DSP_CONTEXT,
-                    "@type": "TransferCompletionMessage",
-                    "providerPid": row.peer_pid,
-                    "consumerPid": row.id,
-                },
-            )
-            row.state, row.reason = "COMPLETED", f"received and verified (requested by {actor})"
-        except AgoraError as exc:
-            row.state, row.reason = "TERMINATED", exc.detail
-            raise
-        finally:
-            with transaction(self.engine) as session:
-                session.merge(row)
-        return self.get(row.id)
-
-    def _agreed_size(self, agreement: Agreement) -> int:
-        """The most bytes to take: the size in the agreed terms, within this node's cap."""
-        limit = self.outbound.policy.max_download_bytes
-        size = agreement.terms.get("size")
-        if size is None:
-            return limit  # terms agreed before sizes were part of them: the digest still decides
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise TransferRefused(f"the agreed size {size!r} is not a byte count")
-        if size > limit:
-            raise TransferRefused(f"the agreed size {size} is over this node's download cap of {limit} bytes")
-        return size
-
-    def _download(self, row: TransferProcess, url: str, token: str, cap: int) -> None:
-        """Into a staging file, resuming with Range after a broken connection; never more
-        than ``cap`` bytes."""
-        with self.store.stage() as staged:
-            for attempt in range(RESUME_ATTEMPTS):
-                headers = {"Authorization": f"Bearer {token}"}
-                if staged.size:
-                    headers["Range"] = f"bytes={staged.size}-"
-                try:
-                    # cut off (and refused) past what is left of the agreed size
-                    with self.outbound.stream(
-                        "GET", url, headers=headers, max_bytes=cap - staged.size
-                    ) as response:
-                        if response.status_code >= 400:
-                            raise TransferRefused(
-                                f"the provider refused the data: HTTP {response.status_code}"
-                            )
-                        for chunk in response.iter_bytes(1024 * 1024):
-                            staged.write(chunk)
-                    break
-                except OutboundRefused as exc:
-                    raise TransferRefused(f"{exc.detail} (the agreed size is {cap} bytes)") from None
-                except ServiceUnavailable as exc:
-                    if attempt == RESUME_ATTEMPTS - 1:
-                        raise ServiceUnavailable(
-                            f"the download broke off {RESUME_ATTEMPTS} times: {exc.detail}"
-                        ) from exc
-            if staged.sha256 != row.sha256:
-                raise TransferRefused(
-                    f"received bytes hash to {staged.sha256}, the agreement says {row.sha256}"
-                )
-            info = self.store.commit(staged)
-            row.size = info.size
-
-    def _fetch_provenance(self, data_url: str, token: str) -> dict[str, Any]:
-        url = data_url.rsplit("/", 1)[0] + "/provenance"
-        response = self.outbound.request("GET", url, headers={"Authorization": f"Bearer {token}"})
-        try:
-            response.raise_for_status()
-            doc = loads(response.content, what="the transfer's provenance")
-        except (httpx.HTTPError, InvalidInput) as exc:
-            raise ServiceUnavailable(f"cannot fetch the provenance of the transfer: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise TransferRefused("the transfer's provenance is not a JSON object")
-        return doc
+    # Records of both sides -------------------------------------------------------------
 
     def get(self, transfer_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
@@ -355,41 +208,8 @@ class TransferService:
             ).all()
         return [_transfer_out(r) for r in rows]
 
-    def received(self, transfer_id: str) -> tuple[TransferProcess, Iterator[bytes]]:
-        """A completed transfer's bytes on the consumer's node (for its own users)."""
-        with Session(self.engine) as session:
-            row = fetch(
-                session,
-                TransferProcess,
-                transfer_id,
-                f"no completed transfer {transfer_id} on this node",
-                where=lambda t: t.role == "consumer" and t.state == "COMPLETED",
-            )
-        return row, self.store.read(row.sha256)
-
     def provenance_for(self, row: TransferProcess) -> dict[str, Any]:
         return row.provenance if row.role == "consumer" else self._provenance(row.sha256)
-
-
-def _data_address(start: dict[str, Any], provider_endpoint: str, provider: str) -> tuple[str, str]:
-    """The data URL and its token from a ``TransferStartMessage``; the URL must be on the
-    origin of the provider's verified endpoint."""
-    try:
-        address = start["dataAddress"]
-        url = str(address["endpoint"])
-        token = next(
-            str(p["value"]) for p in address["endpointProperties"] if p.get("name") == "authorization"
-        )
-    except (KeyError, TypeError, AttributeError, StopIteration):
-        raise TransferRefused(
-            "the provider's TransferStartMessage lacks a data address with a token"
-        ) from None
-    refusal = foreign_origin(
-        url, provider_endpoint, "the data address", f"the provider {provider}'s verified"
-    )
-    if refusal:
-        raise TransferRefused(refusal)
-    return url, token
 
 
 def _transfer_out(row: TransferProcess) -> dict[str, Any]:

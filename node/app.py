@@ -152,6 +152,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 "negotiation_service": runtime.negotiations,
                 "agreement_service": runtime.agreements,
                 "transfer_service": runtime.transfers,
+                "download_service": runtime.downloads,
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
                 "identity_statement": runtime.identity_statement,

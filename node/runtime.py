@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from connector.agreements import AgreementService
 from connector.crawler import CatalogCrawler
 from connector.dispatcher import Dispatcher
+from connector.downloads import DownloadService
 from connector.negotiation import NegotiationService
 from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
@@ -66,6 +67,7 @@ class Runtime:
     negotiations: NegotiationService | None = None
     agreements: AgreementService | None = None
     transfers: TransferService | None = None
+    downloads: DownloadService | None = None
     dispatcher: Dispatcher | None = None
     protocol: ProtocolGate | None = None
     jobs: JobService | None = None
@@ -283,7 +285,8 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
-    """Negotiations, agreements and transfers, and the dispatcher that carries their messages."""
+    """Negotiations, agreements and transfers (both sides), and the dispatcher that carries
+    their messages."""
     settings = runtime.settings
 
     # the dispatcher's callbacks are bound late: they name the negotiation service made below
@@ -324,21 +327,28 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
 
     transfers = TransferService(
         runtime.engine,
-        address=runtime.address,
         public_url=settings.public_url,
-        private_key=runtime.org_key,
-        outbound=runtime.outbound,
-        chain_rpc_url=settings.chain_rpc_url,
         token_key=token_key,
         store=runtime.store,
         agreements=agreements,
         offering_modes=lambda offering_id: list(runtime.offerings.get(offering_id).access_modes),
         provenance=runtime.provenance.document,
+    )
+    downloads = DownloadService(
+        runtime.engine,
+        address=runtime.address,
+        public_url=settings.public_url,
+        private_key=runtime.org_key,
+        outbound=runtime.outbound,
+        chain_rpc_url=settings.chain_rpc_url,
+        store=runtime.store,
+        transfers=transfers,
         verify=verify,
     )
-    runtime.negotiations, runtime.agreements, runtime.transfers, runtime.dispatcher = (
+    runtime.negotiations, runtime.agreements, runtime.transfers, runtime.downloads, runtime.dispatcher = (
         negotiations,
         agreements,
         transfers,
+        downloads,
         dispatcher,
     )
