@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -32,14 +33,40 @@ app = typer.Typer(help="Peers: other organisations' nodes.", no_args_is_help=Tru
 def add(
     ctx: typer.Context,
     peer_url: Annotated[str, typer.Argument(help="the peer's protocol endpoint, e.g. http://127.0.0.1:8001")],
+    wait: Annotated[float, typer.Option(help="seconds to wait for its catalog (0: do not wait)")] = 30.0,
     url: UrlOpt = None,
     token: TokenOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Add a peer: its signed identity statement gives its address and name."""
+    """Add a peer: its signed identity statement gives its address and name; then wait (up to
+    --wait seconds) until this node has fetched its catalog."""
     with connect_from(ctx)(url=url, token=token, home=home, scope="admin") as client:
+        before = _crawl_state(client, None)
         peer = client.post_json("/api/v1/participants", {"url": peer_url})
-    console.print(f"[green]peer[/] {peer['label']}  {peer['address']}  {peer['endpoint']}")
+        console.print(f"[green]peer[/] {peer['label']}  {peer['address']}  {peer['endpoint']}")
+        deadline = time.monotonic() + wait
+        state = None
+        while time.monotonic() < deadline:
+            state = _crawl_state(client, peer["address"])
+            if state is not None and state != before.get(peer["address"]):
+                break
+            time.sleep(0.2)
+    if state is None or state == before.get(peer["address"]):
+        console.print(f"catalog: not fetched within {wait:.0f} s; the crawler keeps trying")
+    elif state["last_error"]:
+        console.print(f"catalog: not fetched yet ({state['last_error']}); the crawler tries again")
+    else:
+        console.print(f"catalog: {state['entries']} offering(s) this node may see")
+
+
+def _crawl_state(client: NodeClient, address: str | None) -> Any:
+    """The node's last crawl of one peer (``address``), or of every peer by address: when it
+    last succeeded, its error, how many offerings it brought."""
+    states = {
+        s["provider"]: {k: s[k] for k in ("last_success_at", "last_error", "entries")}
+        for s in client.get("/health").get("peers", [])
+    }
+    return states if address is None else states.get(address)
 
 
 @app.command("list")

@@ -26,7 +26,7 @@ class ParticipantService:
     def __init__(self, engine: Engine, outbound: OutboundClient) -> None:
         self.engine = engine
         self.outbound = outbound
-        # set by the node: a new peer's catalog is fetched at once, so it shows without a wait
+        # set by the node: the crawler is woken, so a new peer's catalog shows without a wait
         self.on_peer_added: Callable[[Participant], object] | None = None
 
     def ensure_self(self, *, address: str, name: str, endpoint: str) -> ParticipantOut:

@@ -280,7 +280,8 @@ def build_runtime(settings: Settings) -> Runtime:
         private_key=runtime.org_key,
         interval=settings.catalog_crawl_interval,
     )
-    participants.on_peer_added = runtime.crawler.crawl_recorded
+    crawler = runtime.crawler
+    participants.on_peer_added = lambda _peer: crawler.wake()  # its catalog now, not in a full interval
     return runtime
 
 

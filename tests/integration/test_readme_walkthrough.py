@@ -42,7 +42,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
     )
     logs = "".join(
         f"\n--- {name} ---\n{(tmp_path / name).read_text()[-2000:]}"
