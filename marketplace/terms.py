@@ -30,25 +30,6 @@ MAX_LINE_CHARS = 500
 MAX_RELEASED_LOG_CHARS = 256 * 1024
 
 
-class ComputeTerms(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_logs: JobLogs = Field(
-        default="none", description="how much of a job's own output its consumer may read"
-    )
-    allow_native_release: StrictBool = Field(
-        default=False, description="a job may release its native (non-ONNX) model to the consumer"
-    )
-    allow_stored_examples: StrictBool = Field(
-        default=False, description="a released model may contain training rows (e.g. nearest neighbours)"
-    )
-
-    @classmethod
-    def of(cls, stored: dict[str, Any] | None) -> ComputeTerms:
-        """The terms kept on an offering row (missing keys take the defaults)."""
-        return cls.model_validate(stored or {})
-
-
 class ComputeTermFields(BaseModel):
     """The compute terms as top-level fields of an offering's API metadata or manifest entry."""
 
@@ -66,8 +47,15 @@ class ComputeTermFields(BaseModel):
 
     def compute_terms(self) -> ComputeTerms:
         """The three fields as the terms the provider's node decides by."""
-        return ComputeTerms(
-            job_logs=self.job_logs,
-            allow_native_release=self.allow_native_release,
-            allow_stored_examples=self.allow_stored_examples,
-        )
+        return ComputeTerms.model_validate(self.model_dump(include=set(ComputeTermFields.model_fields)))
+
+
+class ComputeTerms(ComputeTermFields):
+    """The terms themselves, as kept on an offering row and read by the provider's node."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def of(cls, stored: dict[str, Any] | None) -> ComputeTerms:
+        """The terms kept on an offering row (missing keys take the defaults)."""
+        return cls.model_validate(stored or {})

@@ -193,7 +193,8 @@ class JobRunner:
             f"audit passed: {report.reason}; ONNX accuracy on {report.holdout_rows} held-out rows "
             + (f"{report.onnx_accuracy:.4f}" if report.onnx_accuracy is not None else "not measured")
         )
-        self._complete(job, spec, model_path, metrics, audited, terms, sink)
+        # the terms as they are now: a provider who tightened them meanwhile is obeyed
+        self._complete(job, spec, model_path, metrics, audited, self._compute_terms(job.offering_id), sink)
 
     def _advance(self, job_id: str, state: str, note: str, cancel: threading.Event, sink: JobLogSink) -> None:
         if cancel.is_set():
