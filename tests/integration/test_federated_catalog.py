@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests import services
-
-
-def _wait(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _catalog(node: services.LiveNode, token: str, **params: Any) -> list[dict[str, Any]]:
@@ -87,7 +75,7 @@ def test_federated_catalog_between_two_nodes(tmp_path: Path) -> None:
         def remote() -> list[dict[str, Any]]:
             return [i for i in _catalog(b, token) if i["provider"] == a_address]
 
-        seen = _wait(lambda: remote() if len(remote()) >= 2 else None, what="B's first crawl of A")
+        seen = services.wait_until(lambda: remote() if len(remote()) >= 2 else None, "B's first crawl of A")
         assert sorted(i["name"] for i in seen) == ["bearing-faults", "turbine-vibration"], (
             "B sees exactly what A's policies could grant it"
         )
@@ -107,11 +95,13 @@ def test_federated_catalog_between_two_nodes(tmp_path: Path) -> None:
             "--home",
             str(a.home),
         )
-        _wait(lambda: [i["name"] for i in remote()] == ["bearing-faults"], what="the retired offering to go")
+        services.wait_until(
+            lambda: [i["name"] for i in remote()] == ["bearing-faults"], "the retired offering to go"
+        )
 
         # A goes down: B keeps serving its last copy, marked stale, without waiting on A
         a.stop()
-        _wait(lambda: all(i["stale"] for i in remote()) and remote(), what="stale marking")
+        services.wait_until(lambda: all(i["stale"] for i in remote()) and remote(), "stale marking")
         cached = remote()
         assert [i["name"] for i in cached] == ["bearing-faults"]
         assert cached[0]["age_seconds"] >= 0

@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,18 +37,6 @@ META = {
 
 
 # helpers ------------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def upload(client: Any, headers: dict[str, str], data: bytes, title: str = "t") -> dict[str, Any]:
@@ -384,7 +372,9 @@ def test_outbox_survives_an_unreachable_chain(tmp_path: Path) -> None:
         token = node.token("admin")
 
         first, _ = register_http(node, token, b"before the outage\n", "before")
-        wait_until(lambda: all_anchored(node, token, [first["id"]]), 60, "the first offering to be anchored")
+        services.wait_until(
+            lambda: all_anchored(node, token, [first["id"]]), "the first offering to be anchored", 60
+        )
 
         anvil.stop()
         later = []
@@ -400,13 +390,17 @@ def test_outbox_survives_an_unreachable_chain(tmp_path: Path) -> None:
             notary = health(node)["notary"]
             return notary if notary["backlog"] == 2 and notary["last_error"] else None
 
-        notary = wait_until(backlog_with_error, 30, "/health to show the backlog and the chain error")
+        notary = services.wait_until(
+            backlog_with_error, "/health to show the backlog and the chain error", 30
+        )
         assert "chain" in notary["last_error"].lower()
         assert {anchors(node, token)[o["id"]]["status"] for o in later} <= {PENDING, SUBMITTED}
 
         anvil = services.start_anvil(state=state, port=anvil.port)
         ids = [first["id"], *(o["id"] for o in later)]
-        final = wait_until(lambda: all_anchored(node, token, ids), 60, "the outbox to drain", interval=0.5)
+        final = services.wait_until(
+            lambda: all_anchored(node, token, ids), "the outbox to drain", 60, interval=0.5
+        )
         assert health(node)["notary"]["backlog"] == 0
 
         reader = Registry(RpcChain(anvil.url, None, registry=address))
@@ -438,7 +432,7 @@ def test_embedded_chain_survives_a_restart(tmp_path: Path, monkeypatch: pytest.M
     try:
         token = node.token("admin")
         offering, _ = register_http(node, token, b"kept across restarts\n" * 100, "kept")
-        anchored = wait_until(lambda: all_anchored(node, token, [offering["id"]]), 60, "the anchor")
+        anchored = services.wait_until(lambda: all_anchored(node, token, [offering["id"]]), "the anchor", 60)
         out = tmp_path / "downloads" / "kept.csv"
         out.parent.mkdir()
         result = node.cli(
@@ -491,7 +485,9 @@ def test_two_nodes_share_a_devchain(tmp_path: Path) -> None:
             for node, token in zip(nodes, tokens, strict=True)
         ]
         finals = [
-            wait_until(functools.partial(all_anchored, node, token, [offering["id"]]), 60, "the anchors")
+            services.wait_until(
+                functools.partial(all_anchored, node, token, [offering["id"]]), "the anchors", 60
+            )
             for node, token, offering in zip(nodes, tokens, offerings, strict=True)
         ]
         reader = Registry(RpcChain(server.url, None, registry=server.registry))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,17 @@ class World:
         return httpx.post(f"{to.node.url}{path}", json=envelope, timeout=30)
 
 
-def wait(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def transfer_while(world: World, mode: str) -> tuple[dict[str, Any], httpx.Response]:
+    """Beta transfers under its agreement with the hostile node while its front is in ``mode``."""
+    beta = world.beta
+    agreement = next(
+        a for a in beta.api("GET", "/agreements").json() if a["provider"] == world.hostile.address
+    )
+    world.front.mode = mode
+    try:
+        return agreement, beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
+    finally:
+        world.front.mode = "pass"
 
 
 def catalog(org: services.Org) -> list[dict[str, Any]]:
@@ -155,7 +157,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert acme.api("POST", "/participants", json={"url": beta.node.url}).status_code == 201
         assert beta.api("POST", "/participants", json={"url": acme.node.url}).status_code == 201
         # the hostile node registers itself on chain with its first anchored offering
-        wait(
+        services.wait_until(
             lambda: hostile.api("GET", f"/offerings/{bait}").json()["anchor"]["status"] == "ANCHORED",
             "the hostile node's registration and first anchor",
         )
@@ -185,7 +187,9 @@ def test_registration_on_the_chain_makes_no_one_a_peer(world: World) -> None:
     assert negotiation.status_code == 403 and "not a peer of this node" in negotiation.json()["detail"]
     assert world.hostile.address not in participants(world.beta), "a refused sender leaves no record"
     # Beta's crawler works (it lists Acme's offerings) and never touches the hostile node
-    wait(lambda: {"open", "partners"} <= {i["name"] for i in catalog(world.beta)}, "Beta's crawl of Acme")
+    services.wait_until(
+        lambda: {"open", "partners"} <= {i["name"] for i in catalog(world.beta)}, "Beta's crawl of Acme"
+    )
     time.sleep(2.0)  # four more crawl passes
     assert not [i for i in catalog(world.beta) if i["provider"] == world.hostile.address]
     assert not [i for i in catalog(world.acme) if i["provider"] == world.hostile.address]
@@ -287,7 +291,7 @@ def test_an_identity_statement_naming_another_endpoint_is_refused(world: World) 
     )
     listing = beta.node.cli("peers", "list", "--home", str(beta.node.home)).stdout
     assert theirs in listing and mine in listing
-    wait(
+    services.wait_until(
         lambda: [i for i in catalog(beta) if i["provider"] == world.hostile.address],
         "Beta's crawl of its new peer",
     )
@@ -296,7 +300,7 @@ def test_an_identity_statement_naming_another_endpoint_is_refused(world: World) 
 def test_the_crawler_follows_no_redirect(world: World) -> None:
     world.front.mode = "redirect"
     try:
-        error = wait(
+        error = services.wait_until(
             lambda: "follows no redirects" in crawl_error(world) and crawl_error(world), "the refusal"
         )
     finally:
@@ -310,7 +314,7 @@ def test_an_oversized_catalog_is_cut_off_while_it_streams(world: World) -> None:
     world.front.oversize_sent = 0
     world.front.mode = "oversize"
     try:
-        wait(lambda: "larger than 1048576 bytes" in crawl_error(world), "the size refusal")
+        services.wait_until(lambda: "larger than 1048576 bytes" in crawl_error(world), "the size refusal")
     finally:
         world.front.mode = "pass"
     attempts = world.front.requests["POST catalog"] - before
@@ -324,7 +328,7 @@ def test_an_oversized_catalog_is_cut_off_while_it_streams(world: World) -> None:
 def test_a_silent_peer_hits_the_read_timeout(world: World) -> None:
     world.front.mode = "slow"
     try:
-        wait(lambda: "read timeout" in crawl_error(world), "the read timeout")
+        services.wait_until(lambda: "read timeout" in crawl_error(world), "the read timeout")
     finally:
         world.front.mode = "pass"
     assert "sent nothing for 2 s" in crawl_error(world)
@@ -333,10 +337,10 @@ def test_a_silent_peer_hits_the_read_timeout(world: World) -> None:
 def test_a_trickling_peer_hits_the_deadline(world: World) -> None:
     world.front.mode = "trickle"
     try:
-        wait(lambda: "total time limit" in crawl_error(world), "the deadline")
+        services.wait_until(lambda: "total time limit" in crawl_error(world), "the deadline")
     finally:
         world.front.mode = "pass"
-    wait(lambda: not crawl_error(world), "a good crawl again")
+    services.wait_until(lambda: not crawl_error(world), "a good crawl again")
 
 
 def test_a_data_address_on_another_origin_is_refused(world: World) -> None:
@@ -353,7 +357,7 @@ def test_a_data_address_on_another_origin_is_refused(world: World) -> None:
         },
     )
     assert started.status_code == 201, started.text
-    done = wait(
+    done = services.wait_until(
         lambda: (
             (n := beta.api("GET", f"/negotiations/{started.json()['id']}").json())["state"]
             in ("FINALIZED", "TERMINATED")
@@ -381,32 +385,16 @@ def test_a_data_address_on_another_origin_is_refused(world: World) -> None:
 
 
 def test_more_bytes_than_agreed_are_refused(world: World) -> None:
-    beta = world.beta
-    agreement = next(
-        a for a in beta.api("GET", "/agreements").json() if a["provider"] == world.hostile.address
-    )
-    world.front.mode = "data-oversize"
-    try:
-        r = beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
-    finally:
-        world.front.mode = "pass"
+    agreement, r = transfer_while(world, "data-oversize")
     assert r.status_code == 403, r.text
     assert f"the agreed size is {agreement['terms']['size']} bytes" in r.json()["detail"]
-    assert beta.api("GET", "/transfers").json()[0]["state"] == "TERMINATED"
+    assert world.beta.api("GET", "/transfers").json()[0]["state"] == "TERMINATED"
 
 
 def test_a_chain_the_provider_picked_elsewhere_is_not_asked(world: World) -> None:
     """Checking the bytes means asking the chain the provenance names: only this node's own
     chain or one at the provider's origin."""
-    beta = world.beta
-    agreement = next(
-        a for a in beta.api("GET", "/agreements").json() if a["provider"] == world.hostile.address
-    )
-    world.front.mode = "chain-elsewhere"
-    try:
-        r = beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
-    finally:
-        world.front.mode = "pass"
+    _, r = transfer_while(world, "chain-elsewhere")
     assert r.status_code == 403, r.text
     assert f"the chain the provenance names {world.internal.url}/rpc is refused" in r.json()["detail"]
     assert world.internal.hits == []
@@ -415,15 +403,7 @@ def test_a_chain_the_provider_picked_elsewhere_is_not_asked(world: World) -> Non
 def test_a_chain_at_the_providers_origin_that_redirects_is_not_followed(world: World) -> None:
     """The chain the provenance names is on the provider's origin, and answers every call with
     a 307 to the internal service: the node's outbound client follows no redirect."""
-    beta = world.beta
-    agreement = next(
-        a for a in beta.api("GET", "/agreements").json() if a["provider"] == world.hostile.address
-    )
-    world.front.mode = "chain-redirect"
-    try:
-        r = beta.api("POST", "/transfers", json={"agreement_id": agreement["id"]})
-    finally:
-        world.front.mode = "pass"
+    _, r = transfer_while(world, "chain-redirect")
     assert r.status_code in (403, 502, 503), r.text
     assert "redirect" in r.json()["detail"], r.json()["detail"]
     assert world.front.requests["POST /chain/rpc"] >= 1, "the chain at the provider's origin was asked"
