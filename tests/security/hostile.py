@@ -11,15 +11,15 @@ counts every request that reaches it.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 
 from connector.envelope import open_envelope, seal
+from tests import services
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 
@@ -44,17 +44,15 @@ class InternalService:
 
             do_GET = do_POST = do_PUT = do_DELETE = _count
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = services.LoopbackHTTP(Handler)
+        self.port = self.server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 class HostileFront:
@@ -92,17 +90,15 @@ class HostileFront:
             def do_POST(self) -> None:
                 front.handle(self, self.rfile.read(int(self.headers.get("content-length") or 0)))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = services.LoopbackHTTP(Handler)
+        self.port = self.server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
     def handle(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
         path = req.path.split("?", 1)[0]

@@ -12,7 +12,6 @@ import io
 import json
 import sys
 import tarfile
-import threading
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from kernel.limits import (
     check_yaml,
     loads,
 )
+from tests import services
 
 DEEP = 100_000
 
@@ -246,7 +246,7 @@ class _DeepPeer:
     def __init__(
         self, status: int, body: bytes | None = None, content_type: str = "application/json"
     ) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         deep = body if body is not None else b'{"type": ' + b"[" * DEEP + b"]" * DEEP + b"}"
 
@@ -262,13 +262,11 @@ class _DeepPeer:
                 self.end_headers()
                 self.wfile.write(deep)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = services.LoopbackHTTP(Handler)
+        self.url = f"http://127.0.0.1:{self.server.port}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def _client_of(peer: _DeepPeer) -> Any:

@@ -4,10 +4,9 @@ client against a counting listener on loopback (a stand-in for an internal servi
 from __future__ import annotations
 
 import ipaddress
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from kernel.addresses import (
 )
 from kernel.errors import ServiceUnavailable
 from kernel.outbound import OutboundClient, OutboundPolicy, OutboundRefused
+from tests import services
 
 STRICT = AddressRules()
 PUBLIC = {"8.8.8.8": ["8.8.8.8"]}
@@ -292,16 +292,14 @@ class Listener:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = services.LoopbackHTTP(Handler)
+        self.port = self.server.port
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture
