@@ -1,0 +1,1 @@
+"""Federated learning between organisations: rounds over the connector, sandboxed local training."""
