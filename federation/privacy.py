@@ -56,6 +56,7 @@ from pydantic_core import PydanticCustomError
 
 from federation.privacy_ledger import PrivacyLedger, ledger_epsilon
 from federation.tensors import UpdateRejected, Weights
+from marketplace.policy.explain import number_words as number_text
 
 __all__ = [
     "DpSgdOptions",
@@ -73,17 +74,6 @@ MAX_NOISE_MULTIPLIER = 1000.0
 MAX_CLIP_NORM = 1e6
 MAX_DELTA = 0.01
 MAX_EPSILON = 1e6
-
-
-def number_text(value: float) -> str:
-    """The shortest text that reads back as ``value``: 3, 2.5, 1e-5 (not 3.0 or 1e-05)."""
-    if math.isinf(value):
-        return "∞"
-    text = repr(float(value))
-    mantissa, _, exponent = text.partition("e")
-    if mantissa.endswith(".0"):
-        mantissa = mantissa[:-2]
-    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
 def _check(what: str, low: float, high: float, *, low_open: bool = True, why: str = "") -> AfterValidator:

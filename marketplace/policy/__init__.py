@@ -45,10 +45,12 @@ if TYPE_CHECKING:
         policy_json_schema,
     )
     from marketplace.policy.odrl import AGORA_NS, to_odrl_offer
+    from marketplace.policy.privacy import DEFAULT_DP_DELTA, privacy_cap
     from marketplace.policy.templates import TEMPLATES, Template, expand, from_template
 
 __all__ = [
     "AGORA_NS",
+    "DEFAULT_DP_DELTA",
     "TEMPLATES",
     "AndGroup",
     "CompiledPolicy",
@@ -75,9 +77,10 @@ __all__ = [
     "load_policy",
     "parse_policy",
     "policy_json_schema",
+    "privacy_cap",
     "to_odrl_offer",
 ]
-_MODULES = ("language", "templates", "explain", "engine", "odrl")
+_MODULES = ("language", "templates", "explain", "engine", "odrl", "privacy")
 
 
 def __getattr__(name: str) -> Any:

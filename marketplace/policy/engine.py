@@ -22,7 +22,15 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from marketplace.policy.explain import LABELS, MISSING, PHRASES, constraint_words, describe, duty_sentence
+from marketplace.policy.explain import (
+    LABELS,
+    MISSING,
+    PHRASES,
+    constraint_words,
+    describe,
+    duty_sentence,
+    number_words,
+)
 from marketplace.policy.explain import elapsed_words as _elapsed_words
 from marketplace.policy.language import (
     MAX_LIST,
@@ -72,6 +80,15 @@ class RequestContext(BaseModel):
     agreed_at: InUtc | None = Field(default=None, description="when the agreement was signed")
     uses: int = Field(default=0, ge=0, description="uses of the agreement so far")
     region: Text | None = None
+    dp_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="federate: the privacy budget ε the federation states it will spend",
+    )
+    dp_delta: float | None = Field(
+        default=None, gt=0, lt=1, allow_inf_nan=False, description="federate: the δ of that budget"
+    )
 
 
 @dataclass(slots=True)
@@ -125,6 +142,8 @@ _GETTERS: dict[str, Callable[[RequestContext], Any]] = {
     "count": attrgetter("uses"),
     "region": attrgetter("region"),
     "accessMode": attrgetter("mode"),
+    "dpEpsilon": attrgetter("dp_epsilon"),
+    "dpDelta": attrgetter("dp_delta"),
 }
 
 
@@ -200,6 +219,8 @@ _SHOW: dict[Kind, Callable[[Any], str]] = {
     Kind.SET: _groups,
     Kind.TIME: _instant,
     Kind.COUNT: lambda count: f"({count})",
+    Kind.EPSILON: lambda budget: f"({number_words(budget)})",
+    Kind.DELTA: lambda budget: f"({number_words(budget)})",
 }
 
 

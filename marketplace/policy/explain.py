@@ -9,6 +9,7 @@ request was denied reads like the policy it was checked against.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -36,6 +37,8 @@ LABELS: dict[str, str] = {
     "count": "the use count",
     "region": "region",
     "accessMode": "access mode",
+    "dpEpsilon": "the privacy budget ε",
+    "dpDelta": "the privacy budget δ",
 }
 
 MISSING: dict[str, str] = {
@@ -48,6 +51,8 @@ MISSING: dict[str, str] = {
     "count": "no use count was given",
     "region": "no region was given",
     "accessMode": "no access mode was given",
+    "dpEpsilon": "no privacy budget ε was stated (federated learning without differential privacy)",
+    "dpDelta": "no privacy budget δ was stated",
 }
 
 # (when it holds, when it does not) for each family of operand kinds and operator
@@ -86,6 +91,8 @@ PHRASES: dict[Kind, dict[str, tuple[str, str]]] = {
     Kind.TIME: _TIME,
     Kind.DURATION: _AMOUNT,
     Kind.COUNT: _AMOUNT,
+    Kind.EPSILON: _AMOUNT,
+    Kind.DELTA: _AMOUNT,
 }
 
 _VERB = {
@@ -156,6 +163,15 @@ def elapsed_words(elapsed: timedelta) -> str:
     return sign + alternatives(parts, "and")
 
 
+def number_words(value: float) -> str:
+    """The shortest text that reads back as ``value``: 3, 2.5, 1e-5 (not 3.0 or 1e-05)."""
+    if math.isinf(value):
+        return "∞"
+    mantissa, _, exponent = repr(float(value)).partition("e")
+    mantissa = mantissa.removesuffix(".0")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
 def right_words(c: Constraint) -> str:
     """The right operand as a person reads it."""
     value = c.rightOperand
@@ -163,6 +179,8 @@ def right_words(c: Constraint) -> str:
         return ", ".join(str(v) for v in value)
     if c.kind is Kind.DURATION:
         return duration_words(str(value))
+    if c.kind in (Kind.EPSILON, Kind.DELTA):
+        return number_words(float(value))
     return str(value)
 
 
@@ -244,6 +262,10 @@ def _permission_sentences(permission: Permission) -> list[str]:
                 continue
         rest.append(node)
     sentences = [f"{subject} may {_VERB[permission.action]}{purpose}."]
+    budget = [n for n in rest if isinstance(n, Constraint) and n.kind in (Kind.EPSILON, Kind.DELTA)]
+    if budget:
+        sentences.append(_privacy_sentence(budget))
+        rest = [n for n in rest if not any(n is b for b in budget)]
     window = _window(rest, permission.action)
     if window is not None:
         sentence, rest = window
@@ -251,6 +273,17 @@ def _permission_sentences(permission: Permission) -> list[str]:
     sentences.extend(_condition_sentence(node, permission.action) for node in rest)
     sentences.extend(duty_sentence(duty, permission.action) for duty in permission.duties)
     return sentences
+
+
+def _privacy_sentence(budget: list[Constraint]) -> str:
+    """ "It may be used in federated learning only with differential privacy, ε ≤ 3 at δ ≤ 1e-5." """
+
+    def bounds(kind: Kind, symbol: str) -> str:
+        sign = {"lt": "<", "lteq": "≤"}
+        return " and ".join(f"{symbol} {sign[c.operator]} {right_words(c)}" for c in budget if c.kind is kind)
+
+    epsilon, delta = bounds(Kind.EPSILON, "ε"), bounds(Kind.DELTA, "δ")
+    return f"It may be {_PASSIVE['federate']} only with differential privacy, {epsilon} at {delta}."
 
 
 def _window(nodes: list[ConstraintNode], action: str) -> tuple[str, list[ConstraintNode]] | None:

@@ -19,6 +19,7 @@ durations), so two spellings of one policy compare equal.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -59,6 +60,8 @@ LeftOperand = Literal[
     "count",
     "region",
     "accessMode",
+    "dpEpsilon",
+    "dpDelta",
 ]
 Operator = Literal["eq", "neq", "lt", "lteq", "gt", "gteq", "isAnyOf", "isNoneOf", "isAllOf"]
 TemplateName = Literal[
@@ -82,6 +85,7 @@ MAX_RULES = 64
 MAX_CONSTRAINTS = 64
 MAX_LIST = 256
 MAX_TEXT = 200
+MAX_EPSILON = 1e6
 
 
 class Kind(StrEnum):
@@ -94,6 +98,8 @@ class Kind(StrEnum):
     TIME = "timestamp"
     DURATION = "duration"
     COUNT = "count"
+    EPSILON = "privacy budget ε"
+    DELTA = "privacy budget δ"
 
 
 OPERAND_KINDS: dict[str, Kind] = {
@@ -106,6 +112,8 @@ OPERAND_KINDS: dict[str, Kind] = {
     "count": Kind.COUNT,
     "region": Kind.TEXT,
     "accessMode": Kind.MODE,
+    "dpEpsilon": Kind.EPSILON,
+    "dpDelta": Kind.DELTA,
 }
 
 _EQUALITY = ("eq", "neq", "isAnyOf", "isNoneOf")
@@ -120,6 +128,9 @@ KIND_OPERATORS: dict[Kind, tuple[str, ...]] = {
     Kind.TIME: _ORDER,
     Kind.DURATION: _ORDER,
     Kind.COUNT: ("eq", "neq", *_ORDER),
+    # a cap: the request's budget must stay below it (marketplace.policy.privacy)
+    Kind.EPSILON: ("lt", "lteq"),
+    Kind.DELTA: ("lt", "lteq"),
 }
 
 
@@ -262,6 +273,35 @@ def _count(value: Any) -> int:
     return value
 
 
+_DECIMAL = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def _real(value: Any) -> float | None:
+    """A finite number, or None. Decimal text counts: YAML 1.1 reads ``1e-5`` as a string."""
+    if isinstance(value, str) and _DECIMAL.match(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _epsilon(value: Any) -> float:
+    number = _real(value)
+    if number is None or not 0 < number <= MAX_EPSILON:
+        raise ValueError(
+            f"expected a privacy budget ε: a number above 0 and at most {MAX_EPSILON:,.0f}, got {value!r}"
+        )
+    return number
+
+
+def _delta(value: Any) -> float:
+    number = _real(value)
+    if number is None or not 0 < number < 1:
+        raise ValueError(f"expected δ: a number between 0 and 1 (exclusive) such as 1e-5, got {value!r}")
+    return number
+
+
 def _timestamp_text(value: Any) -> str:
     return format_timestamp(parse_timestamp(value))
 
@@ -278,6 +318,8 @@ _CANONICAL: dict[Kind, Any] = {
     Kind.TIME: _timestamp_text,
     Kind.DURATION: _duration_text,
     Kind.COUNT: _count,
+    Kind.EPSILON: _epsilon,
+    Kind.DELTA: _delta,
 }
 
 
@@ -333,7 +375,7 @@ class Constraint(_Model):
 
     leftOperand: LeftOperand
     operator: Operator
-    rightOperand: str | int | list[str] = Field(
+    rightOperand: str | int | float | list[str] = Field(
         description="a scalar, or a non-empty list for isAnyOf / isNoneOf / isAllOf"
     )
 
@@ -473,6 +515,13 @@ class Duty(_Model):
             raise PydanticCustomError("policy", "{detail}", {"detail": "only a notify duty has a target"})
         return target
 
+    @field_validator("constraints")
+    @classmethod
+    def _no_privacy_budget(cls, constraints: list[ConstraintNode]) -> list[ConstraintNode]:
+        from marketplace.policy.privacy import refuse_privacy_operands
+
+        return refuse_privacy_operands(constraints, "a duty")
+
 
 class Permission(_Model):
     """Allows ``action`` when all ``constraints`` hold; whoever uses it takes on the ``duties``."""
@@ -481,12 +530,31 @@ class Permission(_Model):
     constraints: Constraints = Field(default_factory=list, description="all must hold; empty = always")
     duties: list[Duty] = Field(default_factory=list, max_length=MAX_CONSTRAINTS)
 
+    @field_validator("constraints")
+    @classmethod
+    def _privacy_in_place(
+        cls, constraints: list[ConstraintNode], info: ValidationInfo
+    ) -> list[ConstraintNode]:
+        """dpEpsilon / dpDelta only where they cap federated learning; δ made explicit."""
+        if "action" not in info.data:  # the action itself was refused
+            return constraints
+        from marketplace.policy.privacy import place_privacy_operands
+
+        return place_privacy_operands(info.data["action"], constraints)
+
 
 class Prohibition(_Model):
     """Forbids ``action`` when all ``constraints`` hold (empty = always); beats any permission."""
 
     action: Action
     constraints: Constraints = Field(default_factory=list)
+
+    @field_validator("constraints")
+    @classmethod
+    def _no_privacy_budget(cls, constraints: list[ConstraintNode]) -> list[ConstraintNode]:
+        from marketplace.policy.privacy import refuse_privacy_operands
+
+        return refuse_privacy_operands(constraints, "a prohibition")
 
 
 # template parameters -------------------------------------------------------------------

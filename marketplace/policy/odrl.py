@@ -10,7 +10,9 @@ URLs, not define a prefix. The Agora policy itself travels as ``AGORA_NS + "poli
 peer running Agora recovers it exactly instead of reading it back from ODRL.
 
 ODRL's right operands are strings, objects or arrays in the DSP schema, so a count is a
-typed literal ``{"@value": 10, "@type": "xsd:integer"}``.
+typed literal ``{"@value": 10, "@type": "xsd:integer"}`` and a privacy budget (``dpEpsilon``,
+``dpDelta``: caps of federated learning's differential privacy, Agora's own operands) is
+``{"@value": 3.0, "@type": "xsd:double"}``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ LEFT_OPERANDS: dict[str, str] = {
     "count": "odrl:count",
     "region": "odrl:spatial",
     "accessMode": AGORA_NS + "accessMode",
+    "dpEpsilon": AGORA_NS + "dpEpsilon",
+    "dpDelta": AGORA_NS + "dpDelta",
 }
 DUTY_ACTIONS: dict[str, str] = {"log": AGORA_NS + "log", "notify": "odrl:inform", "delete": "odrl:delete"}
 
@@ -89,4 +93,6 @@ def odrl_constraint(node: ConstraintNode) -> dict[str, Any]:
     right: Any = node.rightOperand
     if node.kind is Kind.COUNT:
         right = {"@value": right, "@type": "xsd:integer"}
+    elif node.kind in (Kind.EPSILON, Kind.DELTA):
+        right = {"@value": right, "@type": "xsd:double"}
     return {"leftOperand": LEFT_OPERANDS[node.leftOperand], "operator": node.operator, "rightOperand": right}

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kernel.errors import InvalidInput
 from kernel.validation import validate
 from marketplace.policy import Decision, RequestContext, compile_policy, parse_policy
-from marketplace.policy.explain import MISSING
+from marketplace.policy.explain import LABELS, MISSING
 from marketplace.policy.language import (
     ACCESS_MODES,
     ACTIONS,
@@ -182,9 +182,34 @@ def test_count_operators_match_the_reference(operator: str, right: int, uses: in
     check_single(atom("count", operator, right), REFERENCE[operator](uses, right), uses=uses)
 
 
+BUDGETS = {"dpEpsilon": st.floats(1e-6, 100.0), "dpDelta": st.floats(1e-12, 0.999)}
+
+
+@pytest.mark.parametrize("left", ["dpEpsilon", "dpDelta"])
+@given(data=st.data())
+def test_privacy_budget_operators_match_the_reference(left: str, data: st.DataObject) -> None:
+    """A stated budget meets a cap as the plain comparison says; the other half of the budget
+    is stated well inside its cap, so only the operand under test decides."""
+    operator = data.draw(operators(OPERAND_KINDS[left]))
+    right = data.draw(BUDGETS[left])
+    value = data.draw(st.none() | st.just(right) | BUDGETS[left])
+    if left == "dpEpsilon":
+        constraints, context = [atom(left, operator, right)], {"dp_epsilon": value, "dp_delta": 1e-13}
+    else:
+        constraints = [atom("dpEpsilon", "lteq", 1e6), atom(left, operator, right)]
+        context = {"dp_epsilon": 1.0, "dp_delta": value}
+    policy = {"permissions": [{"action": "federate", "constraints": constraints}]}
+    decision = decide(policy, mode="federate", **context)
+    expected = value is not None and REFERENCE[operator](value, right)
+    [reason] = [r for r in decision.reasons if r.constraint.startswith(LABELS[left])]
+    assert (decision.allowed, reason.satisfied) == (expected, expected)
+    if value is None:
+        assert reason.explanation == MISSING[left]
+
+
 def test_every_operand_kind_is_covered_by_a_property_test() -> None:
     tested = {"purpose", "participantName", "region", "participant", "accessMode", "participantGroup"}
-    tested |= {"dateTime", "elapsedTime", "count"}
+    tested |= {"dateTime", "elapsedTime", "count", "dpEpsilon", "dpDelta"}
     assert tested == set(OPERAND_KINDS)
 
 
