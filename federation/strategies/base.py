@@ -202,9 +202,9 @@ class Strategy(ABC):
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = validate_params(self.name, self.PARAMS, params)
+        # what the last successful aggregation did (participants used, failures, what the
+        # strategy chose), for the round record
         self.report: dict[str, Any] = {}
-        """What the last successful aggregation did (participants used, failures, and what the
-        strategy chose), for the round record."""
 
     def configure_fit(self, round_number: int, global_weights: Weights) -> Config:
         """Keys every client receives with this round's global weights (none by default)."""
