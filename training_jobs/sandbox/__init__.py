@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from .base import (
+    CHANNEL_ENV,
+    Channel,
     ImageRejected,
     Limits,
     Mount,
@@ -35,8 +37,10 @@ AUTO_ORDER = ("bubblewrap", "podman", "docker")
 
 __all__ = [
     "AUTO_ORDER",
+    "CHANNEL_ENV",
     "KINDS",
     "BubblewrapSandbox",
+    "Channel",
     "ImageRejected",
     "Limits",
     "Mount",

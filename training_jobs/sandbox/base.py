@@ -87,6 +87,52 @@ class Mount:
     target: str
 
 
+CHANNEL_ENV = "AGORA_CHANNEL_FDS"
+
+
+@dataclass
+class Channel:
+    """Two pipes between the node and one long-lived sandboxed process, apart from its log.
+
+    A warm process (a federation's trainer) answers request after request for the whole of
+    its life: the node writes to ``requests`` and reads from ``replies``; the process holds
+    the other ends, which it finds in ``$AGORA_CHANNEL_FDS`` ("read,write"). Its stdout and
+    stderr stay the log. The sandbox closes the process's ends on the node's side once the
+    process is started, so the node reads end-of-file as soon as the process is gone.
+    """
+
+    requests: int  # the node writes here
+    replies: int  # the node reads here
+    job_reads: int
+    job_writes: int
+
+    @classmethod
+    def open(cls) -> Channel:
+        """Two fresh pipes (never inherited by any other child of the node)."""
+        job_reads, requests = os.pipe()
+        replies, job_writes = os.pipe()
+        return cls(requests=requests, replies=replies, job_reads=job_reads, job_writes=job_writes)
+
+    def job_fds(self) -> tuple[int, int]:
+        return self.job_reads, self.job_writes
+
+    def close_job_ends(self) -> None:
+        """Called by the sandbox once the process holds its own copies."""
+        for fd in (self.job_reads, self.job_writes):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.job_reads = self.job_writes = -1
+
+    def close(self) -> None:
+        self.close_job_ends()
+        for fd in (self.requests, self.replies):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.requests = self.replies = -1
+
+
 @dataclass(frozen=True)
 class SandboxRun:
     """One command to run: argv, read-only mounts, the writable ``/out``, env and limits.
@@ -94,7 +140,9 @@ class SandboxRun:
     ``command[0] == "python"`` means the interpreter the sandbox provides (the node's own
     Python environment for bubblewrap, the image's ``python`` for containers). ``image`` is
     an OCI reference pinned by digest (``name@sha256:…``) for podman, docker and
-    Kubernetes; bubblewrap ignores it.
+    Kubernetes; bubblewrap ignores it. ``channel`` makes it a long-lived run fed through
+    two pipes (:class:`Channel`); only bubblewrap hosts one, the others refuse it with
+    :class:`SandboxUnavailable`. Its limits hold for the whole life of the process.
     """
 
     command: list[str]
@@ -105,6 +153,7 @@ class SandboxRun:
     limits: Limits = field(default_factory=Limits)
     image: str | None = None
     name: str = "agora-job"
+    channel: Channel | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +235,14 @@ def sanitize_name(name: str, max_len: int = 52) -> str:
 
 
 _DIGEST_RE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+
+def refuse_channel(kind: str, run: SandboxRun) -> None:
+    """The refusal of a sandbox that cannot pass a :class:`Channel` into its process."""
+    if run.channel is not None:
+        raise SandboxUnavailable(
+            f"{kind} cannot host a warm federation trainer; use AGORA_SANDBOX=bwrap (bubblewrap)"
+        )
 
 
 def require_digest(image: str | None) -> str:

@@ -269,11 +269,15 @@ class BubblewrapSandbox(Sandbox):
                 argv = [self.bwrap, "--args", str(args_fd), "--json-status-fd", str(status_write)]
                 try:
                     fds = [*etc_fds.values(), args_fd, status_write]
+                    if run.channel is not None:  # the process's ends of its pipes, at their numbers
+                        fds += run.channel.job_fds()
                     proc = self._spawn([*argv, *full[split:]], fds, run, group, stage)
                 finally:
                     os.close(args_fd)
                     os.close(status_write)
                     status_write = -1
+                    if run.channel is not None:  # the node then reads EOF when the process ends
+                        run.channel.close_job_ends()
             return self._supervise(proc, run, group, on_output, cancel, status_read)
         finally:
             for fd in (status_read, status_write):

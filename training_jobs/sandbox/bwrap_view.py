@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 
 from kernel.errors import ConfigurationError
 
-from .base import Mount, SandboxRun
+from .base import CHANNEL_ENV, Mount, SandboxRun
 from .staging import Stage
 
 SANDBOX_UID = 65534
@@ -150,6 +150,8 @@ class SandboxView:
             "OMP_NUM_THREADS": "1",
         }
         env.update(run.env)
+        if run.channel is not None:
+            env[CHANNEL_ENV] = ",".join(str(fd) for fd in run.channel.job_fds())
         for key, value in env.items():
             args += ["--setenv", key, value]
         command = list(run.command)

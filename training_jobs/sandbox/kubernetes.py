@@ -54,6 +54,7 @@ from .base import (
     fmt_seconds,
     ignore_output,
     output_usage,
+    refuse_channel,
     require_digest,
     sanitize_name,
 )
@@ -242,7 +243,9 @@ class KubernetesSandbox(Sandbox):
         on_output: OutputCallback = ignore_output,
         cancel: threading.Event | None = None,
     ) -> SandboxOutcome:
-        """Create the policy and the Job, follow it to its end, and delete both; see :meth:`Sandbox.run`."""
+        """Create the policy and the Job, follow it to its end, and delete both; see :meth:`Sandbox.run`.
+        No channel runs."""
+        refuse_channel(self.kind, run)
         client, _ = _k8s()
         self.check()
         name = f"{sanitize_name(run.name, 40)}-{uuid.uuid4().hex[:10]}"

@@ -38,6 +38,7 @@ from .base import (
     exit_reason,
     fmt_bytes,
     ignore_output,
+    refuse_channel,
     require_digest,
     sanitize_name,
     supervise,
@@ -134,7 +135,8 @@ class OciSandbox(Sandbox):
         on_output: OutputCallback = ignore_output,
         cancel: threading.Event | None = None,
     ) -> SandboxOutcome:
-        """Run ``run`` in a fresh container; see :meth:`Sandbox.run`."""
+        """Run ``run`` in a fresh container; see :meth:`Sandbox.run`. No channel runs."""
+        refuse_channel(self.kind, run)
         self.check()
         name = f"{sanitize_name(run.name, 50)}-{uuid.uuid4().hex[:12]}"
         argv = self.build_command(run, name=name)
