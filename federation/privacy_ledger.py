@@ -14,6 +14,7 @@ so none is assumed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +26,18 @@ from dp_accounting.rdp import RdpAccountant
 
 from kernel.errors import InvalidInput
 from kernel.limits import JSON, check_json
+
+
+class _QuietOrders(logging.Filter):
+    """Drops the RDP accountant's warning that one fractional order did not converge: the
+    accountant leaves that order out, which can only raise the epsilon it reports (safe),
+    and a node checking a cap every round would otherwise log it every round."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("_compute_log_a_frac failed to converge")
+
+
+logging.getLogger("absl").addFilter(_QuietOrders())
 
 Accountant = Literal["rdp", "pld"]
 LEDGER_VERSION = 1
@@ -177,7 +190,10 @@ class PrivacyLedger:
         return [event for r in self._rounds for event in r.events]
 
     def epsilon(self, delta: float, accountant: Accountant = "rdp") -> float:
-        """Epsilon at ``delta`` of every recorded event composed: what a cap is checked against."""
+        """Epsilon at ``delta`` of every recorded event composed: what a cap is checked against.
+
+        RDP takes milliseconds; PLD is tighter (4-10 % below RDP for the node's Gaussian, equal
+        to the exact figure) but takes seconds once epsilon passes about 30."""
         return self._cached(delta, accountant, node_only=False)
 
     def node_epsilon(self, delta: float, accountant: Accountant = "rdp") -> float:
