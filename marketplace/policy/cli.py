@@ -49,6 +49,13 @@ def explain(
     ] = None,
     now: Annotated[str | None, typer.Option(help="evaluate as of this instant (default: now)")] = None,
     region: Annotated[str | None, typer.Option(help="where the data would be used")] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option("--dp-epsilon", help="federate: the privacy budget ε the federation states"),
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option("--dp-delta", help="federate: the δ of that budget")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Decide a request against the policy in FILE and say why, constraint by constraint."""
@@ -66,6 +73,8 @@ def explain(
         "uses": uses,
         "agreed_at": agreed_at,
         "region": region,
+        "dp_epsilon": dp_epsilon,
+        "dp_delta": dp_delta,
     }
     if now is not None:
         context["now"] = now

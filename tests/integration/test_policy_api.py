@@ -156,6 +156,63 @@ def test_bad_input_is_a_400_with_field_paths(api: Any, auth: Any, payload: dict[
     assert path in [e["path"] for e in body["errors"]], body
 
 
+DP_CAP: dict[str, Any] = {
+    "permissions": [
+        {
+            "action": "federate",
+            "constraints": [{"leftOperand": "dpEpsilon", "operator": "lteq", "rightOperand": 3}],
+        }
+    ]
+}
+
+
+def test_a_federation_states_its_privacy_budget_against_the_cap(api: Any, auth: Any) -> None:
+    within = {"mode": "federate", "dp_epsilon": 2.0, "dp_delta": 1e-6}
+    r = api.post(EVALUATE, json={"policy": DP_CAP, "context": within}, headers=auth("catalog:read"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["allowed"] is True
+    assert (
+        "It may be used in federated learning only with differential privacy, ε ≤ 3 at δ ≤ 1e-5."
+        in body["sentences"]
+    )
+    assert body["policy"]["permissions"][0]["constraints"][1] == {
+        "leftOperand": "dpDelta",
+        "operator": "lteq",
+        "rightOperand": 1e-5,
+    }
+    over = api.post(
+        EVALUATE,
+        json={"policy": DP_CAP, "context": {**within, "dp_epsilon": 4}},
+        headers=auth("catalog:read"),
+    ).json()
+    assert over["allowed"] is False
+    assert [x["explanation"] for x in over["reasons"] if not x["satisfied"]] == [
+        "the privacy budget ε (4) is more than 3"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        ({"policy": DP_CAP, "context": {"mode": "federate", "dp_epsilon": -1}}, "context.dp_epsilon"),
+        ({"policy": DP_CAP, "context": {"mode": "federate", "dp_delta": 2}}, "context.dp_delta"),
+        (
+            {
+                "policy": {"permissions": [{**DP_CAP["permissions"][0], "action": "use"}]},
+                "context": {"mode": "federate"},
+            },
+            "policy.permissions.0.constraints.0.leftOperand",
+        ),
+    ],
+)
+def test_a_bad_privacy_budget_is_a_400_with_the_path(
+    api: Any, auth: Any, payload: dict[str, Any], path: str
+) -> None:
+    body = problem(api.post(EVALUATE, json=payload, headers=auth("catalog:read")), 400)
+    assert [e["path"] for e in body["errors"]] == [path]
+
+
 def test_a_body_that_is_not_an_object_is_a_400(api: Any, auth: Any) -> None:
     problem(api.post(EVALUATE, json=[POLICY], headers=auth("catalog:read")), 400)
     problem(api.post(EVALUATE, content=b"{not json", headers=auth("catalog:read")), 400)
@@ -238,6 +295,24 @@ def test_explain_allows_with_reasons_duties_and_sentences(policy_file: Path) -> 
     assert "• Each computation is logged." in out
     assert f"Only {A} may use it for predictive-maintenance or research." in out
     assert "Downloading it is prohibited." in out
+
+
+def test_explain_takes_the_stated_privacy_budget(tmp_path: Path) -> None:
+    path = tmp_path / "dp.yaml"
+    path.write_text(
+        "permissions:\n  - action: federate\n    constraints:\n"
+        "      - {leftOperand: dpEpsilon, operator: lteq, rightOperand: 3}\n"
+    )
+    args = ["-f", str(path), "--participant", A, "--purpose", "research", "--mode", "federate"]
+    granted = explain(*args, "--dp-epsilon", "2.5", "--dp-delta", "1e-6")
+    assert granted.exit_code == 0, granted.output
+    assert "✓ permissions[0].constraints[0]: the privacy budget ε (2.5) is at most 3" in granted.stdout
+    assert "✓ permissions[0].constraints[1]: the privacy budget δ (1e-6) is at most 1e-5" in granted.stdout
+    assert "only with differential privacy, ε ≤ 3 at δ ≤ 1e-5." in granted.stdout
+    unstated = explain(*args)
+    assert unstated.exit_code == 1
+    assert "no privacy budget ε was stated" in unstated.stdout
+    assert explain(*args, "--dp-epsilon", "-2").exit_code == 2
 
 
 def test_explain_denies_with_exit_code_1(policy_file: Path) -> None:
