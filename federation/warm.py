@@ -35,8 +35,6 @@ whole life, so the caller sets them for the whole federation.
 
 from __future__ import annotations
 
-import math
-import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -46,31 +44,26 @@ import numpy as np
 
 import federation.trainer
 from federation.recipes import DEFAULT_METRIC_NAMES, ModelCode, Recipe, check_config
-from federation.tensors import UpdateRejected, Weights, check_update, decode, encode, in_order
+from federation.replies import (
+    UpdateRefused,
+    checked_metrics,
+    checked_weights,
+    count_within,
+    figure,
+    reported_layout,
+    same_layout,
+)
+from federation.tensors import Weights, check_update, encode, in_order
 from federation.warm_process import Reply, TrainerFailed, WarmProcess
-from training_jobs.job_metrics import MAX_METRICS, rounded
+from kernel.errors import ConfigurationError, InvalidInput
 from training_jobs.sandbox import Limits, Mount, Sandbox, SandboxRun
 
 Layout = Mapping[str, tuple[list[int], str]]
 PROGRAM = Path(federation.trainer.__file__).parent
 MODULE = "agora_fl"
 HELLO_SECONDS = 180.0  # the first answer waits for torch's import, on a loaded machine too
-MAX_LAYOUT_ENTRIES = 10_000
-_EXPECTED_NAME = re.compile(r"tensor (\S+) (has shape|has dtype|holds values)")
-_REFUSALS = {
-    "has shape": "has the wrong shape",
-    "has dtype": "has the wrong dtype",
-    "holds values": "holds values that are not finite (NaN or infinity)",
-}
 
 __all__ = ["Fit", "TrainerFailed", "UpdateRefused", "WarmTrainer", "initial_weights"]
-
-
-class UpdateRefused(TrainerFailed):
-    """What the trainer returned may not leave the node (tensors, metrics or counts)."""
-
-    type_slug = "update-refused"
-    title = "Local update refused"
 
 
 class Fit(NamedTuple):
@@ -108,7 +101,7 @@ class WarmTrainer:
         evaluator_limits: Limits | None = None,
     ) -> None:
         if model.client is None and recipe is None:
-            raise ValueError("a model factory is trained by the node's recipe: give one")
+            raise InvalidInput("a model factory is trained by the node's recipe, and none was given")
         self._sandbox = sandbox
         self.model, self.recipe = model, recipe
         self.layout: dict[str, tuple[list[int], str]] | None = dict(layout) if layout is not None else None
@@ -135,7 +128,7 @@ class WarmTrainer:
 
     def _prepare(self, program: Path, code_dir: Path) -> Path:
         if not code_dir.is_dir():
-            raise ValueError(f"the bundle directory {code_dir} does not exist")
+            raise ConfigurationError(f"the bundle directory {code_dir} does not exist")
         shutil.rmtree(program, ignore_errors=True)
         shutil.copytree(PROGRAM, program / MODULE, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         return program
@@ -220,11 +213,11 @@ class WarmTrainer:
         processes = [p for p in (self._trainer, self._evaluator) if p is not None]
         for process in processes:
             reply = process.call(request, timeout=timeout, what="hello")
-            reported = _reported_layout(reply, process.role)
+            reported = reported_layout(reply.header.get("layout"), process.role)
             if self.layout is None:
                 self.layout = reported
                 self.max_payload = max(self.max_payload, 4 * _layout_bytes(reported))
-            _same_layout(reported, self.layout, process.role)
+            same_layout(reported, self.layout, process.role)
             if process is self._trainer:
                 self.instance = str(reply.header.get("instance", ""))[:32]
                 self._count(reply)
@@ -245,7 +238,7 @@ class WarmTrainer:
         )
         self._count(reply)
         weights = self._weights(reply, "the update")
-        count = _count_within(reply.header.get("num_examples"), self.train_rows, "fit")
+        count = count_within(reply.header.get("num_examples"), self.train_rows, "fit")
         return Fit(weights, count, self._metrics(reply.header.get("metrics")))
 
     def evaluate(self, global_weights: Mapping[str, np.ndarray], timeout: float) -> dict[str, float]:
@@ -257,11 +250,11 @@ class WarmTrainer:
         reply = self._evaluator.call(
             {"op": "evaluate", "config": {}}, self._payload(global_weights), timeout=timeout, what="evaluate"
         )
-        count = _count_within(reply.header.get("num_examples"), self.holdout_rows, "evaluate")
+        count = count_within(reply.header.get("num_examples"), self.holdout_rows, "evaluate")
         if count != self.holdout_rows:
             raise UpdateRefused("the evaluator did not score every held-out row")
-        accuracy = _figure(reply.header.get("accuracy"), "accuracy", low=0.0, high=1.0)
-        return {"loss": _figure(reply.header.get("loss"), "loss", low=0.0), "accuracy": accuracy,
+        accuracy = figure(reply.header.get("accuracy"), "accuracy", low=0.0, high=1.0)
+        return {"loss": figure(reply.header.get("loss"), "loss", low=0.0), "accuracy": accuracy,
                 "num_examples": count}  # fmt: skip
 
     def evaluate_local(
@@ -275,9 +268,9 @@ class WarmTrainer:
         self._count(reply)
         accuracy = reply.header.get("accuracy")
         return {
-            "loss": _figure(reply.header.get("loss"), "loss", low=0.0),
-            "accuracy": None if accuracy is None else _figure(accuracy, "accuracy", low=0.0, high=1.0),
-            "num_examples": _count_within(reply.header.get("num_examples"), self.train_rows, "evaluate"),
+            "loss": figure(reply.header.get("loss"), "loss", low=0.0),
+            "accuracy": None if accuracy is None else figure(accuracy, "accuracy", low=0.0, high=1.0),
+            "num_examples": count_within(reply.header.get("num_examples"), self.train_rows, "evaluate"),
             "metrics": self._metrics(reply.header.get("metrics")),
         }
 
@@ -296,33 +289,10 @@ class WarmTrainer:
 
     def _weights(self, reply: Reply, what: str) -> Weights:
         assert self.layout is not None
-        try:
-            weights = decode(reply.payload, what=what)
-        except UpdateRejected as exc:
-            raise UpdateRefused(
-                f"{what} the trainer returned is not a safetensors file", private=exc.detail
-            ) from None
-        try:
-            check_update(weights, self.layout, max_bytes=self.max_payload, what=what)
-        except UpdateRejected as exc:
-            raise UpdateRefused(_public_refusal(exc.detail, what, self.layout), private=exc.detail) from None
-        return in_order(weights, list(self.layout))
+        return checked_weights(reply.payload, self.layout, self.max_payload, what)
 
     def _metrics(self, raw: Any) -> dict[str, float]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise UpdateRefused("the trainer's metrics are not named numbers")
-        if len(raw) > MAX_METRICS:
-            raise UpdateRefused(f"the trainer reported more than {MAX_METRICS} metrics")
-        metrics: dict[str, float] = {}
-        for name, value in raw.items():
-            if name not in self.metric_names:
-                raise UpdateRefused("the trainer reported a metric the federation does not declare")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UpdateRefused(f"the trainer's metric {name} is not a finite number")
-            metrics[name] = rounded(float(value))
-        return {name: metrics[name] for name in self.metric_names if name in metrics}
+        return checked_metrics(raw, self.metric_names)
 
 
 def initial_weights(
@@ -355,60 +325,3 @@ def _layout_bytes(layout: Layout) -> int:
     return sum(
         int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layout.values()
     )
-
-
-def _reported_layout(reply: Reply, role: str) -> dict[str, tuple[list[int], str]]:
-    raw = reply.header.get("layout")
-    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_LAYOUT_ENTRIES:
-        raise UpdateRefused(f"the {role} reported no usable layout of the model")
-    layout: dict[str, tuple[list[int], str]] = {}
-    for entry in raw:
-        if not (
-            isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-            and isinstance(entry[1], list) and all(isinstance(d, int) and d >= 0 for d in entry[1])
-            and isinstance(entry[2], str)
-        ):  # fmt: skip
-            raise UpdateRefused(f"the {role} reported no usable layout of the model")
-        layout[entry[0]] = (list(entry[1]), entry[2])
-    return layout
-
-
-def _same_layout(reported: Layout, expected: Layout, role: str) -> None:
-    """The model the bundle builds has exactly the federation's tensors (names said are ours)."""
-    differs = f"the model the bundle builds in the {role} does not match the federation's weights"
-    extra = [name for name in reported if name not in expected]
-    if extra:
-        raise UpdateRefused(f"{differs}: it has {len(extra)} tensors the federation's weights do not")
-    for name, (shape, dtype) in expected.items():
-        if name not in reported:
-            raise UpdateRefused(f"{differs}: it lacks the tensor {name}")
-        if reported[name] != (shape, dtype):
-            raise UpdateRefused(f"{differs}: tensor {name} has another shape or dtype than {shape} {dtype}")
-
-
-def _public_refusal(detail: str, what: str, layout: Layout) -> str:
-    """``check_update``'s refusal said in words that quote nothing the trainer chose: only a
-    name of the federation's own tensors, never the trainer's names, shapes or sizes."""
-    if detail.startswith(f"{what} holds tensors"):
-        return f"{what} was refused: it holds tensors the model does not have"
-    if detail.startswith(f"{what} lacks"):
-        return f"{what} was refused: it lacks tensors of the model"
-    found = _EXPECTED_NAME.match(detail, len(what) + 2)
-    if found and found.group(1) in layout:
-        kind = _REFUSALS[found.group(2)]
-        return f"{what} was refused: tensor {found.group(1)} {kind}"
-    return f"{what} was refused: it is over the size cap"
-
-
-def _count_within(value: Any, rows: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= rows:
-        raise UpdateRefused(
-            f"the number of examples the trainer reported for {what} is not within its {rows} rows"
-        )
-    return value
-
-
-def _figure(value: Any, name: str, *, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise UpdateRefused(f"the {name} the trainer reported is not a number within [{low:g}, {high:g}]")
-    return rounded(float(value))

@@ -70,7 +70,7 @@ def warm_up() -> None:
         torch.optim.Adam(layer.parameters()),
     ):
         optimizer.zero_grad()
-        nn.functional.cross_entropy(layer(torch.zeros(1, 2)), torch.zeros(1, dtype=torch.int64)).backward()
+        nn.CrossEntropyLoss()(layer(torch.zeros(1, 2)), torch.zeros(1, dtype=torch.int64)).backward()
         optimizer.step()
 
 
