@@ -212,6 +212,9 @@ def clip_and_noise(
     values are held within that dtype's finite range (post-processing costs no privacy).
     Integer tensors get the global model's values. Returns the weights and the pre-clip norm.
     With a delta inside the ball and no noise, the weights come back unchanged.
+
+    The pre-clip norm is computed from the data without noise: it is for the provider's own
+    records and must not travel to the coordinator (it would be an unaccounted release).
     """
     if not (math.isfinite(clip_norm) and clip_norm > 0):
         raise ValueError(f"clip_norm must be a positive finite number, not {clip_norm!r}")
