@@ -56,7 +56,7 @@ from pydantic_core import PydanticCustomError
 
 from federation.privacy_ledger import PrivacyLedger, ledger_epsilon
 from federation.tensors import UpdateRejected, Weights
-from marketplace.policy.explain import number_words as number_text
+from marketplace.policy.explain import number_words
 
 __all__ = [
     "DpSgdOptions",
@@ -66,7 +66,6 @@ __all__ = [
     "clip_and_noise",
     "contribution_refusal",
     "node_rng",
-    "number_text",
     "round_events",
 ]
 
@@ -85,9 +84,9 @@ def _check(what: str, low: float, high: float, *, low_open: bool = True, why: st
             raise PydanticCustomError("privacy", f"{what} must be a finite number")
         if value < low or (low_open and value == low):
             above = "greater than" if low_open else "at least"
-            raise PydanticCustomError("privacy", f"{what} must be {above} {number_text(low)}")
+            raise PydanticCustomError("privacy", f"{what} must be {above} {number_words(low)}")
         if value > high:
-            raise PydanticCustomError("privacy", f"{what} must be at most {number_text(high)}{why}")
+            raise PydanticCustomError("privacy", f"{what} must be at most {number_words(high)}{why}")
         return value
 
     return AfterValidator(check)
@@ -302,7 +301,7 @@ def _beyond(value: float, cap: float) -> str:
         text = f"{value:.{digits}f}"
         if float(text) > cap:
             return text
-    return number_text(value)
+    return number_words(value)
 
 
 def budget_refusal(
@@ -326,7 +325,7 @@ def budget_refusal(
     spent = ledger_epsilon([*ledger.events(), *upcoming], delta)
     if spent <= cap_epsilon:
         return None
-    at = f"{number_text(cap_epsilon)} at δ={number_text(delta)}"
+    at = f"{number_words(cap_epsilon)} at δ={number_words(delta)}"
     if math.isinf(spent):
         return (
             f"this provider's updates would carry no differential privacy (ε is unbounded) "

@@ -224,12 +224,20 @@ class PrivacyLedger:
         def finite(value: float) -> float | None:
             return None if math.isinf(value) else round(value, 6)
 
+        epsilon, node = finite(self.epsilon(delta)), finite(self.node_epsilon(delta))
+        if epsilon is None:
+            note = "some round had no differential privacy: ε is unbounded"
+        elif node is None:
+            note = "DP-SGD only: ε assumes the model code writes nothing into the weights but gradient steps"
+        else:
+            note = "the node's own noise: ε holds whatever the model code does"
         return {
-            "epsilon": finite(self.epsilon(delta)),
-            "node_epsilon": finite(self.node_epsilon(delta)),
+            "epsilon": epsilon,
+            "node_epsilon": node,
             "delta": delta,
             "rounds": len(self._rounds),
             "accountant": "rdp",
+            "note": note,
         }
 
     # JSON -------------------------------------------------------------------------------------

@@ -388,7 +388,12 @@ def test_the_ledger_reads_back_from_json_exactly() -> None:
         "delta": DELTA,
         "rounds": 3,
         "accountant": "rdp",
+        "note": "some round had no differential privacy: ε is unbounded",
     }
+    assert (
+        node_ledger(5.0, 2).figures(DELTA)["note"]
+        == "the node's own noise: ε holds whatever the model code does"
+    )
     assert json.loads(json.dumps(partial.figures(DELTA)))["epsilon"] == round(partial.epsilon(DELTA), 6)
 
 
@@ -520,7 +525,9 @@ def test_dp_sgd_alone_still_counts_against_the_cap() -> None:
     while budget_refusal(ledger, events, 3.0, DELTA) is None:
         ledger.add_round(events)
     assert ledger.epsilon(DELTA) <= 3.0 < ledger_epsilon([*ledger.events(), *events], DELTA)
-    assert ledger.figures(DELTA)["node_epsilon"] is None  # the records say the node itself added none
+    figures = ledger.figures(DELTA)
+    assert figures["node_epsilon"] is None  # the records say the node itself added none
+    assert figures["note"].startswith("DP-SGD only: ε assumes the model code")
 
 
 def test_the_shown_epsilon_has_enough_digits_to_exceed_the_cap() -> None:
