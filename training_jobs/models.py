@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Column, DateTime, Text
 from sqlmodel import Field, SQLModel
 
 from kernel.db import utcnow
+from kernel.lifecycle import Lifecycle
 
 QUEUED = "QUEUED"
 PROVISIONING = "PROVISIONING"
@@ -21,6 +22,23 @@ REJECTED = "REJECTED"
 CANCELLED = "CANCELLED"
 ACTIVE_STATES = (PROVISIONING, RUNNING, VERIFYING, TRANSLATING)
 FINAL_STATES = (COMPLETED, FAILED, REJECTED, CANCELLED)
+_ENDS = (FAILED, CANCELLED)
+
+# a job whose worker died goes back to QUEUED from any active state (once; see states.py)
+JOB_LIFECYCLE = Lifecycle.of(
+    "job",
+    {
+        QUEUED: (PROVISIONING, *_ENDS),
+        PROVISIONING: (RUNNING, QUEUED, *_ENDS),
+        RUNNING: (VERIFYING, QUEUED, *_ENDS),
+        VERIFYING: (TRANSLATING, QUEUED, *_ENDS),
+        TRANSLATING: (COMPLETED, QUEUED, *_ENDS),
+        COMPLETED: (),
+        FAILED: (),
+        REJECTED: (),
+        CANCELLED: (),
+    },
+)
 
 
 class Job(SQLModel, table=True):

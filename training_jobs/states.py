@@ -1,5 +1,8 @@
 """Job states in the database: the queue, legal transitions, cancellation and recovery.
 
+The legal moves and the transition log are :data:`training_jobs.models.JOB_LIFECYCLE`, the
+one :class:`kernel.lifecycle.Lifecycle` every long-running record uses.
+
 Every change is one conditional ``UPDATE`` (or a row locked ``FOR UPDATE``), so two workers,
 a cancel and a worker, or two replicas on PostgreSQL never both move one job. Workers take
 jobs with ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the conditional
@@ -16,11 +19,13 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from kernel.db import as_utc, fetch, transaction, utcnow
+from kernel.lifecycle import entry
 from training_jobs.models import (
     ACTIVE_STATES,
     CANCELLED,
     FAILED,
     FINAL_STATES,
+    JOB_LIFECYCLE,
     PROVISIONING,
     QUEUED,
     Job,
@@ -31,8 +36,7 @@ MAX_ATTEMPTS = 2
 CLAIM_ATTEMPTS = 20
 
 
-def entry(state: str, reason: str) -> dict[str, Any]:
-    return {"state": state, "at": utcnow().isoformat(), "reason": reason}
+__all__ = ["JobStates", "entry"]
 
 
 class JobStates:
@@ -66,6 +70,7 @@ class JobStates:
                 return False, None
             job = session.get(Job, job_id)
             assert job is not None
+            JOB_LIFECYCLE.check(QUEUED, PROVISIONING)
             taken = session.execute(
                 update(Job)
                 .where(col(Job.id) == job_id, col(Job.state) == QUEUED)
@@ -90,9 +95,9 @@ class JobStates:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.state in FINAL_STATES or job.cancel_requested:
                 return False
-            job.state, job.reason, job.progress = state, reason, progress
-            job.history = [*job.history, entry(state, reason)]
-            job.updated_at = job.heartbeat_at = utcnow()
+            JOB_LIFECYCLE.move(job, state, reason)
+            job.progress = progress
+            job.heartbeat_at = utcnow()
         return True
 
     def progress(self, job_id: str, value: float) -> None:
@@ -124,13 +129,11 @@ class JobStates:
             return False
         if job.cancel_requested and state != CANCELLED:
             state, reason = CANCELLED, f"cancelled on request (the job had reached: {reason})"
-        job.state, job.reason = state, reason
+        JOB_LIFECYCLE.move(job, state, reason)
         job.progress = 1.0 if state == "COMPLETED" else job.progress
-        job.history = [*job.history, entry(state, reason)]
         if result is not None:
             job.result = {**job.result, **result}
         job.worker = None
-        job.updated_at = utcnow()
         session.add(job)
         return True
 
@@ -142,8 +145,7 @@ class JobStates:
                 return job
             job.cancel_requested = True
             if job.state == QUEUED:
-                job.state, job.reason = CANCELLED, reason
-                job.history = [*job.history, entry(CANCELLED, reason)]
+                JOB_LIFECYCLE.move(job, CANCELLED, reason)
             job.updated_at = utcnow()
             session.add(job)
             session.flush()
@@ -166,13 +168,12 @@ class JobStates:
                     continue
                 lost = f"its worker {job.worker or '?'} stopped (node restart or crash)"
                 if job.attempts < MAX_ATTEMPTS and not job.cancel_requested:
-                    job.state, job.reason = QUEUED, f"queued again: {lost}"
+                    JOB_LIFECYCLE.move(job, QUEUED, f"queued again: {lost}")
                 elif job.cancel_requested:
-                    job.state, job.reason = CANCELLED, "cancelled on request"
+                    JOB_LIFECYCLE.move(job, CANCELLED, "cancelled on request")
                 else:
-                    job.state, job.reason = FAILED, f"{lost}, {job.attempts} times"
-                job.history = [*job.history, entry(job.state, job.reason)]
-                job.worker, job.updated_at = None, utcnow()
+                    JOB_LIFECYCLE.move(job, FAILED, f"{lost}, {job.attempts} times")
+                job.worker = None
                 session.add(job)
                 moved += 1
         return moved
