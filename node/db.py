@@ -24,6 +24,7 @@ def target_metadata() -> MetaData:
     """The metadata of every domain's tables (importing the models registers them)."""
     import connector.models  # noqa: F401
     import contracts.models  # noqa: F401
+    import federation.models  # noqa: F401
     import kernel.audit  # noqa: F401
     import marketplace.models  # noqa: F401
     import training_jobs.models  # noqa: F401
