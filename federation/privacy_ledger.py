@@ -20,9 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
 from kernel.errors import InvalidInput
 from kernel.limits import JSON, check_json
@@ -127,8 +129,11 @@ def _key(event: dp_event.DpEvent) -> str:
 def ledger_epsilon(events: Iterable[dp_event.DpEvent], delta: float, accountant: Accountant = "rdp") -> float:
     """The epsilon at ``delta`` of all ``events`` composed (0 for none, inf with a non-private one).
 
-    Identical events are grouped into one self-composition, so a long federation costs the
-    accountant one evaluation per distinct event, not one per round.
+    Identical events are grouped, so a long federation costs one evaluation per distinct event,
+    not one per round. For RDP, each distinct event's curve (its Rényi divergence at every
+    order) is computed once per process and curves add up under composition: the check a
+    provider makes before every round then costs well under a millisecond instead of the
+    tens of milliseconds a sampled DP-SGD event takes to evaluate.
     """
     counts: dict[str, tuple[dp_event.DpEvent, int]] = {}
     for event in events:
@@ -137,12 +142,37 @@ def ledger_epsilon(events: Iterable[dp_event.DpEvent], delta: float, accountant:
         counts[key] = (event, seen[1] + 1 if seen else 1)
     if not counts:
         return 0.0
+    if accountant == "rdp":
+        total = sum(
+            (n * _rdp_curve(key, event) for key, (event, n) in counts.items()), np.zeros_like(_ORDERS)
+        )
+        # an order the accountant could not evaluate is inf and so never the minimum; a
+        # non-private event makes every order inf, and the epsilon with it
+        return float(compute_epsilon(_ORDERS, total, delta)[0])
     composed = dp_event.ComposedDpEvent(
         [e if n == 1 else dp_event.SelfComposedDpEvent(e, n) for e, n in counts.values()]
     )
-    engine = RdpAccountant() if accountant == "rdp" else PLDAccountant()
+    engine = PLDAccountant()
     engine.compose(composed)
     return float(engine.get_epsilon(delta))
+
+
+_ORDERS: np.ndarray = np.array(RdpAccountant()._orders, dtype=np.float64)
+_CURVES: dict[str, np.ndarray] = {}
+
+
+def _rdp_curve(key: str, event: dp_event.DpEvent) -> np.ndarray:
+    """The RDP of ``event`` at the accountant's default orders, as ``RdpAccountant`` computes
+    it (read from the accountant after composing the one event; a test holds the sum of curves
+    equal to the accountant's own composition, so a change of the library is caught)."""
+    curve = _CURVES.get(key)
+    if curve is None:
+        engine = RdpAccountant()
+        engine.compose(event)
+        curve = np.array(engine._rdp, dtype=np.float64)
+        if len(_CURVES) < 4096:
+            _CURVES[key] = curve
+    return curve
 
 
 def is_node_side(event: dp_event.DpEvent) -> bool:

@@ -558,3 +558,15 @@ def test_the_policy_cap_then_the_federations_target_decide() -> None:
 def test_budget_refusal_needs_a_real_cap(cap: float, delta: float) -> None:
     with pytest.raises(ValueError):
         budget_refusal(PrivacyLedger(), [dp_event.GaussianDpEvent(1.0)], cap, delta)
+
+
+def test_the_cached_rdp_curves_add_up_to_the_accountants_own_composition() -> None:
+    """The ledger sums per-event RDP curves read from the accountant; this holds the sum equal
+    to what ``RdpAccountant`` itself composes, so a change of the library cannot go unseen."""
+    from dp_accounting.rdp import RdpAccountant
+
+    events = mixed_ledger().events()[:4] + [dp_event.GaussianDpEvent(0.7)] * 5
+    accountant = RdpAccountant()
+    accountant.compose(dp_event.ComposedDpEvent(events))
+    for delta in (1e-3, 1e-5, 1e-9):
+        assert ledger_epsilon(events, delta) == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
