@@ -64,13 +64,17 @@ class Session:
         self.seed = 0
         self.client: ClientSession | None = None
         self.model: Any = None  # the evaluator's one model, its weights loaded per call
+        self._tensors: tuple[Any, Any] | None = None
 
     def rows(self) -> tuple[Any, Any]:
+        """The rows as tensors the model takes, made once."""
         from . import recipe
 
         if self.X is None or self.y is None:
             raise ValueError("this process holds no rows")
-        return recipe.inputs(self.X, self.input_shape), recipe.labels(self.y)
+        if self._tensors is None:
+            self._tensors = recipe.inputs(self.X, self.input_shape), recipe.labels(self.y)
+        return self._tensors
 
     def hello(self, header: dict[str, Any]) -> dict[str, Any]:
         model = header.get("model") or {}

@@ -410,6 +410,22 @@ def test_the_limits_hold_for_the_whole_life_of_the_trainer(hostile: Any) -> None
     assert caught.value.detail == "the trainer process was stopped: CPU time limit of 3 s exceeded during fit"
 
 
+def test_the_wall_time_limit_is_the_whole_federations(hostile: Any) -> None:
+    trainer = hostile(
+        fit="time.sleep(1.0)", limits=Limits(cpu_seconds=60, wall_seconds=4, memory_bytes=1024**3)
+    )
+    served = 0
+    with pytest.raises(TrainerFailed) as caught:
+        for number in range(1, 10):
+            trainer.fit(START, {"round": number}, timeout=30)
+            served += 1
+    print(f"\nrounds of 1 s served under a 4 s wall time: {served}; then: {caught.value.detail}")
+    assert 1 <= served <= 3
+    assert (
+        caught.value.detail == "the trainer process was stopped: wall time limit of 4 s exceeded during fit"
+    )
+
+
 def test_memory_over_the_limit_stops_the_trainer(hostile: Any) -> None:
     trainer = hostile(
         fit="hog = [np.ones(50 * 1024**2 // 8) for _ in range(20)]",
