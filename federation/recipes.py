@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from kernel.errors import InvalidInput
@@ -79,13 +79,8 @@ class Recipe:
         _within("proximal_mu", self.proximal_mu, *BOUNDS["proximal_mu"])
 
     def header(self) -> dict[str, Any]:
-        dp = None if self.dp is None else {"noise_multiplier": self.dp.noise_multiplier,
-                                            "max_grad_norm": self.dp.max_grad_norm}  # fmt: skip
-        return {
-            "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum,
-            "local_epochs": self.local_epochs, "batch_size": self.batch_size,
-            "proximal_mu": self.proximal_mu, "dp": dp,
-        }  # fmt: skip
+        """The recipe as the trainer receives it at ``hello``."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -114,8 +109,8 @@ class ModelCode:
         _within("seed", self.seed, 0, 2**31 - 1, integer=True)
 
     def header(self) -> dict[str, Any]:
-        shape = list(self.input_shape) if self.input_shape is not None else None
-        return {"factory": self.factory, "client": self.client, "input_shape": shape, "seed": self.seed}
+        """The entry points as the trainer receives them at ``hello``."""
+        return asdict(self)
 
 
 def check_config(config: Mapping[str, Any], *, recipe: Recipe | None) -> dict[str, Any]:

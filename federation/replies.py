@@ -17,12 +17,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from federation.tensors import UpdateRejected, Weights, check_update, decode, in_order
+from federation.tensors import ALLOWED_DTYPES, UpdateRejected, Weights, check_update, decode, in_order
 from federation.warm_process import TrainerFailed
 from training_jobs.job_metrics import MAX_METRICS, rounded
 
 Layout = Mapping[str, tuple[list[int], str]]
 MAX_LAYOUT_ENTRIES = 10_000
+MAX_DIMS, MAX_SIZE, MAX_NAME = 8, 2**31, 300
 _EXPECTED_NAME = re.compile(r"tensor (\S+) (has shape|has dtype|holds values)")
 _REFUSALS = {
     "has shape": "has the wrong shape",
@@ -77,14 +78,23 @@ def reported_layout(raw: Any, role: str) -> dict[str, tuple[list[int], str]]:
         raise UpdateRefused(f"the {role} reported no usable layout of the model")
     layout: dict[str, tuple[list[int], str]] = {}
     for entry in raw:
-        if not (
-            isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-            and isinstance(entry[1], list) and all(isinstance(d, int) and d >= 0 for d in entry[1])
-            and isinstance(entry[2], str)
-        ):  # fmt: skip
+        if not _layout_entry(entry):
             raise UpdateRefused(f"the {role} reported no usable layout of the model")
         layout[entry[0]] = (list(entry[1]), entry[2])
     return layout
+
+
+def _layout_entry(entry: Any) -> bool:
+    """``[name, [sizes…], dtype]``."""
+    if not (isinstance(entry, list) and len(entry) == 3):
+        return False
+    name, shape, dtype = entry
+    sizes_ok = (
+        isinstance(shape, list)
+        and len(shape) <= MAX_DIMS
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_SIZE for d in shape)
+    )
+    return isinstance(name, str) and len(name) <= MAX_NAME and dtype in ALLOWED_DTYPES and sizes_ok
 
 
 def same_layout(reported: Layout, expected: Layout, role: str) -> None:

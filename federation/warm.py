@@ -35,6 +35,7 @@ whole life, so the caller sets them for the whole federation.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -57,10 +58,12 @@ from federation.tensors import Weights, check_update, encode, in_order
 from federation.warm_process import Reply, TrainerFailed, WarmProcess
 from kernel.errors import ConfigurationError, InvalidInput
 from training_jobs.sandbox import Limits, Mount, Sandbox, SandboxRun
+from training_jobs.sandbox.base import fmt_bytes
 
 Layout = Mapping[str, tuple[list[int], str]]
 PROGRAM = Path(federation.trainer.__file__).parent
 MODULE = "agora_fl"
+MAX_ADOPTED_BYTES = 2 * 1024**3  # a model whose layout the factory names (no weights file)
 HELLO_SECONDS = 180.0  # the first answer waits for torch's import, on a loaded machine too
 
 __all__ = ["Fit", "TrainerFailed", "UpdateRefused", "WarmTrainer", "initial_weights"]
@@ -80,7 +83,9 @@ class WarmTrainer:
     ``layout`` the federation's tensors in order (``tensors.layout`` of the initial weights;
     ``None`` only for :func:`initial_weights`). ``on_log(role, line)`` receives each process's
     log: the evaluator's lines come from code run beside the held-out rows and stay with the
-    provider. Without ``holdout_path`` (or a factory) there is no evaluator.
+    provider; it is called from the processes' log threads. Without ``holdout_path`` (or a
+    factory) there is no evaluator. ``close()`` must be called (or use it as a context manager):
+    the processes live until then, or until their limits end them.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class WarmTrainer:
         self.holdout_rows = _rows(holdout_path) if holdout_path is not None and model.factory else 0
         self.instance: str | None = None
         self.served = 0
+        self._greeted = False
         program = self._prepare(workdir / "program", code_dir)
         mounts = [Mount(program, "/agora"), Mount(code_dir, "/job")]
         self._trainer = self._process(
@@ -121,10 +127,10 @@ class WarmTrainer:
         self._evaluator: WarmProcess | None = None
         if self.holdout_rows:
             assert holdout_path is not None
+            evaluator = evaluator_limits or limits
             self._evaluator = self._process(
-                "evaluator", holdout_path, "holdout", "/holdout/holdout.npz", mounts,
-                evaluator_limits or limits, on_log,
-            )  # fmt: skip
+                "evaluator", holdout_path, "holdout", "/holdout/holdout.npz", mounts, evaluator, on_log
+            )
 
     def _prepare(self, program: Path, code_dir: Path) -> Path:
         if not code_dir.is_dir():
@@ -208,13 +214,15 @@ class WarmTrainer:
         """Both processes answer, and the model the bundle builds has exactly the federation's
         tensors; the layout (adopted from the factory when none was given)."""
         names = list(self.layout) if self.layout is not None else None
-        request = {"op": "hello", "names": names, "model": self.model.header(),
-                   "recipe": self.recipe.header() if self.recipe else None}  # fmt: skip
+        recipe = self.recipe.header() if self.recipe else None
+        request = {"op": "hello", "names": names, "model": self.model.header(), "recipe": recipe}
         processes = [p for p in (self._trainer, self._evaluator) if p is not None]
         for process in processes:
             reply = process.call(request, timeout=timeout, what="hello")
             reported = reported_layout(reply.header.get("layout"), process.role)
-            if self.layout is None:
+            if self.layout is None:  # initial_weights: the coordinator's own factory names it
+                if _layout_bytes(reported) > MAX_ADOPTED_BYTES:
+                    raise UpdateRefused(f"the model the bundle builds is over {fmt_bytes(MAX_ADOPTED_BYTES)}")
                 self.layout = reported
                 self.max_payload = max(self.max_payload, 4 * _layout_bytes(reported))
             same_layout(reported, self.layout, process.role)
@@ -222,6 +230,7 @@ class WarmTrainer:
                 self.instance = str(reply.header.get("instance", ""))[:32]
                 self._count(reply)
         assert self.layout is not None
+        self._greeted = True
         return dict(self.layout)
 
     def init(self, seed: int, timeout: float = 60.0) -> Weights:
@@ -253,18 +262,16 @@ class WarmTrainer:
         count = count_within(reply.header.get("num_examples"), self.holdout_rows, "evaluate")
         if count != self.holdout_rows:
             raise UpdateRefused("the evaluator did not score every held-out row")
+        loss = figure(reply.header.get("loss"), "loss", low=0.0)
         accuracy = figure(reply.header.get("accuracy"), "accuracy", low=0.0, high=1.0)
-        return {"loss": figure(reply.header.get("loss"), "loss", low=0.0), "accuracy": accuracy,
-                "num_examples": count}  # fmt: skip
+        return {"loss": loss, "accuracy": accuracy, "num_examples": count}
 
     def evaluate_local(
         self, global_weights: Mapping[str, np.ndarray], config: Mapping[str, Any], timeout: float
     ) -> dict[str, Any]:
         """The trainer's own evaluation on the training rows (a client's ``evaluate``)."""
-        reply = self._trainer.call(
-            {"op": "evaluate", "config": check_config(config, recipe=None)},
-            self._payload(global_weights), timeout=timeout, what="evaluate",
-        )  # fmt: skip
+        request = {"op": "evaluate", "config": check_config(config, recipe=None)}
+        reply = self._trainer.call(request, self._payload(global_weights), timeout=timeout, what="evaluate")
         self._count(reply)
         accuracy = reply.header.get("accuracy")
         return {
@@ -277,7 +284,9 @@ class WarmTrainer:
     # -- checks ---------------------------------------------------------------------------
 
     def _payload(self, weights: Mapping[str, np.ndarray]) -> bytes:
-        if self.layout is None:
+        """The global weights for a request, checked like an update (the node's own, but a
+        wrong tensor here would be the coordinator's)."""
+        if not self._greeted or self.layout is None:
             raise TrainerFailed("the trainer has not said hello yet")
         check_update(weights, self.layout, max_bytes=self.max_payload, what="the global weights")
         return encode(in_order(weights, list(self.layout)))
@@ -322,6 +331,5 @@ def _rows(path: Path | None) -> int:
 
 
 def _layout_bytes(layout: Layout) -> int:
-    return sum(
-        int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layout.values()
-    )
+    """The size of the tensors (in Python integers: a reported shape cannot overflow it)."""
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.values())

@@ -553,3 +553,15 @@ def test_a_bad_round_config_is_refused_before_it_reaches_the_trainer(hostile: An
     with pytest.raises(UpdateRejected):
         trainer.fit({"w": START["w"]}, {}, timeout=30)
     assert trainer.served == served and trainer.alive
+
+
+def test_no_weights_go_to_a_trainer_before_its_model_was_checked(
+    sandbox: BubblewrapSandbox, digits: Digits, tmp_path: Path
+) -> None:
+    trainer = WarmTrainer(
+        sandbox, bundle(tmp_path), digits.train, None, ModelCode(client="client:Client"), None, LAYOUT, LIMITS,
+        Logs(), tmp_path / "fl",
+    )  # fmt: skip
+    with trainer, pytest.raises(TrainerFailed, match="has not said hello yet"):
+        trainer.fit(START, {"round": 1}, timeout=30)
+    assert trainer.served == 0
