@@ -12,8 +12,8 @@ checks them again here before a process sees them):
 * a round's config (:func:`check_config`): a few scalars; for the recipe, ``round``, ``lr``,
   ``local_epochs`` and ``proximal_mu`` override the recipe within the same bounds.
 
-:func:`dp_steps` says what one DP-SGD fit spends, from the node's own numbers (rows, batch
-size, epochs), for the privacy accountant: the process's word is not needed for it.
+Under DP-SGD a round may not change ``local_epochs``: the privacy accountant
+(:func:`federation.privacy.round_events`) counts the steps from the recipe's own.
 """
 
 from __future__ import annotations
@@ -132,24 +132,9 @@ def check_config(config: Mapping[str, Any], *, recipe: Recipe | None) -> dict[st
             raise InvalidInput(f"the round's config value {key} must be a number, a boolean or a string")
         if recipe is not None and key in BOUNDS:
             _within(f"the round's {key}", value, *BOUNDS[key], integer=key in ("local_epochs", "round"))
+            if key == "local_epochs" and recipe.dp is not None and value != recipe.local_epochs:
+                raise InvalidInput(
+                    "a round may not change a DP-SGD recipe's local_epochs: its steps are accounted"
+                )
         checked[key] = value
     return checked
-
-
-@dataclass(frozen=True)
-class DPSteps:
-    """What one DP-SGD fit spends: ``steps`` noisy steps at ``sample_rate``."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-
-
-def dp_steps(recipe: Recipe, rows: int, config: Mapping[str, Any]) -> DPSteps | None:
-    """The privacy spent by one fit of ``recipe`` on ``rows`` rows with ``config`` (as Opacus
-    samples: ``sample_rate = 1 / ceil(rows / batch_size)``, that many batches per epoch)."""
-    if recipe.dp is None:
-        return None
-    batches = max(1, math.ceil(rows / recipe.batch_size))
-    epochs = int(config.get("local_epochs", recipe.local_epochs))
-    return DPSteps(recipe.dp.noise_multiplier, 1.0 / batches, epochs * batches)

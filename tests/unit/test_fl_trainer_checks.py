@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.recipes import DPSGD, ModelCode, Recipe, check_config, dp_steps
+from federation.recipes import DPSGD, ModelCode, Recipe, check_config
 from federation.replies import UpdateRefused, checked_metrics, checked_weights, same_layout
 from federation.tensors import encode, layout
 from federation.trainer import frames
@@ -124,21 +124,12 @@ def test_a_rounds_config_is_a_few_scalars_within_the_recipes_bounds() -> None:
     assert check_config({"lr": 50.0}, recipe=None) == {"lr": 50.0}  # a client's own config is its own
 
 
-def test_the_privacy_a_dp_fit_spends_is_what_opacus_samples() -> None:
-    import torch
-    from opacus.data_loader import DPDataLoader
-    from torch.utils.data import DataLoader, TensorDataset
-
-    rows, batch = 1437, 16
-    loader = DataLoader(TensorDataset(torch.zeros(rows, 2)), batch_size=batch)
-    private = DPDataLoader.from_data_loader(loader)
-    recipe = Recipe(batch_size=batch, local_epochs=2, dp=DPSGD(noise_multiplier=1.1, max_grad_norm=1.0))
-    steps = dp_steps(recipe, rows, {"round": 4})
-    assert steps is not None
-    assert steps.sample_rate == pytest.approx(private.sample_rate)
-    assert steps.steps == 2 * len(private)
-    assert dp_steps(recipe, rows, {"local_epochs": 3}).steps == 3 * len(private)  # type: ignore[union-attr]
-    assert dp_steps(Recipe(), rows, {}) is None
+def test_a_round_may_not_change_the_steps_of_a_dp_recipe() -> None:
+    private = Recipe(local_epochs=2, dp=DPSGD(noise_multiplier=1.1, max_grad_norm=1.0))
+    assert check_config({"local_epochs": 2, "lr": 0.01}, recipe=private) == {"local_epochs": 2, "lr": 0.01}
+    with pytest.raises(InvalidInput, match="may not change a DP-SGD recipe's local_epochs"):
+        check_config({"local_epochs": 3}, recipe=private)
+    assert check_config({"local_epochs": 3}, recipe=Recipe()) == {"local_epochs": 3}
 
 
 # -- sandboxes that cannot host a warm process -------------------------------------------------
