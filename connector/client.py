@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from connector import blobs
 from connector.envelope import EnvelopeRejected, open_envelope, seal
 from kernel.addresses import foreign_origin
 from kernel.client import raise_for_problem
@@ -55,6 +56,20 @@ class PeerClient:
     ) -> tuple[dict[str, Any], httpx.Response]:
         envelope = seal(body, private_key=self._key, recipient=self.peer_address)
         response = self.outbound.request("POST", self.base_url + path, json=envelope, params=params)
+        return self._opened_reply(response), response
+
+    def post_blob(self, path: str, body: dict[str, Any], blob: bytes) -> dict[str, Any]:
+        """A signed message carrying raw bytes (see :mod:`connector.blobs`); the signed reply's body."""
+        envelope = seal(blobs.bind(body, blob), private_key=self._key, recipient=self.peer_address)
+        response = self.outbound.request(
+            "POST",
+            self.base_url + path,
+            content=blobs.pack(envelope, blob),
+            headers={"Content-Type": blobs.MEDIA_TYPE},
+        )
+        return self._opened_reply(response)
+
+    def _opened_reply(self, response: httpx.Response) -> dict[str, Any]:
         self._raise_for_problem(response)
         try:
             reply = loads(response.content, _reply_limits(response), what=f"the reply of {self.base_url}")
@@ -67,7 +82,7 @@ class PeerClient:
             raise EnvelopeRejected(
                 f"the reply is signed by {opened.sender}, not by the peer {self.peer_address}"
             )
-        return opened.body, response
+        return opened.body
 
     @contextmanager
     def stream(

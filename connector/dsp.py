@@ -35,6 +35,18 @@ async def open_request(
     return await to_thread.run_sync(gate.accept, envelope)
 
 
+async def open_blob_request(
+    request: Request[Any, Any, Any], gate: ProtocolGate, *, max_bytes: int
+) -> tuple[Opened, bytes]:
+    """A signed message with bytes (:mod:`connector.blobs`): the envelope is bounded and
+    verified first, then the bytes must be exactly those the sender signed."""
+    from connector import blobs
+
+    envelope, blob = blobs.split(await request.body(), max_bytes=max_bytes)
+    opened = await to_thread.run_sync(gate.accept, envelope)
+    return opened, blobs.check(opened.body, blob)
+
+
 def catalog_request_since(body: dict[str, Any]) -> datetime | None:
     """Check a ``CatalogRequestMessage``; the ``agora:modifiedSince`` filter, if any."""
     if body.get("@type") != "CatalogRequestMessage":

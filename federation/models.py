@@ -53,7 +53,13 @@ AGGREGATING = "AGGREGATING"
 DONE = "DONE"
 ROUND = Lifecycle.of(
     "round",
-    {OPEN: (AGGREGATING, FAILED, CANCELLED), AGGREGATING: (DONE, FAILED), DONE: (), FAILED: (), CANCELLED: ()},
+    {
+        OPEN: (AGGREGATING, FAILED, CANCELLED),
+        AGGREGATING: (DONE, FAILED),
+        DONE: (),
+        FAILED: (),
+        CANCELLED: (),
+    },
 )
 
 # one provider's part in one round (both sides keep one)
@@ -85,7 +91,9 @@ def _json(**kwargs: Any) -> Any:
 def _time(nullable: bool = False, index: bool = False) -> Any:
     if nullable:
         return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True, index=index))
-    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=index))
+    return Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=index)
+    )
 
 
 class Federation(SQLModel, table=True):
@@ -93,7 +101,9 @@ class Federation(SQLModel, table=True):
 
     __tablename__ = "federation"
 
-    id: str = Field(primary_key=True, max_length=64, description="urn:uuid:… (the coordinator's id on both sides)")
+    id: str = Field(
+        primary_key=True, max_length=64, description="urn:uuid:… (the coordinator's id on both sides)"
+    )
     role: str = Field(max_length=12, description="coordinator | provider")
     name: str = Field(max_length=64)
     coordinator: str = Field(max_length=42, index=True)
@@ -159,7 +169,9 @@ class FederationRound(SQLModel, table=True):
     global_out: str = Field(default="", max_length=64)
     merkle_root: str = Field(default="", max_length=64)
     participants: list[str] = _json(default_factory=list, description="whose updates were aggregated")
-    metrics: dict[str, Any] = _json(default_factory=dict, description="federated evaluation, per provider and overall")
+    metrics: dict[str, Any] = _json(
+        default_factory=dict, description="federated evaluation, per provider and overall"
+    )
     asset_id: str = Field(default="", max_length=66)
     deadline_at: datetime = _time()
     started_at: datetime = _time()

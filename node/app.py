@@ -23,6 +23,7 @@ from sqlalchemy import text
 import connector.negotiation_routes
 import connector.routes
 import contracts.routes
+import federation.routes
 import marketplace.policy.routes
 import marketplace.routes
 import training_jobs.routes
@@ -43,6 +44,7 @@ DOMAINS = (
     connector.negotiation_routes,
     contracts.routes,
     training_jobs.routes,
+    federation.routes,
 )
 
 
@@ -122,6 +124,10 @@ def create_app(runtime: Runtime) -> Litestar:
 
             runtime.job_pool = job_pool(runtime, settings.jobs_workers)
             runtime.job_pool.start()
+        if settings.federations_enabled:
+            from node.federations import start_federation_workers
+
+            start_federation_workers(runtime)
         # what start-up loaded lives as long as the process: keep it out of every later
         # full garbage collection (they otherwise cost ~25 ms and show in the p99)
         gc.collect()
@@ -159,6 +165,8 @@ def create_app(runtime: Runtime) -> Litestar:
                 "protocol_gate": runtime.protocol,
                 "job_service": runtime.jobs,
                 "job_provider": runtime.job_provider,
+                "coordinator": runtime.coordinator,
+                "federation_provider": runtime.federation_provider,
             }.items()
         },
         exception_handlers=exception_handlers,

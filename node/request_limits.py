@@ -22,7 +22,9 @@ of what it sends.
 
 Limits per handler: its ``request_max_body_size`` (the app's default is
 ``AGORA_MAX_JSON_BYTES``); a streaming handler's JSON variant may raise it with
-``opt={"max_json_bytes": N}``; forms are held to :data:`FORM_BYTES`. Requests for no route
+``opt={"max_json_bytes": N}``; forms are held to :data:`FORM_BYTES`; a handler taking signed
+messages with bytes (``opt={"signed_blob": True}``) gets them unscanned and bounds their
+envelope itself (:func:`connector.blobs.split`). Requests for no route
 never reach a handler: the server closes a connection whose body was not read
 (:mod:`node.server`).
 """
@@ -45,6 +47,7 @@ from litestar.types import ASGIApp, HTTPRequestEvent, Receive, ReceiveMessage, S
 from kernel.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from kernel.limits import JSON, JsonLimits, check_json
 
+SIGNED_BLOB = b"application/vnd.agora.signed-blob"  # connector.blobs: an envelope line, then bytes
 FORM_BYTES = 64 * 1024  # the web UI's forms: a token, a reason
 UPLOAD_OVERHEAD = 1024 * 1024  # multipart boundaries and the metadata part
 SCAN_IN_THREAD = 256 * 1024  # larger bodies are scanned off the event loop
@@ -123,8 +126,8 @@ class RequestLimits(ASGIMiddleware):
             if media == b"multipart/form-data":
                 return BodyRule(self.max_upload_bytes + UPLOAD_OVERHEAD, stream=True, json=None)
             declared = int(handler.opt.get("max_json_bytes", self.max_json_bytes))
-        if media == b"multipart/form-data":
-            return BodyRule(declared, stream=False, json=None)
+        if media == b"multipart/form-data" or (media == SIGNED_BLOB and handler.opt.get("signed_blob")):
+            return BodyRule(declared, stream=False, json=None)  # the handler bounds its JSON part
         return BodyRule(declared, stream=False, json=JSON.with_max_string(declared))
 
     async def _read(self, receive: Receive, max_bytes: int) -> bytes | None:

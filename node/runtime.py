@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from federation.local import LocalRounds
+    from federation.rounds import RoundDriver
 
 from connector.agreements import AgreementService
 from connector.crawler import CatalogCrawler
@@ -27,6 +31,8 @@ from contracts.chain import Chain
 from contracts.notary import Notary, NotaryConfig
 from contracts.provenance import ProvenanceService
 from contracts.registry import Registry
+from federation.coordinator import Coordinator
+from federation.provider import ProviderFederations
 from kernel.addresses import AddressRules
 from kernel.db import backend_name, make_engine
 from kernel.errors import AgoraError, ConfigurationError
@@ -36,6 +42,7 @@ from marketplace.catalog import CatalogService
 from marketplace.manifests.service import ManifestService
 from marketplace.services import OfferingService, check_policy
 from node.auth import OIDCKeyFetcher, TokenIssuer, TokenVerifier
+from node.federations import connect_federations
 from node.identity import org_private_key, participant_address, token_signing_key
 from node.jobs import connect_jobs
 from node.settings import Settings
@@ -73,6 +80,10 @@ class Runtime:
     jobs: JobService | None = None
     job_provider: ProviderJobs | None = None
     job_pool: JobPool | None = None
+    coordinator: Coordinator | None = None
+    federation_provider: ProviderFederations | None = None
+    round_driver: RoundDriver | None = None
+    local_rounds: LocalRounds | None = None
     _sandbox: Sandbox | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -177,6 +188,9 @@ class Runtime:
         """Stop the workers and close the chain and database; safe to call twice."""
         if self.job_pool is not None:
             self.job_pool.stop()
+        for worker in (self.round_driver, self.local_rounds):
+            if worker is not None:
+                worker.stop()
         self.notary.stop()
         if self.crawler is not None:
             self.crawler.stop()
@@ -272,6 +286,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     _connect_negotiations(runtime, token_key=key)
     connect_jobs(runtime)
+    connect_federations(runtime)
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
         peers=participants.peers,

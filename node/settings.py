@@ -104,6 +104,9 @@ class Settings(BaseSettings):
         default="", description="kubernetes: PVC holding the jobs directory, shared with the node"
     )
     jobs_workers: int = Field(default=1, ge=0, le=64, description="job worker threads in agora serve")
+    federations_enabled: bool = Field(
+        default=True, description="run the federated-learning round driver and local rounds in agora serve"
+    )
     jobs_holdout_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="share of a dataset the node keeps back to verify models"
     )
