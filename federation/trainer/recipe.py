@@ -11,12 +11,23 @@ The bundle supplies only the model (a factory ``module:function`` returning a
   term does not depend on the data, so under DP-SGD it is applied as its own step after each
   private one instead of through the (clipped) per-sample gradients.
 
-Each fit starts from the global weights with a fresh optimizer (as a Flower client does), on
-the seed ``seed + round``, so a round is reproducible.
+Each fit starts from the global weights with a fresh optimizer (as a Flower client does). A
+plain fit shuffles on the seed ``seed + round``, so it is reproducible. A DP-SGD fit is not:
+its privacy is the randomness of its Poisson batch masks and its Gaussian noise, and the
+coordinator knows the seed and the round, so with them it could draw the same noise again
+and subtract it from the update. Those two come from generators seeded by the operating
+system's CSPRNG (:func:`os_generator`), and torch's global generator is reseeded from it
+before Opacus wraps the model.
+
+Opacus' ``secure_mode`` (a cryptographic generator and noise summed from several draws, which
+resists the floating-point attacks on Gaussian sampling) needs ``torchcsprng``, which has no
+build for current torch; the generators here are torch's Mersenne Twister with a 63-bit seed
+from the OS.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +85,11 @@ def warm_up() -> None:
         optimizer.step()
 
 
+def os_generator() -> torch.Generator:
+    """A torch generator whose seed nobody else knows: 63 bits from the OS's CSPRNG."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
 def labels(y: np.ndarray) -> torch.Tensor:
     return torch.tensor(np.asarray(y, dtype=np.int64))
 
@@ -101,18 +117,20 @@ def fit(
     model = build(factory, round_seed)
     load_into(model, global_arrays)
     anchor = [p.detach().clone() for p in model.parameters()]
+    dp = recipe.get("dp")
     loader: DataLoader[Any] = DataLoader(
         TensorDataset(X, y),
         batch_size=int(recipe["batch_size"]),
         shuffle=True,
-        generator=torch.Generator().manual_seed(round_seed),
+        # Opacus draws its Poisson masks from this generator: under DP-SGD, not the round's seed
+        generator=os_generator() if dp else torch.Generator().manual_seed(round_seed),
     )
     optimizer = _optimizer(recipe, model.parameters(), lr)
     trained: nn.Module = model
-    dp = recipe.get("dp")
     if dp:
         from opacus import PrivacyEngine  # only DP recipes pay for the import
 
+        torch.manual_seed(secrets.randbits(63))  # whatever else draws from torch's global generator
         trained, optimizer, loader = PrivacyEngine().make_private(
             module=model,
             optimizer=optimizer,
@@ -120,6 +138,7 @@ def fit(
             noise_multiplier=float(dp["noise_multiplier"]),
             max_grad_norm=float(dp["max_grad_norm"]),
             poisson_sampling=True,
+            noise_generator=os_generator(),
         )
     loss_fn = nn.CrossEntropyLoss()
     trained.train()
