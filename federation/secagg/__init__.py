@@ -32,20 +32,23 @@ vector clipped to ±clipping_range, ``n ≤ max_examples``), so the coordinator 
 weighted mean is at most one step ``2·clipping_range / (quantization_range - 1)`` per value;
 ``modulus_bits`` must hold ``participants · max_examples · (quantization_range - 1)`` (checked).
 
-Threat model: the coordinator is honest-but-curious and may be active within the protocol
-(reorder, drop, replay or forge any message it routes; ask for shares it should not have);
-providers may drop out at any stage and may send malformed messages. Not covered: a coordinator
-that substitutes public keys (the adverts must reach the providers inside the advertising
-provider's own signed envelope for that), providers colluding with the coordinator (``t - 1``
-colluders learn nothing more than the sum; more can unmask), and a provider's choice of its own
-input (secure aggregation cannot check what it hides: a provider can still send a poisoned update
-within the clipping range).
+Threat model: providers may drop out at any stage and may send malformed or lying messages;
+the coordinator may be curious and may act within the protocol (drop, reorder, replay or alter
+what it routes; ask for shares it should not have). Alone, it learns the sum and nothing more.
+Not covered: a coordinator that substitutes public keys (each advert must reach the other
+providers signed by its own provider, over :func:`advert_statement`); a coordinator acting
+together with one or more providers (a passive one with up to ``t - 1`` learns only the sum,
+but an active one with a colluder can tell the others different survivor lists and rebuild
+both secrets of a victim: SecAgg's signed consistency round is not implemented); and a
+provider's choice of its own input (secure aggregation cannot check what it hides: a poisoned
+update within the clipping range passes).
 """
 
 from federation.secagg.client import SecAggClient
 from federation.secagg.config import SecAggConfig, SecAggFailed, SecAggRejected, neighbours
 from federation.secagg.encoding import expansion, from_vector, to_vector
 from federation.secagg.server import SecAggResult, SecAggServer
+from federation.secagg.wire import advert_statement
 
 __all__ = [
     "SecAggClient",
@@ -54,6 +57,7 @@ __all__ = [
     "SecAggRejected",
     "SecAggResult",
     "SecAggServer",
+    "advert_statement",
     "expansion",
     "from_vector",
     "neighbours",

@@ -54,7 +54,7 @@ class SecAggClient:
     def _expect(self, stage: str) -> None:
         if self.stage != stage:
             raise SecAggRejected(
-                f"participant {self.me} is at stage {self.stage} of the round; a {stage} request is refused"
+                f"participant {self.me} is at stage {self.stage} of the round; the {stage} request is refused"
             )
 
     def advertise(self) -> dict[str, str]:

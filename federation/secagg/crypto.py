@@ -63,6 +63,18 @@ def public_of(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
+_PROBE = X25519PrivateKey.generate()  # only to test points: what it computes is thrown away
+
+
+def is_low_order(public: bytes) -> bool:
+    """Whether a public key is a low-order point (every shared secret with it is all zeros)."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return True
+    return False
+
+
 def _exchange(private: X25519PrivateKey, peer_public: bytes, peer: int) -> bytes:
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(peer_public))

@@ -116,7 +116,7 @@ class SecAggServer:
     # -- stage 3: masked inputs ----------------------------------------------------------------
 
     def receive_masked(self, sender: object, data: object) -> None:
-        shared = self._stage_set(self._shared, "masked input", "before the shares went out")
+        shared = self._stage_set(self._shared, "a masked input", "before the shares went out")
         pid = self._sender(sender, shared, self._survivors is None, "masked input", self._inputs)
         values = unpack(data, self.count, self.config, what=f"the masked input of participant {pid}")
         self._sum = self._sum + values
@@ -128,7 +128,7 @@ class SecAggServer:
 
     def unmask_request(self) -> dict[str, list[int]]:
         """``{"survivors", "dropped"}`` for every survivor; the first call closes the input stage."""
-        self._stage_set(self._shared, "unmask request", "before the shares went out")
+        self._stage_set(self._shared, "an unmask request", "before the masked inputs")
         if self._survivors is None:
             threshold = self.config.reconstruction_threshold
             if len(self._inputs) < threshold:
@@ -141,7 +141,7 @@ class SecAggServer:
     # -- stage 4: shares of the secrets --------------------------------------------------------
 
     def receive_unmask(self, sender: object, reply: object) -> None:
-        survivors = self._stage_set(self._survivors, "unmask reply", "before the unmask request")
+        survivors = self._stage_set(self._survivors, "an unmask reply", "before the unmask request")
         pid = self._sender(sender, survivors, self._result is None, "unmask reply", set(self._answers))
         what = f"the unmask reply of participant {pid}"
         body = wire.fields(reply, ("seeds", "keys"), what)
@@ -160,7 +160,7 @@ class SecAggServer:
         """Remove every mask and return the survivors' weighted sum and example count."""
         if self._result is not None:
             return self._result
-        survivors = self._stage_set(self._survivors, "aggregation", "before the unmask request")
+        survivors = self._stage_set(self._survivors, "the aggregation", "before the unmask request")
         dropped = self.dropped()
         bits, total = self.config.modulus_bits, self._sum.copy()
         for owner in sorted(survivors):
@@ -185,8 +185,8 @@ class SecAggServer:
         most = len(survivors) * self.config.max_examples
         if not len(survivors) <= examples <= most:
             raise SecAggFailed(
-                f"the unmasked example count is {examples}, outside the {len(survivors)}..{most} that "
-                "honest inputs give: a participant sent a malformed input"
+                f"the unmasked example count is {examples}: outside what honest inputs give "
+                f"({len(survivors)} to {most}); a participant sent a malformed input"
             )
         if int(total[:-1].max()) > examples * (self.config.quantization_range - 1):
             raise SecAggFailed(
@@ -243,16 +243,16 @@ class SecAggServer:
     @staticmethod
     def _stage_set(members: frozenset[int] | None, stage: str, early: str) -> frozenset[int]:
         if members is None:
-            raise SecAggRejected(f"a {stage} cannot come {early}")
+            raise SecAggRejected(f"{stage} cannot come {early}")
         return members
 
     @staticmethod
     def _sender(value: object, members: Iterable[int], open_: bool, stage: str, done: set[int]) -> int:
         pid = wire.participant(value, f"the sender of the {stage}")
         if pid not in set(members):
-            raise SecAggRejected(f"participant {pid} may not send {stage} in this round")
+            raise SecAggRejected(f"participant {pid} may not send its {stage} in this round")
         if not open_:
-            raise SecAggRejected(f"the {stage} of participant {pid} comes after that stage closed")
+            raise SecAggRejected(f"the {stage} of participant {pid} came after that stage closed")
         if pid in done:
             raise SecAggRejected(f"participant {pid} already sent its {stage}")
         return pid

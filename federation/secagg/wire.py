@@ -13,8 +13,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from federation.secagg.config import MAX_ID, MAX_PARTICIPANTS, SecAggRejected
-from federation.secagg.crypto import KEY_BYTES
+from federation.secagg.config import MAX_ID, MAX_PARTICIPANTS, SecAggRejected, framed
+from federation.secagg.crypto import KEY_BYTES, is_low_order
 
 ADVERT_FIELDS = ("mask_key", "share_key", "seed_commitment")
 
@@ -121,6 +121,9 @@ class Advert:
         advert = cls(*(unb64(data[name], KEY_BYTES, f"{what}.{name}") for name in ADVERT_FIELDS))
         if advert.mask_key == advert.share_key:
             raise SecAggRejected(f"{what} uses one public key for both purposes")
+        for name, key in (("mask_key", advert.mask_key), ("share_key", advert.share_key)):
+            if is_low_order(key):
+                raise SecAggRejected(f"{what}.{name} is a low-order point")
         return advert
 
 
@@ -134,3 +137,21 @@ def distinct_keys(adverts: Mapping[int, Advert], what: str) -> None:
                     f"{what}: participant {pid} sends a public key participant {seen[key]} sent"
                 )
             seen[key] = pid
+
+
+def advert_statement(round_context: bytes, pid: int, advert: object) -> bytes:
+    """The bytes a provider signs with its organisation key so that its peers, not only the
+    coordinator, can check that the keys they are given for ``pid`` this round are its own.
+
+    Secure aggregation cannot tell a substituted key from a real one by itself: the coordinator
+    routes the adverts. A round protocol that carries each advert with its provider's signature
+    over this statement, checked by every receiving provider before :meth:`SecAggClient.share_keys`,
+    closes that gap."""
+    keys = Advert.read(advert, f"the keys of participant {pid}")
+    return (
+        b"agora-secagg advert v1"
+        + framed(round_context, pid)
+        + keys.mask_key
+        + keys.share_key
+        + keys.seed_commitment
+    )

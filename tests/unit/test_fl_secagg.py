@@ -263,7 +263,7 @@ def test_a_participant_speaking_for_another_is_refused() -> None:
     rnd.keys()
     with pytest.raises(SecAggRejected, match="participant 1 already sent its keys"):
         rnd.server.receive_keys(1, wire(rnd.clients[2].advertise()))
-    with pytest.raises(SecAggRejected, match="participant 9 may not send keys"):
+    with pytest.raises(SecAggRejected, match="participant 9 may not send its keys"):
         rnd.server.receive_keys(9, wire(rnd.clients[2].advertise()))
     sealed = wire(rnd.clients[1].share_keys(wire(rnd.server.keys_for(1))))
     sealed["1"] = sealed.pop("2")  # a share "for itself" instead of one for participant 2
@@ -415,3 +415,12 @@ def test_quantization_stays_in_range_and_within_one_step(raw: list[float]) -> No
     assert int(q.max()) < CONFIG.quantization_range
     back = q.astype(np.float64) * CONFIG.step - CONFIG.clipping_range
     assert float(np.abs(back - clipped(values)).max()) <= CONFIG.step * (1 + 1e-9)
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    """A value a quarter step above a level comes back a quarter step above it on average
+    (rounding to the nearest level would lose that quarter in every round's mean)."""
+    value = -CONFIG.clipping_range + 0.25 * CONFIG.step
+    q = quantize(np.full(100_000, value), CONFIG)
+    assert set(np.unique(q).tolist()) == {0, 1}
+    assert abs(float(q.mean()) - 0.25) < 0.01
