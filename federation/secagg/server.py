@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,11 @@ from federation.secagg.config import (
     check_context,
     neighbours,
 )
-from federation.secagg.encoding import F64, U64, dequantize_sum, unpack
+from federation.secagg.encoding import F64, U64, dequantize_sum, pack, unpack
 
 MAX_SUBSETS = 256  # share subsets tried per secret when a wrong share is among them
+_PARTS = ("seeds", "keys")
+_SNAPSHOT = ("adverts", "advertised", "sealed", "shared", "sum", "inputs", "survivors", "answers")
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class SecAggServer:
         shared = self._stage_set(self._shared, "a masked input", "before the shares went out")
         pid = self._sender(sender, shared, self._survivors is None, "masked input", self._inputs)
         values = unpack(data, self.count, self.config, what=f"the masked input of participant {pid}")
-        self._sum = self._sum + values
+        self._sum = self._reduce(self._sum + values)
         self._inputs.add(pid)
 
     def dropped(self) -> list[int]:
@@ -148,7 +151,7 @@ class SecAggServer:
         shared = self._shared or frozenset()
         held = self._holders(pid, shared)
         parts = []
-        for name, owners in (("seeds", held & survivors), ("keys", held - survivors)):
+        for name, owners in zip(_PARTS, (held & survivors, held - survivors), strict=True):
             items = wire.by_participant(body[name], f"{what}: {name}")
             wire.exactly(items, owners, f"{what}: {name}")
             parts.append(
@@ -173,12 +176,84 @@ class SecAggServer:
                 pairwise = crypto.mask(seed, self.count, bits)
                 # the survivor added the mask if its id was the lower one, and subtracted it if not
                 total = total - pairwise if peer < owner else total + pairwise
-        if bits < 64:
-            total &= np.uint64((1 << bits) - 1)
-        self._result = self._reveal(total, sorted(survivors), dropped)
+        self._result = self._reveal(self._reduce(total), sorted(survivors), dropped)
         return self._result
 
+    # -- persistence ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the server holds, as JSON-safe values, so a restarted coordinator resumes
+        the round with the providers still holding theirs. It holds no provider's secret: public
+        keys, shares sealed for others, the masked sum, and the shares returned for unmasking."""
+
+        def ids(members: frozenset[int] | None) -> list[int] | None:
+            return None if members is None else sorted(members)
+
+        return {
+            "adverts": {str(p): a.wire() for p, a in self._adverts.items()},
+            "advertised": ids(self._advertised),
+            "sealed": {str(p): {str(d): v for d, v in m.items()} for p, m in self._sealed.items()},
+            "shared": ids(self._shared),
+            "sum": wire.b64(pack(self._sum, self.config)),
+            "inputs": sorted(self._inputs),
+            "survivors": ids(self._survivors),
+            "answers": {
+                str(p): {
+                    name: {str(o): wire.b64(v) for o, v in part.items()}
+                    for name, part in zip(_PARTS, a, strict=True)
+                }
+                for p, a in self._answers.items()
+            },
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        config: SecAggConfig,
+        participants: Iterable[object],
+        round_context: bytes,
+        vector_length: int,
+        snapshot: object,
+    ) -> SecAggServer:
+        """The server of :meth:`snapshot`, each part read back through the same checks."""
+        server = cls(config, participants, round_context, vector_length)
+        data = wire.fields(snapshot, _SNAPSHOT, "the secure-aggregation snapshot")
+
+        def members(name: str) -> frozenset[int] | None:
+            value = data[name]
+            found = None if value is None else frozenset(wire.ids(value, f"the snapshot's {name}"))
+            if found is not None and not found <= set(server.ids):
+                raise SecAggRejected(f"the snapshot's {name} names participants outside this round")
+            return found
+
+        for pid, advert in wire.by_participant(data["adverts"], "the snapshot's adverts").items():
+            server.receive_keys(pid, advert)
+        server._advertised = members("advertised")
+        for pid, sealed in wire.by_participant(data["sealed"], "the snapshot's shares").items():
+            server.receive_shares(pid, sealed)
+        server._shared = members("shared")
+        server._sum = unpack(
+            wire.unb64(data["sum"], server.count * config.width, "the snapshot's sum"),
+            server.count,
+            config,
+            what="the snapshot's sum",
+        )
+        server._inputs = set(members("inputs") or ())
+        server._survivors = members("survivors")
+        if not server._inputs <= (server._shared or frozenset()) or server._survivors not in (
+            None,
+            server._inputs,
+        ):
+            raise SecAggRejected("the snapshot's inputs and survivors do not fit its stages")
+        for pid, reply in wire.by_participant(data["answers"], "the snapshot's unmask replies").items():
+            server.receive_unmask(pid, reply)
+        return server
+
     # -- helpers -------------------------------------------------------------------------------
+
+    def _reduce(self, values: U64) -> U64:
+        bits = self.config.modulus_bits
+        return values & np.uint64((1 << bits) - 1) if bits < 64 else values
 
     def _reveal(self, total: U64, survivors: list[int], dropped: list[int]) -> SecAggResult:
         examples = int(total[-1])

@@ -424,3 +424,49 @@ def test_stochastic_rounding_is_unbiased() -> None:
     q = quantize(np.full(100_000, value), CONFIG)
     assert set(np.unique(q).tolist()) == {0, 1}
     assert abs(float(q.mean()) - 0.25) < 0.01
+
+
+@pytest.mark.parametrize("stage", ["keys", "shares", "inputs", "unmask"])
+def test_a_restarted_coordinator_resumes_from_its_snapshot(stage: str) -> None:
+    """The server's state survives a JSON round trip at each stage; the providers keep theirs."""
+    inputs, context = vectors(seed=7), b"federation-7:round-2"
+    rnd = Round(context=context)
+
+    def restart() -> None:
+        saved = wire(rnd.server.snapshot())
+        rnd.server = SecAggServer.restore(CONFIG, IDS, context, LENGTH, saved)
+
+    rnd.keys()
+    if stage == "keys":
+        restart()
+    rnd.shares()
+    if stage == "shares":
+        restart()
+    rnd.inputs(inputs, absent={5})
+    if stage == "inputs":
+        restart()
+    request = wire(rnd.server.unmask_request())
+    for i in (1, 2, 3):
+        rnd.server.receive_unmask(i, wire(rnd.clients[i].unmask(**request)))
+    if stage == "unmask":
+        restart()
+    rnd.server.receive_unmask(4, wire(rnd.clients[4].unmask(**request)))
+    result = rnd.server.aggregate()
+    expected = sum(clipped(inputs[i]) for i in (1, 2, 3, 4))
+    assert result.dropped == [5]
+    assert float(np.abs(result.weighted_sum - expected).max()) <= 4 * CONFIG.step
+
+
+def test_a_snapshot_that_does_not_fit_is_refused() -> None:
+    rnd = Round()
+    rnd.keys()
+    rnd.shares()
+    saved = wire(rnd.server.snapshot())
+    for broken, reason in (
+        ({**saved, "inputs": [1]}, "inputs and survivors do not fit"),
+        ({**saved, "shared": [1, 2, 99]}, "outside this round"),
+        ({**saved, "sum": "AAAA"}, "the snapshot's sum must be base64"),
+        ({k: v for k, v in saved.items() if k != "answers"}, r"missing \['answers'\]"),
+    ):
+        with pytest.raises(SecAggRejected, match=reason):
+            SecAggServer.restore(CONFIG, IDS, b"federation-7:round-1", LENGTH, broken)
