@@ -43,7 +43,6 @@ class SecAggClient:
         self._seed = os.urandom(crypto.SEED_BYTES)
         self._peers: dict[int, wire.Advert] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (share of its seed, of its mask key)
-        self._pairwise: list[int] = []
         self._stage = 0
 
     @property
@@ -149,7 +148,6 @@ class SecAggClient:
         if bits < 64:
             total &= np.uint64((1 << bits) - 1)
         self._held.update(held)
-        self._pairwise = sorted(held)
         self._stage = 3
         return pack(total, self.config)
 

@@ -183,8 +183,9 @@ class SecAggServer:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the server holds, as JSON-safe values, so a restarted coordinator resumes
-        the round with the providers still holding theirs. It holds no provider's secret: public
-        keys, shares sealed for others, the masked sum, and the shares returned for unmasking."""
+        the round with the providers still holding theirs. It holds nothing the server may not
+        know: public keys, shares sealed for others, the masked sum (no single masked input), and
+        the shares returned for unmasking."""
 
         def ids(members: frozenset[int] | None) -> list[int] | None:
             return None if members is None else sorted(members)
@@ -240,11 +241,14 @@ class SecAggServer:
         )
         server._inputs = set(members("inputs") or ())
         server._survivors = members("survivors")
-        if not server._inputs <= (server._shared or frozenset()) or server._survivors not in (
-            None,
-            server._inputs,
-        ):
-            raise SecAggRejected("the snapshot's inputs and survivors do not fit its stages")
+        nested = (
+            (server._advertised or frozenset()) <= set(server._adverts)
+            and (server._shared or frozenset()) <= set(server._sealed)
+            and server._inputs <= (server._shared or frozenset())
+            and server._survivors in (None, server._inputs)
+        )
+        if not nested:
+            raise SecAggRejected("the snapshot's stages do not nest (keys, shares, inputs, survivors)")
         for pid, reply in wire.by_participant(data["answers"], "the snapshot's unmask replies").items():
             server.receive_unmask(pid, reply)
         return server

@@ -463,7 +463,8 @@ def test_a_snapshot_that_does_not_fit_is_refused() -> None:
     rnd.shares()
     saved = wire(rnd.server.snapshot())
     for broken, reason in (
-        ({**saved, "inputs": [1]}, "inputs and survivors do not fit"),
+        ({**saved, "inputs": [1]}, "stages do not nest"),
+        ({**saved, "adverts": {k: v for k, v in saved["adverts"].items() if k != "3"}}, "stages do not nest"),
         ({**saved, "shared": [1, 2, 99]}, "outside this round"),
         ({**saved, "sum": "AAAA"}, "the snapshot's sum must be base64"),
         ({k: v for k, v in saved.items() if k != "answers"}, r"missing \['answers'\]"),
