@@ -13,6 +13,9 @@ checks and rewrites the model with node code alone::
         --factory model:make_model --bundle /job --probe /probe/probe.npy ...
     python /agora/export.py --format sklearn --model /model/model.joblib --input-shape 1,64 ...
 
+A ``torch-state-dict`` model is a weights-only ``torch.save`` file, or a ``.safetensors`` file
+(a federation's global weights as they were anchored).
+
 The probe inputs (written by the node: training rows the job already saw and inputs the
 node generated) are reshaped to ``(-1, *input_shape[1:])`` and cast to ``--dtype``. Written
 to ``--out``:
@@ -25,8 +28,8 @@ What went wrong, and the exporter's warnings, are printed (the job log's ``expor
 Exit codes: 0 success; 2 the model cannot be loaded or run on the probe inputs; 3 it runs
 but cannot be exported to ONNX; 4 bad invocation or unreadable probe inputs.
 
-Only the standard library, numpy, torch, scikit-learn, skl2onnx, onnx and joblib may be
-imported here: the repository's packages are not visible inside the sandbox.
+Only the standard library, numpy, torch, scikit-learn, skl2onnx, onnx, joblib and
+safetensors may be imported here: the repository's packages are not visible inside the sandbox.
 """
 
 from __future__ import annotations
@@ -140,13 +143,24 @@ def load_torch_model(fmt: str, model_path: Path, factory: str | None, bundle: Pa
                 raise _load_failure(
                     f"the factory {factory} returned {type(model).__name__}, not an nn.Module"
                 )
-            model.load_state_dict(torch.load(str(model_path), map_location="cpu", weights_only=True))
+            model.load_state_dict(_state_dict(model_path))
     except Failure:
         raise
     except Exception as exc:  # the consumer's files and code: any error means "cannot load"
         raise _load_failure(f"cannot load the {fmt} model: {_describe(exc)}") from exc
     model.eval()
     return model
+
+
+def _state_dict(model_path: Path) -> Any:
+    """Tensors only, whichever of the two files: neither loader executes anything it reads."""
+    import torch
+
+    if model_path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(model_path), device="cpu")
+    return torch.load(str(model_path), map_location="cpu", weights_only=True)
 
 
 def torch_outputs(model: Any, X: np.ndarray) -> np.ndarray:

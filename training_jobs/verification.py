@@ -14,6 +14,10 @@ node's keys and database. The figures attested on chain come from the report alo
 
 The probe inputs are the node's: training rows the job already saw, and as many inputs drawn
 by the node within the training data's range.
+
+Both runs are described by a :class:`Translation` (:meth:`Verification.run_export`,
+:meth:`Verification.run_audit`), so a model no job trained — a federation's global model on
+its coordinator, which holds no rows — goes through the same two runs, audited without rows.
 """
 
 from __future__ import annotations
@@ -89,6 +93,34 @@ class AuditReport(BaseModel):
 
 
 @dataclass(frozen=True)
+class Translation:
+    """What the export and audit runs are told of a model, whoever trained it: a job (from its
+    spec, :meth:`of_job`) or a federation (its bundle's factory and the global weights)."""
+
+    format: str  # torchscript | torch-state-dict | sklearn
+    model_file: str  # the native model's file name under /model
+    input_shape: tuple[int, ...]  # batch first
+    dtype: str
+    opset: int
+    tolerance: float
+    factory: str | None = None
+    bundle: bool = True  # the code bundle is mounted at /job (not for an OCI-image job)
+
+    @classmethod
+    def of_job(cls, spec: JobSpec) -> Translation:
+        return cls(
+            format=spec.output.format,
+            model_file=spec.output.path,
+            input_shape=tuple(spec.onnx.input_shape),
+            dtype=spec.onnx.dtype,
+            opset=spec.onnx.opset,
+            tolerance=spec.onnx.tolerance,
+            factory=spec.output.factory,
+            bundle=spec.code.image is None,
+        )
+
+
+@dataclass(frozen=True)
 class Audited:
     report: AuditReport
     model: Path  # the released ONNX model
@@ -144,32 +176,44 @@ class Verification:
         cancel: threading.Event,
     ) -> dict[str, Path]:
         """The exported ONNX file and native outputs, copied out of the run; or :class:`JobFailed`."""
-        image = self.image()
-        shutil.copyfile(model, dirs["model"] / spec.output.path)
-        shutil.copyfile(EXPORT_SCRIPT, dirs["export-code"] / "export.py")
-        command = [
-            "python", "/agora/export.py",
-            "--format", spec.output.format,
-            "--model", f"/model/{spec.output.path}",
-            "--probe", "/probe/probe.npy",
-            "--input-shape", ",".join(str(d) for d in spec.onnx.input_shape),
-            "--dtype", spec.onnx.dtype,
-            "--opset", str(spec.onnx.opset),
-            "--out", "/out",
-        ]  # fmt: skip
-        if spec.code.image is None:
-            command += ["--bundle", "/job"]
-        if spec.output.factory:
-            command += ["--factory", spec.output.factory]
         resources = spec.resources
-        cap = export_output_cap(spec)
         limits = Limits(
             cpu_seconds=max(resources.cpu_seconds, EXPORT_MIN_SECONDS),
             memory_bytes=max(int(resources.memory), EXPORT_MIN_MEMORY),
             wall_seconds=max(resources.wall_time, EXPORT_MIN_SECONDS),
-            max_output_bytes=cap,
+            max_output_bytes=export_output_cap(spec),
             max_processes=resources.max_processes,
         )
+        return self.run_export(Translation.of_job(spec), dirs, model, limits, on_output, cancel)
+
+    def run_export(
+        self,
+        task: Translation,
+        dirs: dict[str, Path],
+        model: Path,
+        limits: Limits,
+        on_output: Callable[[str], None],
+        cancel: threading.Event,
+    ) -> dict[str, Path]:
+        """The export run of ``model`` (copied to ``/model``) with the bundle in ``dirs["job"]``
+        and the probe inputs in ``dirs["probe"]``; what it left, copied to ``dirs["exported"]``."""
+        image = self.image()
+        shutil.copyfile(model, dirs["model"] / task.model_file)
+        shutil.copyfile(EXPORT_SCRIPT, dirs["export-code"] / "export.py")
+        command = [
+            "python", "/agora/export.py",
+            "--format", task.format,
+            "--model", f"/model/{task.model_file}",
+            "--probe", "/probe/probe.npy",
+            "--input-shape", ",".join(str(d) for d in task.input_shape),
+            "--dtype", task.dtype,
+            "--opset", str(task.opset),
+            "--out", "/out",
+        ]  # fmt: skip
+        if task.bundle:
+            command += ["--bundle", "/job"]
+        if task.factory:
+            command += ["--factory", task.factory]
         run = SandboxRun(
             command=command,
             mounts=[
@@ -191,14 +235,16 @@ class Verification:
             raise JobFailed("the model could not be translated to ONNX, so the node cannot verify it")
         if outcome.exit_code == training_jobs.export.EXIT_LOAD:
             raise JobFailed(
-                f"the node could not load or run the {spec.output.format} model on its probe inputs, "
+                f"the node could not load or run the {task.format} model on its probe inputs, "
                 "so it cannot verify it"
             )
         if not outcome.ok:
             said = f"translating the model to ONNX {ended(outcome, limits)}; the node cannot verify it"
             raise JobFailed(said, outcome.reason)
         try:
-            produced = collect_outputs(dirs["export"], ["model.onnx", "native_outputs.npy"], cap)
+            produced = collect_outputs(
+                dirs["export"], ["model.onnx", "native_outputs.npy"], limits.max_output_bytes
+            )
         except OutputRejected as exc:
             said = "the export left no usable ONNX model, so the node cannot verify it"
             raise JobFailed(said, exc.detail) from None
@@ -220,6 +266,38 @@ class Verification:
         cancel: threading.Event,
     ) -> Audited:
         """The audit run's verdict and the released model; :class:`JobFailed` when it fails."""
+        resources = spec.resources
+        budget = Limits(
+            cpu_seconds=resources.cpu_seconds,
+            memory_bytes=int(resources.memory),
+            wall_seconds=resources.wall_time,
+        )
+        return self.run_audit(
+            Translation.of_job(spec),
+            dirs,
+            exported,
+            budget,
+            on_output,
+            cancel,
+            allow_stored_examples=terms.allow_stored_examples,
+        )
+
+    def run_audit(
+        self,
+        task: Translation,
+        dirs: dict[str, Path],
+        exported: dict[str, Path],
+        budget: Limits,
+        on_output: Callable[[str], None],
+        cancel: threading.Event,
+        *,
+        allow_stored_examples: bool = False,
+        with_rows: bool = True,
+    ) -> Audited:
+        """The audit of ``exported`` within ``budget`` (raised to the audit's least CPU, wall time
+        and memory). ``with_rows`` mounts the training and held-out rows (``dirs["data"]``,
+        ``dirs["holdout"]``) for the memorization check and the accuracy; a node that holds no
+        rows (a federation's coordinator) audits without them, and the report has neither."""
         image = self.image()
         code = dirs["audit-code"] / AUDIT_MODULE
         shutil.rmtree(code, ignore_errors=True)
@@ -230,35 +308,34 @@ class Verification:
             "--model", "/exported/model.onnx",
             "--native-outputs", "/exported/native_outputs.npy",
             "--probe", "/probe/probe.npy",
-            "--holdout", "/holdout/holdout.npz",
-            "--train", "/data/train.npz",
-            "--input-shape", ",".join(str(d) for d in spec.onnx.input_shape),
-            "--dtype", spec.onnx.dtype,
-            "--opset", str(spec.onnx.opset),
-            "--tolerance", repr(spec.onnx.tolerance),
+            "--input-shape", ",".join(str(d) for d in task.input_shape),
+            "--dtype", task.dtype,
+            "--opset", str(task.opset),
+            "--tolerance", repr(task.tolerance),
             "--max-model-bytes", str(onnx_size),
             "--out", "/out",
         ]  # fmt: skip
-        if terms.allow_stored_examples:
+        mounts = [
+            Mount(dirs["audit-code"], "/agora"),
+            Mount(dirs["exported"], "/exported"),
+            Mount(dirs["probe"], "/probe"),
+        ]
+        if with_rows:
+            command += ["--holdout", "/holdout/holdout.npz", "--train", "/data/train.npz"]
+            mounts += [Mount(dirs["holdout"], "/holdout"), Mount(dirs["data"], "/data")]
+        if allow_stored_examples:
             command.append("--allow-stored-examples")
-        resources = spec.resources
         limits = Limits(
-            cpu_seconds=max(resources.cpu_seconds, AUDIT_MIN_CPU_SECONDS),
-            memory_bytes=max(int(resources.memory), AUDIT_MIN_MEMORY),
-            wall_seconds=max(resources.wall_time, AUDIT_MIN_WALL_SECONDS),
+            cpu_seconds=max(budget.cpu_seconds, AUDIT_MIN_CPU_SECONDS),
+            memory_bytes=max(budget.memory_bytes, AUDIT_MIN_MEMORY),
+            wall_seconds=max(budget.wall_seconds, AUDIT_MIN_WALL_SECONDS),
             # tensors are re-encoded as raw data: small integers kept as varints grow up to 8x
             max_output_bytes=8 * onnx_size + REPORT_MAX_BYTES + MiB,
             max_processes=16,
         )
         run = SandboxRun(
             command=command,
-            mounts=[
-                Mount(dirs["audit-code"], "/agora"),
-                Mount(dirs["exported"], "/exported"),
-                Mount(dirs["probe"], "/probe"),
-                Mount(dirs["holdout"], "/holdout"),
-                Mount(dirs["data"], "/data"),
-            ],
+            mounts=mounts,
             output_dir=dirs["released"],
             workdir="/tmp",
             env={"PYTHONPATH": "/agora"},

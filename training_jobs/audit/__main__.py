@@ -6,6 +6,9 @@
         --probe /probe/probe.npy --holdout /holdout/holdout.npz --train /data/train.npz \\
         --input-shape 1,64 --dtype float32 --opset 17 --tolerance 1e-4 --out /out
 
+Without ``--holdout`` and ``--train`` (a node that holds no rows: a federation's coordinator)
+the memorization check and the accuracy are not done, and their figures stay null.
+
 Writes ``/out/audit_report.json`` (always; see :data:`REPORT_FIELDS`) and, when the model
 passes, ``/out/model.onnx``: the model as the node releases it. Exit 0 whenever the report
 holds the verdict; 4 when the node's own inputs (probe, held-out or training rows) cannot be
@@ -19,7 +22,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -62,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, type=Path, help="the exported ONNX file")
     parser.add_argument("--native-outputs", required=True, type=Path, help="the export run's outputs (.npy)")
     parser.add_argument("--probe", required=True, type=Path, help="the node's probe inputs (.npy)")
-    parser.add_argument("--holdout", required=True, type=Path, help="held-out rows (.npz with X, y)")
-    parser.add_argument("--train", required=True, type=Path, help="training rows (.npz with X)")
+    parser.add_argument("--holdout", type=Path, help="held-out rows (.npz with X, y)")
+    parser.add_argument("--train", type=Path, help="training rows (.npz with X)")
     parser.add_argument("--input-shape", required=True, type=_shape)
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--opset", type=int, required=True)
@@ -97,6 +100,29 @@ def _native_outputs(path: Path) -> np.ndarray:
     return array
 
 
+class Rows(NamedTuple):
+    """The provider's rows: the held-out ones shaped for the model, and every row flattened."""
+
+    X: np.ndarray
+    y: np.ndarray
+    all_rows: np.ndarray
+
+
+def _rows(args: argparse.Namespace, row_shape: tuple[int, ...], dtype: Any) -> Rows:
+    from .walk import Refused
+
+    holdout_X, holdout_y = _node_array(args.holdout, "X"), _node_array(args.holdout, "y").reshape(-1)
+    train_X = _node_array(args.train, "X")
+    try:
+        holdout_X = np.ascontiguousarray(holdout_X.reshape((-1, *row_shape)), dtype=dtype)
+        every = np.concatenate([train_X.reshape(len(train_X), -1), holdout_X.reshape(len(holdout_X), -1)])
+    except ValueError as exc:  # the shape is the job's: its fault, not the node's
+        raise Refused(
+            f"the provider's rows do not fit the job's onnx.input_shape {args.input_shape}", str(exc)
+        ) from exc
+    return Rows(holdout_X, holdout_y, every)
+
+
 def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
     """The verdict's figures into ``report``; the released model's bytes, or :class:`Refused`."""
     import onnx
@@ -111,18 +137,14 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
     report["onnx_version"], report["onnxruntime_version"] = onnx.__version__, onnxruntime.__version__
     row_shape = tuple(args.input_shape[1:])
     dtype = DTYPES[args.dtype]
-    probe = _node_array(args.probe)
-    holdout_X, holdout_y = _node_array(args.holdout, "X"), _node_array(args.holdout, "y").reshape(-1)
-    train_X = _node_array(args.train, "X")
     try:
-        holdout_X = np.ascontiguousarray(holdout_X.reshape((-1, *row_shape)), dtype=dtype)
-        probe = np.ascontiguousarray(probe.reshape((-1, *row_shape)), dtype=dtype)
-        rows = np.concatenate([train_X.reshape(len(train_X), -1), holdout_X.reshape(len(holdout_X), -1)])
-    except ValueError as exc:  # the shape is the job's: its fault, not the node's
-        raise Refused(
-            f"the provider's rows do not fit the job's onnx.input_shape {args.input_shape}", str(exc)
-        ) from exc
-    report["holdout_rows"], report["probe_inputs"] = len(holdout_y), len(probe)
+        probe = np.ascontiguousarray(_node_array(args.probe).reshape((-1, *row_shape)), dtype=dtype)
+    except ValueError as exc:
+        raise NodeInputs(f"the probe inputs do not fit the input shape {args.input_shape}: {exc}") from exc
+    report["probe_inputs"] = len(probe)
+    holdout = _rows(args, row_shape, dtype) if args.holdout is not None else None
+    if holdout is not None:
+        report["holdout_rows"] = len(holdout.y)
     native = _native_outputs(args.native_outputs)
 
     size = args.model.stat().st_size
@@ -144,16 +166,17 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
     except Exception as exc:  # ValidationError, InferenceError, and onnx's C++ errors as RuntimeError
         raise Refused("onnx.checker refused the model", f"{type(exc).__name__}: {exc}") from None
 
-    memorized = find_memorized(rows, weights(model))
-    report["memorized_rows"], report["unchecked_rows"] = len(memorized.rows), memorized.unchecked
-    report["memorization_tolerance"] = memorized.tolerance
+    memorized = find_memorized(holdout.all_rows, weights(model)) if holdout is not None else None
+    if memorized is not None:
+        report["memorized_rows"], report["unchecked_rows"] = len(memorized.rows), memorized.unchecked
+        report["memorization_tolerance"] = memorized.tolerance
     if not args.allow_stored_examples:
         if rewritten.stored_example_ops:
             raise Refused(
                 "the model stores training examples (support vectors); the offering's compute terms "
                 "do not allow stored examples"
             )
-        if memorized.rows:
+        if memorized is not None and memorized.rows:
             raise Refused(  # how many is the provider's to read: a count tells which guesses hit
                 "the model's weights hold rows of the provider's data; the offering's compute terms "
                 "do not allow stored examples",
@@ -170,14 +193,18 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
     compared = check.compared_output(sess, native.ndim)
     probe_out = check.run(sess, probe, "the node's probe inputs")
     report["max_abs_diff"] = check.max_abs_diff(probe_out[compared], native, args.tolerance)
-    report["onnx_accuracy"] = check.accuracy(sess, holdout_X, holdout_y, compared)
+    if holdout is not None:
+        report["onnx_accuracy"] = check.accuracy(sess, holdout.X, holdout.y, compared)
     return released
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .walk import Refused
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.holdout is None) != (args.train is None):
+        parser.error("--holdout and --train go together")
     report: dict[str, Any] = dict.fromkeys(REPORT_FIELDS)
     report.update(ok=False, tolerance=args.tolerance, stored_example_ops=[], output_names=[])
     code = EXIT_OK
