@@ -368,6 +368,8 @@ def _log_done(job: dict[str, Any], log: dict[str, Any]) -> bool:
 
 
 def ui_router() -> Router:
+    from node.ui.federations import federation_handlers  # it imports this module's guard
+
     static = create_static_files_router(path="/static", directories=[HERE / "static"], name="ui-static")
     return Router(
         path="/ui",
@@ -386,6 +388,7 @@ def ui_router() -> Router:
             job_page,
             job_status,
             job_log,
+            *federation_handlers,
             static,
         ],
         guards=[csrf.same_origin_guard],
