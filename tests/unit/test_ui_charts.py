@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -196,7 +197,7 @@ def test_nice_ticks() -> None:
 
 def test_a_federations_rounds_are_drawn_at_the_model_they_evaluated() -> None:
     acme, beta = "0x" + "a" * 40, "0x" + "b" * 40
-    rounds = [
+    rounds: list[dict[str, Any]] = [
         {
             "round": 1,
             "metrics": {"accuracy": 0.1, "providers": {acme: {"accuracy": 0.1}, beta: {"accuracy": 0.2}}},
