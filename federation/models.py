@@ -54,7 +54,12 @@ DONE = "DONE"
 ROUND = Lifecycle.of(
     "round",
     {
-        OPEN: (AGGREGATING, FAILED, CANCELLED),
+        OPEN: (
+            AGGREGATING,
+            DONE,
+            FAILED,
+            CANCELLED,
+        ),  # DONE: an evaluation-only round has nothing to aggregate
         AGGREGATING: (DONE, FAILED),
         DONE: (),
         FAILED: (),

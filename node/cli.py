@@ -20,6 +20,7 @@ from marketplace.cli import app as offerings_app
 from marketplace.cli import catalog_command
 from marketplace.manifests.cli import apply_command, plan_command
 from marketplace.policy.cli import app as policy_app
+from federation.cli import app as fl_app
 from training_jobs.cli import app as jobs_app
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ app.command("catalog")(catalog_command)
 app.command("plan")(plan_command)
 app.command("apply")(apply_command)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(fl_app, name="fl")
 
 CLI_TOKEN_TTL = 600
 

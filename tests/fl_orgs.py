@@ -1,0 +1,134 @@
+"""Organisations for federated-learning tests: one coordinator and several providers, each a
+real node process on loopback, all on one devchain.
+
+Each provider registers its share of the digits (IID or non-IID) as an offering for
+federated learning; the coordinator adds every provider as a peer (and they it) and
+negotiates a federate agreement with each through its API. :func:`run` then creates and
+starts a federation from a spec and follows it to its end.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests import services
+from tests.job_orgs import agree, register
+from training_jobs import bundle as bundles
+from training_jobs.datasets import digits_partitions
+
+EXAMPLE = services.REPO / "examples" / "federation" / "digits-cnn"
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+NAMES = ("Acme Wind", "Gamma Grid", "Delta Rail", "Epsilon Air", "Zeta Sea")
+
+
+@dataclass
+class FlOrgs:
+    coordinator: services.Org
+    providers: list[services.Org]
+    agreements: list[str]
+    partitions: list[Path]
+    chain: Any
+    root: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def fl_orgs(
+    root: Path,
+    providers: int = 3,
+    *,
+    iid: bool = True,
+    policies: dict[int, dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[FlOrgs]:
+    from contracts.devchain import DevChainServer
+
+    chain = DevChainServer(root / "chain", port=services.free_port())
+    chain.start()
+    node_env = {
+        "AGORA_CHAIN_URL": chain.url,
+        "AGORA_CHAIN_REGISTRY": chain.registry,
+        "AGORA_ANCHOR_MAX_DELAY": "0.2",
+        "AGORA_JOBS_WORKERS": "0",
+        **(env or {}),
+    }
+    nodes: list[services.LiveNode] = []
+    try:
+        coordinator = services.Org(
+            services.start_node(root / "coordinator", name="Beta Analytics", **node_env)
+        )
+        nodes.append(coordinator.node)
+        orgs = []
+        for index in range(providers):
+            node = services.start_node(root / f"provider-{index + 1}", name=NAMES[index], **node_env)
+            nodes.append(node)
+            orgs.append(services.Org(node))
+        partitions = digits_partitions(root / "data", providers, iid=iid)
+        agreements = []
+        for index, (org, path) in enumerate(zip(orgs, partitions, strict=True)):
+            extra: dict[str, Any] = {
+                "access_modes": ["federate"],
+                "policy": {"template": "provide-access"},
+                **((policies or {}).get(index) or {}),
+            }
+            offering = register(org, f"digits-share-{index + 1}", path, extra)
+            assert coordinator.api("POST", "/participants", json={"url": org.node.url}).status_code == 201
+            assert org.api("POST", "/participants", json={"url": coordinator.node.url}).status_code == 201
+            agreements.append(agree(org, coordinator, offering, "federate"))
+        yield FlOrgs(coordinator, orgs, agreements, partitions, chain, root)
+    finally:
+        for node in nodes:
+            node.stop()
+        chain.stop()
+
+
+def spec(orgs: FlOrgs, **overrides: Any) -> dict[str, Any]:
+    """The example federation spec over ``orgs``' agreements, with ``overrides``."""
+    document: dict[str, Any] = yaml.safe_load((EXAMPLE / "federation.yaml").read_text())
+    document["providers"] = [{"agreement": a} for a in orgs.agreements]
+    document.update(overrides)
+    return document
+
+
+def create(orgs: FlOrgs, document: dict[str, Any], bundle_dir: Path = EXAMPLE) -> dict[str, Any]:
+    packed = bundles.pack(bundle_dir)
+    document = {k: v for k, v in document.items()}
+    document["model"] = {k: v for k, v in document["model"].items() if k not in ("bundle", "initial_weights")}
+    r = orgs.coordinator.api(
+        "POST", "/federations", json={"spec": document, "bundle": base64.b64encode(packed).decode()}
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def run(orgs: FlOrgs, document: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """Create, start and follow a federation; its record, with ``rounds``."""
+    fed = create(orgs, document)
+    assert fed["state"] == "READY", fed
+    started = orgs.coordinator.api("POST", f"/federations/{fed['id']}/start")
+    assert started.status_code == 200, started.text
+    return follow(orgs, fed["id"], timeout)
+
+
+def follow(orgs: FlOrgs, federation_id: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        fed = orgs.coordinator.api("GET", f"/federations/{federation_id}").json()
+        if fed["state"] in FINAL:
+            fed["rounds_detail"] = orgs.coordinator.api("GET", f"/federations/{federation_id}/rounds").json()
+            return dict(fed)
+        assert time.monotonic() < deadline, f"federation still {fed['state']}: {fed['reason']}"
+        time.sleep(0.3)
+
+
+def accuracy_curve(fed: dict[str, Any]) -> list[float]:
+    """The example-weighted held-out accuracy of the global model after each round."""
+    return [float(r["metrics"]["accuracy"]) for r in fed["rounds_detail"][1:] if "accuracy" in r["metrics"]]
