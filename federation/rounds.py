@@ -362,15 +362,15 @@ class RoundDriver(BackgroundWorker):
                 **evaluation_summary([p for p in parts if p.state == RECEIVED]),
                 "fit": {p.provider: p.fit_metrics for p in received},
             }
-            record = round_record(fed_row, locked, updates)
-            setup = setup_asset(session, fed_row)
+            # the model names round 0 and every round as its parents; a round names round 0 in
+            # its record (as parents, round 0 would repeat under every round in `agora verify`)
+            record = {**round_record(fed_row, locked, updates), "setup": setup_asset(session, fed_row)}
             notarization = enqueue(
                 session,
                 kind="fl-round",
                 content_hash=canonical_hash(record),
                 owner=fed_row.coordinator,
                 metadata=record,
-                parents=[setup],
             )
             locked.asset_id = notarization.asset_id
             ROUND.move(locked, DONE, f"aggregated {len(updates)} updates with {spec.strategy.name}")

@@ -4,7 +4,8 @@ Two organisations' nodes as real processes: Acme declares offerings in a manifes
 notarizes them; Beta browses Acme's catalog, negotiates, fetches data under an agreement and
 verifies it; then Beta trains a CNN on Acme's digit scans without the data leaving Acme's
 node (compute-to-data), receives only the ONNX model and verifies its whole lineage; a model
-built to carry the rows out is refused; bad input is refused. Each later capability extends the story.
+built to carry the rows out is refused; then Beta trains one model federated across three
+organisations' data, verifies its rounds on chain; bad input is refused.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def _require_sandbox() -> None:
 def _story(root: Path, work: Path) -> None:
     from marketplace.manifests.cli import apply_manifest, plan_manifest
     from node.demo_compute import compute_to_data
+    from node.demo_federation import federated_learning
 
     step(1, "Acme Wind and Beta Analytics each set up a node")
     with (
@@ -219,8 +221,9 @@ def _story(root: Path, work: Path) -> None:
 
             digits = offers["digit-scans"]
             compute_to_data(root, work, beta, acme_url, beta_url, beta_env, beta_token, digits)
+            federated_learning(root, work, beta, beta_url, beta_env, beta_token, acme, acme_url)
 
-            step(13, "Bad input is refused with its reason, and changes nothing")
+            step(16, "Bad input is refused with its reason, and changes nothing")
             before = len(acme.get("/api/v1/offerings")["items"])
             try:
                 acme.upload(
@@ -231,7 +234,7 @@ def _story(root: Path, work: Path) -> None:
             after = len(acme.get("/api/v1/offerings")["items"])
             say(f"offerings before and after: {before} → {after}")
 
-    console.print("\n[bold green]Demo complete.[/] Federated learning joins this story as it is built.")
+    console.print("\n[bold green]Demo complete.[/]")
 
 
 def _demo_manifest(work: Path, beta_url: str) -> Path:
