@@ -84,11 +84,15 @@ class AuditReport(BaseModel):
     output_names: list[NodeName] = Field(default_factory=list, max_length=64)
     onnx_version: Version | None = None
     onnxruntime_version: Version | None = None
+    weights_expected: int | None = Field(default=None, ge=0)
+    weights_found: int | None = Field(default=None, ge=0)
 
     def public(self) -> dict[str, object]:
         """What the consumer reads of the audit: not the provider's detail, nor the figures that
         describe the provider's data rather than the model (its scale, its blank rows)."""
         private = {"detail", "memorization_tolerance", "unchecked_rows"}
+        if self.weights_expected is None:  # only asked for a model the node holds the weights of
+            private |= {"weights_expected", "weights_found"}
         return {**self.model_dump(exclude=private), "input_name": "input", "rewritten_by_node": True}
 
 
@@ -293,11 +297,15 @@ class Verification:
         *,
         allow_stored_examples: bool = False,
         with_rows: bool = True,
+        expected_weights: str | None = None,
     ) -> Audited:
         """The audit of ``exported`` within ``budget`` (raised to the audit's least CPU, wall time
         and memory). ``with_rows`` mounts the training and held-out rows (``dirs["data"]``,
         ``dirs["holdout"]``) for the memorization check and the accuracy; a node that holds no
-        rows (a federation's coordinator) audits without them, and the report has neither."""
+        rows (a federation's coordinator) audits without them, and the report has neither.
+        ``expected_weights`` names an ``.npz`` in ``dirs["probe"]`` of the weights the model was
+        to be built from: the audit counts those it finds in the ONNX model, and refuses a model
+        that holds none of them."""
         image = self.image()
         code = dirs["audit-code"] / AUDIT_MODULE
         shutil.rmtree(code, ignore_errors=True)
@@ -325,6 +333,8 @@ class Verification:
             mounts += [Mount(dirs["holdout"], "/holdout"), Mount(dirs["data"], "/data")]
         if allow_stored_examples:
             command.append("--allow-stored-examples")
+        if expected_weights:
+            command += ["--expect-weights", f"/probe/{expected_weights}"]
         limits = Limits(
             cpu_seconds=max(budget.cpu_seconds, AUDIT_MIN_CPU_SECONDS),
             memory_bytes=max(budget.memory_bytes, AUDIT_MIN_MEMORY),

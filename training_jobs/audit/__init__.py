@@ -8,7 +8,8 @@ inputs, the native model's outputs on them, and the provider's rows read-only:
 1. :mod:`.structure` refuses what the node will not release (custom operator domains, text,
    training info, external data) and :mod:`.rewrite` rewrites the rest: every name, doc
    string and metadata entry is the node's own (both walk the model with :mod:`.walk`);
-2. :mod:`.memorization` refuses weights that hold rows of the provider's data;
+2. :mod:`.memorization` refuses weights that hold rows of the provider's data (when the node
+   holds rows), and :mod:`.expected` counts the weights the node gave the export to load;
 3. :mod:`.check` runs ``onnx.checker`` and ONNX Runtime: outputs on the probe inputs against
    the native ones, accuracy on the held-out rows.
 

@@ -7,7 +7,10 @@
         --input-shape 1,64 --dtype float32 --opset 17 --tolerance 1e-4 --out /out
 
 Without ``--holdout`` and ``--train`` (a node that holds no rows: a federation's coordinator)
-the memorization check and the accuracy are not done, and their figures stay null.
+the memorization check and the accuracy are not done, and their figures stay null. With
+``--expect-weights`` (the weights the node asked the export to load) the audit counts the
+floating-point tensors among them that the ONNX model holds (:mod:`.expected`), and refuses
+a model that holds none: its factory did not load them.
 
 Writes ``/out/audit_report.json`` (always; see :data:`REPORT_FIELDS`) and, when the model
 passes, ``/out/model.onnx``: the model as the node releases it. Exit 0 whenever the report
@@ -36,7 +39,7 @@ MAX_DETAIL = 2000
 REPORT_FIELDS = (
     "ok", "reason", "detail", "opset", "onnx_accuracy", "holdout_rows", "probe_inputs", "max_abs_diff",
     "tolerance", "memorized_rows", "unchecked_rows", "memorization_tolerance", "stored_example_ops",
-    "output_names", "onnx_version", "onnxruntime_version",
+    "output_names", "onnx_version", "onnxruntime_version", "weights_expected", "weights_found",
 )  # fmt: skip
 
 
@@ -72,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, required=True)
     parser.add_argument("--tolerance", type=float, required=True)
     parser.add_argument("--allow-stored-examples", action="store_true")
+    parser.add_argument(
+        "--expect-weights", type=Path, help="the weights the model was built from (.npz): count them in it"
+    )
     parser.add_argument("--max-model-bytes", type=int, default=1024**3)
     parser.add_argument("--out", required=True, type=Path)
     return parser
@@ -85,6 +91,16 @@ def _node_array(path: Path, key: str | None = None) -> np.ndarray:
             return np.asarray(archive[key])
     except (OSError, KeyError, ValueError) as exc:
         raise NodeInputs(f"cannot read {path}: {exc}") from exc
+
+
+def _node_weights(path: Path) -> list[np.ndarray]:
+    """The node's weights file: the floating-point tensors of more than one value."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = [np.asarray(archive[name]) for name in archive.files]
+    except (OSError, KeyError, ValueError) as exc:
+        raise NodeInputs(f"cannot read {path}: {exc}") from exc
+    return [a for a in arrays if a.dtype.kind == "f" and a.size > 1]
 
 
 def _native_outputs(path: Path) -> np.ndarray:
@@ -130,6 +146,7 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
     from google.protobuf.message import DecodeError
 
     from . import check
+    from .expected import count_found
     from .memorization import find_memorized
     from .rewrite import rewrite
     from .walk import Refused, weights
@@ -166,6 +183,15 @@ def audit(args: argparse.Namespace, report: dict[str, Any]) -> bytes:
     except Exception as exc:  # ValidationError, InferenceError, and onnx's C++ errors as RuntimeError
         raise Refused("onnx.checker refused the model", f"{type(exc).__name__}: {exc}") from None
 
+    if args.expect_weights is not None:
+        expected = _node_weights(args.expect_weights)
+        report["weights_expected"] = len(expected)
+        report["weights_found"] = found = count_found(expected, list(weights(model)))
+        if expected and not found:
+            raise Refused(
+                "the ONNX model holds none of the weights the node gave its factory to load: "
+                "the factory's model did not load them"
+            )
     memorized = find_memorized(holdout.all_rows, weights(model)) if holdout is not None else None
     if memorized is not None:
         report["memorized_rows"], report["unchecked_rows"] = len(memorized.rows), memorized.unchecked
