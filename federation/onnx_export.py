@@ -40,7 +40,8 @@ import math
 import re
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -169,19 +170,13 @@ def translate_federation(
             max_output_bytes=4 * len(weights) + 64 * MiB,
         )
         never = threading.Event()
-        try:
+        with _failures(fed.id, lambda failed: lines.said or failed.detail):
             exported = verification.run_export(task, dirs, native, limits, lines.export, never)
+        with _failures(fed.id, lambda failed: failed.detail):
             audited = verification.run_audit(
                 task, dirs, exported, Limits(), lines.audit, never, with_rows=False,
                 expected_weights=WEIGHTS_FILE,
             )  # fmt: skip
-        except JobFailed as failed:
-            log.warning(
-                "federation %s: ONNX translation failed: %s (%s)", fed.id, failed.reason, failed.detail
-            )
-            raise TranslationFailed(_said(failed, lines)) from None
-        except JobCancelled:  # nobody sets the event; a sandbox that says so anyway failed
-            raise TranslationFailed("the ONNX translation was stopped") from None
         onnx_bytes = audited.model.read_bytes()
     return onnx_bytes, report(audited.report, onnx_bytes, probes, fed)
 
@@ -246,13 +241,22 @@ def _memory(fed: Federation) -> int:
     return int(memory) if isinstance(memory, int) else 0
 
 
-def _said(failed: JobFailed, lines: _Lines) -> str:
-    """The node's reason and, when there is one, what the export or the audit said went wrong:
-    the export ran the coordinator's own bundle on weights it holds, beside no provider's rows,
-    so its words are the coordinator's to read."""
-    detail = lines.said or (failed.detail or "").strip()
-    detail = _CONTROL.sub(" ", detail)[:DETAIL_MAX].strip()
-    return f"{failed.reason} ({detail})" if detail and detail != failed.reason else failed.reason
+@contextmanager
+def _failures(federation_id: str, detail: Callable[[JobFailed], str]) -> Iterator[None]:
+    """A failed run as :class:`TranslationFailed`: the node's reason and, when there is one,
+    what went wrong (``detail``). The export ran the coordinator's own bundle on weights it
+    holds, beside no provider's rows, so those words are the coordinator's to read."""
+    try:
+        yield
+    except JobFailed as failed:
+        log.warning(
+            "federation %s: ONNX translation failed: %s; %s", federation_id, failed.reason, failed.detail
+        )
+        said = _CONTROL.sub(" ", (detail(failed) or "").strip())[:DETAIL_MAX].strip()
+        reason = f"{failed.reason} ({said})" if said and said != failed.reason else failed.reason
+        raise TranslationFailed(reason) from None
+    except JobCancelled:  # nobody sets the event; a sandbox that says so anyway failed
+        raise TranslationFailed("the ONNX translation was stopped") from None
 
 
 class _Lines:
@@ -265,8 +269,9 @@ class _Lines:
 
     def export(self, line: str) -> None:
         log.info("federation %s onnx export: %s", self.federation_id, line)
-        if line.startswith(EXPORT_PREFIX) and not line.startswith(EXPORT_PREFIX + "exported"):
-            self.said = line.removeprefix(EXPORT_PREFIX)
+        said = line.removeprefix(EXPORT_PREFIX)
+        if line.startswith(EXPORT_PREFIX) and not said.startswith(("exported", "exporter warning")):
+            self.said = said
 
     def audit(self, line: str) -> None:
         log.info("federation %s onnx audit: %s", self.federation_id, line)

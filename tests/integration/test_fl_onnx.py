@@ -95,7 +95,9 @@ def test_the_report_says_what_was_checked_and_what_could_not_be(translated: Tran
     assert "accuracy not measured" in report["summary"] and "64 probe inputs" in report["summary"]
 
 
-def test_the_released_model_is_written_by_the_node(translated: Translated, trained: tensors.Weights) -> None:
+def test_the_released_model_is_written_by_the_node(
+    translated: Translated, trained: tensors.Weights, host: Host
+) -> None:
     import onnx
     from onnx import numpy_helper
 
@@ -114,6 +116,7 @@ def test_the_released_model_is_written_by_the_node(translated: Translated, train
     stored = [numpy_helper.to_array(t) for t in model.graph.initializer]
     linear = trained["6.weight"]
     assert any(a.shape == linear.shape and np.array_equal(a, linear) for a in stored)
+    assert list(host.settings.jobs_dir.iterdir()) == []  # nothing is left of the two runs
 
 
 @pytest.fixture
