@@ -823,10 +823,20 @@ def policy_decision(
         return False, "the offering is offered to no other organisation (it has no policy)", []
     from marketplace.policy import RequestContext, compile_policy, parse_policy
 
+    parsed = parse_policy(policy)
+    budget: dict[str, float] = {}
+    if mode == "federate":
+        from marketplace.policy.privacy import privacy_cap
+
+        # a federation's budget is the provider's own cap: its node enforces it round by
+        # round (federation.local) and stops contributing before it would be passed
+        cap = privacy_cap(parsed)
+        if cap is not None:
+            budget = {"dp_epsilon": cap[0], "dp_delta": cap[1]}
     context = RequestContext.model_validate(
-        {"participant": participant, "purpose": purpose, "mode": mode, "agreed_at": agreed_at, "uses": uses}
+        {"participant": participant, "purpose": purpose, "mode": mode, "agreed_at": agreed_at, "uses": uses, **budget}
     )
-    decision = compile_policy(parse_policy(policy)).evaluate(context)
+    decision = compile_policy(parsed).evaluate(context)
     failed = [r.explanation for r in decision.reasons if not r.satisfied]
     why = decision.summary + (": " + "; ".join(failed) if failed and not decision.allowed else "")
     return decision.allowed, why, [{"action": d.action, "target": d.target} for d in decision.duties]

@@ -328,9 +328,19 @@ class Coordinator:
                             MEMBER.move(member, STOPPED, reason)
                             session.add(member)
                 else:
-                    if not blob and not body.get("evaluate_only_reply", row.config.get("evaluate_only")):
+                    if not blob and not row.config.get("evaluate_only"):
                         raise InvalidInput("an update carries its weights")
                     CONTRIBUTION.move(row, RECEIVED, "the update arrived in time")
+                    epsilon = row.privacy.get("epsilon")
+                    if isinstance(epsilon, (int, float)):
+                        member = session.exec(
+                            select(FederationMember).where(
+                                FederationMember.federation_id == fed.id, FederationMember.provider == sender
+                            )
+                        ).first()
+                        if member is not None:
+                            member.epsilon = float(epsilon)
+                            session.add(member)
             session.add(row)
             reply = {"state": row.state, "reason": row.reason}
         self._wake()

@@ -247,7 +247,8 @@ class ProviderFederations:
             raise InvalidInput(
                 "a round start names its round (1, 2, …)", errors=[FieldError("round", "required")]
             )
-        config = body.get("config") if isinstance(body.get("config"), dict) else {}
+        raw = body.get("config")
+        config: dict[str, Any] = raw if isinstance(raw, dict) else {}
         evaluate_only = bool(body.get("evaluate_only"))
         fed = self._own(sender, federation_id)
         if fed.state not in (CREATED, RUNNING):

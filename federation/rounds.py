@@ -8,7 +8,8 @@ coordinates, from what the database says, so a restarted node resumes where it w
   contribution each, and push the round start — global weights bound to the signed message
   — to each; a push that fails is tried again until the deadline;
 * **close**: when every selected provider answered or the deadline passed; those that did
-  not are DROPPED with the reason; with fewer than ``min_participants`` updates the round
+  not are DROPPED with the reason (a provider whose round start could not be delivered
+  three times holds the round only until the others answered); with fewer than ``min_participants`` updates the round
   and the federation fail with the reason, else the strategy aggregates the updates into the
   next global weights;
 * **notarize**: each round is anchored (kind ``fl-round``): its global weights in and out,
@@ -61,6 +62,7 @@ from kernel.worker import BackgroundWorker
 
 log = logging.getLogger("agora.federation")
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+UNREACHABLE_AFTER = 3  # failed deliveries of a round start
 
 
 def round_record(fed: Federation, rnd: FederationRound, updates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -149,7 +151,15 @@ class RoundDriver(BackgroundWorker):
             blob = b"".join(self.store.read(rnd.global_in))
             for part in due:
                 self._pool.submit(self._deliver, fed, rnd, part, blob)
-        if all(p.state in CONTRIBUTION.final for p in parts) or now >= as_utc(rnd.deadline_at):
+        waiting = [p for p in parts if p.state not in CONTRIBUTION.final]
+        received = sum(p.state == RECEIVED for p in parts)
+        # a provider that cannot even be reached holds the round up only until the others answered
+        unreachable = all(p.state == PENDING and p.attempts >= UNREACHABLE_AFTER for p in waiting)
+        if (
+            not waiting
+            or now >= as_utc(rnd.deadline_at)
+            or (unreachable and received >= spec.min_participants)
+        ):
             self._close(fed, spec, rnd)
             return 0.05
         return max(0.05, min(1.0, (as_utc(rnd.deadline_at) - now).total_seconds()))
@@ -285,7 +295,12 @@ class RoundDriver(BackgroundWorker):
             ).all()
             for part in parts:
                 if part.state not in CONTRIBUTION.final:
-                    CONTRIBUTION.move(part, DROPPED, "no update by the round's deadline")
+                    why = (
+                        f"unreachable: {part.reason}"
+                        if part.state == PENDING and part.attempts
+                        else "no update by the round's deadline"
+                    )
+                    CONTRIBUTION.move(part, DROPPED, why)
                     session.add(part)
             received = [p for p in parts if p.state == RECEIVED]
             if evaluate_only:
@@ -345,7 +360,7 @@ class RoundDriver(BackgroundWorker):
         self.store.put_bytes(blob)
         state = strategy.state()
         state_sha = self.store.put_bytes(_dump_state(state)).sha256 if state else ""
-        updates = [
+        updates: list[dict[str, Any]] = [
             {"provider": p.provider, "sha256": p.update_sha256, "num_examples": p.num_examples}
             for p in received
         ]

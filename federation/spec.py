@@ -230,7 +230,7 @@ def secagg_refusal(supports: bool, name: str, params: dict[str, Any]) -> str | N
 class WireSpec(FederationSpec):
     """The spec a provider receives: the same rules, without the providers list."""
 
-    providers: list[ProviderSpec] = Field(default_factory=list, max_length=0)  # type: ignore[assignment]
+    providers: list[ProviderSpec] = Field(default_factory=list, max_length=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> WireSpec:

@@ -10,6 +10,7 @@ starts a federation from a spec and follows it to its end.
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,8 +48,11 @@ def fl_orgs(
     *,
     iid: bool = True,
     policies: dict[int, dict[str, Any]] | None = None,
+    hostile: dict[int, str] | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[FlOrgs]:
+    """``providers`` provider nodes (``hostile``: index → ``scale`` | ``flip``, a test-only node
+    that poisons its updates, see tests/federation/hostile_node.py) and a coordinator."""
     from contracts.devchain import DevChainServer
 
     chain = DevChainServer(root / "chain", port=services.free_port())
@@ -61,6 +65,7 @@ def fl_orgs(
         **(env or {}),
     }
     nodes: list[services.LiveNode] = []
+    restarted: list[services.LiveNode] = []
     try:
         coordinator = services.Org(
             services.start_node(root / "coordinator", name="Beta Analytics", **node_env)
@@ -68,7 +73,12 @@ def fl_orgs(
         nodes.append(coordinator.node)
         orgs = []
         for index in range(providers):
-            node = services.start_node(root / f"provider-{index + 1}", name=NAMES[index], **node_env)
+            mode = (hostile or {}).get(index)
+            serve = [sys.executable, "-m", "tests.federation.hostile_node"] if mode else None
+            extra_env = {"HOSTILE_UPDATE": mode} if mode else {}
+            node = services.start_node(
+                root / f"provider-{index + 1}", name=NAMES[index], serve=serve, **node_env, **extra_env
+            )
             nodes.append(node)
             orgs.append(services.Org(node))
         partitions = digits_partitions(root / "data", providers, iid=iid)
@@ -83,11 +93,26 @@ def fl_orgs(
             assert coordinator.api("POST", "/participants", json={"url": org.node.url}).status_code == 201
             assert org.api("POST", "/participants", json={"url": coordinator.node.url}).status_code == 201
             agreements.append(agree(org, coordinator, offering, "federate"))
-        yield FlOrgs(coordinator, orgs, agreements, partitions, chain, root)
+        yield FlOrgs(
+            coordinator, orgs, agreements, partitions, chain, root, {"env": node_env, "restarted": restarted}
+        )
     finally:
-        for node in nodes:
+        for node in [*nodes, *restarted]:  # restarted: nodes started again during the test
             node.stop()
         chain.stop()
+
+
+def kill(org: services.Org) -> None:
+    """SIGKILL: no shutdown, nothing flushed — a crash."""
+    org.node.proc.kill()
+    org.node.proc.wait(10)
+
+
+def restart(orgs: FlOrgs, org: services.Org, name: str) -> None:
+    """Start ``org``'s node again on its home and port (after :func:`kill`)."""
+    node = services.start_node(org.node.home, name=name, port=org.node.port, **orgs.extra["env"])
+    org.node = node
+    orgs.extra["restarted"].append(node)
 
 
 def spec(orgs: FlOrgs, **overrides: Any) -> dict[str, Any]:

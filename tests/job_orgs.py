@@ -115,13 +115,15 @@ def register(acme: services.Org, name: str, path: Path, extra: dict[str, Any]) -
     return str(r.json()["id"])
 
 
-def agree(acme: services.Org, beta: services.Org, offering_id: str, mode: str) -> str:
+def agree(acme: services.Org, beta: services.Org, offering_id: str, mode: str, provider_url: str = "") -> str:
+    """Beta negotiates ``mode`` on Acme's offering; ``provider_url``: Acme's public URL when it
+    is not the node's own port (a node behind a recording proxy)."""
     r = beta.api(
         "POST",
         "/negotiations",
         json={
             "offering_id": offering_id,
-            "provider": acme.node.url,
+            "provider": provider_url or acme.node.url,
             "purpose": "research",
             "access_mode": mode,
         },

@@ -255,15 +255,18 @@ def node_env(home: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_node(home: Path, name: str = "Test Org", port: int | None = None, **extra_env: str) -> LiveNode:
-    """``agora init`` (once) and ``agora serve`` on a loopback port (a free one unless given)."""
+def start_node(
+    home: Path, name: str = "Test Org", port: int | None = None, *, serve: list[str] | None = None, **extra_env: str
+) -> LiveNode:
+    """``agora init`` (once) and ``agora serve`` on a loopback port (a free one unless given);
+    ``serve`` replaces the ``agora`` of ``agora serve`` (a test-only hostile node's entry point)."""
     port = port or free_port()
     env = node_env(home, port, **extra_env)
     if not (home / "keystore.json").exists():
         subprocess.run([AGORA, "init", "--name", name], env=env, check=True, capture_output=True, timeout=60)
     log = (home / "serve.log").open("ab")
     proc = subprocess.Popen(
-        [AGORA, "serve", "--port", str(port), "--log-level", "warning"],
+        [*(serve or [AGORA]), "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
