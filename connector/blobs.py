@@ -46,7 +46,8 @@ def split(data: bytes, *, max_bytes: int) -> tuple[Any, bytes]:
     end = data.find(b"\n", 0, MAX_ENVELOPE_BYTES + 1)
     if end < 0:
         raise InvalidInput(
-            f"not a signed message with bytes ({MEDIA_TYPE}): no envelope line within {MAX_ENVELOPE_BYTES} bytes"
+            f"not a signed message with bytes ({MEDIA_TYPE}): "
+            f"no envelope line within {MAX_ENVELOPE_BYTES} bytes"
         )
     envelope = loads(data[:end], JSON.with_max_string(MAX_ENVELOPE_BYTES), what="the message's envelope")
     return envelope, data[end + 1 :]

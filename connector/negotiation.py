@@ -834,7 +834,14 @@ def policy_decision(
         if cap is not None:
             budget = {"dp_epsilon": cap[0], "dp_delta": cap[1]}
     context = RequestContext.model_validate(
-        {"participant": participant, "purpose": purpose, "mode": mode, "agreed_at": agreed_at, "uses": uses, **budget}
+        {
+            "participant": participant,
+            "purpose": purpose,
+            "mode": mode,
+            "agreed_at": agreed_at,
+            "uses": uses,
+            **budget,
+        }
     )
     decision = compile_policy(parsed).evaluate(context)
     failed = [r.explanation for r in decision.reasons if not r.satisfied]

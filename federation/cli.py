@@ -150,7 +150,8 @@ def _round_line(rnd: dict[str, Any]) -> str:
     )
     parts = rnd.get("contributions") or []
     answered = sum(1 for p in parts if p["state"] == "RECEIVED")
-    return f"round {rnd['round']:3} {rnd['state']:6} {answered}/{len(parts)} updates  {figures}  {rnd.get('reason', '')}"
+    reason = rnd.get("reason", "")
+    return f"round {rnd['round']:3} {rnd['state']:6} {answered}/{len(parts)} updates  {figures}  {reason}"
 
 
 @app.command("status")
@@ -173,7 +174,8 @@ def status(
     for member in fed.get("members", []):
         epsilon = f" ε={member['epsilon']:.3g}" if member.get("epsilon") is not None else ""
         console.print(
-            f"  {member['name'] or member['provider']:20} {member['state']:8} {member['num_train']:6} rows{epsilon}  "
+            f"  {member['name'] or member['provider']:20} {member['state']:8} "
+            f"{member['num_train']:6} rows{epsilon}  "
             f"{member['reason']}",
             highlight=False,
         )

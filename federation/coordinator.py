@@ -11,6 +11,7 @@ one that comes after the round closed is recorded LATE with the reason and not u
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -143,8 +144,8 @@ class Coordinator:
                     )
                 if agreement.terms.get("accessMode") != "federate":
                     raise InvalidInput(
-                        f"agreement {item.agreement} is for {agreement.terms.get('accessMode')}, not federated "
-                        "learning: negotiate with --mode federate",
+                        f"agreement {item.agreement} is for {agreement.terms.get('accessMode')}, "
+                        "not federated learning: negotiate with --mode federate",
                         errors=[FieldError(where, "not a federate agreement")],
                     )
                 peer = session.get(Participant, agreement.provider)
@@ -267,13 +268,11 @@ class Coordinator:
             ).all()
 
         def tell(member: FederationMember) -> None:
-            try:
+            with contextlib.suppress(AgoraError):  # the provider's own deadline ends its part
                 self.client(member.endpoint, member.provider).post(
                     f"/dsp/federations/{federation_id}/stop",
                     {"outcome": outcome, "reason": reason[:MAX_REASON]},
                 )
-            except AgoraError:
-                pass  # the provider's own deadline ends its part
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(tell, members))
@@ -418,7 +417,8 @@ class Coordinator:
         sha = fed.result.get(f"{key}_sha256")
         if not sha:
             raise Conflict(
-                f"federation {federation_id} has no ONNX model: {fed.result.get('onnx_error', 'not translated')}"
+                f"federation {federation_id} has no ONNX model: "
+                f"{fed.result.get('onnx_error', 'not translated')}"
             )
         return str(sha), int(fed.result.get(f"{key}_size") or self.store.size(str(sha)))
 
@@ -493,9 +493,9 @@ def _figures(raw: Any) -> dict[str, float]:
             and len(key) <= 40
             and isinstance(value, (int, float))
             and not isinstance(value, bool)
+            and abs(float(value)) < 1e12
         ):
-            if abs(float(value)) < 1e12:
-                out[key] = float(f"{float(value):.4g}")
+            out[key] = float(f"{float(value):.4g}")
     return out
 
 

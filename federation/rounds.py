@@ -9,9 +9,9 @@ coordinates, from what the database says, so a restarted node resumes where it w
   — to each; a push that fails is tried again until the deadline;
 * **close**: when every selected provider answered or the deadline passed; those that did
   not are DROPPED with the reason (a provider whose round start could not be delivered
-  three times holds the round only until the others answered); with fewer than ``min_participants`` updates the round
-  and the federation fail with the reason, else the strategy aggregates the updates into the
-  next global weights;
+  three times holds the round only until the others answered); with fewer than
+  ``min_participants`` updates the round and the federation fail with the reason, else the
+  strategy aggregates the updates into the next global weights;
 * **notarize**: each round is anchored (kind ``fl-round``): its global weights in and out,
   the Merkle root of the update hashes, the participants and the round number;
 * **finish**: after the last round every provider evaluates the final weights on its

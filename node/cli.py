@@ -14,13 +14,13 @@ import typer
 from connector.cli import agreements_app, negotiate_command, negotiations_app, transfer_command
 from connector.cli import app as peers_app
 from contracts.cli import contracts_app, devchain, run_verify
+from federation.cli import app as fl_app
 from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
 from kernel.errors import AgoraError
 from marketplace.cli import app as offerings_app
 from marketplace.cli import catalog_command
 from marketplace.manifests.cli import apply_command, plan_command
 from marketplace.policy.cli import app as policy_app
-from federation.cli import app as fl_app
 from training_jobs.cli import app as jobs_app
 
 if TYPE_CHECKING:

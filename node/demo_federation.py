@@ -31,7 +31,8 @@ def federated_learning(
     """Steps 13-15: three providers, one federation, the global model verified."""
     step(
         13,
-        "Gamma Grid and Delta Rail join; Acme, Gamma and Delta each offer a share of digit scans for federated learning",
+        "Gamma Grid and Delta Rail join; Acme, Gamma and Delta each offer a share of digit scans "
+        "for federated learning",
     )
     shares = digits_partitions(work / "shares", 3, iid=False, seed=1)
     with ExitStack() as stack:
@@ -54,7 +55,8 @@ def federated_learning(
             agreements.append(agreed["agreement_id"])
             counts = ", ".join(f"{d}:{n}" for d, n in enumerate(offering["counts"]))
             say(
-                f"  {name:11} {offering['rows']:4} scans (digit:count {counts}) → agreement {agreed['agreement_id'][:14]}…"
+                f"  {name:11} {offering['rows']:4} scans (digit:count {counts}) "
+                f"→ agreement {agreed['agreement_id'][:14]}…"
             )
         _train(root, work, beta_env, beta_url, beta_token, agreements)
 
@@ -92,7 +94,8 @@ def _train(
 ) -> None:
     step(
         14,
-        f"Beta's node coordinates {ROUNDS} rounds; each provider trains in its own sandbox and sends only a checked update",
+        f"Beta's node coordinates {ROUNDS} rounds; each provider trains in its own sandbox and "
+        "sends only a checked update",
     )
     spec = yaml.safe_load((EXAMPLE / "federation.yaml").read_text())
     spec.update(
@@ -123,7 +126,8 @@ def _train(
                     each = "  ".join(f"{m['accuracy']:.3f}" for m in per.values())
                     label = "final" if rnd["round"] > ROUNDS else f"{rnd['round'] - 1:5}"
                     say(
-                        f"  global model after round {label}: held-out accuracy {rnd['metrics']['accuracy']:.3f} (per provider {each})"
+                        f"  global model after round {label}: held-out accuracy "
+                        f"{rnd['metrics']['accuracy']:.3f} (per provider {each})"
                     )
             if fed["state"] in ("COMPLETED", "FAILED", "CANCELLED"):
                 break
@@ -134,7 +138,8 @@ def _train(
         raise AgoraError(f"the federation ended {fed['state']}: {fed['reason']}")
     final = fed["result"].get("final_evaluation", {})
     say(
-        f"  {fed['reason']} in {time.monotonic() - started:.0f} s; final held-out accuracy {final.get('accuracy', 0):.3f} on {final.get('num_examples')} rows the providers kept back"
+        f"  {fed['reason']} in {time.monotonic() - started:.0f} s; final held-out accuracy "
+        f"{final.get('accuracy', 0):.3f} on {final.get('num_examples')} rows the providers kept back"
     )
     if float(final.get("accuracy", 0)) < 0.90:
         raise AgoraError(f"the federated model reached only {final.get('accuracy')} held-out accuracy")
@@ -148,7 +153,8 @@ def _train(
     _agora(env, "fl", "fetch", fed["id"], *artifact)
     out = Path(artifact[-1])
     say(
-        f"$ agora fl fetch {fed['id'][:17]}… {' '.join(a if not a.startswith('/') else out.name for a in artifact)}   → {out.stat().st_size} bytes + provenance sidecar"
+        f"$ agora fl fetch {fed['id'][:17]}… {' '.join([*artifact[:-1], out.name])}"
+        f"   → {out.stat().st_size} bytes + provenance sidecar"
     )
     _wait_anchored(beta_url, beta_token, fed["id"])
     _agora(env, "fl", "fetch", fed["id"], *artifact)  # the sidecar now holds every anchor

@@ -256,7 +256,12 @@ def node_env(home: Path, port: int, **extra: str) -> dict[str, str]:
 
 
 def start_node(
-    home: Path, name: str = "Test Org", port: int | None = None, *, serve: list[str] | None = None, **extra_env: str
+    home: Path,
+    name: str = "Test Org",
+    port: int | None = None,
+    *,
+    serve: list[str] | None = None,
+    **extra_env: str,
 ) -> LiveNode:
     """``agora init`` (once) and ``agora serve`` on a loopback port (a free one unless given);
     ``serve`` replaces the ``agora`` of ``agora serve`` (a test-only hostile node's entry point)."""

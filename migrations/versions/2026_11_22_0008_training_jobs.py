@@ -79,7 +79,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("notarization", schema=None) as batch_op:
         batch_op.drop_column("attest_tx")

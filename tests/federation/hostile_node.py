@@ -1,7 +1,7 @@
 """A test-only hostile provider: ``agora serve`` whose node corrupts every update it sends.
 
 ``python -m tests.federation.hostile_node serve …`` with ``HOSTILE_UPDATE`` = ``scale`` (the
-update's change from the global weights ×10) or ``flip`` (that change sign-flipped and ×10):
+update's change from the global weights x10) or ``flip`` (that change sign-flipped and x10):
 the model-poisoning attacks robust strategies are measured against. The corruption happens
 after the node's own checks, as a node an attacker controls would do it; nothing in the
 product carries this switch.

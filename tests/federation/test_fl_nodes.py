@@ -38,7 +38,7 @@ def _mean_accuracy(fed: dict[str, Any], providers: list[str]) -> float:
 
 
 def test_a_poisoning_provider_drags_fedavg_down_and_the_median_holds(tmp_path: Path) -> None:
-    """Three honest providers and one whose node sends every update sign-flipped and ×10."""
+    """Three honest providers and one whose node sends every update sign-flipped and x10."""
     with fl_orgs(tmp_path, 4, iid=True, hostile={3: "flip"}) as orgs:
         honest = [o.address for o in orgs.providers[:3]]
         clean = run(orgs, spec(orgs, rounds=5, min_participants=3, providers=_agreements(orgs, 3)))
@@ -119,12 +119,15 @@ def test_a_policy_cap_on_epsilon_stops_its_provider(tmp_path: Path) -> None:
         member = next(m for m in fed["members"] if m["provider"] == capped)
         assert member["state"] == "STOPPED" and "stops contributing" in member["reason"], member
         parts = [
-            next((p for p in r["contributions"] if p["provider"] == capped), None) for r in fed["rounds_detail"][:6]
+            next((p for p in r["contributions"] if p["provider"] == capped), None)
+            for r in fed["rounds_detail"][:6]
         ]
         states = [p["state"] if p else "not asked" for p in parts]
         print("the capped provider, round by round:", states)
         stopped_at = states.index("STOPPED")
         assert 1 <= stopped_at < 6 and all(s == "RECEIVED" for s in states[:stopped_at]), states
-        assert all(s == "not asked" for s in states[stopped_at + 1 :]), states  # a stopped member is not asked again
+        assert all(s == "not asked" for s in states[stopped_at + 1 :]), (
+            states
+        )  # a stopped member is not asked again
         spent = [p["privacy"].get("epsilon") for p in parts[:stopped_at] if p]
         assert all(e is not None and e <= 1.3 for e in spent), spent

@@ -70,7 +70,12 @@ def test_plan_changes_nothing_and_apply_is_idempotent(client, auth) -> None:
     assert first.status_code == 200, first.text
     body = first.json()
     assert [c["action"] for c in body["changes"]] == ["create"] * 4
-    assert sorted(body["needs_bytes"]) == ["bearing-faults", "digit-scans", "maintenance-log", "turbine-vibration"]
+    assert sorted(body["needs_bytes"]) == [
+        "bearing-faults",
+        "digit-scans",
+        "maintenance-log",
+        "turbine-vibration",
+    ]
     assert offerings(client, auth) == {}, "plan must not change anything"
 
     applied = apply(client, auth, text, EXAMPLES, sources, body["needs_bytes"])
@@ -182,7 +187,12 @@ def test_apply_refuses_missing_or_changed_bytes(client, auth) -> None:
     wrong = dict(sources)
     wrong["turbine-vibration"] = {"sha256": "b" * 64, "size": 10}
     r = apply(
-        client, auth, text, EXAMPLES, wrong, ["turbine-vibration", "bearing-faults", "maintenance-log", "digit-scans"]
+        client,
+        auth,
+        text,
+        EXAMPLES,
+        wrong,
+        ["turbine-vibration", "bearing-faults", "maintenance-log", "digit-scans"],
     )
     assert r.status_code == 400
     assert "changed since it was hashed" in r.json()["detail"]

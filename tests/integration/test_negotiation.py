@@ -210,7 +210,10 @@ def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[services.Org, se
     provider_side = acme.api("GET", f"/agreements/{agreement_id}").json()
     assert provider_side["uses"] == 10
     refused = [u for u in provider_side["usage"] if not u["granted"]]
-    assert len(refused) == 40, (sorted(codes), [u.get("reason") for u in refused][:3])  # every ask reached the provider
+    assert len(refused) == 40, (
+        sorted(codes),
+        [u.get("reason") for u in refused][:3],
+    )  # every ask reached the provider
     # refused either by the atomic count (a race) or by the policy's count constraint (after it)
     assert all("spent" in u["reason"] or "10" in u["reason"] for u in refused), refused[:3]
 

@@ -30,7 +30,9 @@ def walkthrough() -> str:
 def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     script = walkthrough()
     acme, beta = services.free_port(), services.free_port()
-    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{acme}").replace("127.0.0.1:8001", f"127.0.0.1:{beta}")
+    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{acme}").replace(
+        "127.0.0.1:8001", f"127.0.0.1:{beta}"
+    )
     (tmp_path / "examples").symlink_to(services.REPO / "examples")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
     env["PATH"] = f"{Path(services.AGORA).parent}{os.pathsep}{env.get('PATH', '')}"
