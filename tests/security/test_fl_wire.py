@@ -99,7 +99,11 @@ def test_a_provider_sends_no_row_and_only_declared_fields(tmp_path: Path) -> Non
         )
         with np.load(share) as data:
             rows = data["X"]
-        found = sum(1 for pattern in _row_windows(rows) if pattern in wire)
+        patterns = _row_windows(rows)
+        found = sum(1 for pattern in patterns if pattern in wire)
+        # the control: the same search finds the rows where they are, in the dataset's own bytes
+        in_dataset = sum(1 for pattern in patterns if pattern in share.read_bytes())
+        assert in_dataset == len(patterns), (in_dataset, len(patterns))
         updates = [(req, resp) for req, resp in sent_requests if req.start.endswith("/updates")]
         tensor_bytes = 0
         for request, _ in updates:
