@@ -124,7 +124,7 @@ def _train(
                     shown = rnd["round"]
                     per = rnd["metrics"].get("providers", {})
                     each = "  ".join(f"{m['accuracy']:.3f}" for m in per.values())
-                    label = "final" if rnd["round"] > ROUNDS else f"{rnd['round'] - 1:5}"
+                    label = f"{ROUNDS} (final)" if rnd["round"] > ROUNDS else f"{rnd['round'] - 1}"
                     say(
                         f"  global model after round {label}: held-out accuracy "
                         f"{rnd['metrics']['accuracy']:.3f} (per provider {each})"
