@@ -46,6 +46,8 @@ from federation.models import (
     FederationRound,
 )
 from federation.provider import federation_view
+from federation.secagg_protocol import is_secure, secure_view
+from federation.secagg_rounds import SecAggRounds
 from federation.spec import FederationSpec
 from kernel.db import fetch, transaction
 from kernel.errors import AgoraError, Conflict, FieldError, InvalidInput
@@ -78,6 +80,7 @@ class Coordinator:
         self.outbound = outbound
         self._initial_weights = initial_weights
         self._wake = wake_driver
+        self.secagg = SecAggRounds(self)  # the stages of securely aggregated rounds
 
     def client(self, endpoint: str, peer: str) -> PeerClient:
         return PeerClient(
@@ -301,6 +304,11 @@ class Coordinator:
                 return {"state": row.state, "reason": row.reason}
             if body.get("global_sha256") != row.global_in:
                 raise InvalidInput("the update was trained from other global weights than this round's")
+            if blob and is_secure(row.config):  # refused before anything of it is kept
+                raise InvalidInput(
+                    f"round {number} is securely aggregated: an update leaves its provider only masked, "
+                    "never in the clear"
+                )
             rnd = session.exec(
                 select(FederationRound).where(
                     FederationRound.federation_id == fed.id, FederationRound.number == number
@@ -461,6 +469,7 @@ class Coordinator:
                 "participants": r.participants,
                 "metrics": r.metrics,
                 "asset_id": r.asset_id,
+                "secure_aggregation": secure_view(r.config),
                 "started_at": r.started_at.isoformat(),
                 "ended_at": r.ended_at.isoformat() if r.ended_at else None,
                 "contributions": [

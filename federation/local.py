@@ -12,6 +12,8 @@ here (a PENDING contribution) and, per federation one at a time:
    the round in the privacy ledger, and only then
 5. pushes the update, bound to a signed message by its sha256, to the coordinator; a failed
    push is tried again until the round's deadline.
+   Under secure aggregation the update stays here and leaves only masked, through the
+   stages of :mod:`federation.secagg_local`.
 
 A node restart finds the round where it was: a contribution left TRAINING is trained again,
 one left SENDING is pushed again. Only the node's own sentences leave on failure.
@@ -48,6 +50,8 @@ from federation.privacy import clip_and_noise, contribution_refusal, round_event
 from federation.privacy_ledger import PrivacyLedger
 from federation.provider import ProviderFederations
 from federation.recipes import ModelCode
+from federation.secagg_protocol import CONFIG as SECAGG
+from federation.secagg_protocol import is_secure
 from federation.spec import WireSpec
 from federation.warm import WarmTrainer
 from federation.warm_process import TrainerFailed
@@ -161,6 +165,8 @@ class LocalRounds(BackgroundWorker):
                 return
             if row.state == PENDING:
                 self._round(fed, row)
+            elif is_secure(row.config):
+                self._secure_push(fed, row)
             else:
                 self._push(fed, row)
         except Exception:  # a worker thread must not die silently
@@ -179,6 +185,7 @@ class LocalRounds(BackgroundWorker):
         config = dict(row.config)
         evaluate_only = bool(config.pop("evaluate_only", False))
         config.pop("deadline", None)
+        config.pop(SECAGG, None)  # for the node, not for the trainer
         deadline = self._deadline(row)
         if not evaluate_only:
             refusal = self._refusal(fed, spec)
@@ -214,6 +221,22 @@ class LocalRounds(BackgroundWorker):
         self._store_result(
             row.id, tensors.sha256_bytes(blob), fit.num_examples, fit.metrics, evaluation, privacy, seconds
         )
+        if is_secure(row.config):  # the update stays here; only its masked form will leave
+            key = self._key() if callable(self._key) else self._key
+            ready = self.provider.secagg.begin(
+                fed,
+                self._get(row.id),
+                address=self.address,
+                private_key=key,
+                global_weights=global_weights,
+                update=weights,
+                num_examples=fit.num_examples,
+            )
+            if ready:
+                self._secure_push(fed, self._get(row.id))
+            else:
+                self._push(fed, self._get(row.id))  # why it cannot take part, without its weights
+            return
         self._push(fed, self._get(row.id))
 
     def _refusal(self, fed: Federation, spec: WireSpec) -> str | None:
@@ -299,6 +322,18 @@ class LocalRounds(BackgroundWorker):
 
     # -- the push -----------------------------------------------------------------------------
 
+    def _secure_push(self, fed: Federation, row: Contribution) -> None:
+        """A securely aggregated round's next message (:mod:`federation.secagg_local`)."""
+        client = PeerClient(
+            fed.coordinator_endpoint,
+            outbound=self.outbound,
+            private_key=self._key() if callable(self._key) else self._key,
+            own_address=self.address,
+            peer_address=fed.coordinator,
+        )
+        if self.provider.secagg.push(fed, row, client):
+            self._push(fed, self._get(row.id))  # why it dropped out, without its weights
+
     def _push(self, fed: Federation, row: Contribution) -> None:
         """Send the round's outcome to the coordinator; again later while the round lasts."""
         body: dict[str, Any] = {
@@ -314,7 +349,8 @@ class LocalRounds(BackgroundWorker):
             "privacy": row.privacy,
             "train_seconds": round(row.train_seconds, 3),
         }
-        blob = b"".join(self.store.read(row.update_sha256)) if row.update_sha256 else b""
+        secure = is_secure(row.config)  # then only a failure is reported here, never the weights
+        blob = b"".join(self.store.read(row.update_sha256)) if row.update_sha256 and not secure else b""
         client = PeerClient(
             fed.coordinator_endpoint,
             outbound=self.outbound,

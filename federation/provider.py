@@ -40,7 +40,8 @@ from federation.models import (
     Contribution,
     Federation,
 )
-from federation.spec import wire_spec
+from federation.secagg_local import SecAggLocal, check_start
+from federation.spec import WireSpec, wire_spec
 from kernel.db import fetch, transaction
 from kernel.errors import AgoraError, Conflict, FieldError, InvalidInput
 from kernel.lifecycle import entry
@@ -125,6 +126,7 @@ class ProviderFederations:
         self.workdir = workdir
         self.holdout_fraction = holdout_fraction
         self._wake = wake
+        self.secagg = SecAggLocal(engine, wake)  # the secure rounds' secrets, in memory only
 
     # -- invitation ---------------------------------------------------------------------------
 
@@ -253,6 +255,7 @@ class ProviderFederations:
         fed = self._own(sender, federation_id)
         if fed.state not in (CREATED, RUNNING):
             raise Conflict(f"federation {federation_id} is {fed.state} here: {fed.reason}")
+        check_start(WireSpec.model_validate(fed.spec), config, evaluate_only)
         layout = {name: (list(v[0]), str(v[1])) for name, v in fed.layout.items()}
         weights = tensors.decode(blob, what="the global weights")
         tensors.check_update(weights, layout, max_bytes=MAX_WEIGHTS_BYTES, what="the global weights")
@@ -311,6 +314,7 @@ class ProviderFederations:
                 session.add(row)
             session.add(locked)
             fed = locked
+        self.secagg.forget(federation_id)
         self._wake()
         return self._status(fed)
 

@@ -52,6 +52,10 @@ from federation.models import (
     FederationMember,
     FederationRound,
 )
+from federation.secagg import SecAggFailed, SecAggRejected
+from federation.secagg_protocol import CONFIG as SECAGG
+from federation.secagg_protocol import STATE as SECAGG_STATE
+from federation.secagg_protocol import is_secure, round_parameters
 from federation.spec import FederationSpec
 from federation.strategies import AggregationFailed, Failure, FitResult, make_strategy
 from kernel.canonical import canonical_hash
@@ -151,6 +155,19 @@ class RoundDriver(BackgroundWorker):
             blob = b"".join(self.store.read(rnd.global_in))
             for part in due:
                 self._pool.submit(self._deliver, fed, rnd, part, blob)
+        if is_secure(rnd.config):  # its stages decide when it closes (federation.secagg_rounds)
+            wait = self.c.secagg.step(
+                fed,
+                spec,
+                rnd,
+                parts,
+                submit=self._pool.submit,
+                fail=lambda why: self._fail_round(fed, rnd, why),
+            )
+            if wait is not None:
+                return wait
+            self._close(fed, spec, rnd)
+            return 0.05
         waiting = [p for p in parts if p.state not in CONTRIBUTION.final]
         received = sum(p.state == RECEIVED for p in parts)
         # a provider that cannot even be reached holds the round up only until the others answered
@@ -200,6 +217,14 @@ class RoundDriver(BackgroundWorker):
                 config = dict(
                     make_strategy(spec.strategy.name, spec.strategy.params).configure_fit(number, weights)
                 )
+                if spec.secure_aggregation.enabled:
+                    rows = {m.provider: m.num_train for m in members if m.provider in chosen}
+                    try:
+                        config[SECAGG] = round_parameters(spec, rows, locked.layout)
+                    except AgoraError as exc:
+                        FEDERATION.move(locked, FAILED, f"round {number}: {exc.detail}")
+                        session.add(locked)
+                        return
             deadline = utcnow() + timedelta(seconds=spec.round_deadline)
             what = "final evaluation" if evaluate_only else f"round {number}"
             rnd = FederationRound(
@@ -239,7 +264,7 @@ class RoundDriver(BackgroundWorker):
             "type": "RoundStart",
             "federation": fed.id,
             "round": rnd.number,
-            "config": {k: v for k, v in rnd.config.items() if k != "evaluate_only"},
+            "config": {k: v for k, v in rnd.config.items() if k not in ("evaluate_only", SECAGG_STATE)},
             "evaluate_only": bool(rnd.config.get("evaluate_only")),
             "deadline": as_utc(rnd.deadline_at).isoformat(),
         }
@@ -341,19 +366,28 @@ class RoundDriver(BackgroundWorker):
             strategy.load_state(_load_state(b"".join(self.store.read(fed.strategy_state_sha256))))
         layout = list(fed.layout)
         global_weights = tensors.in_order(tensors.decode(b"".join(self.store.read(rnd.global_in))), layout)
-        results = [
-            FitResult(
-                p.provider,
-                tensors.in_order(tensors.decode(b"".join(self.store.read(p.update_sha256))), layout),
-                max(1, p.num_examples),
-                p.fit_metrics,
-            )
-            for p in received
-        ]
+        secure = is_secure(rnd.config)  # then the coordinator learns the mean and nothing else
+        results = (
+            []
+            if secure
+            else [
+                FitResult(
+                    p.provider,
+                    tensors.in_order(tensors.decode(b"".join(self.store.read(p.update_sha256))), layout),
+                    max(1, p.num_examples),
+                    p.fit_metrics,
+                )
+                for p in received
+            ]
+        )
         failures = [Failure(p.provider, p.reason) for p in parts if p.state != RECEIVED]
         try:
-            new_global = strategy.aggregate_fit(rnd.number, global_weights, results, failures)
-        except AggregationFailed as exc:
+            if secure:
+                mean, total = self.c.secagg.mean(fed.id, rnd.number, global_weights)
+                new_global = strategy.aggregate_mean(rnd.number, global_weights, mean, total)
+            else:
+                new_global = strategy.aggregate_fit(rnd.number, global_weights, results, failures)
+        except (AggregationFailed, SecAggFailed, SecAggRejected) as exc:
             self._fail_round(fed, rnd, f"round {rnd.number}: aggregation failed: {exc.detail}")
             return
         blob = tensors.encode(tensors.in_order(new_global, layout))
@@ -364,6 +398,9 @@ class RoundDriver(BackgroundWorker):
             {"provider": p.provider, "sha256": p.update_sha256, "num_examples": p.num_examples}
             for p in received
         ]
+        secured: dict[str, Any] = {}
+        if secure:  # the masked updates' hashes: no single update is known here
+            updates, secured = self.c.secagg.record(fed.id, rnd.number, received)
         with transaction(self.engine) as session:
             locked = session.get(FederationRound, rnd.id, with_for_update=True)
             fed_row = session.get(Federation, fed.id, with_for_update=True)
@@ -380,6 +417,8 @@ class RoundDriver(BackgroundWorker):
             # the model names round 0 and every round as its parents; a round names round 0 in
             # its record (as parents, round 0 would repeat under every round in `agora verify`)
             record = {**round_record(fed_row, locked, updates), "setup": setup_asset(session, fed_row)}
+            if secured:
+                record["secure_aggregation"] = secured
             notarization = enqueue(
                 session,
                 kind="fl-round",
@@ -388,13 +427,16 @@ class RoundDriver(BackgroundWorker):
                 metadata=record,
             )
             locked.asset_id = notarization.asset_id
-            ROUND.move(locked, DONE, f"aggregated {len(updates)} updates with {spec.strategy.name}")
+            how = f" securely, {secured['dropouts_recovered']} drop-outs recovered," if secured else ""
+            ROUND.move(locked, DONE, f"aggregated {len(updates)} updates{how} with {spec.strategy.name}")
             locked.ended_at = utcnow()
             fed_row.global_sha256 = locked.global_out
             fed_row.current_round = rnd.number
             fed_row.strategy_state_sha256 = state_sha
             FEDERATION.note(fed_row, f"round {rnd.number} of {spec.rounds} done")
             session.add_all([locked, fed_row])
+        if secure:
+            self.c.secagg.forget(fed.id, rnd.number)
         self._wake_notary()
         self.wake()
 

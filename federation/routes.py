@@ -5,7 +5,10 @@ create, list, show, rounds, start, cancel, the final model (ONNX or safetensors)
 provenance, the spec's JSON Schema. Protocol (``/dsp/federations``, signed messages): the
 invitation, round starts and stops the coordinator sends a provider, and the updates a
 provider pushes back; those with weights or code carry the bytes bound to the signed
-envelope (:mod:`connector.blobs`).
+envelope (:mod:`connector.blobs`). A securely aggregated round adds its stage messages
+(:mod:`federation.secagg_rounds`): a provider's keys (``/secagg``) and masked update
+(``/secagg/input``) to the coordinator, and the coordinator's keys, shares and unmask request
+(``/secagg/stage``) to a provider.
 """
 
 from __future__ import annotations
@@ -216,6 +219,56 @@ async def federation_stop(
     return protocol_gate.seal(reply, opened.sender)
 
 
+@post("/dsp/federations/{pid:str}/secagg", tags=["protocol"], status_code=200)
+async def federation_secagg_advert(
+    request: Request[Any, Any, Any],
+    pid: FromPath[str],
+    protocol_gate: NamedDependency[ProtocolGate],
+    coordinator: NamedDependency[Coordinator],
+) -> dict[str, Any]:
+    """Secure aggregation, provider to coordinator: its signed keys for the round."""
+    opened = await open_request(request, protocol_gate)
+    _same(pid, opened.body)
+    reply = await to_thread.run_sync(coordinator.secagg.on_advert, opened.sender, pid, opened.body)
+    return protocol_gate.seal(reply, opened.sender)
+
+
+@post(
+    "/dsp/federations/{pid:str}/secagg/input",
+    tags=["protocol"],
+    status_code=200,
+    request_max_body_size=MAX_WEIGHTS_MESSAGE,
+    opt={"signed_blob": True},
+)
+async def federation_secagg_input(
+    request: Request[Any, Any, Any],
+    pid: FromPath[str],
+    protocol_gate: NamedDependency[ProtocolGate],
+    coordinator: NamedDependency[Coordinator],
+) -> dict[str, Any]:
+    """Secure aggregation, provider to coordinator: its masked update (bytes)."""
+    opened, blob = await open_blob_request(request, protocol_gate, max_bytes=MAX_WEIGHTS_MESSAGE)
+    _same(pid, opened.body)
+    reply = await to_thread.run_sync(coordinator.secagg.on_input, opened.sender, pid, opened.body, blob)
+    return protocol_gate.seal(reply, opened.sender)
+
+
+@post("/dsp/federations/{pid:str}/secagg/stage", tags=["protocol"], status_code=200)
+async def federation_secagg_stage(
+    request: Request[Any, Any, Any],
+    pid: FromPath[str],
+    protocol_gate: NamedDependency[ProtocolGate],
+    federation_provider: NamedDependency[ProviderFederations],
+) -> dict[str, Any]:
+    """Secure aggregation, coordinator to provider: keys, shares or the unmask request."""
+    opened = await open_request(request, protocol_gate)
+    _same(pid, opened.body)
+    reply = await to_thread.run_sync(
+        federation_provider.secagg.on_stage, opened.sender, opened.recipient, pid, opened.body
+    )
+    return protocol_gate.seal(reply, opened.sender)
+
+
 def _same(pid: str, body: dict[str, Any]) -> None:
     """The signed body names the federation of the path (a message is not replayed elsewhere)."""
     if body.get("federation") != pid:
@@ -223,4 +276,12 @@ def _same(pid: str, body: dict[str, Any]) -> None:
 
 
 api_handlers = [FederationController]
-public_handlers: list[object] = [federation_invite, federation_round, federation_update, federation_stop]
+public_handlers: list[object] = [
+    federation_invite,
+    federation_round,
+    federation_update,
+    federation_stop,
+    federation_secagg_advert,
+    federation_secagg_input,
+    federation_secagg_stage,
+]
