@@ -15,6 +15,8 @@ the proxy counted while the federation ran.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _node import PySpy
 from _wire import Exchange, Tap
 
 from tests import fl_orgs, services
@@ -52,7 +55,13 @@ class AgoraNet:
 class AgoraRun:
     federation: dict[str, Any]  # the coordinator's record, with rounds_detail
     started: float  # time.time() just before POST /federations/{id}/start
+    finished: float  # when the bench saw it COMPLETED (after the final model's ONNX checks)
     exchanges: list[Exchange]
+
+
+def say(text: str) -> None:
+    """Progress, on stderr: the figures come at the end, on stdout."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def when(text: str) -> float:
@@ -112,6 +121,7 @@ def agora_net(root: Path, partitions: dict[str, list[Path]]) -> Iterator[AgoraNe
                 extra = {"access_modes": ["federate"], "policy": {"template": "provide-access"}}
                 offering = register(org, f"digits-{name}-{index + 1}", path, extra)
                 agreements[name].append(_agree(org, coordinator, offering, public[org.address]))
+        say(f"Agora: {len(nodes)} nodes serving, {sum(map(len, agreements.values()))} federate agreements")
         yield AgoraNet(coordinator, providers, public, agreements, tap, chain, root)
     finally:
         for node in nodes:
@@ -120,8 +130,9 @@ def agora_net(root: Path, partitions: dict[str, list[Path]]) -> Iterator[AgoraNe
         chain.stop()
 
 
-def run_agora(net: AgoraNet, partitioning: str, **spec: Any) -> AgoraRun:
-    """One federation from the example spec with ``spec`` overrides, followed to its end."""
+def run_agora(net: AgoraNet, partitioning: str, profile: Path | None = None, **spec: Any) -> AgoraRun:
+    """One federation from the example spec with ``spec`` overrides, followed to its end
+    (with ``profile``, py-spy records the coordinator and the first provider meanwhile)."""
     orgs = net.orgs(partitioning)
     document = fl_orgs.spec(orgs, **spec)
     fed = fl_orgs.create(orgs, document)
@@ -132,12 +143,22 @@ def run_agora(net: AgoraNet, partitioning: str, **spec: Any) -> AgoraRun:
     r = net.coordinator.api("POST", f"/federations/{fed['id']}/start")
     if r.status_code != 200:
         raise RuntimeError(f"start refused: {r.text}")
-    done = fl_orgs.follow(orgs, fed["id"], timeout=1800)
+    with contextlib.ExitStack() as spies:
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            for name, org in (("coordinator", net.coordinator), ("provider-1", net.providers[0])):
+                spies.enter_context(PySpy(org.node.proc.pid, profile / f"{name}.txt"))
+        done = fl_orgs.follow(orgs, fed["id"], timeout=1800)
     if done["state"] != "COMPLETED":
         raise RuntimeError(f"the federation ended {done['state']}: {done['reason']}")
+    finished = time.time()
     exchanges, _ = net.tap.take()
     done["detail"] = net.coordinator.api("GET", f"/federations/{fed['id']}").json()
-    return AgoraRun(federation=done, started=started, exchanges=exchanges)
+    say(
+        f"Agora {partitioning}: {fed['id']} {done['state']} in {finished - started:.1f} s, "
+        f"{len(exchanges)} protocol messages counted"
+    )
+    return AgoraRun(federation=done, started=started, finished=finished, exchanges=exchanges)
 
 
 PHASES = (

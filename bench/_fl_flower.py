@@ -290,6 +290,11 @@ def run_flower(
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait(10)
+    print(
+        f"Flower {work.name}: {rounds} rounds in {time.time() - launched:.1f} s, {len(chunks)} chunks",
+        file=sys.stderr,
+        flush=True,
+    )
     return FlowerRun(rounds=json.loads(out.read_text()), launched=launched, chunks=chunks)
 
 

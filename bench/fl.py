@@ -26,11 +26,14 @@ Figures, each with the ratio Agora/Flower:
   the raw weights both ways (clients x 2 x 4 bytes x parameters);
 * time from start to round 1 done (Agora: from ``POST /start``, with the nodes serving and the
   trainers not yet started; Flower: from launching its server and client processes);
-* Agora with node-side privacy (``node_clip_norm``, ``node_noise_multiplier``): the accuracy
-  and the epsilon each provider reported.
+* Agora with differential privacy, on the first partitioning: node-side clipping and noise of
+  each update (``node_clip_norm``, ``node_noise_multiplier``; its epsilon is for a provider's
+  whole dataset, so useful accuracy leaves it large), and DP-SGD in the trainer (Opacus; epsilon
+  per example): the accuracy and the epsilon each provider reported.
 
     .venv/bin/python bench/fl.py              # 5 clients, 20 rounds, IID and non-IID, then DP
-    .venv/bin/python bench/fl.py --quick      # 2 clients, 3 rounds: checks the script works
+    .venv/bin/python bench/fl.py --quick      # 2 clients, 3 rounds, IID: checks the script works
+    .venv/bin/python bench/fl.py --only iid --dp-noise 0 --dp-sgd 0 --py-spy /tmp/spy   # profiles
 
 Needs the bench extra (``pip install -e '.[bench]'``: Flower) and bubblewrap.
 Targets: accuracy within 0.5 points of Flower's, overhead no more than Flower's, bytes at
@@ -84,6 +87,17 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
     wire = [sum(e.total for e in per_round[n]) for n in sorted(numbers)]
     blobs = [sum(int(e.message.get("blob_bytes", 0)) for e in per_round[n]) for n in sorted(numbers)]
     statuses = {e.status for e in protocol}
+    expected = {"RoundStart": len(fed["detail"]["members"]), "RoundUpdate": len(fed["detail"]["members"])}
+    repeats = []
+    for n in sorted(numbers):
+        kinds = [str(e.message.get("type")) for e in per_round[n]]
+        for kind, count in expected.items():
+            if kinds.count(kind) != count:
+                slow = max(
+                    (e.ended - e.started for e in per_round[n] if e.message.get("type") == kind), default=0
+                )
+                repeats.append(f"round {n}: {kinds.count(kind)} {kind} messages (slowest {slow:.2f} s)")
+    ended = when(final["ended_at"]) if final.get("ended_at") else run.finished
     return {
         "accuracy": float(final["metrics"]["accuracy"]),
         "curve": [float(r["metrics"]["accuracy"]) for r in records[1:]],
@@ -95,6 +109,8 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
         "messages": statistics.mean(len(per_round[n]) for n in numbers),
         "raw": raw,
         "statuses": sorted(statuses),
+        "repeats": repeats,
+        "after_rounds": run.finished - ended,
         "phases": {k: v[1:] or v for k, v in phases(rounds, run.exchanges).items()},
         "initial_sha256": rounds[0]["global_in"],
         "members": fed["detail"]["members"],
@@ -210,21 +226,23 @@ def report(name: str, a: dict[str, Any], f: dict[str, Any]) -> None:
     print(f"  Flower accuracy by round: {curve}")
     if set(a["statuses"]) != {200} or f["failures"]:
         print(f"  !! HTTP statuses {a['statuses']}, Flower failures {f['failures']}")
+    for repeat in a["repeats"]:
+        print(f"  !! Agora {repeat}: counted in its bytes")
 
 
-def report_dp(name: str, dp: dict[str, Any], plain: dict[str, Any], clip: float, noise: float) -> None:
-    epsilons = [float(p["epsilon"]) for p in dp["last_privacy"] if p.get("epsilon") is not None]
-    delta = dp["last_privacy"][0].get("delta")
-    print(f"\n{name}, node-side privacy (node_clip_norm {clip}, node_noise_multiplier {noise}):")
+def report_dp(label: str, dp: dict[str, Any], plain: dict[str, Any]) -> None:
+    last = dp["last_privacy"]
+    epsilons = [float(p["epsilon"]) for p in last if p.get("epsilon") is not None]
+    print(f"\n{label}:")
     print(
         f"  final accuracy {dp['accuracy']:.4f} (without privacy {plain['accuracy']:.4f}, "
         f"{(dp['accuracy'] - plain['accuracy']) * 100:+.1f} points)"
     )
     print(
-        f"  epsilon reported by the providers after {dp['last_privacy'][0].get('rounds')} rounds "
-        f"at delta {delta}: " + ", ".join(f"{e:,.1f}" for e in epsilons)
+        f"  epsilon each provider reported after {last[0].get('rounds')} rounds at delta "
+        f"{last[0].get('delta')}: " + ", ".join(f"{e:,.2f}" for e in epsilons)
     )
-    print(f"  ({dp['last_privacy'][0].get('note')}; the unit is the provider's whole dataset)")
+    print(f"  ({last[0].get('note')})")
 
 
 # the run ---------------------------------------------------------------------------------------
@@ -232,15 +250,20 @@ def report_dp(name: str, dp: dict[str, Any], plain: dict[str, Any], clip: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 clients, 3 rounds (a check that it works)")
+    parser.add_argument("--quick", action="store_true", help="2 clients, 3 rounds, IID: checks that it works")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--dp-clip", type=float, default=1.0, help="node_clip_norm of the DP run")
-    parser.add_argument("--dp-noise", type=float, default=0.1, help="node_noise_multiplier (0: no DP run)")
     parser.add_argument("--only", choices=("iid", "non-iid"), help="one partitioning only")
+    parser.add_argument("--dp-clip", type=float, default=1.0, help="node_clip_norm of the node-side DP run")
+    parser.add_argument("--dp-noise", type=float, default=0.1, help="its node_noise_multiplier (0: no run)")
+    parser.add_argument("--dp-sgd", type=float, default=1.0, help="DP-SGD noise multiplier (0: no run)")
+    parser.add_argument("--dp-sgd-clip", type=float, default=1.0, help="DP-SGD per-sample clip norm")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="DIR", help="profile two nodes in the first federation"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.rounds = 2, 3
+        args.clients, args.rounds, args.only = 2, 3, args.only or "iid"
     from training_jobs.datasets import digits_partitions
 
     example = yaml.safe_load(EXAMPLE.read_text())
@@ -254,6 +277,13 @@ def main() -> None:
         f"{recipe['local_epochs']} local epoch, batch {recipe['batch_size']}, SGD lr {recipe['lr']} "
         f"momentum {recipe.get('momentum', 0)}, FedAvg, all clients every round"
     )
+    private: dict[str, dict[str, Any]] = {}
+    if args.dp_noise > 0:
+        label = f"node-side privacy (node_clip_norm {args.dp_clip}, node_noise_multiplier {args.dp_noise})"
+        private[label] = {"node_clip_norm": args.dp_clip, "node_noise_multiplier": args.dp_noise}
+    if args.dp_sgd > 0:
+        label = f"DP-SGD in the trainer (noise_multiplier {args.dp_sgd}, max_grad_norm {args.dp_sgd_clip})"
+        private[label] = {"dp_sgd": {"noise_multiplier": args.dp_sgd, "max_grad_norm": args.dp_sgd_clip}}
     with tempfile.TemporaryDirectory(prefix="agora-bench-fl-") as tmp:
         root = Path(tmp)
         partitions = {
@@ -265,26 +295,21 @@ def main() -> None:
             )
             for name in names
         }
+        common = {"rounds": args.rounds, "min_participants": args.clients}
         with agora_net(root / "agora", partitions) as net:
             agora = {}
-            for name in names:
-                agora[name] = agora_figures(
-                    run_agora(net, name, rounds=args.rounds, min_participants=args.clients), raw
-                )
+            for index, name in enumerate(names):
+                profile = args.py_spy if index == 0 else None
+                agora[name] = agora_figures(run_agora(net, name, profile=profile, **common), raw)
                 check_same_rows(agora[name], partitions[name], seed)
-            dp = None
-            if args.dp_noise > 0:
-                privacy = {"node_clip_norm": args.dp_clip, "node_noise_multiplier": args.dp_noise}
-                dp = agora_figures(
-                    run_agora(
-                        net, names[0], rounds=args.rounds, min_participants=args.clients, privacy=privacy
-                    ),
-                    raw,
-                )
+            dp = {
+                label: agora_figures(run_agora(net, names[0], privacy=p, **common), raw)
+                for label, p in private.items()
+            }
     for name in names:
         report(name.upper(), agora[name], flower[name])
-    if dp is not None:
-        report_dp(names[0].upper(), dp, agora[names[0]], args.dp_clip, args.dp_noise)
+    for label, figures in dp.items():
+        report_dp(f"{names[0].upper()}, Agora with {label}", figures, agora[names[0]])
 
 
 def check_same_rows(figures: dict[str, Any], partitions: list[Path], seed: int) -> None:
