@@ -48,7 +48,7 @@ from federation.models import (
 from federation.provider import federation_view
 from federation.secagg_protocol import is_secure, secure_view
 from federation.secagg_rounds import SecAggRounds
-from federation.spec import FederationSpec
+from federation.spec import MAX_ROUNDS, FederationSpec
 from kernel.db import fetch, transaction
 from kernel.errors import AgoraError, Conflict, FieldError, InvalidInput
 from kernel.lifecycle import entry
@@ -213,7 +213,10 @@ class Coordinator:
                 member = session.get(FederationMember, member_id)
                 assert member is not None
                 MEMBER.move(member, state, reason or state.lower())
-                member.num_train = int(reply.get("num_train") or 0) if state == JOINED else 0
+                rows = reply.get("num_train")
+                member.num_train = (
+                    rows if state == JOINED and isinstance(rows, int) and 0 <= rows < 2**53 else 0
+                )
                 joined += state == JOINED
                 session.add(member)
             locked = session.get(Federation, fed.id, with_for_update=True)
@@ -284,7 +287,7 @@ class Coordinator:
 
     def on_update(self, sender: str, federation_id: str, body: dict[str, Any], blob: bytes) -> dict[str, Any]:
         number = body.get("round")
-        if not isinstance(number, int) or isinstance(number, bool):
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_ROUNDS + 1:
             raise InvalidInput("an update names its round", errors=[FieldError("round", "required")])
         with transaction(self.engine) as session:
             fed = self._own(session, federation_id)
@@ -368,12 +371,7 @@ class Coordinator:
         )
         row.fit_metrics = _figures(body.get("fit_metrics"))
         row.eval_metrics = _figures(body.get("eval_metrics"))
-        privacy = body.get("privacy")
-        row.privacy = (
-            {k: privacy.get(k) for k in ("epsilon", "node_epsilon", "delta", "rounds", "note")}
-            if isinstance(privacy, dict)
-            else {}
-        )
+        row.privacy = _privacy(body.get("privacy"))
         seconds = body.get("train_seconds")
         row.train_seconds = (
             float(seconds) if isinstance(seconds, (int, float)) and 0 <= seconds < 1e7 else 0.0
@@ -489,6 +487,23 @@ class Coordinator:
             }
             for r in rounds
         ]
+
+
+def _privacy(raw: Any) -> dict[str, Any]:
+    """A provider's privacy figures, typed and bounded (they are its word, shown as such)."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("epsilon", "node_epsilon", "delta"):
+        value = raw.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9:
+            out[key] = float(value)
+    rounds = raw.get("rounds")
+    if isinstance(rounds, int) and not isinstance(rounds, bool) and 0 <= rounds < 10**6:
+        out["rounds"] = rounds
+    if isinstance(raw.get("note"), str):
+        out["note"] = raw["note"][:200]
+    return out
 
 
 def _figures(raw: Any) -> dict[str, float]:

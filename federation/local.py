@@ -65,6 +65,7 @@ from training_jobs.sandbox import Limits, Sandbox
 
 log = logging.getLogger("agora.federation")
 RETRY_SECONDS = (0.5, 1, 2, 5, 10, 20)
+PUBLIC_FAILURE = "local training failed on the provider (its node keeps the details)"
 LOG_MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -155,6 +156,7 @@ class LocalRounds(BackgroundWorker):
                 trainer = self._trainers.pop(federation_id, None)
             if trainer is not None:
                 trainer.close()
+            self.provider.discard(federation_id)
 
     def _work(self, contribution_id: int | None, federation_id: str) -> None:
         try:
@@ -187,11 +189,23 @@ class LocalRounds(BackgroundWorker):
         config.pop("deadline", None)
         config.pop(SECAGG, None)  # for the node, not for the trainer
         deadline = self._deadline(row)
+        refusal = self._still_valid(fed) if evaluate_only else self._refusal(fed, spec)
+        if refusal is not None:
+            self._end(row.id, STOPPED, refusal, push=True)
+            return
         if not evaluate_only:
-            refusal = self._refusal(fed, spec)
-            if refusal is not None:
-                self._end(row.id, STOPPED, refusal, push=True)
-                return
+            # charged before the fit: a round that fails (and how) says something too
+            self._charge(fed, spec, row.round_number)
+        try:
+            self._train(fed, spec, row, config, evaluate_only, deadline)
+        except Exception:  # the node's own trouble: the round fails here, never stays TRAINING
+            log.exception("federation %s round %s failed on this node", fed.id, row.round_number)
+            self._end(row.id, FAILED, "the provider's node failed during the round", push=True)
+
+    def _train(
+        self, fed: Federation, spec: WireSpec, row: Contribution, config: dict[str, Any], evaluate_only: bool,
+        deadline: datetime,
+    ) -> None:  # fmt: skip
         try:
             trainer = self._trainer(fed, spec)
             global_weights = tensors.decode(b"".join(self.store.read(row.global_in)))
@@ -209,6 +223,7 @@ class LocalRounds(BackgroundWorker):
             self._end(row.id, FAILED, exc.detail, push=True)
             return
         except AgoraError as exc:
+            self._private_log(fed, f"round {row.round_number}: {exc.detail}")
             self._end(row.id, FAILED, f"local training could not run: {exc.detail}", push=True)
             return
         weights, privacy = self._private_update(fed, spec, global_weights, fit.weights, row.round_number)
@@ -239,6 +254,28 @@ class LocalRounds(BackgroundWorker):
             return
         self._push(fed, self._get(row.id))
 
+    def _still_valid(self, fed: Federation) -> str | None:
+        """Why the agreement no longer covers an evaluation (it takes no use), or None."""
+        agreement = self.agreements.as_provider(fed.agreement_id)
+        if agreement.valid_until and utcnow().timestamp() > agreement.valid_until:
+            return "this provider stops contributing: the agreement expired"
+        allowed, why = self.agreements.policy_allows(agreement, "federate")
+        return None if allowed else f"this provider stops contributing: the policy denies it: {why}"
+
+    def _charge(self, fed: Federation, spec: WireSpec, number: int) -> None:
+        """Record the round's privacy events in the ledger (before the fit: whatever it returns)."""
+        n_train = int(fed.result.get("num_train", 0)) or 1
+        options = spec.privacy
+        with transaction(self.engine) as session:
+            locked = session.get(Federation, fed.id, with_for_update=True)
+            assert locked is not None
+            ledger = PrivacyLedger.from_json(locked.privacy) if locked.privacy else PrivacyLedger()
+            ledger.add_round(
+                round_events(options, n_train, spec.recipe.batch_size, spec.recipe.local_epochs), number
+            )
+            locked.privacy = ledger.to_data()
+            session.add(locked)
+
     def _refusal(self, fed: Federation, spec: WireSpec) -> str | None:
         agreement = self.agreements.as_provider(fed.agreement_id)
         ledger = PrivacyLedger.from_json(fed.privacy) if fed.privacy else PrivacyLedger()
@@ -263,8 +300,8 @@ class LocalRounds(BackgroundWorker):
         weights: tensors.Weights,
         number: int,
     ) -> tuple[tensors.Weights, dict[str, Any]]:
-        """The update as it may leave: clipped and noised by the node when asked; the round in
-        the privacy ledger before anything is sent."""
+        """The update as it may leave: clipped and noised by the node when asked (the round is
+        already in the privacy ledger: :meth:`_charge`), with the ledger's figures."""
         options = spec.privacy
         if options.node_clip_norm is not None:
             weights, _ = clip_and_noise(
@@ -273,16 +310,9 @@ class LocalRounds(BackgroundWorker):
                 clip_norm=options.node_clip_norm,
                 noise_multiplier=options.node_noise_multiplier,
             )
-        n_train = int(fed.result.get("num_train", 0)) or 1
-        with transaction(self.engine) as session:
-            locked = session.get(Federation, fed.id, with_for_update=True)
-            assert locked is not None
-            ledger = PrivacyLedger.from_json(locked.privacy) if locked.privacy else PrivacyLedger()
-            ledger.add_round(
-                round_events(options, n_train, spec.recipe.batch_size, spec.recipe.local_epochs), number
-            )
-            locked.privacy = ledger.to_data()
-            session.add(locked)
+        with Session(self.engine) as session:
+            stored = session.get(Federation, fed.id)
+        ledger = PrivacyLedger.from_json(stored.privacy) if stored and stored.privacy else PrivacyLedger()
         return weights, ledger.figures(options.delta)
 
     def _trainer(self, fed: Federation, spec: WireSpec) -> WarmTrainer:
@@ -336,18 +366,21 @@ class LocalRounds(BackgroundWorker):
 
     def _push(self, fed: Federation, row: Contribution) -> None:
         """Send the round's outcome to the coordinator; again later while the round lasts."""
+        private = WireSpec.model_validate(fed.spec).privacy.private
         body: dict[str, Any] = {
             "type": "RoundUpdate",
             "federation": fed.id,
             "round": row.round_number,
             "global_sha256": row.global_in,
             "state": row.state,
-            "reason": row.reason if row.state in (FAILED, STOPPED) else "",
+            # how local training failed is the model code's to choose: only the node's one sentence leaves
+            "reason": row.reason if row.state == STOPPED else PUBLIC_FAILURE if row.state == FAILED else "",
             "num_examples": row.num_examples,
-            "fit_metrics": row.fit_metrics,
+            # under differential privacy the training figures and timing would leave un-noised
+            "fit_metrics": {} if private else row.fit_metrics,
             "eval_metrics": row.eval_metrics,
             "privacy": row.privacy,
-            "train_seconds": round(row.train_seconds, 3),
+            "train_seconds": 0.0 if private else round(row.train_seconds, 3),
         }
         secure = is_secure(row.config)  # then only a failure is reported here, never the weights
         blob = b"".join(self.store.read(row.update_sha256)) if row.update_sha256 and not secure else b""
@@ -422,6 +455,13 @@ class LocalRounds(BackgroundWorker):
 
     def _end(self, contribution_id: int | None, state: str, reason: str, *, push: bool) -> None:
         self._move(contribution_id, TRAINING, state, reason)
+        if state == STOPPED:  # for good: later round starts are refused (provider.on_round)
+            with transaction(self.engine) as session:
+                part = session.get(Contribution, contribution_id)
+                locked = session.get(Federation, part.federation_id, with_for_update=True) if part else None
+                if locked is not None:
+                    locked.result = {**locked.result, "stopped": reason}
+                    session.add(locked)
         if push:
             row = self._get(contribution_id)
             with Session(self.engine) as session:

@@ -16,14 +16,17 @@ the update and pushes it back. Cancel and finish stop the trainer.
 
 from __future__ import annotations
 
+import math
 import re
+import shutil
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connector.agreements import AgreementService
 from connector.models import Agreement
@@ -40,9 +43,10 @@ from federation.models import (
     Contribution,
     Federation,
 )
+from federation.privacy_ledger import PrivacyLedger
 from federation.secagg_local import SecAggLocal, check_start
-from federation.spec import WireSpec, wire_spec
-from kernel.db import fetch, transaction
+from federation.spec import MAX_ROUNDS, WireSpec, wire_spec
+from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import AgoraError, Conflict, FieldError, InvalidInput
 from kernel.lifecycle import entry
 from kernel.storage import ObjectStore
@@ -50,11 +54,13 @@ from marketplace.policy.language import Policy
 from marketplace.policy.privacy import privacy_cap
 from training_jobs import bundle as bundles
 from training_jobs import holdout
+from training_jobs.provider import NodeLimits
 from training_jobs.sandbox import Sandbox
 
 FEDERATION_ID = re.compile(r"^urn:uuid:[0-9a-f-]{36}$")
 MAX_LAYOUT = 10_000
-MAX_WEIGHTS_BYTES = 512 * 1024**2
+MAX_WEIGHTS_BYTES = 64 * 1024**2  # a round's weights: read before the signature is checked
+DEADLINE_MARGIN_SECONDS = 60.0
 
 
 def parse_layout(raw: Any) -> dict[str, tuple[list[int], str]]:
@@ -79,7 +85,7 @@ def parse_layout(raw: Any) -> dict[str, tuple[list[int], str]]:
             raise InvalidInput(
                 f"layout: tensor {name[:60]} has dtype {str(dtype)[:20]}, not one of {tensors.ALLOWED_DTYPES}"
             )
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        total += math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
         layout[name] = (list(shape), dtype)
     if total > MAX_WEIGHTS_BYTES:
         raise InvalidInput(f"the model's weights would be {total} bytes, over {MAX_WEIGHTS_BYTES}")
@@ -116,8 +122,10 @@ class ProviderFederations:
         sandbox: Callable[[], Sandbox],
         workdir: Path,
         holdout_fraction: float,
+        limits: NodeLimits | None = None,
         wake: Callable[[], None] = lambda: None,
     ) -> None:
+        self.limits = limits or NodeLimits()
         self.engine = engine
         self.store = store
         self.agreements = agreements
@@ -165,13 +173,16 @@ class ProviderFederations:
             offering_id=agreement.offering_id,
             dataset_sha256=str(agreement.terms.get("sha256", "")),
         )
-        refusal = self._refusal(sender, agreement, spec.privacy.private)
+        refusal = self._refusal(sender, agreement, spec.privacy.node_noise)
+        refusal = refusal or self._over_limits(spec, agreement_id)
         num_train = 0
         if refusal is None:
             try:
                 num_train = self._prepare(fed, bundle)
             except AgoraError as exc:
                 refusal = exc.detail
+                self.discard(fed.id)
+            fed.privacy = self._earlier_ledger(sender, fed.offering_id)
         fed.state, fed.reason = (
             (REJECTED, refusal) if refusal else (CREATED, f"joined with {num_train} training rows")
         )
@@ -183,7 +194,54 @@ class ProviderFederations:
             self._wake()
         return self._status(fed)
 
-    def _refusal(self, sender: str, agreement: Agreement, private: bool) -> str | None:
+    def _over_limits(self, spec: WireSpec, agreement_id: str) -> str | None:
+        """What this node will not give a federation: more than its job limits, or a second
+        live federation on one agreement."""
+        resources, limits = spec.resources, self.limits
+        over = [
+            f"{name} {asked} > {most}"
+            for name, asked, most in (
+                ("cpu_seconds", resources.cpu_seconds, limits.cpu_seconds),
+                ("memory", int(resources.memory), limits.memory_bytes),
+                ("wall_time", resources.wall_time, limits.wall_seconds),
+            )
+            if asked > most
+        ]
+        if over:
+            return "the federation asks for more than this node allows: " + ", ".join(over)
+        with Session(self.engine) as session:
+            live = session.exec(
+                select(Federation.id).where(
+                    Federation.role == "provider",
+                    Federation.agreement_id == agreement_id,
+                    col(Federation.state).in_((CREATED, RUNNING)),
+                )
+            ).first()
+        if live is not None:
+            return f"agreement {agreement_id} already serves the live federation {live}"
+        return None
+
+    def _earlier_ledger(self, coordinator: str, offering_id: str) -> dict[str, Any]:
+        """The privacy this coordinator already spent on this offering in earlier federations:
+        a new federation starts from it, so a cap holds across federations, not per federation."""
+        with Session(self.engine) as session:
+            earlier = session.exec(
+                select(Federation).where(
+                    Federation.role == "provider",
+                    Federation.coordinator == coordinator,
+                    Federation.offering_id == offering_id,
+                )
+            ).all()
+        rounds = [r for f in earlier if f.privacy for r in PrivacyLedger.from_json(f.privacy).rounds]
+        return PrivacyLedger(rounds).to_data() if rounds else {}
+
+    def discard(self, federation_id: str) -> None:
+        """Remove a federation's copy of the rows and code (it ended, or was never joined);
+        the trainer's private log stays for the operator."""
+        for part in ("rows", "code", "warm"):
+            shutil.rmtree(self.home(federation_id) / part, ignore_errors=True)
+
+    def _refusal(self, sender: str, agreement: Agreement, node_noise: bool) -> str | None:
         if agreement.consumer.lower() != sender.lower():
             return f"agreement {agreement.id} is not {sender}'s"
         if agreement.terms.get("accessMode") != "federate":
@@ -201,10 +259,12 @@ class ProviderFederations:
         if not allowed:
             return f"the policy denies it: {why}"
         cap = self.privacy_cap(agreement)
-        if cap is not None and not private:
+        if cap is not None and not node_noise:
+            # DP-SGD alone runs beside the model code, which can write rows outside gradient
+            # steps: a cap needs the noise the node adds itself
             return (
                 f"the policy caps differential privacy at ε ≤ {cap[0]:g} (δ {cap[1]:g}) and the federation "
-                "applies none (privacy.node_noise_multiplier or privacy.dp_sgd)"
+                "does not have this node add noise itself (privacy.node_clip_norm and node_noise_multiplier)"
             )
         try:
             sandbox = self._sandbox()
@@ -245,7 +305,7 @@ class ProviderFederations:
 
     def on_round(self, sender: str, federation_id: str, body: dict[str, Any], blob: bytes) -> dict[str, Any]:
         number = body.get("round")
-        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_ROUNDS + 1:
             raise InvalidInput(
                 "a round start names its round (1, 2, …)", errors=[FieldError("round", "required")]
             )
@@ -255,7 +315,18 @@ class ProviderFederations:
         fed = self._own(sender, federation_id)
         if fed.state not in (CREATED, RUNNING):
             raise Conflict(f"federation {federation_id} is {fed.state} here: {fed.reason}")
-        check_start(WireSpec.model_validate(fed.spec), config, evaluate_only)
+        spec = WireSpec.model_validate(fed.spec)
+        check_start(spec, config, evaluate_only)
+        if number > spec.rounds + 1 or evaluate_only != (number == spec.rounds + 1):
+            raise InvalidInput(
+                f"this federation has {spec.rounds} training rounds and one evaluation after them; "
+                f"round {number} {'evaluate-only' if evaluate_only else 'training'} is not one of them"
+            )
+        if number < fed.current_round or number > fed.current_round + 1:
+            raise Conflict(f"round {number} is out of turn: this node is at round {fed.current_round}")
+        if fed.result.get("stopped"):
+            raise Conflict(f"this provider stopped contributing: {fed.result['stopped']}")
+        deadline = self._deadline(body.get("deadline"), spec.round_deadline)
         layout = {name: (list(v[0]), str(v[1])) for name, v in fed.layout.items()}
         weights = tensors.decode(blob, what="the global weights")
         tensors.check_update(weights, layout, max_bytes=MAX_WEIGHTS_BYTES, what="the global weights")
@@ -276,7 +347,7 @@ class ProviderFederations:
                     role="provider",
                     provider=sender,
                     global_in=digest,
-                    config={**config, "evaluate_only": evaluate_only, "deadline": body.get("deadline")},
+                    config={**config, "evaluate_only": evaluate_only, "deadline": deadline},
                     bytes_in=len(blob),
                 )
                 row.history = [entry(PENDING, "the round's global weights arrived")]
@@ -291,6 +362,17 @@ class ProviderFederations:
             state = row.state
         self._wake()
         return {"federation": federation_id, "round": number, "state": state}
+
+    @staticmethod
+    def _deadline(raw: Any, round_deadline: float) -> str:
+        """The coordinator's deadline, held to the spec's round deadline from now (a deadline
+        far ahead would keep a round, and its trainer, waiting)."""
+        latest = utcnow() + timedelta(seconds=round_deadline + DEADLINE_MARGIN_SECONDS)
+        try:
+            asked = as_utc(datetime.fromisoformat(str(raw)))
+        except ValueError:
+            asked = latest
+        return min(asked, latest).isoformat()
 
     def on_stop(self, sender: str, federation_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """The coordinator ended the federation (completed or cancelled): stop training for it."""

@@ -130,7 +130,9 @@ class SecureAggregation(_Strict):
 class Resources(_Strict):
     cpu_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600, description="over the federation's life")
     memory: ByteSize = Field(default=ByteSize(3 * 1024**3), ge=256 * 1024**2)
-    wall_time: Seconds = Field(default=4 * 3600.0, gt=0, le=7 * 24 * 3600)
+    wall_time: Seconds = Field(
+        default=3600.0, gt=0, le=7 * 24 * 3600, description="over the federation's life"
+    )
 
 
 class OnnxSpec(_Strict):

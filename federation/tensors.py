@@ -46,6 +46,8 @@ def decode(data: bytes, *, what: str = "the tensors") -> Weights:
         loaded = load(data)
     except (SafetensorError, ValueError, OSError) as exc:
         raise UpdateRejected(f"{what} are not a safetensors file: {str(exc)[:200]}") from None
+    except Exception:  # e.g. a dtype NumPy has no type for (BF16, F8): a KeyError inside the loader
+        raise UpdateRejected(f"{what} hold a tensor type this node does not read") from None
     return dict(loaded)
 
 

@@ -14,6 +14,7 @@ from federation.coordinator import Coordinator
 from federation.provider import ProviderFederations
 from federation.spec import FederationSpec
 from training_jobs import bundle as bundles
+from training_jobs.provider import NodeLimits
 from training_jobs.sandbox import Limits
 
 if TYPE_CHECKING:
@@ -40,6 +41,12 @@ def connect_federations(runtime: Runtime) -> None:
         sandbox=runtime.sandbox,
         workdir=settings.home / "federations",
         holdout_fraction=settings.jobs_holdout_fraction,
+        limits=NodeLimits(
+            cpu_seconds=settings.jobs_max_cpu_seconds,
+            memory_bytes=int(settings.jobs_max_memory),
+            wall_seconds=settings.jobs_max_wall_time,
+            output_bytes=int(settings.jobs_max_output),
+        ),
         wake=wake_local,
     )
     runtime.coordinator = Coordinator(
