@@ -147,7 +147,7 @@ def run_agora(net: AgoraNet, partitioning: str, profile: Path | None = None, **s
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             for name, org in (("coordinator", net.coordinator), ("provider-1", net.providers[0])):
-                spies.enter_context(PySpy(org.node.proc.pid, profile / f"{name}.txt"))
+                spies.enter_context(PySpy(org.node.proc.pid, profile / f"{name}.txt", gil=True))
         done = fl_orgs.follow(orgs, fed["id"], timeout=1800)
     if done["state"] != "COMPLETED":
         raise RuntimeError(f"the federation ended {done['state']}: {done['reason']}")

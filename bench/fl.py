@@ -296,15 +296,18 @@ def main() -> None:
             for name in names
         }
         common = {"rounds": args.rounds, "min_participants": args.clients}
-        with agora_net(root / "agora", partitions) as net:
+        # each private run on offerings of its own: a provider's ledger of what this coordinator
+        # spent on an offering carries over to its next federation on it
+        offerings = partitions | {f"dp{i}": partitions[names[0]] for i in range(len(private))}
+        with agora_net(root / "agora", offerings) as net:
             agora = {}
             for index, name in enumerate(names):
                 profile = args.py_spy if index == 0 else None
                 agora[name] = agora_figures(run_agora(net, name, profile=profile, **common), raw)
                 check_same_rows(agora[name], partitions[name], seed)
             dp = {
-                label: agora_figures(run_agora(net, names[0], privacy=p, **common), raw)
-                for label, p in private.items()
+                label: agora_figures(run_agora(net, f"dp{i}", privacy=p, **common), raw)
+                for i, (label, p) in enumerate(private.items())
             }
     for name in names:
         report(name.upper(), agora[name], flower[name])
