@@ -15,12 +15,12 @@ from kernel.cli import (
     UrlOpt,
     connect_from,
     console,
+    fetch_with_provenance,
     get_or_print,
     handle_errors,
     print_json,
 )
 from kernel.errors import AgoraError
-from kernel.sidecar import write_sidecar
 
 app = typer.Typer(help="Federated learning: one model trained across providers' data.", no_args_is_help=True)
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "REJECTED")
@@ -240,16 +240,11 @@ def fetch(
     """Write the final global model (ONNX, or --weights) and PATH.provenance.json; check it
     with ``agora verify PATH``."""
     artifact = "weights" if weights else "onnx"
+    base = f"/api/v1/federations/{federation_id}/model"
     with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        doc = client.get(f"/api/v1/federations/{federation_id}/model/provenance", artifact=artifact)
-        digest, size = client.download(
-            f"/api/v1/federations/{federation_id}/model?artifact={artifact}",
-            output,
-            expected_sha256=str((doc.get("asset") or {}).get("sha256") or "") or None,
+        fetch_with_provenance(
+            client, f"{base}/provenance", f"{base}?artifact={artifact}", output, artifact=artifact
         )
-    sidecar = write_sidecar(output, doc)
-    console.print(f"[green]fetched[/] {output}  {size} bytes  sha256:{digest}")
-    console.print(f"provenance in {sidecar}; check it with: agora verify {output}")
 
 
 @app.command("schema")

@@ -189,14 +189,14 @@ class LocalRounds(BackgroundWorker):
         config.pop("deadline", None)
         config.pop(SECAGG, None)  # for the node, not for the trainer
         deadline = self._deadline(row)
-        refusal = self._still_valid(fed) if evaluate_only else self._refusal(fed, spec)
-        if refusal is not None:
-            self._end(row.id, STOPPED, refusal, push=True)
-            return
-        if not evaluate_only:
-            # charged before the fit: a round that fails (and how) says something too
-            self._charge(fed, spec, row.round_number)
         try:
+            refusal = self._still_valid(fed) if evaluate_only else self._refusal(fed, spec)
+            if refusal is not None:
+                self._end(row.id, STOPPED, refusal, push=True)
+                return
+            if not evaluate_only:
+                # charged before the fit: a round that fails (and how) says something too
+                self._charge(fed, spec, row.round_number)
             self._train(fed, spec, row, config, evaluate_only, deadline)
         except Exception:  # the node's own trouble: the round fails here, never stays TRAINING
             log.exception("federation %s round %s failed on this node", fed.id, row.round_number)
@@ -278,7 +278,7 @@ class LocalRounds(BackgroundWorker):
 
     def _refusal(self, fed: Federation, spec: WireSpec) -> str | None:
         agreement = self.agreements.as_provider(fed.agreement_id)
-        ledger = PrivacyLedger.from_json(fed.privacy) if fed.privacy else PrivacyLedger()
+        ledger = self.provider.spent(fed)
         n_train = int(fed.result.get("num_train", 0)) or 1
         events = round_events(spec.privacy, n_train, spec.recipe.batch_size, spec.recipe.local_epochs)
         cap = self.provider.privacy_cap(agreement)
@@ -310,10 +310,7 @@ class LocalRounds(BackgroundWorker):
                 clip_norm=options.node_clip_norm,
                 noise_multiplier=options.node_noise_multiplier,
             )
-        with Session(self.engine) as session:
-            stored = session.get(Federation, fed.id)
-        ledger = PrivacyLedger.from_json(stored.privacy) if stored and stored.privacy else PrivacyLedger()
-        return weights, ledger.figures(options.delta)
+        return weights, self.provider.spent(fed).figures(options.delta)
 
     def _trainer(self, fed: Federation, spec: WireSpec) -> WarmTrainer:
         with self._lock:

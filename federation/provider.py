@@ -43,7 +43,7 @@ from federation.models import (
     Contribution,
     Federation,
 )
-from federation.privacy_ledger import PrivacyLedger
+from federation.privacy_ledger import LedgerRound, PrivacyLedger
 from federation.secagg_local import SecAggLocal, check_start
 from federation.spec import MAX_ROUNDS, WireSpec, wire_spec
 from kernel.db import as_utc, fetch, transaction, utcnow
@@ -182,7 +182,6 @@ class ProviderFederations:
             except AgoraError as exc:
                 refusal = exc.detail
                 self.discard(fed.id)
-            fed.privacy = self._earlier_ledger(sender, fed.offering_id)
         fed.state, fed.reason = (
             (REJECTED, refusal) if refusal else (CREATED, f"joined with {num_train} training rows")
         )
@@ -221,19 +220,24 @@ class ProviderFederations:
             return f"agreement {agreement_id} already serves the live federation {live}"
         return None
 
-    def _earlier_ledger(self, coordinator: str, offering_id: str) -> dict[str, Any]:
-        """The privacy this coordinator already spent on this offering in earlier federations:
-        a new federation starts from it, so a cap holds across federations, not per federation."""
+    def spent(self, fed: Federation) -> PrivacyLedger:
+        """Every round this coordinator had from this offering, in this federation and the
+        earlier ones (renumbered one after the other): a cap holds across federations."""
         with Session(self.engine) as session:
-            earlier = session.exec(
-                select(Federation).where(
+            federations = session.exec(
+                select(Federation)
+                .where(
                     Federation.role == "provider",
-                    Federation.coordinator == coordinator,
-                    Federation.offering_id == offering_id,
+                    Federation.coordinator == fed.coordinator,
+                    Federation.offering_id == fed.offering_id,
+                    Federation.id != fed.id,
                 )
+                .order_by(col(Federation.created_at))
             ).all()
-        rounds = [r for f in earlier if f.privacy for r in PrivacyLedger.from_json(f.privacy).rounds]
-        return PrivacyLedger(rounds).to_data() if rounds else {}
+            own = session.get(Federation, fed.id)
+        ledgers = [f.privacy for f in [*federations, own] if f is not None and f.privacy]
+        events = [r.events for data in ledgers for r in PrivacyLedger.from_json(data).rounds]
+        return PrivacyLedger([LedgerRound(i + 1, e) for i, e in enumerate(events)])
 
     def discard(self, federation_id: str) -> None:
         """Remove a federation's copy of the rows and code (it ended, or was never joined);

@@ -126,3 +126,19 @@ def transfer_progress(description: str, total: int | None) -> Iterator[Callable[
             progress.advance(task, n)
 
         yield advance
+
+
+def fetch_with_provenance(
+    client: Any, provenance_path: str, download_path: str, output: Path, **params: str
+) -> None:
+    """Write a model a node serves and its provenance sidecar: the document first, then the
+    bytes, checked against the sha256 the document names; says how to verify it."""
+    from kernel.sidecar import write_sidecar
+
+    doc = client.get(provenance_path, **params)
+    digest, size = client.download(
+        download_path, output, expected_sha256=str((doc.get("asset") or {}).get("sha256") or "") or None
+    )
+    sidecar = write_sidecar(output, doc)
+    console.print(f"[green]fetched[/] {output}  {size} bytes  sha256:{digest}")
+    console.print(f"provenance in {sidecar}; check it with: agora verify {output}")

@@ -15,12 +15,12 @@ from kernel.cli import (
     UrlOpt,
     connect_from,
     console,
+    fetch_with_provenance,
     get_or_print,
     handle_errors,
     print_json,
 )
 from kernel.errors import AgoraError
-from kernel.sidecar import write_sidecar
 
 
 class JobNotCompleted(AgoraError):
@@ -235,16 +235,11 @@ def fetch(
     """Write the job's ONNX model (or, when released, the native one) and PATH.provenance.json;
     check it any time with ``agora verify PATH``."""
     artifact = "native" if native else "onnx"
+    base = f"/api/v1/jobs/{job_id}/result"
     with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
-        doc = client.get(f"/api/v1/jobs/{job_id}/result/provenance", artifact=artifact)
-        digest, size = client.download(
-            f"/api/v1/jobs/{job_id}/result?artifact={artifact}",
-            output,
-            expected_sha256=str((doc.get("asset") or {}).get("sha256") or "") or None,
+        fetch_with_provenance(
+            client, f"{base}/provenance", f"{base}?artifact={artifact}", output, artifact=artifact
         )
-    sidecar = write_sidecar(output, doc)
-    console.print(f"[green]fetched[/] {output}  {size} bytes  sha256:{digest}")
-    console.print(f"provenance in {sidecar}; check it with: agora verify {output}")
 
 
 @app.command("schema")
