@@ -163,6 +163,7 @@ class RoundDriver(BackgroundWorker):
                 parts,
                 submit=self._pool.submit,
                 fail=lambda why: self._fail_round(fed, rnd, why),
+                unreachable=lambda p: p.state == PENDING and p.attempts >= UNREACHABLE_AFTER,
             )
             if wait is not None:
                 return wait
@@ -427,7 +428,12 @@ class RoundDriver(BackgroundWorker):
                 metadata=record,
             )
             locked.asset_id = notarization.asset_id
-            how = f" securely, {secured['dropouts_recovered']} drop-outs recovered," if secured else ""
+            recovered = int(secured.get("dropouts_recovered", 0))
+            how = (
+                f" securely, {recovered} drop-out{'' if recovered == 1 else 's'} recovered,"
+                if secured
+                else ""
+            )
             ROUND.move(locked, DONE, f"aggregated {len(updates)} updates{how} with {spec.strategy.name}")
             locked.ended_at = utcnow()
             fed_row.global_sha256 = locked.global_out

@@ -179,10 +179,13 @@ class SecAggRounds:
         *,
         submit: Submit,
         fail: Callable[[str], None],
+        unreachable: Callable[[Contribution], bool] = lambda part: False,
     ) -> float | None:
         """One look at an open secure round: push what is due, and close the stage once its
         answers are in or its time is up. Returns the seconds to the next look, or None once
-        the unmask shares are in and the round can close."""
+        the unmask shares are in and the round can close. As in a plain round, providers whose
+        round start cannot be delivered (``unreachable``) hold the key stage only until enough
+        others have sent their keys."""
         params = read_parameters(rnd.config[CONFIG])
         pointer = rnd.config.get(STATE) or {}
         stage = str(pointer.get("stage", "keys"))
@@ -192,7 +195,11 @@ class SecAggRounds:
         until = (
             as_utc(rnd.deadline_at) if stage == "keys" else as_utc(datetime.fromisoformat(pointer["until"]))
         )
-        if waiting and now < until:
+        enough = len(pointer.get("advertised") or []) >= max(
+            params.config.reconstruction_threshold, spec.min_participants
+        )
+        stuck = stage == "keys" and enough and all(unreachable(by_id[pid]) for pid in waiting)
+        if waiting and now < until and not stuck:
             self._push_due(fed.id, rnd.number, stage, waiting, by_id, submit)
             return max(0.05, min(1.0, (until - now).total_seconds()))
         if stage == "unmask":

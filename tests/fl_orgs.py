@@ -50,10 +50,14 @@ def fl_orgs(
     policies: dict[int, dict[str, Any]] | None = None,
     hostile: dict[int, str] | None = None,
     env: dict[str, str] | None = None,
+    proxied: bool = False,
 ) -> Iterator[FlOrgs]:
     """``providers`` provider nodes (``hostile``: index → ``scale`` | ``flip``, a test-only node
-    that poisons its updates, see tests/federation/hostile_node.py) and a coordinator."""
+    that poisons its updates, see tests/federation/hostile_node.py) and a coordinator.
+    ``proxied``: each node behind a :class:`~tests.federation.wire.RecordingProxy`, its public URL
+    (``extra["proxies"]``: address → proxy), so a test can count or hold what reaches it."""
     from contracts.devchain import DevChainServer
+    from tests.federation.wire import RecordingProxy
 
     chain = DevChainServer(root / "chain", port=services.free_port())
     chain.start()
@@ -66,19 +70,28 @@ def fl_orgs(
     }
     nodes: list[services.LiveNode] = []
     restarted: list[services.LiveNode] = []
+    proxies: dict[str, RecordingProxy] = {}
+    fronts: dict[Path, RecordingProxy] = {}
+
+    def start(home: Path, name: str, **kw: Any) -> services.LiveNode:
+        if not proxied:
+            return services.start_node(home, name=name, **kw)
+        port = services.free_port()
+        fronts[home] = RecordingProxy(port)
+        return services.start_node(home, name=name, port=port, AGORA_PUBLIC_URL=fronts[home].url, **kw)
+
+    def url(org: services.Org) -> str:
+        return fronts[org.node.home].url if proxied else org.node.url
+
     try:
-        coordinator = services.Org(
-            services.start_node(root / "coordinator", name="Beta Analytics", **node_env)
-        )
+        coordinator = services.Org(start(root / "coordinator", "Beta Analytics", **node_env))
         nodes.append(coordinator.node)
         orgs = []
         for index in range(providers):
             mode = (hostile or {}).get(index)
             serve = [sys.executable, "-m", "tests.federation.hostile_node"] if mode else None
             extra_env = {"HOSTILE_UPDATE": mode} if mode else {}
-            node = services.start_node(
-                root / f"provider-{index + 1}", name=NAMES[index], serve=serve, **node_env, **extra_env
-            )
+            node = start(root / f"provider-{index + 1}", NAMES[index], serve=serve, **node_env, **extra_env)
             nodes.append(node)
             orgs.append(services.Org(node))
         partitions = digits_partitions(root / "data", providers, iid=iid)
@@ -90,15 +103,24 @@ def fl_orgs(
                 **((policies or {}).get(index) or {}),
             }
             offering = register(org, f"digits-share-{index + 1}", path, extra)
-            assert coordinator.api("POST", "/participants", json={"url": org.node.url}).status_code == 201
-            assert org.api("POST", "/participants", json={"url": coordinator.node.url}).status_code == 201
-            agreements.append(agree(org, coordinator, offering, "federate"))
+            assert coordinator.api("POST", "/participants", json={"url": url(org)}).status_code == 201
+            assert org.api("POST", "/participants", json={"url": url(coordinator)}).status_code == 201
+            agreements.append(agree(org, coordinator, offering, "federate", url(org)))
+        proxies.update({org.address: fronts[org.node.home] for org in [coordinator, *orgs] if proxied})
         yield FlOrgs(
-            coordinator, orgs, agreements, partitions, chain, root, {"env": node_env, "restarted": restarted}
+            coordinator,
+            orgs,
+            agreements,
+            partitions,
+            chain,
+            root,
+            {"env": node_env, "restarted": restarted, "proxies": proxies},
         )
     finally:
         for node in [*nodes, *restarted]:  # restarted: nodes started again during the test
             node.stop()
+        for proxy in fronts.values():
+            proxy.stop()
         chain.stop()
 
 
@@ -110,7 +132,9 @@ def kill(org: services.Org) -> None:
 
 def restart(orgs: FlOrgs, org: services.Org, name: str) -> None:
     """Start ``org``'s node again on its home and port (after :func:`kill`)."""
-    node = services.start_node(org.node.home, name=name, port=org.node.port, **orgs.extra["env"])
+    front = orgs.extra["proxies"].get(org.address)
+    public = {"AGORA_PUBLIC_URL": front.url} if front else {}
+    node = services.start_node(org.node.home, name=name, port=org.node.port, **orgs.extra["env"], **public)
     org.node = node
     orgs.extra["restarted"].append(node)
 

@@ -2,7 +2,9 @@
 
 Put in front of a node (its ``AGORA_PUBLIC_URL`` pointing at the proxy), it forwards every
 connection to the node's real port and keeps every byte each way, per connection, so a test
-can count exactly what a node sent.
+can count exactly what a node sent. :meth:`RecordingProxy.hold` stops forwarding what is sent to
+the node (it waits in the proxy) until :meth:`RecordingProxy.release`: a node that is slow to
+answer, at a moment the test chooses.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class RecordingProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._stop = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -47,14 +51,27 @@ class RecordingProxy:
             except OSError:
                 client.close()
                 continue
-            threading.Thread(target=self._pump, args=(client, server, record.to_server), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(client, server, record.to_server, self._open), daemon=True
+            ).start()
             threading.Thread(target=self._pump, args=(server, client, record.to_client), daemon=True).start()
 
+    def hold(self) -> None:
+        """From now on, bytes for the node wait here (on open connections and new ones)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, log: bytearray) -> None:
+    def _pump(
+        source: socket.socket, sink: socket.socket, log: bytearray, gate: threading.Event | None = None
+    ) -> None:
         try:
             while chunk := source.recv(65536):
                 log.extend(chunk)
+                if gate is not None:
+                    gate.wait()
                 sink.sendall(chunk)
         except OSError:
             pass
@@ -65,6 +82,7 @@ class RecordingProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        self._open.set()
         self._listener.close()
 
 
