@@ -21,6 +21,7 @@ counts the gRPC bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -248,10 +249,10 @@ def run_flower(
     common = ["--recipe", json.dumps({**recipe, "seed": seed})]
     me = [sys.executable, str(Path(__file__).resolve())]
     procs: list[subprocess.Popen[bytes]] = []
-    with Tap({"flower": (public, server_port)}, mode="tcp") as tap:
+    with Tap({"flower": (public, server_port)}, mode="tcp") as tap, contextlib.ExitStack() as logs:
         try:
             launched = time.time()
-            log = (work / "server.log").open("wb")
+            log = logs.enter_context((work / "server.log").open("wb"))
             procs.append(
                 subprocess.Popen(
                     [
@@ -269,7 +270,7 @@ def run_flower(
             )
             wait_for_port(server_port, timeout=120, proc=procs[0])
             for index, path in enumerate(partitions):
-                log = (work / f"client-{index + 1}.log").open("wb")
+                log = logs.enter_context((work / f"client-{index + 1}.log").open("wb"))
                 procs.append(
                     subprocess.Popen(
                         [*me, "client", "--server", f"127.0.0.1:{public}", "--data", str(path), *common],

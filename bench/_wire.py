@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-ENVELOPE_PEEK = 64 * 1024  # the envelope line of a signed message is well under this
+ENVELOPE_PEEK = 1024**2  # a signed message's envelope (its JSON, or the line before its bytes)
 
 
 @dataclass(frozen=True)

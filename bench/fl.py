@@ -29,7 +29,9 @@ Figures, each with the ratio Agora/Flower:
 * Agora with differential privacy, on the first partitioning: node-side clipping and noise of
   each update (``node_clip_norm``, ``node_noise_multiplier``; its epsilon is for a provider's
   whole dataset, so useful accuracy leaves it large), and DP-SGD in the trainer (Opacus; epsilon
-  per example): the accuracy and the epsilon each provider reported.
+  per example): the accuracy and the epsilon each provider reported;
+* Agora with secure aggregation (SecAgg+): its bytes per round against the raw weights and
+  against the plain round (its expansion), by message type.
 
     .venv/bin/python bench/fl.py              # 5 clients, 20 rounds, IID and non-IID, then DP
     .venv/bin/python bench/fl.py --quick      # 2 clients, 3 rounds, IID: checks the script works
@@ -78,7 +80,9 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
     overhead, walls = [], []
     for r in rounds:
         wall = when(r["ended_at"]) - when(r["started_at"])
-        slowest = max(c["train_seconds"] for c in r["contributions"] if c["state"] == "RECEIVED")
+        slowest = max(
+            (c["train_seconds"] for c in r["contributions"] if c["state"] == "RECEIVED"), default=0.0
+        )
         walls.append(wall)
         overhead.append(wall - slowest)
     numbers = {r["round"] for r in rounds}
@@ -88,8 +92,16 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
     blobs = [sum(int(e.message.get("blob_bytes", 0)) for e in per_round[n]) for n in sorted(numbers)]
     statuses = {e.status for e in protocol}
     expected = {"RoundStart": len(fed["detail"]["members"]), "RoundUpdate": len(fed["detail"]["members"])}
+    kinds_seen = {str(e.message.get("type")) for e in protocol}
+    by_type = {
+        kind: sum(
+            e.total for e in protocol if e.message.get("type") == kind and e.message.get("round") in numbers
+        )
+        / len(numbers)
+        for kind in sorted(kinds_seen)
+    }
     repeats = []
-    for n in sorted(numbers):
+    for n in sorted(numbers) if not any(k.startswith("SecAgg") for k in kinds_seen) else ():
         kinds = [str(e.message.get("type")) for e in per_round[n]]
         for kind, count in expected.items():
             if kinds.count(kind) != count:
@@ -110,6 +122,7 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
         "raw": raw,
         "statuses": sorted(statuses),
         "repeats": repeats,
+        "by_type": by_type,
         "after_rounds": run.finished - ended,
         "phases": {k: v[1:] or v for k, v in phases(rounds, run.exchanges).items()},
         "initial_sha256": rounds[0]["global_in"],
@@ -127,8 +140,9 @@ def flower_figures(run: FlowerRun, raw: int) -> dict[str, Any]:
         walls.append(wall)
         overhead.append(wall - slowest)
         fit_overhead.append(r["fit_results"] - r["fit_configured"] - slowest)
-        wire.append(sum(c.size for c in run.chunks if r["fit_configured"] <= c.at <= r["evaluate_results"]))
-        fit_wire.append(sum(c.size for c in run.chunks if r["fit_configured"] <= c.at <= r["fit_results"]))
+        # from the moment the round's instructions go out (round 1: once every client connected)
+        wire.append(sum(c.size for c in run.chunks if r["fit_sent"] <= c.at <= r["evaluate_results"]))
+        fit_wire.append(sum(c.size for c in run.chunks if r["fit_sent"] <= c.at <= r["fit_results"]))
     return {
         "accuracy": weighted(rounds[-1]["evaluate"]),
         "curve": [weighted(r["evaluate"]) for r in rounds],
@@ -245,6 +259,26 @@ def report_dp(label: str, dp: dict[str, Any], plain: dict[str, Any]) -> None:
     print(f"  ({last[0].get('note')})")
 
 
+def report_secagg(label: str, sa: dict[str, Any], plain: dict[str, Any]) -> None:
+    raw = sa["raw"]
+    print(f"\n{label}:")
+    print(
+        f"  final accuracy {sa['accuracy']:.4f} (without it {plain['accuracy']:.4f}, "
+        f"{(sa['accuracy'] - plain['accuracy']) * 100:+.1f} points)"
+    )
+    print(
+        f"  bytes on the wire per round {sa['bytes']:,.0f} in {sa['messages']:.0f} messages: "
+        f"{sa['bytes'] / raw:.3f}x the raw weights both ways, {sa['bytes'] / plain['bytes']:.3f}x the plain "
+        "round's (SecAgg's expansion)"
+    )
+    print("    " + ", ".join(f"{kind} {size:,.0f} B" for kind, size in sa["by_type"].items()))
+    wall = statistics.median(sa["wall"]) / statistics.median(plain["wall"])
+    print(
+        f"  round wall time (median) {ms(sa['wall']).strip()}, {wall:.2f}x the plain round's; "
+        f"start to round 1 done {sa['first_round']:.2f} s"
+    )
+
+
 # the run ---------------------------------------------------------------------------------------
 
 
@@ -259,7 +293,13 @@ def main() -> None:
     parser.add_argument("--dp-sgd", type=float, default=1.0, help="DP-SGD noise multiplier (0: no run)")
     parser.add_argument("--dp-sgd-clip", type=float, default=1.0, help="DP-SGD per-sample clip norm")
     parser.add_argument(
-        "--py-spy", type=Path, metavar="DIR", help="profile two nodes in the first federation"
+        "--secagg", action=argparse.BooleanOptionalAction, default=True, help="a secure aggregation run too"
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile two nodes (the GIL holder) in the first federation",
     )
     args = parser.parse_args()
     if args.quick:
@@ -299,6 +339,8 @@ def main() -> None:
         # each private run on offerings of its own: a provider's ledger of what this coordinator
         # spent on an offering carries over to its next federation on it
         offerings = partitions | {f"dp{i}": partitions[names[0]] for i in range(len(private))}
+        if args.secagg:
+            offerings["secagg"] = partitions[names[0]]
         with agora_net(root / "agora", offerings) as net:
             agora = {}
             for index, name in enumerate(names):
@@ -309,10 +351,17 @@ def main() -> None:
                 label: agora_figures(run_agora(net, f"dp{i}", privacy=p, **common), raw)
                 for i, (label, p) in enumerate(private.items())
             }
+            secure = (
+                agora_figures(run_agora(net, "secagg", secure_aggregation={"enabled": True}, **common), raw)
+                if args.secagg
+                else None
+            )
     for name in names:
         report(name.upper(), agora[name], flower[name])
     for label, figures in dp.items():
         report_dp(f"{names[0].upper()}, Agora with {label}", figures, agora[names[0]])
+    if secure is not None:
+        report_secagg(f"{names[0].upper()}, Agora with secure aggregation (SecAgg+)", secure, agora[names[0]])
 
 
 def check_same_rows(figures: dict[str, Any], partitions: list[Path], seed: int) -> None:
