@@ -271,7 +271,7 @@ def report_secagg(label: str, sa: dict[str, Any], plain: dict[str, Any]) -> None
         f"{sa['bytes'] / raw:.3f}x the raw weights both ways, {sa['bytes'] / plain['bytes']:.3f}x the plain "
         "round's (SecAgg's expansion)"
     )
-    print("    " + ", ".join(f"{kind} {size:,.0f} B" for kind, size in sa["by_type"].items()))
+    print("    " + ", ".join(f"{kind} {size:,.0f} B" for kind, size in sa["by_type"].items() if size))
     wall = statistics.median(sa["wall"]) / statistics.median(plain["wall"])
     print(
         f"  round wall time (median) {ms(sa['wall']).strip()}, {wall:.2f}x the plain round's; "
