@@ -6,6 +6,7 @@ node coordinates and the local rounds of those it trains in."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ def factory_weights(runtime: Runtime, spec: FederationSpec, bundle: bytes) -> te
         return initial_weights(
             runtime.sandbox(),
             code,
-            spec.model.code(),
+            replace(spec.model.code(), client=None),  # the factory builds them; a client needs rows
             Limits(cpu_seconds=300, memory_bytes=3 * 1024**3, wall_seconds=300),
             Path(tmp) / "warm",
             seed=spec.model.seed,
