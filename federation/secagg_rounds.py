@@ -122,6 +122,10 @@ class SecAggRounds:
             check_advert(
                 round_context(federation_id, number), pid, body.get("advert"), body.get("signature"), sender
             )
+            if pid in state.signatures:  # sent again (its answer was lost): the same keys, the same reply
+                if state.signatures[pid] != body["signature"]:
+                    raise SecAggRejected(f"participant {pid} already sent other keys for round {number}")
+                return {"state": row.state, "reason": row.reason}
             self.c._record(row, {k: body.get(k) for k in FIGURES}, b"", fed)
             if rnd.state != OPEN or fed.state != RUNNING or state.stage != "keys":
                 CONTRIBUTION.move(
