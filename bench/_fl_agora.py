@@ -16,6 +16,7 @@ the proxy counted while the federation ran.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -159,6 +160,39 @@ def run_agora(net: AgoraNet, partitioning: str, profile: Path | None = None, **s
         f"{len(exchanges)} protocol messages counted"
     )
     return AgoraRun(federation=done, started=started, finished=finished, exchanges=exchanges)
+
+
+def wire(run: AgoraRun, numbers: set[int], members: int) -> dict[str, Any]:
+    """What crossed the proxy in the training rounds ``numbers``: bytes and messages a round
+    (mean), the safetensors bytes among them, bytes a round by message type, the HTTP statuses,
+    and each round whose messages were not one round start and one update per provider (a
+    repeated message is counted in the bytes)."""
+    protocol = [e for e in run.exchanges if e.path.startswith("/dsp/federations/")]
+    per_round = {n: [e for e in protocol if e.message.get("round") == n] for n in numbers}
+    kinds = sorted({str(e.message.get("type")) for e in protocol})
+    repeats = []
+    if not any(k.startswith("SecAgg") for k in kinds):
+        for n in sorted(numbers):
+            sent = [str(e.message.get("type")) for e in per_round[n]]
+            for kind in ("RoundStart", "RoundUpdate"):
+                if sent.count(kind) != members:
+                    times = [e.ended - e.started for e in per_round[n] if e.message.get("type") == kind]
+                    slow = max(times, default=0.0)
+                    repeats.append(f"round {n}: {sent.count(kind)} {kind} messages (slowest {slow:.2f} s)")
+    return {
+        "bytes": statistics.mean(sum(e.total for e in per_round[n]) for n in numbers),
+        "blob_bytes": statistics.mean(
+            sum(int(e.message.get("blob_bytes", 0)) for e in per_round[n]) for n in numbers
+        ),
+        "messages": statistics.mean(len(per_round[n]) for n in numbers),
+        "by_type": {
+            kind: sum(e.total for n in numbers for e in per_round[n] if e.message.get("type") == kind)
+            / len(numbers)
+            for kind in kinds
+        },
+        "statuses": sorted({e.status for e in protocol}),
+        "repeats": repeats,
+    }
 
 
 PHASES = (

@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from _fl_agora import PHASES, AgoraRun, agora_net, phases, run_agora, when  # noqa: E402
+from _fl_agora import PHASES, AgoraRun, agora_net, phases, run_agora, when, wire  # noqa: E402
 from _fl_flower import FlowerRun, initial_weights, run_flower  # noqa: E402
 from _node import met  # noqa: E402
 
@@ -86,29 +86,6 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
         walls.append(wall)
         overhead.append(wall - slowest)
     numbers = {r["round"] for r in rounds}
-    protocol = [e for e in run.exchanges if e.path.startswith("/dsp/federations/")]
-    per_round = {n: [e for e in protocol if e.message.get("round") == n] for n in numbers}
-    wire = [sum(e.total for e in per_round[n]) for n in sorted(numbers)]
-    blobs = [sum(int(e.message.get("blob_bytes", 0)) for e in per_round[n]) for n in sorted(numbers)]
-    statuses = {e.status for e in protocol}
-    expected = {"RoundStart": len(fed["detail"]["members"]), "RoundUpdate": len(fed["detail"]["members"])}
-    kinds_seen = {str(e.message.get("type")) for e in protocol}
-    by_type = {
-        kind: sum(
-            e.total for e in protocol if e.message.get("type") == kind and e.message.get("round") in numbers
-        )
-        / len(numbers)
-        for kind in sorted(kinds_seen)
-    }
-    repeats = []
-    for n in sorted(numbers) if not any(k.startswith("SecAgg") for k in kinds_seen) else ():
-        kinds = [str(e.message.get("type")) for e in per_round[n]]
-        for kind, count in expected.items():
-            if kinds.count(kind) != count:
-                slow = max(
-                    (e.ended - e.started for e in per_round[n] if e.message.get("type") == kind), default=0
-                )
-                repeats.append(f"round {n}: {kinds.count(kind)} {kind} messages (slowest {slow:.2f} s)")
     ended = when(final["ended_at"]) if final.get("ended_at") else run.finished
     return {
         "accuracy": float(final["metrics"]["accuracy"]),
@@ -116,13 +93,8 @@ def agora_figures(run: AgoraRun, raw: int) -> dict[str, Any]:
         "overhead": overhead[1:] or overhead,
         "wall": walls[1:] or walls,
         "first_round": when(rounds[0]["ended_at"]) - run.started,
-        "bytes": statistics.mean(wire),
-        "blob_bytes": statistics.mean(blobs),
-        "messages": statistics.mean(len(per_round[n]) for n in numbers),
+        **wire(run, numbers, len(fed["detail"]["members"])),
         "raw": raw,
-        "statuses": sorted(statuses),
-        "repeats": repeats,
-        "by_type": by_type,
         "after_rounds": run.finished - ended,
         "phases": {k: v[1:] or v for k, v in phases(rounds, run.exchanges).items()},
         "initial_sha256": rounds[0]["global_in"],
@@ -234,6 +206,7 @@ def report(name: str, a: dict[str, Any], f: dict[str, Any]) -> None:
         f"Agora < {FIRST_ROUND_SECONDS} s: {met(a['first_round'] < FIRST_ROUND_SECONDS)}",
     )
     line("  Flower: to all clients connected", "", f"{f['connected']:.2f} s", "")
+    line("  Agora: last round to COMPLETED", f"{a['after_rounds']:.2f} s", "", "", "final model, ONNX checks")
     curve = "  ".join(f"{x:.3f}" for x in a["curve"][:: max(1, len(a["curve"]) // 5)])
     print(f"  Agora accuracy by round:  {curve}")
     curve = "  ".join(f"{x:.3f}" for x in f["curve"][:: max(1, len(f["curve"]) // 5)])
