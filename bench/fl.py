@@ -20,10 +20,14 @@ Figures, each with the ratio Agora/Flower:
 * per-round overhead: round wall time minus the slowest client's training time. A round is
   training plus federated evaluation in both (Agora's round start does both on each
   provider; Flower runs a fit round then an evaluate round); Flower's fit round alone is shown
-  too. Median over rounds 2..N (round 1 includes the warm-up);
+  too. Median over rounds 2..N (round 1 includes the warm-up). Agora's is broken down by the
+  proxy's timestamps (``_fl_agora.phases``: the coordinator, the round starts, the providers,
+  the updates, the close);
 * bytes on the wire per round (TCP payload through a counting proxy, bench/_wire.py: HTTP
   messages with their envelopes and headers for Agora, gRPC over HTTP/2 for Flower) against
-  the raw weights both ways (clients x 2 x 4 bytes x parameters);
+  the raw weights both ways (clients x 2 x 4 bytes x parameters). A round whose messages were
+  not one round start and one update per provider is flagged ``!!`` (the repeats count in its
+  bytes);
 * time from start to round 1 done (Agora: from ``POST /start``, with the nodes serving and the
   trainers not yet started; Flower: from launching its server and client processes);
 * Agora with differential privacy, on the first partitioning: node-side clipping and noise of
@@ -33,7 +37,7 @@ Figures, each with the ratio Agora/Flower:
 * Agora with secure aggregation (SecAgg+): its bytes per round against the raw weights and
   against the plain round (its expansion), by message type.
 
-    .venv/bin/python bench/fl.py              # 5 clients, 20 rounds, IID and non-IID, then DP
+    .venv/bin/python bench/fl.py              # 5 clients, 20 rounds, IID and non-IID, DP, SecAgg
     .venv/bin/python bench/fl.py --quick      # 2 clients, 3 rounds, IID: checks the script works
     .venv/bin/python bench/fl.py --only iid --dp-noise 0 --dp-sgd 0 --py-spy /tmp/spy   # profiles
 
