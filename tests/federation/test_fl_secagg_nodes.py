@@ -17,7 +17,7 @@ from connector import blobs
 from federation import tensors
 from federation.rounds import merkle_root
 from tests.federation.wire import exchanges
-from tests.fl_orgs import FlOrgs, accuracy_curve, create, fl_orgs, follow, kill, run, spec
+from tests.fl_orgs import FlOrgs, accuracy_curve, create, fl_orgs, follow, kill, restart, run, spec
 from tests.services import wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -133,6 +133,40 @@ def test_a_provider_killed_after_its_shares_is_recovered_and_the_federation_comp
         curve = accuracy_curve(ended)
         print("held-out accuracy per round:", curve)
         assert curve[-1] > 0.8, curve  # a mask left in the sum would leave a model of noise
+
+
+def test_a_coordinator_killed_between_two_stages_resumes_the_secure_round(tmp_path: Path) -> None:
+    """Killed once two providers' shares are in and the third's keys are still held at its proxy:
+    the restarted coordinator reads the round's state back from its object store, pushes the keys
+    again (the provider answers with the shares it gave the first time) and the round completes
+    with all three."""
+    with fl_orgs(tmp_path, 3, iid=True, proxied=True) as orgs:
+        document = spec(orgs, rounds=3, min_participants=3, round_deadline="90s", secure_aggregation=SECURE)
+        document["recipe"]["local_epochs"] = 8
+        fed = create(orgs, document)
+        assert orgs.coordinator.api("POST", f"/federations/{fed['id']}/start").status_code == 200
+        slow = orgs.providers[1]
+        held = orgs.extra["proxies"][slow.address]
+        wait_until(
+            lambda: _part(orgs, fed["id"], 2, slow.address) == "TRAINING", "round 2 to reach", timeout=180
+        )
+        held.hold()
+        try:
+            wait_until(
+                lambda: len(_secagg(orgs, fed["id"], 2)["shared"]) == 2, "two providers' shares", timeout=60
+            )
+            kill(orgs.coordinator)
+        finally:
+            held.release()
+        restart(orgs, orgs.coordinator, "Beta Analytics")
+        ended = follow(orgs, fed["id"], timeout=300)
+        assert ended["state"] == "COMPLETED", ended["reason"]
+        providers = sorted(o.address for o in orgs.providers)
+        for rnd in ended["rounds_detail"][:3]:
+            assert rnd["state"] == "DONE" and sorted(rnd["participants"]) == providers, rnd
+            assert "securely, 0 drop-outs recovered" in rnd["reason"], rnd["reason"]
+        print("held-out accuracy per round:", accuracy_curve(ended))
+        assert accuracy_curve(ended)[-1] > 0.85
 
 
 # -- reading what the nodes hold and sent ------------------------------------------------------------
