@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -105,6 +106,8 @@ class RoundDriver(BackgroundWorker):
         self._finish = finish
         self._wake_notary = wake_notary
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="agora-fl-push")
+        self._sending: set[int | None] = set()  # round starts on their way: not sent twice
+        self._sending_lock = threading.Lock()
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)
@@ -154,6 +157,10 @@ class RoundDriver(BackgroundWorker):
         if due:
             blob = b"".join(self.store.read(rnd.global_in))
             for part in due:
+                with self._sending_lock:
+                    if part.id in self._sending:
+                        continue
+                    self._sending.add(part.id)
                 self._pool.submit(self._deliver, fed, rnd, part, blob)
         if is_secure(rnd.config):  # its stages decide when it closes (federation.secagg_rounds)
             wait = self.c.secagg.step(
@@ -253,6 +260,13 @@ class RoundDriver(BackgroundWorker):
         self.wake()
 
     def _deliver(self, fed: Federation, rnd: FederationRound, part: Contribution, blob: bytes) -> None:
+        try:
+            self._deliver_once(fed, rnd, part, blob)
+        finally:
+            with self._sending_lock:
+                self._sending.discard(part.id)
+
+    def _deliver_once(self, fed: Federation, rnd: FederationRound, part: Contribution, blob: bytes) -> None:
         with Session(self.engine) as session:
             member = session.exec(
                 select(FederationMember).where(
