@@ -41,8 +41,36 @@ def pack(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return HEADER_LENGTH.pack(len(text)) + text + PAYLOAD_LENGTH.pack(len(payload)) + payload
 
 
+MAX_HEADER_DEPTH = 32
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep ``raw``'s brackets nest (outside strings): checked before a parser recurses,
+    so the bound does not depend on the interpreter's recursion limit."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def parse_header(raw: bytes) -> dict[str, Any]:
     """The JSON object a header holds; :class:`BadFrame` for anything else."""
+    if _nesting(raw) > MAX_HEADER_DEPTH:
+        raise BadFrame(f"the header is not UTF-8 JSON of at most {MAX_HEADER_DEPTH} levels")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
