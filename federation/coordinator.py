@@ -277,7 +277,7 @@ class Coordinator:
             with contextlib.suppress(AgoraError):  # the provider's own deadline ends its part
                 self.client(member.endpoint, member.provider).post(
                     f"/dsp/federations/{federation_id}/stop",
-                    {"outcome": outcome, "reason": reason[:MAX_REASON]},
+                    {"federation": federation_id, "outcome": outcome, "reason": reason[:MAX_REASON]},
                 )
 
         with ThreadPoolExecutor(max_workers=8) as pool:

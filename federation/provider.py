@@ -196,18 +196,10 @@ class ProviderFederations:
     def _over_limits(self, spec: WireSpec, agreement_id: str) -> str | None:
         """What this node will not give a federation: more than its job limits, or a second
         live federation on one agreement."""
-        resources, limits = spec.resources, self.limits
-        over = [
-            f"{name} {asked} > {most}"
-            for name, asked, most in (
-                ("cpu_seconds", resources.cpu_seconds, limits.cpu_seconds),
-                ("memory", int(resources.memory), limits.memory_bytes),
-                ("wall_time", resources.wall_time, limits.wall_seconds),
-            )
-            if asked > most
-        ]
+        resources = spec.resources
+        over = self.limits.exceeded(resources.cpu_seconds, int(resources.memory), resources.wall_time)
         if over:
-            return "the federation asks for more than this node allows: " + ", ".join(over)
+            return f"the federation asks for more than this node allows: {over}"
         with Session(self.engine) as session:
             live = session.exec(
                 select(Federation.id).where(

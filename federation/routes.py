@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -25,6 +26,7 @@ from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.dsp import open_blob_request, open_request
+from connector.envelope import Opened
 from connector.protocol import ProtocolGate
 from federation.coordinator import Coordinator
 from federation.provider import MAX_WEIGHTS_BYTES, ProviderFederations
@@ -182,10 +184,9 @@ async def federation_round(
     protocol_gate: NamedDependency[ProtocolGate],
     federation_provider: NamedDependency[ProviderFederations],
 ) -> dict[str, Any]:
-    opened, blob = await open_blob_request(request, protocol_gate, max_bytes=MAX_WEIGHTS_MESSAGE)
-    _same(pid, opened.body)
-    reply = await to_thread.run_sync(federation_provider.on_round, opened.sender, pid, opened.body, blob)
-    return protocol_gate.seal(reply, opened.sender)
+    return await _answer(
+        request, protocol_gate, pid, lambda o, blob: federation_provider.on_round(o.sender, pid, o.body, blob)
+    )
 
 
 @post(
@@ -201,10 +202,9 @@ async def federation_update(
     protocol_gate: NamedDependency[ProtocolGate],
     coordinator: NamedDependency[Coordinator],
 ) -> dict[str, Any]:
-    opened, blob = await open_blob_request(request, protocol_gate, max_bytes=MAX_WEIGHTS_MESSAGE)
-    _same(pid, opened.body)
-    reply = await to_thread.run_sync(coordinator.on_update, opened.sender, pid, opened.body, blob)
-    return protocol_gate.seal(reply, opened.sender)
+    return await _answer(
+        request, protocol_gate, pid, lambda o, blob: coordinator.on_update(o.sender, pid, o.body, blob)
+    )
 
 
 @post("/dsp/federations/{pid:str}/stop", tags=["protocol"], status_code=200)
@@ -214,9 +214,13 @@ async def federation_stop(
     protocol_gate: NamedDependency[ProtocolGate],
     federation_provider: NamedDependency[ProviderFederations],
 ) -> dict[str, Any]:
-    opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(federation_provider.on_stop, opened.sender, pid, opened.body)
-    return protocol_gate.seal(reply, opened.sender)
+    return await _answer(
+        request,
+        protocol_gate,
+        pid,
+        lambda o, _: federation_provider.on_stop(o.sender, pid, o.body),
+        blob=False,
+    )
 
 
 @post("/dsp/federations/{pid:str}/secagg", tags=["protocol"], status_code=200)
@@ -227,10 +231,13 @@ async def federation_secagg_advert(
     coordinator: NamedDependency[Coordinator],
 ) -> dict[str, Any]:
     """Secure aggregation, provider to coordinator: its signed keys for the round."""
-    opened = await open_request(request, protocol_gate)
-    _same(pid, opened.body)
-    reply = await to_thread.run_sync(coordinator.secagg.on_advert, opened.sender, pid, opened.body)
-    return protocol_gate.seal(reply, opened.sender)
+    return await _answer(
+        request,
+        protocol_gate,
+        pid,
+        lambda o, _: coordinator.secagg.on_advert(o.sender, pid, o.body),
+        blob=False,
+    )
 
 
 @post(
@@ -247,10 +254,9 @@ async def federation_secagg_input(
     coordinator: NamedDependency[Coordinator],
 ) -> dict[str, Any]:
     """Secure aggregation, provider to coordinator: its masked update (bytes)."""
-    opened, blob = await open_blob_request(request, protocol_gate, max_bytes=MAX_WEIGHTS_MESSAGE)
-    _same(pid, opened.body)
-    reply = await to_thread.run_sync(coordinator.secagg.on_input, opened.sender, pid, opened.body, blob)
-    return protocol_gate.seal(reply, opened.sender)
+    return await _answer(
+        request, protocol_gate, pid, lambda o, blob: coordinator.secagg.on_input(o.sender, pid, o.body, blob)
+    )
 
 
 @post("/dsp/federations/{pid:str}/secagg/stage", tags=["protocol"], status_code=200)
@@ -261,18 +267,34 @@ async def federation_secagg_stage(
     federation_provider: NamedDependency[ProviderFederations],
 ) -> dict[str, Any]:
     """Secure aggregation, coordinator to provider: keys, shares or the unmask request."""
-    opened = await open_request(request, protocol_gate)
-    _same(pid, opened.body)
-    reply = await to_thread.run_sync(
-        federation_provider.secagg.on_stage, opened.sender, opened.recipient, pid, opened.body
+    return await _answer(
+        request,
+        protocol_gate,
+        pid,
+        lambda o, _: federation_provider.secagg.on_stage(o.sender, o.recipient, pid, o.body),
+        blob=False,
     )
-    return protocol_gate.seal(reply, opened.sender)
 
 
-def _same(pid: str, body: dict[str, Any]) -> None:
-    """The signed body names the federation of the path (a message is not replayed elsewhere)."""
-    if body.get("federation") != pid:
+async def _answer(
+    request: Request[Any, Any, Any],
+    gate: ProtocolGate,
+    pid: str,
+    handle: Callable[[Opened, bytes], dict[str, Any]],
+    *,
+    blob: bool = True,
+) -> dict[str, Any]:
+    """One protocol message about federation ``pid``: opened (with its bytes, when it carries
+    some), refused unless its signed body names the federation of the path (a message is not
+    replayed elsewhere), handled off the event loop, answered signed."""
+    if blob:
+        opened, data = await open_blob_request(request, gate, max_bytes=MAX_WEIGHTS_MESSAGE)
+    else:
+        opened, data = await open_request(request, gate), b""
+    if opened.body.get("federation") != pid:
         raise Conflict("the signed message is about another federation than the path names")
+    reply = await to_thread.run_sync(handle, opened, data)
+    return gate.seal(reply, opened.sender)
 
 
 api_handlers = [FederationController]

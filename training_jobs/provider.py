@@ -44,6 +44,21 @@ class NodeLimits:
     wall_seconds: float = 3600.0
     output_bytes: int = 1024**3
 
+    def exceeded(
+        self, cpu_seconds: int, memory_bytes: int, wall_seconds: float, output_bytes: int = 0
+    ) -> str:
+        """What a run asks beyond these limits (``"memory 9 GiB > 8 GiB, …"``), or ``""``."""
+        return ", ".join(
+            f"{name} {asked} > {most}"
+            for name, asked, most in (
+                ("cpu_seconds", cpu_seconds, self.cpu_seconds),
+                ("memory", memory_bytes, self.memory_bytes),
+                ("wall_time", wall_seconds, self.wall_seconds),
+                ("max_output", output_bytes, self.output_bytes),
+            )
+            if asked > most
+        )
+
 
 class ProviderJobs:
     def __init__(
@@ -152,19 +167,12 @@ class ProviderJobs:
         refused = native_release_refusal(spec, self._offering_terms(agreement.offering_id))
         if refused:
             return refused
-        resources, limits = spec.resources, self.limits
-        over = [
-            f"{name} {asked} > {most}"
-            for name, asked, most in (
-                ("cpu_seconds", resources.cpu_seconds, limits.cpu_seconds),
-                ("memory", int(resources.memory), limits.memory_bytes),
-                ("wall_time", resources.wall_time, limits.wall_seconds),
-                ("max_output", int(resources.max_output), limits.output_bytes),
-            )
-            if asked > most
-        ]
+        resources = spec.resources
+        over = self.limits.exceeded(
+            resources.cpu_seconds, int(resources.memory), resources.wall_time, int(resources.max_output)
+        )
         if over:
-            return "the job asks for more than this node allows: " + ", ".join(over)
+            return f"the job asks for more than this node allows: {over}"
         try:
             sandbox = self._sandbox()
             sandbox.check()

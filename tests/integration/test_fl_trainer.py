@@ -157,7 +157,6 @@ def test_one_warm_process_serves_every_round_at_the_cost_of_training(rounds: Rou
     # hello is call 1, then one call a round: the same process answered every one
     assert rounds.served == list(range(2, ROUNDS + 2))
     assert len(rounds.instance) == 16
-    assert rounds.first_call > 3 * later
     assert max(rounds.fits[1:]) < rounds.first_call
 
 
