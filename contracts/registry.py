@@ -22,7 +22,16 @@ GAS = {
 }
 ANCHOR_GAS, ANCHOR_GAS_PER_PARENT = 200_000, 40_000
 
-KINDS = ("dataset", "model", "onnx-model", "agreement", "job-result", "fl-round")
+KINDS = (
+    "dataset",
+    "model",
+    "onnx-model",
+    "agreement",
+    "job-result",
+    "fl-round",
+    "validation",  # a dataset version's quality validation result (parent: the version)
+    "alias",  # a model offering's alias moved to a version (parent: the version)
+)
 ZERO_ADDRESS = "0x" + "00" * 20
 
 

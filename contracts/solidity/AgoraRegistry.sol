@@ -15,7 +15,9 @@ contract AgoraRegistry {
     uint8 public constant KIND_AGREEMENT = 3;
     uint8 public constant KIND_JOB_RESULT = 4;
     uint8 public constant KIND_FL_ROUND = 5;
-    uint8 internal constant KIND_MAX = 5;
+    uint8 public constant KIND_VALIDATION = 6; // a dataset version's quality validation result
+    uint8 public constant KIND_ALIAS = 7; // a model offering's alias moved to a version
+    uint8 internal constant KIND_MAX = 7;
     uint256 internal constant MAX_PARENTS = 32;
 
     // secp256k1n / 2: signatures with a larger s are malleable copies (EIP-2).

@@ -329,10 +329,14 @@ def test_anchor_rejects_bad_input(env: Env) -> None:
     record = owner.reg.get_anchor(id_)
     assert record is not None
     assert record.parents == parents[:32]
-    fl_id, _ = owner.reg.anchor("fl-round", h("round"), ZERO)  # the highest kind is accepted
+    fl_id, _ = owner.reg.anchor("fl-round", h("round"), ZERO)
     fl = owner.reg.get_anchor(fl_id)
     assert fl is not None
     assert fl.kind == "fl-round"
+    alias_id, _ = owner.reg.anchor("alias", h("alias"), ZERO, [id_])  # the highest kind is accepted
+    alias = owner.reg.get_anchor(alias_id)
+    assert alias is not None
+    assert (alias.kind, alias.parents) == ("alias", [id_])
 
 
 def test_anchor_requires_registration(env: Env) -> None:
