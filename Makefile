@@ -43,7 +43,7 @@ services:
 	bash .ci/install-services.sh
 
 test: services $(DEV_STAMP) $(NPM_STAMP) contracts-check
-	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs federation migrations tests bench examples
+	$(VENV)/bin/ruff check node kernel marketplace connector contracts training_jobs federation quality migrations tests bench examples
 	$(VENV)/bin/mypy
 	@# pytest exits 5 when it collected no test: that is a failure here, never a pass
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -57,7 +57,7 @@ test-fast: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check node kernel marketplace connector federation migrations
+	$(VENV)/bin/ruff format --check node kernel marketplace connector federation quality migrations
 
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy

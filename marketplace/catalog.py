@@ -52,15 +52,16 @@ def sync_local(session: Session, offering: Offering) -> None:
             CatalogEntry.provider == offering.provider, CatalogEntry.offering_id == offering.id
         )
     ).first()
-    if offering.status != "active":
-        if entry is not None:
-            session.delete(entry)
-        return
     version = session.exec(
         select(OfferingVersion).where(
             OfferingVersion.offering_id == offering.id, OfferingVersion.version == offering.latest_version
         )
     ).one()
+    if offering.status != "active" or not version.published:
+        # retired, or no version published yet (a first version validating or rejected)
+        if entry is not None:
+            session.delete(entry)
+        return
     asset = session.get(Asset, version.asset_sha256)
     from contracts.models import Notarization
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlmodel import Field, SQLModel
 
@@ -78,8 +79,13 @@ class Offering(SQLModel, table=True):
         description="what a compute job's consumer may receive: job_logs, allow_native_release, "
         "allow_stored_examples (marketplace.terms)",
     )
+    quality_declared: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="schema, expectation suite, on_failure, on_untrainable (quality.spec.QualityFields)",
+    )
     status: str = Field(default="active", max_length=20)
-    latest_version: int = Field(default=1)
+    latest_version: int = Field(default=1, description="the newest published version (what consumers get)")
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
@@ -109,7 +115,75 @@ class OfferingVersion(SQLModel, table=True):
             index=True,
         ),
     )
+    published: bool = Field(
+        default=True,
+        sa_column=Column(Boolean, nullable=False, server_default=true()),
+        description="offered to consumers: False while a reject-on-failure suite runs, or once it failed",
+    )
+    source: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="where the bytes came from: {kind: dvc, repo, path, rev, commit, md5}",
+    )
+    schema_doc: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="the version's schema (columns or arrays) and whether it was declared or inferred",
+    )
+    trainable: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="compute/federate offerings: {ok, reason, features, label} (quality.schema)",
+    )
+    quality_status: str = Field(
+        default="none",
+        sa_column=Column(String(20), nullable=False, server_default="none"),
+        description="none | validating | passed | failed | error (quality.spec)",
+    )
+    quality: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="the validation's summary: expectations passed and failed, failing columns",
+    )
+    profile: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True), description="the profile without rows"
+    )
+    validation_sha256: str | None = Field(
+        default=None, max_length=64, description="sha256 of the stored validation result"
+    )
+    validation_notarization_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer,
+            ForeignKey("notarization.id", name="fk_offering_version_validation_notarization"),
+            nullable=True,
+        ),
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class OfferingAlias(SQLModel, table=True):
+    """A name (``champion``, ``candidate``) the owner points at one version of a model offering."""
+
+    __tablename__ = "offering_alias"
+    __table_args__ = (UniqueConstraint("offering_id", "name", name="uq_offering_alias"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    offering_id: str = Field(
+        sa_column=Column(
+            String(36), ForeignKey("offering.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    name: str = Field(max_length=64)
+    version: int
+    notarization_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("notarization.id", name="fk_offering_alias_notarization"), nullable=True
+        ),
+    )
+    moved_by: str = Field(default="", max_length=200)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class CatalogEntry(SQLModel, table=True):

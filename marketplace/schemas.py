@@ -10,6 +10,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from marketplace.terms import ComputeTermFields, ComputeTerms
+from quality.spec import QualityFields
 
 Kind = Literal["dataset", "model"]
 AccessMode = Literal["download", "compute", "federate"]
@@ -20,10 +21,10 @@ MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;\s*[a-z0-9_.-]+=[^;\s]+)*$")
 Keyword = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
 
-class OfferingMetadata(ComputeTermFields):
+class OfferingMetadata(ComputeTermFields, QualityFields):
     """What a provider says about an offering; unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, populate_by_name=True)
 
     name: str | None = Field(
         default=None,
@@ -49,7 +50,7 @@ class OfferingMetadata(ComputeTermFields):
 
     def descriptive(self) -> dict[str, Any]:
         """Every other field: the offering's columns of the same names."""
-        return self.model_dump(exclude=set(ComputeTerms.model_fields))
+        return self.model_dump(exclude=set(ComputeTerms.model_fields) | set(QualityFields.model_fields))
 
     @field_validator("media_type")
     @classmethod
@@ -105,6 +106,16 @@ class VersionOut(msgspec.Struct, kw_only=True):
     media_type: str
     created_at: datetime
     anchor: Anchor
+    published: bool = True
+    quality_status: str = "none"  # none | validating | passed | failed | error
+    quality: dict[str, Any] | None = None  # the validation's summary (no rows)
+    validation: Anchor | None = None  # the validation result's own anchor (a child of this version)
+    validation_sha256: str | None = None
+    schema: dict[str, Any] | None = None
+    trainable: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None  # a DVC source: repo, path, rev, commit, md5
+    aliases: list[str] = msgspec.field(default_factory=list)
 
 
 class ComputeTermsOut(msgspec.Struct, kw_only=True):
@@ -137,10 +148,15 @@ class OfferingOut(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     created: bool = True  # False when these bytes were already stored
+    quality_status: str = "none"  # of the version above
 
 
 class OfferingDetail(OfferingOut, kw_only=True):
     versions: list[VersionOut]
+    declared: dict[str, Any] = msgspec.field(
+        default_factory=dict
+    )  # schema, suite, on_failure, on_untrainable
+    aliases: dict[str, int] = msgspec.field(default_factory=dict)  # alias name → version
 
 
 class OfferingPage(msgspec.Struct, kw_only=True):

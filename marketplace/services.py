@@ -31,7 +31,7 @@ from kernel.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFoun
 from kernel.storage import ObjectInfo, ObjectStore, StagedObject
 from kernel.validation import validate
 from marketplace.catalog import sync_local
-from marketplace.models import Asset, Offering, OfferingVersion
+from marketplace.models import Asset, Offering, OfferingAlias, OfferingVersion
 from marketplace.schemas import (
     Anchor,
     ComputeTermsOut,
@@ -43,6 +43,8 @@ from marketplace.schemas import (
     VersionOut,
 )
 from marketplace.terms import ComputeTerms
+from quality import intake
+from quality.spec import QUALITY_FAILED, QUALITY_NONE, QUALITY_VALIDATING, declared
 
 T = TypeVar("T")
 MAX_PAGE = 500
@@ -91,12 +93,25 @@ class OfferingService:
     # Writing --------------------------------------------------------------------------
 
     def register(
-        self, staged: StagedObject, metadata: OfferingMetadata, actor: str, *, managed: bool = False
+        self,
+        staged: StagedObject,
+        metadata: OfferingMetadata,
+        actor: str,
+        *,
+        managed: bool = False,
+        source: dict[str, Any] | None = None,
     ) -> OfferingOut:
         """Create an offering from bytes already staged (an upload)."""
         _require_content(staged)
         if metadata.policy is not None:
             _check_at("metadata.policy", metadata.policy)
+        try:
+            declared = metadata.quality()
+        except ValueError as exc:
+            raise InvalidInput(str(exc), errors=[FieldError("metadata.expectations", str(exc))]) from None
+        found = intake.assess(
+            staged.path, metadata.media_type, declared, kind=metadata.kind, modes=list(metadata.access_modes)
+        )
 
         def write(session: Session, info: ObjectInfo) -> OfferingOut:
             if metadata.name and self._by_name(session, metadata.name) is not None:
@@ -106,19 +121,20 @@ class OfferingService:
                 provider=self.provider,
                 managed=managed,
                 compute_terms=metadata.compute_terms().model_dump(),
+                quality_declared=declared,
                 **metadata.descriptive(),
             )
             session.add(offering)
             session.flush()
             version, asset, notarization = self._add_version_rows(
-                session, offering, info, metadata.media_type
+                session, offering, info, metadata.media_type, found=found, source=source
             )
             _changed(
                 session,
                 offering,
                 actor,
                 "offering.create",
-                {"sha256": info.sha256, "size": info.size, "title": offering.title},
+                {"sha256": info.sha256, "size": info.size, "title": offering.title, **_source_note(source)},
             )
             return _out(offering, version, asset, notarization, created=info.created)
 
@@ -130,28 +146,43 @@ class OfferingService:
         with self.store.stage_file(path) as staged:
             return self.register(staged, request.metadata, actor)
 
-    def add_version(self, offering_id: str, staged: StagedObject, actor: str) -> OfferingOut:
+    def add_version(
+        self, offering_id: str, staged: StagedObject, actor: str, *, source: dict[str, Any] | None = None
+    ) -> OfferingOut:
         """A new version of an existing offering (new bytes, same metadata)."""
         _require_content(staged)
         offering = self._get(offering_id)
+        found = intake.assess(
+            staged.path,
+            offering.media_type,
+            declared_quality(offering),
+            kind=offering.kind,
+            modes=list(offering.access_modes),
+        )
 
         def write(session: Session, info: ObjectInfo) -> OfferingOut:
             row = fetch(session, Offering, offering_id, f"no offering {offering_id}", lock=True)
-            latest = self._version(session, row, row.latest_version)
-            if latest.asset_sha256 == info.sha256:
+            newest = self._newest(session, row)
+            if newest.asset_sha256 == info.sha256:
                 raise InvalidInput(
-                    f"version {row.latest_version} of offering {offering_id} already has these bytes",
-                    errors=[FieldError("file", "identical to the latest version")],
+                    f"version {newest.version} of offering {offering_id} already has these bytes",
+                    errors=[FieldError("file", "identical to the newest version")],
                 )
             version, asset, notarization = self._add_version_rows(
-                session, row, info, row.media_type, row.latest_version + 1
+                session, row, info, row.media_type, newest.version + 1, found=found, source=source
             )
             _changed(
                 session,
                 row,
                 actor,
                 "offering.version",
-                {"version": version.version, "sha256": info.sha256, "size": info.size},
+                {
+                    "version": version.version,
+                    "sha256": info.sha256,
+                    "size": info.size,
+                    "published": version.published,
+                    **_source_note(source),
+                },
             )
             return _out(row, version, asset, notarization, created=info.created)
 
@@ -198,6 +229,12 @@ class OfferingService:
         detail = self.get(offering_id)
         if detail.status != "active":
             raise NotFound(f"offering {offering_id} is retired")
+        current = next(v for v in detail.versions if v.version == detail.version)
+        if not current.published:
+            raise NotFound(
+                f"offering {offering_id} has no published version yet "
+                f"(version {current.version} is {_unpublished_reason(current.quality_status)})"
+            )
         return {
             "access_modes": list(detail.access_modes),
             "approval": detail.approval,
@@ -221,7 +258,15 @@ class OfferingService:
             return list(session.exec(select(Offering).where(col(Offering.managed))).all())
 
     def _add_version_rows(
-        self, session: Session, offering: Offering, info: ObjectInfo, media_type: str, number: int = 1
+        self,
+        session: Session,
+        offering: Offering,
+        info: ObjectInfo,
+        media_type: str,
+        number: int = 1,
+        *,
+        found: intake.Intake,
+        source: dict[str, Any] | None = None,
     ) -> tuple[OfferingVersion, Asset, Notarization]:
         asset = session.get(Asset, info.sha256)
         if asset is None:
@@ -233,16 +278,61 @@ class OfferingService:
             kind=offering.kind,
             content_hash=info.sha256,
             owner=self.provider,
-            metadata=notarized_metadata(offering),
+            metadata=notarized_metadata(offering, number, source),
         )
+        declared = declared_quality(offering)
+        validating = offering.kind == "dataset" and declared["expectations"] is not None
         version = OfferingVersion(
-            offering_id=offering.id, version=number, asset_sha256=info.sha256, notarization_id=notarization.id
+            offering_id=offering.id,
+            version=number,
+            asset_sha256=info.sha256,
+            notarization_id=notarization.id,
+            source=source,
+            schema_doc=found.schema,
+            trainable=found.trainable,
+            quality_status=QUALITY_VALIDATING if validating else QUALITY_NONE,
+            # a version waiting for (or failing) a reject-on-failure suite is not offered
+            published=not (validating and declared["on_failure"] == "reject"),
         )
         session.add(version)
-        offering.latest_version = number
+        if version.published or number == 1:
+            offering.latest_version = number
         offering.updated_at = utcnow()
         session.flush()
         return version, asset, notarization
+
+    def validated(self, session: Session, version: OfferingVersion, passed: bool, actor: str) -> None:
+        """A version's suite ran (in the caller's transaction, which stores the outcome): a passing
+        version is published; a failing one stays unpublished under ``reject`` and is flagged
+        (already published) under ``publish-flagged``."""
+        offering = fetch(
+            session, Offering, version.offering_id, f"no offering {version.offering_id}", lock=True
+        )
+        declared = declared_quality(offering)
+        publish = passed or declared["on_failure"] == "publish-flagged"
+        moved = publish and not version.published
+        if publish:
+            version.published = True
+            if version.version > offering.latest_version or not self._published(session, offering):
+                offering.latest_version = version.version
+        offering.updated_at = utcnow()
+        session.add(version)
+        _changed(
+            session,
+            offering,
+            actor,
+            "offering.validated",
+            {
+                "version": version.version,
+                "status": version.quality_status,
+                "published": version.published,
+                **({"published_now": True} if moved else {}),
+            },
+        )
+
+    def _published(self, session: Session, offering: Offering) -> bool:
+        current = self._version(session, offering, offering.latest_version)
+        return current.published
 
     def _store_then_record(
         self, staged: StagedObject, media_type: str, write: Callable[[Session, ObjectInfo], T]
@@ -273,7 +363,7 @@ class OfferingService:
                     kind=offering.kind,
                     content_hash=version.asset_sha256,
                     owner=offering.provider,
-                    metadata=notarized_metadata(offering),
+                    metadata=notarized_metadata(offering, version.version, version.source),
                 )
                 version.notarization_id = notarization.id
         return len(rows)
@@ -341,6 +431,7 @@ class OfferingService:
                 o.created_at,
                 o.updated_at,
                 v.version,
+                v.quality_status,
                 a.sha256,
                 a.size,
                 n.status.label("anchor_status"),
@@ -382,8 +473,31 @@ class OfferingService:
                 .where(OfferingVersion.offering_id == offering_id)
                 .order_by(col(OfferingVersion.version))
             ).all()
-        base = _out(offering, *rows[-1])
-        return OfferingDetail(**msgspec.structs.asdict(base), versions=[_version_out(*row) for row in rows])
+            aliases = {
+                a.name: a.version
+                for a in session.exec(
+                    select(OfferingAlias)
+                    .where(OfferingAlias.offering_id == offering_id)
+                    .order_by(col(OfferingAlias.name))
+                ).all()
+            }
+            validations = _validation_anchors(session, [v for v, _, _ in rows])
+        current = next((row for row in rows if row[0].version == offering.latest_version), rows[-1])
+        base = _out(offering, *current)
+        named: dict[int, list[str]] = {}
+        for alias, number in aliases.items():
+            named.setdefault(number, []).append(alias)
+        return OfferingDetail(
+            **msgspec.structs.asdict(base),
+            versions=[
+                _version_out(
+                    *row, validation=validations.get(row[0].id), aliases=named.get(row[0].version, [])
+                )
+                for row in rows
+            ],
+            declared=declared_quality(offering),
+            aliases=aliases,
+        )
 
     def download(self, offering_id: str, version: int | None = None) -> Download:
         detail = self.get(offering_id)
@@ -406,6 +520,16 @@ class OfferingService:
         return session.exec(
             select(Offering).where(Offering.provider == self.provider, Offering.name == name)
         ).first()
+
+    @staticmethod
+    def _newest(session: Session, offering: Offering) -> OfferingVersion:
+        """The highest version, published or not (a new version numbers after it)."""
+        return session.exec(
+            select(OfferingVersion)
+            .where(OfferingVersion.offering_id == offering.id)
+            .order_by(col(OfferingVersion.version).desc())
+            .limit(1)
+        ).one()
 
     @staticmethod
     def _version(session: Session, offering: Offering, number: int) -> OfferingVersion:
@@ -481,9 +605,21 @@ def anchor_of(notarization: Notarization | None) -> Anchor:
     )
 
 
-def notarized_metadata(offering: Offering) -> dict[str, object]:
-    """What an offering version's anchor covers besides its bytes (its metadata hash)."""
+def notarized_metadata(
+    offering: Offering, version: int | None = None, source: dict[str, Any] | None = None
+) -> dict[str, object]:
+    """What an offering version's anchor covers besides its bytes (its metadata hash): the
+    offering's description, the version's number and, for a DVC source, the repository path,
+    git commit and DVC md5 it came from."""
+    extra: dict[str, object] = {}
+    if version is not None:
+        extra["version"] = version
+    if source:
+        extra["source"] = {
+            k: source[k] for k in ("kind", "repo", "path", "rev", "commit", "md5") if k in source
+        }
     return {
+        **extra,
         "provider": offering.provider,
         "name": offering.name,
         "kind": offering.kind,
@@ -495,7 +631,14 @@ def notarized_metadata(offering: Offering) -> dict[str, object]:
     }
 
 
-def _version_out(version: OfferingVersion, asset: Asset, notarization: Notarization | None) -> VersionOut:
+def _version_out(
+    version: OfferingVersion,
+    asset: Asset,
+    notarization: Notarization | None,
+    *,
+    validation: Notarization | None = None,
+    aliases: list[str] | None = None,
+) -> VersionOut:
     return VersionOut(
         version=version.version,
         sha256=f"sha256:{asset.sha256}",
@@ -503,7 +646,47 @@ def _version_out(version: OfferingVersion, asset: Asset, notarization: Notarizat
         media_type=asset.media_type,
         created_at=as_utc(version.created_at),
         anchor=anchor_of(notarization),
+        published=version.published,
+        quality_status=version.quality_status,
+        quality=version.quality,
+        validation=anchor_of(validation) if validation is not None else None,
+        validation_sha256=f"sha256:{version.validation_sha256}" if version.validation_sha256 else None,
+        schema=version.schema_doc,
+        trainable=version.trainable,
+        profile=version.profile,
+        source=version.source,
+        aliases=aliases or [],
     )
+
+
+def _validation_anchors(session: Session, versions: list[OfferingVersion]) -> dict[int | None, Notarization]:
+    ids = [v.validation_notarization_id for v in versions if v.validation_notarization_id is not None]
+    if not ids:
+        return {}
+    found = {n.id: n for n in session.exec(select(Notarization).where(col(Notarization.id).in_(ids))).all()}
+    return {
+        v.id: found[v.validation_notarization_id] for v in versions if v.validation_notarization_id in found
+    }
+
+
+def declared_quality(offering: Offering) -> dict[str, Any]:
+    """An offering's quality declarations (schema, suite, on_failure, on_untrainable), defaults filled in."""
+    return declared(offering.quality_declared)
+
+
+def _unpublished_reason(status: str) -> str:
+    if status == QUALITY_VALIDATING:
+        return "being validated against its expectation suite"
+    if status == QUALITY_FAILED:
+        return "rejected: it failed its expectation suite"
+    return f"not published (validation {status})"
+
+
+def _source_note(source: dict[str, Any] | None) -> dict[str, Any]:
+    """What an audit entry says of a version's source (a DVC commit and path), if any."""
+    if not source:
+        return {}
+    return {"source": {k: source.get(k) for k in ("kind", "path", "rev", "commit", "md5") if k in source}}
 
 
 def _out(
@@ -535,6 +718,7 @@ def _out(
         created_at=as_utc(offering.created_at),
         updated_at=as_utc(offering.updated_at),
         created=created,
+        quality_status=version.quality_status,
     )
 
 
@@ -577,6 +761,7 @@ def _row_out(m: Any) -> OfferingOut:
         created_at=as_utc(m["created_at"]),
         updated_at=as_utc(m["updated_at"]),
         created=True,
+        quality_status=m["quality_status"],
     )
 
 

@@ -10,12 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from marketplace.schemas import MEDIA_TYPE, AccessMode, Keyword, Kind
 from marketplace.terms import ComputeTermFields
+from quality.spec import QualityFields
 
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 
 
-class ManifestOffering(ComputeTermFields):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+class ManifestOffering(ComputeTermFields, QualityFields):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, populate_by_name=True)
 
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$", description="stable key: plan/apply match on it"
@@ -26,7 +27,10 @@ class ManifestOffering(ComputeTermFields):
     keywords: list[Keyword] = Field(default_factory=list, max_length=32)
     license: str = Field(default="", max_length=100)
     source: str = Field(
-        min_length=1, max_length=4096, description="file, relative to the manifest, or absolute on the node"
+        min_length=1,
+        max_length=4096,
+        description="file, relative to the manifest, or absolute on the node; or "
+        "dvc://<repository path or git URL>/<path>@<rev>",
     )
     media_type: str | None = Field(
         default=None, max_length=255, description="default: guessed from the source"
@@ -37,6 +41,11 @@ class ManifestOffering(ComputeTermFields):
     approval: Literal["auto", "manual"] = "auto"
     policy: dict[str, Any] | None = Field(
         default=None, description="a named template with params, or explicit rules"
+    )
+    aliases: dict[str, int] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="model offerings: alias name → version (e.g. champion: 3)",
     )
 
     @field_validator("media_type")
