@@ -34,7 +34,8 @@ $(NPM_STAMP): package.json package-lock.json | services
 demo: demo-services $(STAMP)
 	$(VENV)/bin/agora demo
 
-# The one system package the demo needs: bubblewrap, the sandbox Beta's training job runs in.
+# The system packages the demo needs: bubblewrap, the sandbox Beta's training job runs in, and git,
+# the repository behind the DVC-sourced dataset.
 demo-services:
 	@bash .ci/install-services.sh demo
 

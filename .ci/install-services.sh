@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages `make demo` or `make test` need, when missing.
-#   .ci/install-services.sh demo   what the demo runs: bubblewrap (the training sandbox)
+#   .ci/install-services.sh demo   what the demo runs: bubblewrap (the training sandbox), git (a DVC source)
 #   .ci/install-services.sh        what the tests start too: PostgreSQL, Node.js/npm, Chromium
 # As root with apt it installs them; otherwise it stops with one line naming the packages.
 set -euo pipefail
@@ -9,6 +9,7 @@ profile=${1:-test}
 need=()
 why=()
 command -v bwrap >/dev/null 2>&1 || { need+=(bubblewrap); why+=("bubblewrap: the sandbox training jobs run in"); }
+command -v git >/dev/null 2>&1 || { need+=(git); why+=("git: the repository behind a DVC-sourced dataset"); }
 if [ "$profile" != demo ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { need+=(postgresql); why+=("postgresql: the database tests"); }
   command -v npm >/dev/null 2>&1 || { need+=(nodejs npm); why+=("nodejs npm: solc and anvil"); }
