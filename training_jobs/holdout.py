@@ -1,10 +1,16 @@
 """The provider's split of its own data: what a job trains on, and what the node keeps back.
 
-A dataset offering is an ``.npz`` with arrays ``X`` (features, any shape after the first
-axis) and ``y`` (integer labels), or a CSV of numbers with a header whose label column is
-``label`` (or the last column). The split is a permutation seeded by the dataset's sha256,
-so every job on one dataset version holds back the same rows, and the training sandbox only
-ever receives the training part: the held-out rows never reach the consumer's code.
+A dataset version registered with a schema (declared, or inferred at registration) becomes a
+training set by its columns' roles (:mod:`quality.table`: ids dropped, categories encoded,
+gaps filled, each change noted). A version without one (registered before schemas) is read
+as before: an ``.npz`` with arrays ``X`` (features, any shape after the first axis) and ``y``
+(integer labels), or a CSV of numbers with a header whose label column is ``label`` (or the
+last column). A version the node found untrainable at registration is refused before any
+job code runs, with the reason it gave then.
+
+The split is a permutation seeded by the dataset's sha256, so every job on one dataset
+version holds back the same rows, and the training sandbox only ever receives the training
+part: the held-out rows never reach the consumer's code.
 """
 
 from __future__ import annotations
@@ -14,17 +20,25 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 
-from kernel.errors import InvalidInput
+from kernel.storage import ObjectStore
+from marketplace.models import Offering, OfferingVersion
+from quality.table import TrainingSet, UnusableDataset, training_set
 
 MIN_ROWS = 10
+__all__ = ["MIN_ROWS", "Split", "UnusableDataset", "load", "read_dataset", "split"]
 
 
-class UnusableDataset(InvalidInput):
-    type_slug = "unusable-dataset"
-    title = "The dataset cannot be used for training"
+class Untrained(UnusableDataset):
+    """The version was found untrainable when it was registered (flagged, not refused)."""
+
+    type_slug = "untrainable-version"
+    title = "The dataset version cannot be trained on"
 
 
 @dataclass(frozen=True)
@@ -39,11 +53,44 @@ class Split:
         np.savez(holdout_path, X=self.holdout_X, y=self.holdout_y)
 
 
-def read_dataset(data: bytes, media_type: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Features (float32) and labels (int64) from an ``.npz`` or a CSV."""
+def load(engine: Engine, store: ObjectStore, offering_id: str, sha256: str) -> TrainingSet:
+    """The training set of an offering's version (looked up by its sha256), by its schema.
+
+    Raises :class:`Untrained` for a version found untrainable at registration (its reason is
+    the provider's own metadata, shown in the catalog) and :class:`UnusableDataset` when the
+    bytes cannot be made into a training set (the detail may quote the data: provider only).
+    """
+    with Session(engine) as session:
+        found = session.exec(
+            select(OfferingVersion, Offering.media_type)
+            .join(Offering, Offering.id == OfferingVersion.offering_id)  # type: ignore[arg-type]
+            .where(OfferingVersion.offering_id == offering_id, OfferingVersion.asset_sha256 == sha256)
+        ).first()
+    version, media_type = found if found is not None else (None, "")
+    trainable = version.trainable if version is not None else None
+    if trainable is not None and not trainable.get("ok"):
+        raise Untrained(f"the dataset version cannot be trained on: {trainable.get('reason')}")
+    data = b"".join(store.read(sha256))
+    return _read(data, media_type, version.schema_doc if version is not None else None)
+
+
+def read_dataset(
+    data: bytes, media_type: str = "", schema: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32) and labels (int64): by ``schema``'s roles (a version's stored
+    ``schema_doc``), or, without one, from an ``.npz`` with X and y or a numeric CSV."""
+    read = _read(data, media_type, schema)
+    return read.features, read.labels
+
+
+def _read(data: bytes, media_type: str, schema: dict[str, Any] | None) -> TrainingSet:
+    if schema is not None:
+        table = training_set(data, schema)
+        features, labels = _checked(table.features, table.labels)
+        return TrainingSet(features, labels, table.notes)
     if data[:4] == b"PK\x03\x04" or media_type in ("application/x-npz", "application/zip"):
-        return _from_npz(data)
-    return _from_csv(data)
+        return TrainingSet(*_from_npz(data))
+    return TrainingSet(*_from_csv(data))
 
 
 def _from_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
