@@ -16,6 +16,7 @@ the update and pushes it back. Cancel and finish stop the trainer.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -57,6 +58,7 @@ from training_jobs import holdout
 from training_jobs.provider import NodeLimits
 from training_jobs.sandbox import Sandbox
 
+log = logging.getLogger("agora.federation")
 FEDERATION_ID = re.compile(r"^urn:uuid:[0-9a-f-]{36}$")
 MAX_LAYOUT = 10_000
 MAX_WEIGHTS_BYTES = 64 * 1024**2  # a round's weights: read before the signature is checked
@@ -283,10 +285,15 @@ class ProviderFederations:
         if not self.store.exists(fed.dataset_sha256):
             raise InvalidInput(f"the dataset version {fed.dataset_sha256[:12]}… is no longer on this node")
         try:
-            features, labels = holdout.read_dataset(b"".join(self.store.read(fed.dataset_sha256)))
-        except holdout.UnusableDataset as exc:
-            raise InvalidInput(f"the dataset cannot be read as a training set: {exc.detail}") from None
-        split = holdout.split(features, labels, fraction=self.holdout_fraction, seed_hex=fed.dataset_sha256)
+            rows = holdout.load(self.engine, self.store, fed.offering_id, fed.dataset_sha256)
+        except holdout.Untrained as exc:  # the reason shown with the version since its registration
+            raise InvalidInput(exc.detail) from None
+        except holdout.UnusableDataset as exc:  # its detail may quote the data: the operator's log only
+            log.warning("federation %s: the dataset cannot be read as a training set: %s", fed.id, exc.detail)
+            raise InvalidInput("the dataset cannot be read as a training set") from None
+        split = holdout.split(
+            rows.features, rows.labels, fraction=self.holdout_fraction, seed_hex=fed.dataset_sha256
+        )
         home = self.home(fed.id)
         bundles.unpack(bundle, home / "code")
         (home / "rows").mkdir(parents=True, exist_ok=True)

@@ -219,6 +219,65 @@ def show(
     console.print(f"  {'compute':12} {describe_terms(o.get('compute_terms') or {})}")
     for v in o["versions"]:
         console.print(f"  v{v['version']}  {v['sha256']}  {_size(v['size'])}  anchor {v['anchor']['status']}")
+        quality = describe_quality(v)
+        if quality:
+            console.print(f"      {quality}", markup=False, highlight=False)
+        for line in describe_schema(v):
+            console.print(f"      {line}", markup=False, highlight=False)
+
+
+def describe_quality(version: dict[str, Any]) -> str | None:
+    """A version's validation outcome in one line: status, expectations passed and failed,
+    failing columns (None: the offering declares no suite)."""
+    status = version.get("quality_status") or "none"
+    if status == "none":
+        return None
+    summary = version.get("quality") or {}
+    published = "published" if version.get("published", True) else "not published"
+    if status == "validating":
+        return f"quality: validating against its suite ({published} meanwhile)"
+    if status == "error":
+        reason = summary.get("error", "no reason given")
+        return f"quality: error, the suite could not run: {reason} ({published})"
+    line = (
+        f"quality: {status}, suite {summary.get('suite', '?')}: {summary.get('passed', 0)} passed, "
+        f"{summary.get('failed', 0)} failed of {summary.get('evaluated', 0)}"
+    )
+    failing = summary.get("failing_columns") or []
+    if failing:
+        line += f"; failing columns: {', '.join(str(c) for c in failing)}"
+    return f"{line} ({published})"
+
+
+@app.command("validate")
+@handle_errors
+def validate_version(
+    ctx: typer.Context,
+    offering_id: Annotated[str, typer.Argument(help="offering id")],
+    version: Annotated[int | None, typer.Option(help="default: the newest version")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a dataset version again (one that failed its suite or could not be validated);
+    the node runs it beside the notary and the version shows `validating` meanwhile."""
+    connect = connect_from(ctx)
+    if version is None:
+        with connect(url=url, token=token, home=home, scope="catalog:read") as client:
+            versions = client.get(f"/api/v1/offerings/{offering_id}")["versions"]
+        version = max(int(v["version"]) for v in versions)
+    with connect(url=url, token=token, home=home, scope="offerings:write") as client:
+        result = client.post_json(f"/api/v1/offerings/{offering_id}/versions/{version}/validate", {})
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"version {result['version']} of {result['offering_id']} is {result['quality_status']}: "
+        f"`agora offerings show {result['offering_id']}` shows the outcome",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command("download")
@@ -324,3 +383,38 @@ def catalog_command(
     console.print(table)
     if not page["items"]:
         console.print("nothing matches")
+
+
+SHOWN_COLUMNS = 12
+
+
+def describe_schema(version: dict[str, Any]) -> list[str]:
+    """A version's schema (its first columns or arrays, with type and role) and, for a compute
+    or federate offering, whether the node can train on it and why (no lines: no schema)."""
+    lines: list[str] = []
+    schema = version.get("schema") or {}
+    parts = schema.get("columns") or schema.get("arrays") or []
+    if parts:
+        shown = [
+            " ".join(
+                [str(p.get("name")), str(p.get("type") or p.get("dtype"))]
+                + ([f"[{p['role']}]"] if p.get("role", "feature") != "feature" else [])
+                + ([str(p["unit"])] if p.get("unit") else [])
+            )
+            for p in parts[:SHOWN_COLUMNS]
+        ]
+        more = f", … {len(parts) - SHOWN_COLUMNS} more" if len(parts) > SHOWN_COLUMNS else ""
+        what = "columns" if schema.get("columns") else "arrays"
+        lines.append(f"schema ({schema.get('source', '?')}, {len(parts)} {what}): {', '.join(shown)}{more}")
+    trainable = version.get("trainable")
+    if trainable:
+        verdict = "yes" if trainable.get("ok") else "NO"
+        line = f"trainable: {verdict}: {trainable.get('reason', '')}"
+        encoded = [f"{e['name']} {e['encoding']}" for e in trainable.get("encoded") or []]
+        dropped = [f"{d['name']} ({d['reason']})" for d in trainable.get("dropped") or []]
+        if encoded:
+            line += f"; encoded: {', '.join(encoded[:SHOWN_COLUMNS])}"
+        if dropped:
+            line += f"; dropped: {', '.join(dropped[:SHOWN_COLUMNS])}"
+        lines.append(line)
+    return lines

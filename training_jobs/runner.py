@@ -204,6 +204,19 @@ class JobRunner:
             raise JobCancelled()
 
     def _provision(self, job: Job, spec: JobSpec, workdir: Path, sink: JobLogSink) -> dict[str, Path]:
+        # the dataset first: a version that cannot be trained on fails the job before any of its code
+        if not self.store.exists(job.dataset_sha256):
+            raise ProviderFault(f"the dataset version {job.dataset_sha256[:12]}… is no longer on this node")
+        try:
+            rows = holdout.load(self.engine, self.store, job.offering_id, job.dataset_sha256)
+        except holdout.Untrained as exc:  # the reason shown with the version since its registration
+            raise ProviderFault(exc.detail) from None
+        except holdout.UnusableDataset as exc:
+            raise ProviderFault(
+                "the provider's dataset cannot be read as a training set", exc.detail
+            ) from None
+        for note in rows.notes:  # counts and column names only
+            sink.node(f"dataset: {note}")
         self.verification.image()  # a node that cannot verify runs no job code
         dirs = job_dirs(workdir)
         if spec.code.image is None:
@@ -211,16 +224,8 @@ class JobRunner:
             names = bundles.unpack(data, dirs["job"])
             if spec.code.entrypoint not in names:
                 raise JobFailed(f"the bundle has no entrypoint {spec.code.entrypoint}")
-        if not self.store.exists(job.dataset_sha256):
-            raise ProviderFault(f"the dataset version {job.dataset_sha256[:12]}… is no longer on this node")
-        try:
-            features, labels = holdout.read_dataset(b"".join(self.store.read(job.dataset_sha256)))
-        except holdout.UnusableDataset as exc:
-            raise ProviderFault(
-                "the provider's dataset cannot be read as a training set", exc.detail
-            ) from None
         split = holdout.split(
-            features, labels, fraction=self.config.holdout_fraction, seed_hex=job.dataset_sha256
+            rows.features, rows.labels, fraction=self.config.holdout_fraction, seed_hex=job.dataset_sha256
         )
         split.write(dirs["data"] / "train.npz", dirs["holdout"] / "holdout.npz")
         (dirs["data"] / "params.json").write_text(json.dumps(spec.parameters))
