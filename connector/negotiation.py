@@ -20,6 +20,12 @@ Outgoing messages go through the dispatcher's outbox, so a restart of either nod
 where it stood. A negotiation that reaches no final state by its deadline is terminated
 with that reason.
 
+A consumer may ask for one version of an offering: the one an alias names
+(``agora:alias``, e.g. ``champion``) or a number (``agora:version``), beside
+``agora:purpose``. The provider resolves it when it agrees; the signed terms record the
+``version`` (and the ``alias`` asked for), so moving the alias later changes no agreement.
+An alias the offering does not have terminates the negotiation with that reason.
+
 Messages go only to the origin of the counterparty's verified identity (its endpoint as a
 peer, or its registry record): a ``callbackAddress`` elsewhere is refused with the reason —
 a new request is recorded TERMINATED, a later message is recorded as refused.
@@ -28,6 +34,7 @@ a new request is recorded TERMINATED, a later message is recorded as refused.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -48,6 +55,8 @@ from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import AgoraError, Conflict, FieldError, Forbidden, InvalidInput, NotFound
 
 log = logging.getLogger("agora.negotiation")
+ALIAS, VERSION = "agora:alias", "agora:version"  # the version a consumer asks for (see above)
+_ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 FINAL = ("FINALIZED", "TERMINATED")
 # (role, state now, what happens) -> state next
@@ -98,7 +107,7 @@ class NegotiationService:
         public_url: str,
         private_key: Callable[[], bytes],
         registry: Callable[[], Registry],
-        offering_terms: Callable[[str], dict[str, Any]],
+        offering_terms: Callable[[str, dict[str, Any]], dict[str, Any]],
         wake_dispatcher: Callable[[], None] = lambda: None,
         timeout_seconds: float = 600.0,
     ) -> None:
@@ -224,8 +233,12 @@ class NegotiationService:
         access_mode: str,
         actor: str,
         offer: dict[str, Any] | None = None,
+        alias: str | None = None,
+        version: int | None = None,
     ) -> dict[str, Any]:
-        """Ask a provider for an agreement on one of its offerings."""
+        """Ask a provider for an agreement on one of its offerings (on the version ``alias``
+        names when the provider agrees, or on ``version``; the latest by default)."""
+        asked = asked_version({ALIAS: alias, VERSION: version})
         row = Negotiation(
             id=_pid(),
             role="consumer",
@@ -235,7 +248,7 @@ class NegotiationService:
             offering_id=offering_id,
             purpose=purpose,
             access_mode=access_mode,
-            offer=offer or {},
+            offer={**(offer or {}), **asked},
             deadline=utcnow() + self.timeout,
         )
         odrl_offer = {
@@ -253,6 +266,7 @@ class NegotiationService:
             "callbackAddress": f"{self.public_url}/dsp",
             "agora:purpose": purpose,
             "agora:accessMode": access_mode,
+            **asked,
         }
         with transaction(self.engine) as session:
             _open(session, row, signer=self.address, message=body, reason=f"requested by {actor}")
@@ -339,6 +353,7 @@ class NegotiationService:
                 "a request needs offer.target, agora:purpose and agora:accessMode",
                 errors=[FieldError("offer.target", "required")],
             )
+        asked = asked_version(body)
         callback = body.get("callbackAddress", f"{sender_endpoint}/dsp")
         refusal = foreign_origin(callback, sender_endpoint, "callbackAddress", f"{sender}'s verified")
         reply_to = sender_endpoint if refusal else str(callback).rstrip("/").removesuffix("/dsp")
@@ -354,7 +369,14 @@ class NegotiationService:
             access_mode=mode,
             # the terms come from the provider's own policy (or its counter-offer), never from the
             # request: a policy the consumer slips into its offer is dropped here
-            offer={k: v for k, v in dict(body.get("offer") or {}).items() if k != "agora:policy"},
+            offer={
+                **{
+                    k: v
+                    for k, v in dict(body.get("offer") or {}).items()
+                    if k not in ("agora:policy", ALIAS, VERSION)
+                },
+                **asked,
+            },
             deadline=utcnow() + self.timeout,
         )
         if refusal:
@@ -363,13 +385,14 @@ class NegotiationService:
                 self._terminate(session, row, refusal, signer=self.address, notify=False)
             raise InvalidInput(refusal, errors=[FieldError("callbackAddress", "not the sender's origin")])
         try:
-            offering = self._offering_terms(offering_id)
+            offering = self._offering_terms(offering_id, _asked(row))
         except AgoraError as exc:
             offering, missing = None, exc.detail
         with transaction(self.engine) as session:
             _open(session, row, signer=sender, message=body)
             if offering is None:
-                self._terminate(session, row, f"no such offering: {missing}", signer=self.address)
+                reason = missing if asked else f"no such offering: {missing}"
+                self._terminate(session, row, reason, signer=self.address)
             elif mode not in offering["access_modes"]:
                 self._terminate(
                     session,
@@ -394,7 +417,7 @@ class NegotiationService:
     def approve(self, negotiation_id: str, actor: str) -> dict[str, Any]:
         with transaction(self.engine) as session:
             row = self._row(session, negotiation_id, "provider")
-            self._agree(session, row, self._offering_terms(row.offering_id), approver=actor)
+            self._agree(session, row, self._offering_terms(row.offering_id, _asked(row)), approver=actor)
         self._wake()
         return self.get(negotiation_id)
 
@@ -408,6 +431,7 @@ class NegotiationService:
                 "target": f"urn:uuid:{row.offering_id}",
                 "permission": [{"action": "use"}],
                 "agora:policy": policy,
+                **_asked(row),  # the version asked for still is
             }
             self._transition(
                 session,
@@ -439,6 +463,7 @@ class NegotiationService:
             "dataset": f"urn:uuid:{row.offering_id}",
             "offering": row.offering_id,
             "version": offering["version"],
+            **({"alias": offering["alias"]} if offering.get("alias") else {}),
             "sha256": offering["sha256"],
             "size": offering["size"],  # the consumer takes no more bytes than this
             "provider": self.address,
@@ -571,6 +596,11 @@ class NegotiationService:
             "provider": sender,
         }
         wrong = [k for k, v in expected.items() if str(terms.get(k, "")).lower() != str(v).lower()]
+        asked = _asked(row)
+        if ALIAS in asked and terms.get("alias") != asked[ALIAS]:
+            wrong.append("alias")
+        if VERSION in asked and terms.get("version") != asked[VERSION]:
+            wrong.append("version")
         if row.offer.get("agora:policy") is not None and terms.get("policy") != row.offer["agora:policy"]:
             wrong.append("policy")
         if wrong:
@@ -716,7 +746,10 @@ class NegotiationService:
                 reason="the consumer accepted the counter-offer",
             )
             self._agree(
-                session, row, self._offering_terms(row.offering_id), approver="the accepted counter-offer"
+                session,
+                row,
+                self._offering_terms(row.offering_id, _asked(row)),
+                approver="the accepted counter-offer",
             )
         elif row.role == "consumer" and event == "FINALIZED":
             self._transition(
@@ -901,6 +934,32 @@ def _open(
     )
 
 
+def asked_version(message: dict[str, Any]) -> dict[str, Any]:
+    """The version a request asks for (``agora:alias`` or ``agora:version``, at most one),
+    checked; an empty dict for the latest."""
+    alias, version = message.get(ALIAS), message.get(VERSION)
+    if alias is not None and (not isinstance(alias, str) or not _ALIAS_NAME.fullmatch(alias)):
+        raise InvalidInput(
+            f"{ALIAS} must be an alias name (a lower-case letter, then up to 63 of a-z 0-9 _ -)",
+            errors=[FieldError(ALIAS, "not an alias name")],
+        )
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**31
+    ):
+        raise InvalidInput(f"{VERSION} must be a version number", errors=[FieldError(VERSION, "not >= 1")])
+    if alias is not None and version is not None:
+        raise InvalidInput(
+            f"ask for {ALIAS} or {VERSION}, not both", errors=[FieldError(ALIAS, "with a version")]
+        )
+    return {ALIAS: alias} if alias is not None else {VERSION: version} if version is not None else {}
+
+
+def _asked(row: Negotiation) -> dict[str, Any]:
+    """The version the negotiation asked for (kept with its offer): ``agora:alias`` or
+    ``agora:version``, or nothing (the latest)."""
+    return {k: v for k, v in (row.offer or {}).items() if k in (ALIAS, VERSION) and v is not None}
+
+
 def _required(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
@@ -919,6 +978,7 @@ def _negotiation_out(row: Negotiation) -> dict[str, Any]:
         "offering_id": row.offering_id,
         "purpose": row.purpose,
         "access_mode": row.access_mode,
+        "asked": _asked(row),
         "agreement_id": row.agreement_id,
         "reason": row.reason,
         "created_at": as_utc(row.created_at).isoformat(),

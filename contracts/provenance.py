@@ -9,6 +9,7 @@ verifier recomputes every hash and asks the registry; it trusts nothing in the d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -20,12 +21,16 @@ from kernel.hashing import is_digest, parse_digest
 
 FORMAT = "agora-provenance/1"
 MAX_DEPTH = 16
+# (session, child, parent id) → the document of a parent another party notarized, as this node
+# holds it (a job's lineage on the consumer's node), or None
+ImportedParent = Callable[[Session, Notarization, str], dict[str, Any] | None]
 
 
 class ProvenanceService:
-    def __init__(self, engine: Engine, *, chain_rpc_url: str) -> None:
+    def __init__(self, engine: Engine, *, chain_rpc_url: str, imported: ImportedParent | None = None) -> None:
         self.engine = engine
         self.chain_rpc_url = chain_rpc_url
+        self._imported = imported
 
     def document(self, key: str) -> dict[str, Any]:
         """The provenance document of an asset id (``0x`` + 64 hex) or a sha256 digest."""
@@ -51,10 +56,12 @@ class ProvenanceService:
         if depth < MAX_DEPTH:
             for parent_id in row.parents:
                 parent = self._find(session, parent_id)
+                held = self._imported(session, row, parent_id) if parent is None and self._imported else None
                 parents.append(
                     self._document(session, parent, depth + 1)
                     if parent is not None
-                    else {"format": FORMAT, "asset": {"id": parent_id}, "anchor": {"status": "UNKNOWN"}}
+                    else held
+                    or {"format": FORMAT, "asset": {"id": parent_id}, "anchor": {"status": "UNKNOWN"}}
                 )
         return {
             "format": FORMAT,

@@ -33,12 +33,24 @@ from sqlmodel import Session, col, delete, select
 
 from kernel.db import as_utc, backend_name, transaction, utcnow
 from kernel.errors import FieldError, InvalidInput
-from marketplace.models import Asset, CatalogEntry, Offering, OfferingVersion, PeerCatalogState
+from marketplace.models import (
+    Asset,
+    CatalogEntry,
+    Offering,
+    OfferingAlias,
+    OfferingVersion,
+    PeerCatalogState,
+)
 from marketplace.terms import ComputeTerms
+from quality import dqv
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 MAX_PAGE = 200
 COMPUTE_TERMS = "agora:computeTerms"  # what a compute job's consumer may receive (marketplace.terms)
+ALIASES = "agora:aliases"  # a model offering's aliases: name → version (marketplace.aliases)
+VALIDATION_SHA256 = "agora:validationSha256"  # finds the entry when its validation is anchored
+MAX_ALIASES = 64
+CONTEXT_PATH = "/ui/context.jsonld"  # the JSON-LD context of the catalog's own prefixes (quality.dqv)
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -66,6 +78,11 @@ def sync_local(session: Session, offering: Offering) -> None:
     from contracts.models import Notarization
 
     notarization = session.get(Notarization, version.notarization_id) if version.notarization_id else None
+    validation = (
+        session.get(Notarization, version.validation_notarization_id)
+        if version.validation_notarization_id
+        else None
+    )
     fields = _entry_fields(
         name=offering.name,
         kind=offering.kind,
@@ -87,7 +104,29 @@ def sync_local(session: Session, offering: Offering) -> None:
         for key, value in fields.items():
             setattr(entry, key, value)
     # what a peer's DCAT dataset carries besides the columns (see CatalogService._dataset)
-    entry.document = {COMPUTE_TERMS: ComputeTerms.of(offering.compute_terms).model_dump()}
+    found = dqv.evidence(
+        status=version.quality_status,
+        schema=version.schema_doc,
+        profile=version.profile,
+        summary=version.quality,
+        source=version.source,
+        validation_sha256=version.validation_sha256,
+        validation_asset_id=validation.asset_id if validation else None,
+        validation_anchor=validation.status if validation else None,
+    )
+    entry.document = {
+        COMPUTE_TERMS: ComputeTerms.of(offering.compute_terms).model_dump(),
+        dqv.EVIDENCE: found,
+        dqv.STATUS: found["status"],
+        VALIDATION_SHA256: version.validation_sha256 or "",
+    }
+    if offering.kind == "model":  # read before the assignment: the query autoflushes the entry
+        aliases = session.exec(
+            select(OfferingAlias)
+            .where(OfferingAlias.offering_id == offering.id)
+            .order_by(col(OfferingAlias.name))
+        ).all()
+        entry.document = {**entry.document, ALIASES: {a.name: a.version for a in aliases}}
     entry.modified_at = as_utc(offering.updated_at)
     entry.fetched_at = utcnow()
 
@@ -99,6 +138,26 @@ def stated_terms(document: dict[str, Any] | None) -> dict[str, Any] | None:
         return ComputeTerms.model_validate((document or {})[COMPUTE_TERMS]).model_dump()
     except (KeyError, TypeError, ValidationError):
         return None
+
+
+def peer_document(dataset: dict[str, Any]) -> dict[str, Any]:
+    """What this node keeps of a peer's DCAT dataset besides the columns: its compute terms (when
+    they are valid terms), its aliases and its quality evidence, each bounded (a peer's document
+    is hostile: nothing else of it is stored)."""
+    found = dqv.read_dataset(dataset)
+    aliases = dataset.get(ALIASES)
+    document: dict[str, Any] = {
+        COMPUTE_TERMS: stated_terms(dataset),
+        dqv.EVIDENCE: found,
+        dqv.STATUS: found["status"] if found else "",
+    }
+    if isinstance(aliases, dict):
+        document[ALIASES] = {
+            str(name)[:64]: number
+            for name, number in list(aliases.items())[:MAX_ALIASES]
+            if isinstance(number, int) and not isinstance(number, bool) and 0 < number < 2**31
+        }
+    return document
 
 
 def _entry_fields(**values: Any) -> dict[str, Any]:
@@ -143,6 +202,7 @@ class CatalogService:
         self.engine = engine
         self.self_address = self_address
         self.public_url = public_url.rstrip("/")
+        self.context_url = self.public_url + CONTEXT_PATH
         self.backend = backend_name(str(engine.url))
 
     def search(
@@ -154,6 +214,7 @@ class CatalogService:
             )
         table: Any = CatalogEntry.__table__  # type: ignore[attr-defined]
         wanted = [c for c in table.c if c.name not in ("document", "search_text", "filter_tags")]
+        wanted.append(table.c.document[dqv.STATUS].as_string().label("quality_status"))
         query = sa_select(*wanted)
         if filters.q:
             # full-text results come newest entry first (by id): the index hands them over in
@@ -196,8 +257,22 @@ class CatalogService:
         return {"items": items, "next_cursor": next_cursor}
 
     def set_anchor_status(self, assets: list[tuple[str, str]], status: str) -> None:
-        """The notary anchored (or failed) these (owner, sha256) assets: show it in the catalog."""
+        """The notary anchored (or failed) these (owner, sha256) assets: show it in the catalog
+        (an offering's own anchor, or the anchor of its current version's validation result)."""
         with transaction(self.engine) as session:
+            validated = session.exec(
+                select(CatalogEntry).where(
+                    col(CatalogEntry.local),
+                    col(CatalogEntry.document)[VALIDATION_SHA256]
+                    .as_string()
+                    .in_([sha256 for _, sha256 in assets]),
+                )
+            ).all()
+            for entry in validated:
+                found = dict(entry.document.get(dqv.EVIDENCE) or {})
+                if found.get("validation"):
+                    found["validation"] = {**found["validation"], "anchor_status": status}
+                    entry.document = {**entry.document, dqv.EVIDENCE: found}
             for owner, sha256 in assets:
                 session.execute(
                     update(CatalogEntry)
@@ -220,7 +295,12 @@ class CatalogService:
             if row is None:
                 return None
             state = session.get(PeerCatalogState, provider)
-        return {**self._item(row, state), "compute_terms": stated_terms(row.document)}
+        return {
+            **self._item(row, state),
+            "quality_status": _status(row.document),
+            "compute_terms": stated_terms(row.document),
+            "evidence": (row.document or {}).get(dqv.EVIDENCE),
+        }
 
     def _text_search(self, query: Any, table: Any, q: str) -> Any:
         if self.backend == "sqlite":
@@ -258,6 +338,7 @@ class CatalogService:
             "modified_at": as_utc(row.modified_at).isoformat(),
             "fetched_at": as_utc(row.fetched_at).isoformat(),
             "stale": False,
+            "quality_status": getattr(row, "quality_status", None) or None,
         }
         if not row.local and state is not None:
             # a copy is as fresh as the last crawl that reached the peer, changed or not
@@ -322,7 +403,8 @@ class CatalogService:
                 continue
             datasets.append(self._dataset(row, service_id, odrl))
         catalog = {
-            "@context": [DSP_CONTEXT],
+            # the DSP context, then the one naming the dqv, csvw, oa and agora prefixes
+            "@context": [DSP_CONTEXT, self.context_url],
             "@id": f"urn:agora:catalog:{self.self_address}",
             "@type": "Catalog",
             "participantId": self.self_address,
@@ -365,6 +447,8 @@ class CatalogService:
             "agora:anchorStatus": row.anchor_status,
             "agora:policy": row.policy,
             COMPUTE_TERMS: (row.document or {}).get(COMPUTE_TERMS),
+            **dqv.dataset_fields((row.document or {}).get(dqv.EVIDENCE), dataset_id),
+            **({ALIASES: row.document[ALIASES]} if ALIASES in (row.document or {}) else {}),
         }
 
     # Peers' catalogs ------------------------------------------------------------------------
@@ -413,7 +497,7 @@ class CatalogService:
                 else:
                     for key, value in fields.items():
                         setattr(entry, key, value)
-                entry.document = dataset
+                entry.document = peer_document(dataset)
                 entry.modified_at = _parse_time(dataset.get("dct:modified")) or now
                 entry.fetched_at = now
             stored = {str(d.get("@id", "")).removeprefix("urn:uuid:") for d in datasets} - {""}
@@ -591,6 +675,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise InvalidInput(
             "bad cursor", errors=[FieldError("cursor", "not a cursor this node issued")]
         ) from None
+
+
+def _status(document: dict[str, Any] | None) -> str | None:
+    value = (document or {}).get(dqv.STATUS)
+    return value if isinstance(value, str) else None
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -29,6 +29,7 @@ from marketplace.schemas import (
 )
 from marketplace.services import OfferingService
 from marketplace.streaming import body_chunks
+from quality.worker import ValidationRequest, Validations
 
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -126,6 +127,23 @@ class OfferingController(Controller):
                 offering_service.add_version, offering_id, upload.staged, request.user.subject
             )
 
+    @post(
+        "/{offering_id:str}/versions/{number:int}/validate",
+        opt={"scope": "offerings:write"},
+        status_code=202,
+        sync_to_thread=True,
+    )
+    def validate_version(
+        self,
+        request: Request[Any, Any, Any],
+        offering_id: FromPath[str],
+        number: FromPath[int],
+        validation_service: NamedDependency[Validations],
+    ) -> ValidationRequest:
+        """Validate (and profile) a dataset version again, beside the notary: one that failed its
+        suite or could not be validated; without a suite, its profile is made again."""
+        return validation_service.request(offering_id, number, request.user.subject)
+
     # a short indexed read: on the event loop it costs less than a hop to a worker thread
     @get("", opt={"scope": "catalog:read"}, sync_to_thread=False)
     def list_offerings(
@@ -151,9 +169,11 @@ class OfferingController(Controller):
         offering_id: FromPath[str],
         offering_service: NamedDependency[OfferingService],
         version: FromQuery[int | None] = None,
+        alias: FromQuery[str | None] = None,
     ) -> Stream:
-        """The bytes of a version (latest by default); honours ``Range`` for resuming."""
-        item = offering_service.download(offering_id, version)
+        """The bytes of a version (latest by default, or the one ``alias`` names now); honours
+        ``Range`` for resuming."""
+        item = offering_service.download(offering_id, version, alias=alias)
         span = parse_range(request.headers.get("range"), item.size)
         start, end = span or (0, item.size)
         headers = {

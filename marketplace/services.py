@@ -30,6 +30,7 @@ from kernel.db import as_utc, fetch, transaction, utcnow
 from kernel.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from kernel.storage import ObjectInfo, ObjectStore, StagedObject
 from kernel.validation import validate
+from marketplace.aliases import find_offering, resolve_in
 from marketplace.catalog import sync_local
 from marketplace.models import Asset, Offering, OfferingAlias, OfferingVersion
 from marketplace.schemas import (
@@ -44,10 +45,13 @@ from marketplace.schemas import (
 )
 from marketplace.terms import ComputeTerms
 from quality import intake
-from quality.spec import QUALITY_FAILED, QUALITY_NONE, QUALITY_VALIDATING, declared
+from quality.spec import QUALITY_FAILED, QUALITY_NONE, QUALITY_VALIDATING, QualityFields, declared
 
 T = TypeVar("T")
 MAX_PAGE = 500
+# what of a version's source its anchor covers: a DVC path, rev, commit and md5, or the job or
+# federation a model was published from and that model's asset id
+SOURCE_KEYS = ("kind", "repo", "path", "rev", "commit", "md5", "job", "federation", "asset_id")
 UPDATABLE_FIELDS = (
     "title",
     "description",
@@ -58,6 +62,7 @@ UPDATABLE_FIELDS = (
     "approval",
     "policy",
     "compute_terms",
+    "quality_declared",
     "managed",
 )
 
@@ -195,6 +200,9 @@ class OfferingService:
             _check_at("policy", changes["policy"])  # type: ignore[arg-type]
         if "compute_terms" in changes:
             changes = {**changes, "compute_terms": _terms_at("compute_terms", changes["compute_terms"])}
+        if "quality_declared" in changes:
+            quality = _quality_at("quality_declared", changes["quality_declared"])
+            changes = {**changes, "quality_declared": quality}
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidInput(
@@ -224,25 +232,44 @@ class OfferingService:
                 _changed(session, row, actor, action, {"from": previous})
         return self.get(offering_id)
 
-    def terms(self, offering_id: str) -> dict[str, Any]:
-        """What a negotiation needs of an active offering: modes, approval, policy, latest bytes."""
+    def terms(
+        self, offering_id: str, *, alias: str | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        """What a negotiation needs of an active offering: modes, approval, policy and the
+        bytes of the version agreed on: the latest, the one ``alias`` names now, or ``version``."""
         detail = self.get(offering_id)
         if detail.status != "active":
             raise NotFound(f"offering {offering_id} is retired")
-        current = next(v for v in detail.versions if v.version == detail.version)
+        number = self.version_of(offering_id, alias=alias, version=version)
+        current = next((v for v in detail.versions if v.version == number), None)
+        if current is None:
+            raise NotFound(f"offering {offering_id} has no version {number}")
         if not current.published:
             raise NotFound(
-                f"offering {offering_id} has no published version yet "
+                f"offering {offering_id} has no published version {number} "
                 f"(version {current.version} is {_unpublished_reason(current.quality_status)})"
             )
         return {
             "access_modes": list(detail.access_modes),
             "approval": detail.approval,
             "policy": detail.policy,
-            "version": detail.version,
-            "sha256": detail.sha256.removeprefix("sha256:"),
-            "size": detail.size,
+            "version": current.version,
+            "sha256": current.sha256.removeprefix("sha256:"),
+            "size": current.size,
+            **({"alias": alias} if alias else {}),
         }
+
+    def version_of(self, offering_id: str, *, alias: str | None = None, version: int | None = None) -> int:
+        """The version number an alias names now, ``version`` as given, or the latest."""
+        if alias and version:
+            raise InvalidInput(
+                "give an alias or a version, not both", errors=[FieldError("alias", "with version")]
+            )
+        with Session(self.engine) as session:
+            offering = find_offering(session, self.provider, offering_id)
+            if alias:
+                return resolve_in(session, offering, alias)
+            return version or offering.latest_version
 
     def compute_terms(self, offering_id: str) -> dict[str, Any]:
         """The offering's compute terms as stored (``marketplace.terms.ComputeTerms`` reads them)."""
@@ -279,6 +306,7 @@ class OfferingService:
             content_hash=info.sha256,
             owner=self.provider,
             metadata=notarized_metadata(offering, number, source),
+            parents=lineage_parents(source),
         )
         declared = declared_quality(offering)
         validating = offering.kind == "dataset" and declared["expectations"] is not None
@@ -364,6 +392,7 @@ class OfferingService:
                     content_hash=version.asset_sha256,
                     owner=offering.provider,
                     metadata=notarized_metadata(offering, version.version, version.source),
+                    parents=lineage_parents(version.source),
                 )
                 version.notarization_id = notarization.id
         return len(rows)
@@ -499,9 +528,11 @@ class OfferingService:
             aliases=aliases,
         )
 
-    def download(self, offering_id: str, version: int | None = None) -> Download:
+    def download(self, offering_id: str, version: int | None = None, *, alias: str | None = None) -> Download:
         detail = self.get(offering_id)
-        wanted = version or detail.version
+        wanted = (
+            self.version_of(offering_id, alias=alias, version=version) if alias else version or detail.version
+        )
         match = next((v for v in detail.versions if v.version == wanted), None)
         if match is None:
             raise NotFound(f"offering {offering_id} has no version {wanted}")
@@ -569,6 +600,16 @@ def _terms_at(prefix: str, value: object) -> dict[str, Any]:
     return validate(ComputeTerms, value, prefix=prefix, what="compute terms").model_dump()
 
 
+def _quality_at(prefix: str, value: object) -> dict[str, Any]:
+    """Quality declarations as stored (schema, inline suite, on_failure, on_untrainable), or
+    :class:`InvalidInput` naming the field (a suite file must have been read and inlined)."""
+    fields = validate(QualityFields, value, prefix=prefix, what="quality declarations")
+    try:
+        return fields.quality()
+    except ValueError as exc:
+        raise InvalidInput(str(exc), errors=[FieldError(f"{prefix}.expectations", str(exc))]) from None
+
+
 def terms_out(stored: dict[str, Any] | None) -> ComputeTermsOut:
     """An offering's stored compute terms as the API shows them (missing keys: the defaults)."""
     terms = ComputeTerms.of(stored)
@@ -610,14 +651,13 @@ def notarized_metadata(
 ) -> dict[str, object]:
     """What an offering version's anchor covers besides its bytes (its metadata hash): the
     offering's description, the version's number and, for a DVC source, the repository path,
-    git commit and DVC md5 it came from."""
+    git commit and DVC md5 it came from (for a published job or federation model: its id and
+    the asset it was published from)."""
     extra: dict[str, object] = {}
     if version is not None:
         extra["version"] = version
     if source:
-        extra["source"] = {
-            k: source[k] for k in ("kind", "repo", "path", "rev", "commit", "md5") if k in source
-        }
+        extra["source"] = {k: source[k] for k in SOURCE_KEYS if k in source}
     return {
         **extra,
         "provider": offering.provider,
@@ -629,6 +669,14 @@ def notarized_metadata(
         "license": offering.license,
         "media_type": offering.media_type,
     }
+
+
+def lineage_parents(source: dict[str, Any] | None) -> list[str] | None:
+    """A version published from a job's or a federation's model descends from that model's
+    own asset (``marketplace.publish``): its anchor names it as parent, so the lineage walks on."""
+    if source and source.get("kind") in ("job", "federation") and source.get("asset_id"):
+        return [str(source["asset_id"])]
+    return None
 
 
 def _version_out(
@@ -686,7 +734,7 @@ def _source_note(source: dict[str, Any] | None) -> dict[str, Any]:
     """What an audit entry says of a version's source (a DVC commit and path), if any."""
     if not source:
         return {}
-    return {"source": {k: source.get(k) for k in ("kind", "path", "rev", "commit", "md5") if k in source}}
+    return {"source": {k: source.get(k) for k in SOURCE_KEYS if k != "repo" and k in source}}
 
 
 def _out(

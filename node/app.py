@@ -24,6 +24,7 @@ import connector.negotiation_routes
 import connector.routes
 import contracts.routes
 import federation.routes
+import marketplace.alias_routes
 import marketplace.policy.routes
 import marketplace.routes
 import training_jobs.routes
@@ -34,11 +35,13 @@ from node.headers import security_headers
 from node.problems import exception_handlers
 from node.request_limits import RequestLimits
 from node.runtime import Runtime
+from quality.worker import QualityWorker
 
 log = logging.getLogger("agora.node")
 VERSION = "0.1.0"
 DOMAINS = (
     marketplace.routes,
+    marketplace.alias_routes,
     marketplace.policy.routes,
     connector.routes,
     connector.negotiation_routes,
@@ -115,6 +118,9 @@ def create_app(runtime: Runtime) -> Litestar:
         if queued:
             log.info("queued %d offering version(s) registered before notarization", queued)
         runtime.notary.start()
+        if settings.quality_worker and runtime.validations is not None:
+            runtime.quality_worker = QualityWorker(runtime.validations)
+            runtime.quality_worker.start()
         if runtime.crawler is not None:
             runtime.crawler.start()
         if runtime.dispatcher is not None:
@@ -152,6 +158,9 @@ def create_app(runtime: Runtime) -> Litestar:
             name: Provide(_constant(value), sync_to_thread=False, use_cache=True)
             for name, value in {
                 "offering_service": runtime.offerings,
+                "validation_service": runtime.validations,
+                "alias_service": runtime.aliases,
+                "publish_service": runtime.publisher,
                 "participant_service": runtime.participants,
                 "manifest_service": runtime.manifests,
                 "catalog_service": runtime.catalog,

@@ -38,8 +38,10 @@ from kernel.db import backend_name, make_engine
 from kernel.errors import AgoraError, ConfigurationError
 from kernel.outbound import OutboundClient, OutboundPolicy
 from kernel.storage import ObjectStore
+from marketplace.aliases import AliasService
 from marketplace.catalog import CatalogService
 from marketplace.manifests.service import ManifestService
+from marketplace.publish import PublishService, imported_lineage
 from marketplace.services import OfferingService, check_policy
 from node.auth import OIDCKeyFetcher, TokenIssuer, TokenVerifier
 from node.federations import connect_federations
@@ -47,6 +49,7 @@ from node.identity import org_private_key, participant_address, token_signing_ke
 from node.jobs import connect_jobs
 from node.settings import Settings
 from node.storage import make_object_store
+from quality.worker import QualityWorker, Validations
 from training_jobs.provider import ProviderJobs
 from training_jobs.sandbox import Sandbox
 from training_jobs.services import JobService
@@ -70,7 +73,9 @@ class Runtime:
     provenance: ProvenanceService
     manifests: ManifestService
     catalog: CatalogService
+    aliases: AliasService
     crawler: CatalogCrawler | None = None
+    publisher: PublishService | None = None
     negotiations: NegotiationService | None = None
     agreements: AgreementService | None = None
     transfers: TransferService | None = None
@@ -84,6 +89,8 @@ class Runtime:
     federation_provider: ProviderFederations | None = None
     round_driver: RoundDriver | None = None
     local_rounds: LocalRounds | None = None
+    validations: Validations | None = None
+    quality_worker: QualityWorker | None = None
     _sandbox: Sandbox | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -191,6 +198,8 @@ class Runtime:
         for worker in (self.round_driver, self.local_rounds):
             if worker is not None:
                 worker.stop()
+        if self.quality_worker is not None:
+            self.quality_worker.stop()
         self.notary.stop()
         if self.crawler is not None:
             self.crawler.stop()
@@ -247,13 +256,19 @@ def build_runtime(settings: Settings) -> Runtime:
         config=NotaryConfig(batch_size=settings.anchor_batch_size, max_delay=settings.anchor_max_delay),
         on_status=lambda assets, status: runtime.catalog.set_anchor_status(assets, status),
     )
+
+    def registered() -> None:  # a new version: its anchor and its validation are both due
+        notary.wake()
+        if runtime.quality_worker is not None:
+            runtime.quality_worker.wake()
+
     offerings = OfferingService(
         engine,
         store,
         address,
         import_dirs=settings.import_dirs,
         max_upload_bytes=settings.max_upload_bytes,
-        on_queued=notary.wake,
+        on_queued=registered,
     )
     participants = ParticipantService(engine, outbound)
     manifests = ManifestService(
@@ -261,6 +276,10 @@ def build_runtime(settings: Settings) -> Runtime:
         known_peer_urls=lambda: {p.endpoint for p in participants.peers()},
         add_peer=participants.add_peer,
         check_policy=check_policy,
+        move_alias=lambda offering_id, name, version, actor: runtime.aliases.move(
+            offering_id, name, version, actor
+        ),
+        aliases_of=lambda offering_id: runtime.aliases.current(offering_id),
     )
     runtime = Runtime(
         settings=settings,
@@ -273,9 +292,10 @@ def build_runtime(settings: Settings) -> Runtime:
         offerings=offerings,
         participants=participants,
         notary=notary,
-        provenance=ProvenanceService(engine, chain_rpc_url=settings.chain_rpc_url),
+        provenance=ProvenanceService(engine, chain_rpc_url=settings.chain_rpc_url, imported=imported_lineage),
         manifests=manifests,
         catalog=CatalogService(engine, self_address=address, public_url=settings.public_url),
+        aliases=AliasService(engine, address, on_queued=notary.wake),
     )
     runtime.protocol = ProtocolGate(
         engine,
@@ -284,9 +304,20 @@ def build_runtime(settings: Settings) -> Runtime:
         registry_lookup=runtime.registered_participant,
         accept_registered=settings.accept_registered_participants,
     )
+    runtime.validations = Validations(
+        engine,
+        store,
+        offerings,
+        min_count=settings.profile_min_count,
+        timeout=settings.quality_timeout,
+        on_queued=notary.wake,
+    )
     _connect_negotiations(runtime, token_key=key)
     connect_jobs(runtime)
     connect_federations(runtime)
+    runtime.publisher = PublishService(
+        offerings, runtime.aliases, store, jobs=runtime.jobs, coordinator=runtime.coordinator
+    )
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
         peers=participants.peers,
@@ -325,7 +356,9 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         public_url=settings.public_url,
         private_key=runtime.org_key,
         registry=runtime.registry,
-        offering_terms=runtime.offerings.terms,
+        offering_terms=lambda offering_id, asked: runtime.offerings.terms(
+            offering_id, alias=asked.get("agora:alias"), version=asked.get("agora:version")
+        ),
         wake_dispatcher=dispatcher.wake,
         timeout_seconds=settings.negotiation_timeout,
     )
