@@ -13,11 +13,12 @@ from kernel.errors import FieldError, InvalidInput, PayloadTooLarge
 from kernel.uploads import receive_multipart
 from kernel.validation import validate
 from marketplace.manifests.loader import load_manifest
-from marketplace.manifests.service import ManifestService, SourceInfo
+from marketplace.manifests.plan import SourceInfo
+from marketplace.manifests.service import ManifestService
 from marketplace.streaming import body_chunks
 
 MAX_MANIFEST_BYTES = 1024 * 1024
-MAX_REQUEST_BYTES = 2 * MAX_MANIFEST_BYTES  # the manifest as a JSON string, and its sources
+MAX_REQUEST_BYTES = 4 * MAX_MANIFEST_BYTES  # the manifest as a JSON string, its sources and suites
 SOURCE_PREFIX = "source:"
 
 
@@ -31,7 +32,13 @@ class ManifestRequest(BaseModel):
         default="manifest", max_length=500, description="file name used in error messages"
     )
     sources: dict[str, SourceInfo] = Field(
-        default_factory=dict, description="offering name -> sha256 and size"
+        default_factory=dict,
+        description="offering name -> sha256 and size (and, for a dvc:// source, what it resolved to)",
+    )
+    suites: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        max_length=500,
+        description="offering name -> the expectation suite its suite file holds (GX suite JSON)",
     )
 
 
@@ -53,7 +60,7 @@ class ManifestController(Controller):
         """What applying the manifest would change; changes nothing."""
         req = await _json_request(request)
         loaded = load_manifest(req.manifest, req.source_name)
-        plan = await to_thread.run_sync(manifest_service.plan, loaded, req.sources)
+        plan = await to_thread.run_sync(manifest_service.plan, loaded, req.sources, req.suites)
         return plan.as_dict()
 
     @post(
@@ -93,7 +100,7 @@ class ManifestController(Controller):
         try:
             loaded = load_manifest(req.manifest, req.source_name)
             plan = await to_thread.run_sync(
-                manifest_service.apply, loaded, req.sources, files, request.user.subject
+                manifest_service.apply, loaded, req.sources, files, request.user.subject, req.suites
             )
         finally:
             for staged in files.values():

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kernel.errors import InvalidInput
 from marketplace.schemas import MEDIA_TYPE, AccessMode, Keyword, Kind
 from marketplace.terms import ComputeTermFields
+from quality import dvc_source
 from quality.spec import QualityFields
+
+AliasName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]  # as marketplace.aliases
 
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 
@@ -42,11 +46,28 @@ class ManifestOffering(ComputeTermFields, QualityFields):
     policy: dict[str, Any] | None = Field(
         default=None, description="a named template with params, or explicit rules"
     )
-    aliases: dict[str, int] = Field(
+    aliases: dict[AliasName, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict,
         max_length=32,
         description="model offerings: alias name → version (e.g. champion: 3)",
     )
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, int]) -> dict[str, int]:
+        if "latest" in value:
+            raise ValueError("'latest' is reserved: it always names the newest published version")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _dvc_source(cls, value: str) -> str:
+        if dvc_source.is_dvc(value):
+            try:
+                dvc_source.parse(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.detail) from None
+        return value
 
     @field_validator("media_type")
     @classmethod

@@ -2,30 +2,40 @@
 
 Sources are files on the machine that runs ``agora plan/apply``: the client sends their
 sha256 and size with the plan, and uploads the bytes only for offerings that need them
-(new ones, new versions). An absolute source path is read on the node itself, if it lies
-under ``AGORA_IMPORT_DIRS``. Offerings declared by an earlier manifest and missing from
-this one are retired; offerings registered through the API are never touched.
+(new ones, new versions). A ``dvc://`` source is resolved there too; the client adds what
+it resolved to (repository, path, rev, git commit, DVC md5), which the version records. An
+absolute source path is read on the node itself, if it lies under ``AGORA_IMPORT_DIRS``.
+
+A version is new when its bytes differ from the offering's *newest* version, published or
+not: a version rejected by its suite is not planned again until the data changes. Quality
+declarations (schema, suite, on_failure, on_untrainable) are compared like any metadata; a
+suite kept in a file is read by the client and sent beside the manifest. Aliases of model
+versions are moved to where the manifest puts them. Offerings declared by an earlier
+manifest and missing from this one are retired; offerings registered through the API are
+never touched.
 """
 
 from __future__ import annotations
 
 import mimetypes
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from kernel.errors import AgoraError, InvalidInput
 from kernel.hashing import parse_digest, sha256_file
 from kernel.storage import StagedObject
+from kernel.validation import validate
 from marketplace.manifests.loader import LoadedManifest, locate
+from marketplace.manifests.plan import Change, DvcSourceInfo, Plan, SourceInfo
 from marketplace.manifests.schema import ManifestOffering
 from marketplace.models import Offering
 from marketplace.schemas import OfferingMetadata
 from marketplace.services import OfferingService
 from marketplace.terms import ComputeTerms
+from quality import dvc_source
+from quality.spec import ExpectationSuite, SuiteFile, declared
 
 COMPARED_FIELDS = (
     "title",
@@ -37,6 +47,7 @@ COMPARED_FIELDS = (
     "approval",
     "policy",
     "compute_terms",
+    "quality_declared",
 )
 SPECIAL_TYPES = {
     ".csv": "text/csv",
@@ -45,53 +56,24 @@ SPECIAL_TYPES = {
 }
 
 
-class SourceInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sha256: str = Field(pattern=r"^(sha256:)?[0-9a-fA-F]{64}$")
-    size: int = Field(gt=0)
-
-
-@dataclass
-class Change:
-    action: str  # create | new-version | update | retire | reactivate | add-peer
-    target: str
-    detail: str
-    fields: list[str] = field(default_factory=list)
-    sha256: str | None = None
-
-
-@dataclass
-class Plan:
-    changes: list[Change]
-    unchanged: list[str]
-
-    @property
-    def needs_bytes(self) -> list[str]:
-        """Offerings whose source bytes apply needs (created or versioned)."""
-        return [c.target for c in self.changes if c.action in ("create", "new-version")]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "changes": [asdict(c) for c in self.changes],
-            "unchanged": self.unchanged,
-            "needs_bytes": self.needs_bytes,
-            "summary": summarize(self),
-        }
-
-
-def summarize(plan: Plan) -> str:
-    if not plan.changes:
-        return "no changes: the node already matches the manifest"
-    counts: dict[str, int] = {}
-    for change in plan.changes:
-        counts[change.action] = counts.get(change.action, 0) + 1
-    return ", ".join(f"{n} {action}" for action, n in counts.items())
-
-
 def guess_media_type(source: str) -> str:
+    if dvc_source.is_dvc(source):
+        source = source.rpartition("@")[0]
     suffix = Path(source).suffix.lower()
     return SPECIAL_TYPES.get(suffix) or mimetypes.guess_type(source)[0] or "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One offering of the manifest, with what the request sent for it."""
+
+    index: int
+    offering: ManifestOffering
+    source: SourceInfo | None
+    suite: dict[str, Any] | None
+
+    def at(self, suffix: str) -> str:
+        return f"offerings.{self.index}.{suffix}"
 
 
 class ManifestService:
@@ -102,68 +84,97 @@ class ManifestService:
         known_peer_urls: Callable[[], set[str]],
         add_peer: Callable[[str, str], object],
         check_policy: Callable[[dict[str, Any]], None],
+        move_alias: Callable[[str, str, int, str], object],
+        aliases_of: Callable[[str], dict[str, int]],
     ) -> None:
         self.offerings = offerings
         self._known_peer_urls = known_peer_urls
         self._add_peer = add_peer
         self._check_policy = check_policy
+        self._move_alias = move_alias
+        self._aliases_of = aliases_of
 
     # Planning -------------------------------------------------------------------------
 
-    def plan(self, loaded: LoadedManifest, sources: dict[str, SourceInfo]) -> Plan:
+    def plan(
+        self,
+        loaded: LoadedManifest,
+        sources: dict[str, SourceInfo],
+        suites: dict[str, dict[str, Any]] | None = None,
+    ) -> Plan:
         """The changes the manifest asks for; changes nothing."""
         self._check_policies(loaded)
-        changes: list[Change] = []
-        unchanged: list[str] = []
-        declared = {o.name for o in loaded.manifest.offerings}
-        for index, item in enumerate(loaded.manifest.offerings):
-            digest = self._source_digest(loaded, index, item, sources)
-            existing = self.offerings.by_name(item.name)
-            if existing is None:
-                changes.append(
-                    Change("create", item.name, f"new {item.kind} from {item.source}", sha256=digest)
-                )
-                continue
-            if existing.kind != item.kind:
-                raise locate(
-                    InvalidInput(
-                        f"offering {item.name} is a {existing.kind}; a kind cannot change (use a new name)"
-                    ),
-                    loaded,
-                    f"offerings.{index}.kind",
-                )
-            found = False
-            if existing.status == "retired":
-                changes.append(Change("reactivate", item.name, "declared again: back in the catalog"))
-                found = True
-            latest = self.offerings.get(existing.id)
-            if latest.sha256.removeprefix("sha256:") != digest:
-                changes.append(
-                    Change(
-                        "new-version",
-                        item.name,
-                        f"version {latest.version + 1} from {item.source}",
-                        sha256=digest,
-                    )
-                )
-                found = True
-            desired = self._desired(item)
-            differing = [f for f in COMPARED_FIELDS if _current(existing, f) != desired[f]]
-            if differing or not existing.managed:
-                fields = differing + ([] if existing.managed else ["managed"])
-                detail = ", ".join(_described(f, existing, desired) for f in fields)
-                changes.append(Change("update", item.name, "metadata: " + detail, fields=fields))
-                found = True
-            if not found:
-                unchanged.append(item.name)
+        plan = Plan([], [])
+        for item in self._items(loaded, sources, suites or {}):
+            self._plan_offering(loaded, item, plan)
+        declared_names = {o.name for o in loaded.manifest.offerings}
         for offering in self.offerings.managed():
-            if offering.name not in declared and offering.status == "active":
-                changes.append(Change("retire", offering.name or offering.id, "no longer in the manifest"))
+            if offering.name not in declared_names and offering.status == "active":
+                plan.changes.append(
+                    Change("retire", offering.name or offering.id, "no longer in the manifest")
+                )
         known = {u.rstrip("/") for u in self._known_peer_urls()}
         for peer in loaded.manifest.peers:
             if peer.url.rstrip("/") not in known:
-                changes.append(Change("add-peer", peer.url, "learn the peer's identity"))
-        return Plan(changes, unchanged)
+                plan.changes.append(Change("add-peer", peer.url, "learn the peer's identity"))
+        return plan
+
+    def _plan_offering(self, loaded: LoadedManifest, item: _Item, plan: Plan) -> None:
+        o = item.offering
+        digest = self._source_digest(loaded, item)
+        desired = self._desired(loaded, item)
+        existing = self.offerings.by_name(o.name)
+        if existing is None:
+            plan.changes.append(Change("create", o.name, f"new {o.kind} from {o.source}", sha256=digest))
+            plan.changes += self._alias_changes(loaded, item, {}, newest=1, notes=plan.notes)
+            return
+        if existing.kind != o.kind:
+            raise locate(
+                InvalidInput(
+                    f"offering {o.name} is a {existing.kind}; a kind cannot change (use a new name)"
+                ),
+                loaded,
+                item.at("kind"),
+            )
+        before = len(plan.changes)
+        if existing.status == "retired":
+            plan.changes.append(Change("reactivate", o.name, "declared again: back in the catalog"))
+        detail = self.offerings.get(existing.id)
+        newest = detail.versions[-1]
+        number = newest.version
+        if newest.sha256.removeprefix("sha256:") != digest:
+            number += 1
+            plan.changes.append(
+                Change("new-version", o.name, f"version {number} from {_origin(item)}", sha256=digest)
+            )
+        elif item.source is not None and item.source.source is not None:
+            moved = _commit_moved(newest.source, item.source.source)
+            if moved:
+                plan.notes.append(f"{o.name}: {moved}")
+        differing = [f for f in COMPARED_FIELDS if _current(existing, f) != desired[f]]
+        if differing or not existing.managed:
+            fields = differing + ([] if existing.managed else ["managed"])
+            described = ", ".join(_described(f, existing, desired) for f in fields)
+            plan.changes.append(Change("update", o.name, "metadata: " + described, fields=fields))
+        plan.changes += self._alias_changes(loaded, item, detail.aliases, newest=number, notes=plan.notes)
+        if len(plan.changes) == before:
+            plan.unchanged.append(o.name)
+
+    def _items(
+        self, loaded: LoadedManifest, sources: dict[str, SourceInfo], suites: dict[str, dict[str, Any]]
+    ) -> list[_Item]:
+        names = {o.name: i for i, o in enumerate(loaded.manifest.offerings)}
+        for name in sorted(set(suites) - {o.name for o in loaded.manifest.offerings if _suite_file(o)}):
+            where = f"offerings.{names[name]}.expectations" if name in names else "suites"
+            raise locate(
+                InvalidInput(f"a suite was sent for {name}, whose manifest entry names no suite file"),
+                loaded,
+                where,
+            )
+        return [
+            _Item(i, o, sources.get(o.name), suites.get(o.name))
+            for i, o in enumerate(loaded.manifest.offerings)
+        ]
 
     def _check_policies(self, loaded: LoadedManifest) -> None:
         for index, item in enumerate(loaded.manifest.offerings):
@@ -173,41 +184,115 @@ class ManifestService:
                 except InvalidInput as exc:
                     raise locate(exc, loaded, f"offerings.{index}.policy") from None
 
-    def _source_digest(
-        self, loaded: LoadedManifest, index: int, item: ManifestOffering, sources: dict[str, SourceInfo]
-    ) -> str:
-        if Path(item.source).is_absolute() and item.name not in sources:
-            path = self._server_path(loaded, index, item.source)
+    def _source_digest(self, loaded: LoadedManifest, item: _Item) -> str:
+        o, info = item.offering, item.source
+        is_dvc = dvc_source.is_dvc(o.source)
+        if not is_dvc and Path(o.source).is_absolute() and info is None:
+            path = self._server_path(loaded, item)
             digest, _ = sha256_file(path)
             return digest
-        info = sources.get(item.name)
         if info is None:
             raise locate(
-                InvalidInput(f"no sha256 given for the source of {item.name} ({item.source})"),
+                InvalidInput(f"no sha256 given for the source of {o.name} ({o.source})"),
                 loaded,
-                f"offerings.{index}.source",
+                item.at("source"),
             )
+        problem = None
+        if is_dvc:
+            ref = _parsed(loaded, item)
+            if info.source is None:
+                problem = "a dvc:// source needs what the client resolved it to (source: repo, commit, md5)"
+            else:
+                problem = dvc_source.check_reported(ref, info.source.model_dump())
+        elif info.source is not None:
+            problem = "a DVC source was reported for a file source"
+        if problem:
+            raise locate(InvalidInput(f"{o.name}: {problem}"), loaded, item.at("source"))
         return parse_digest(info.sha256)
 
-    def _server_path(self, loaded: LoadedManifest, index: int, source: str) -> Path:
+    def _server_path(self, loaded: LoadedManifest, item: _Item) -> Path:
         try:
-            return self.offerings.allowed_path(source)
+            return self.offerings.allowed_path(item.offering.source)
         except AgoraError as exc:
-            raise locate(InvalidInput(exc.detail), loaded, f"offerings.{index}.source") from None
+            raise locate(InvalidInput(exc.detail), loaded, item.at("source")) from None
+
+    def _desired(self, loaded: LoadedManifest, item: _Item) -> dict[str, Any]:
+        o = item.offering
+        return {
+            "title": o.title,
+            "description": o.description,
+            "keywords": list(dict.fromkeys(o.keywords)),
+            "license": o.license,
+            "media_type": o.media_type or guess_media_type(o.source),
+            "access_modes": list(o.access_modes),
+            "approval": o.approval,
+            "policy": o.policy,
+            "compute_terms": o.compute_terms().model_dump(),
+            "quality_declared": self._quality(loaded, item),
+        }
 
     @staticmethod
-    def _desired(item: ManifestOffering) -> dict[str, Any]:
-        return {
-            "title": item.title,
-            "description": item.description,
-            "keywords": list(dict.fromkeys(item.keywords)),
-            "license": item.license,
-            "media_type": item.media_type or guess_media_type(item.source),
-            "access_modes": list(item.access_modes),
-            "approval": item.approval,
-            "policy": item.policy,
-            "compute_terms": item.compute_terms().model_dump(),
-        }
+    def _quality(loaded: LoadedManifest, item: _Item) -> dict[str, Any]:
+        """The quality declarations as stored, a suite file's content (sent by the client) inline."""
+        o = item.offering
+        reference = _suite_file(o)
+        if reference is None:
+            return o.quality()
+        if item.suite is None:
+            raise locate(
+                InvalidInput(f"the suite file {reference.suite} was not sent with the manifest"),
+                loaded,
+                item.at("expectations.suite"),
+            )
+        try:
+            suite = validate(ExpectationSuite, item.suite, what=f"expectation suite {reference.suite}")
+        except InvalidInput as exc:
+            errors = [type(e)(e.path, f"{reference.suite}: {e.message}") for e in exc.errors]
+            raise locate(
+                InvalidInput(exc.detail, errors=errors), loaded, item.at("expectations.suite")
+            ) from None
+        return o.model_copy(update={"expectations": suite}).quality()
+
+    def _alias_changes(
+        self,
+        loaded: LoadedManifest,
+        item: _Item,
+        current: dict[str, int],
+        *,
+        newest: int,
+        notes: list[str],
+    ) -> list[Change]:
+        """Aliases the manifest moves; ``newest`` is the highest version once applied."""
+        o = item.offering
+        if not o.aliases:
+            return []
+        if o.kind != "model":
+            raise locate(
+                InvalidInput(f"aliases name versions of model offerings; {o.name} is a {o.kind}"),
+                loaded,
+                item.at("aliases"),
+            )
+        changes = []
+        for name, version in o.aliases.items():
+            if version > newest:
+                raise locate(
+                    InvalidInput(f"{o.name} has no version {version} to name {name} (newest: {newest})"),
+                    loaded,
+                    item.at(f"aliases.{name}"),
+                )
+            before = current.get(name)
+            if before != version:
+                was = f"moved from version {before}" if before is not None else "new"
+                changes.append(
+                    Change(
+                        "alias", o.name, f"{name} → version {version} ({was})", alias=name, version=version
+                    )
+                )
+        notes += [
+            f"{o.name}: alias {name} (version {current[name]}) is not in the manifest; left where it is"
+            for name in sorted(set(current) - set(o.aliases))
+        ]
+        return changes
 
     # Applying -------------------------------------------------------------------------
 
@@ -217,83 +302,115 @@ class ManifestService:
         sources: dict[str, SourceInfo],
         files: dict[str, StagedObject],
         actor: str,
+        suites: dict[str, dict[str, Any]] | None = None,
     ) -> Plan:
         """Carry out the plan; ``files`` holds the uploaded bytes of the offerings that need them."""
-        plan = self.plan(loaded, sources)
-        items = {o.name: (i, o) for i, o in enumerate(loaded.manifest.offerings)}
+        plan = self.plan(loaded, sources, suites)
+        items = {i.offering.name: i for i in self._items(loaded, sources, suites or {})}
         for change in plan.changes:
             if change.action in ("create", "new-version"):
-                index, item = items[change.target]
-                staged = self._bytes_for(loaded, index, item, files, change.sha256 or "")
+                item = items[change.target]
+                source = item.source.source.model_dump() if item.source and item.source.source else None
+                staged = self._bytes_for(loaded, item, files, change.sha256 or "")
                 with staged:
                     if change.action == "create":
-                        desired = self._desired(item)
+                        desired = self._desired(loaded, item)
                         terms = desired.pop("compute_terms")
-                        metadata = OfferingMetadata(name=item.name, kind=item.kind, **desired, **terms)
-                        self.offerings.register(staged, metadata, actor, managed=True)
+                        quality = desired.pop("quality_declared")
+                        metadata = OfferingMetadata(
+                            name=item.offering.name, kind=item.offering.kind, **desired, **terms, **quality
+                        )
+                        self.offerings.register(staged, metadata, actor, managed=True, source=source)
                     else:
-                        existing = self.offerings.by_name(item.name)
-                        assert existing is not None
-                        self.offerings.add_version(existing.id, staged, actor)
+                        self.offerings.add_version(self._id_of(change.target), staged, actor, source=source)
             elif change.action == "update":
-                _, item = items[change.target]
-                existing = self.offerings.by_name(item.name)
-                assert existing is not None
-                desired = {**self._desired(item), "managed": True}
-                self.offerings.update(existing.id, {f: desired[f] for f in change.fields}, actor)
-            elif change.action in ("retire", "reactivate"):
-                existing = self.offerings.by_name(change.target)
-                assert existing is not None
-                self.offerings.set_status(
-                    existing.id, "retired" if change.action == "retire" else "active", actor
+                desired = {**self._desired(loaded, items[change.target]), "managed": True}
+                self.offerings.update(
+                    self._id_of(change.target), {f: desired[f] for f in change.fields}, actor
                 )
+            elif change.action == "alias":
+                assert change.alias is not None and change.version is not None
+                self._move_alias(self._id_of(change.target), change.alias, change.version, actor)
+            elif change.action in ("retire", "reactivate"):
+                status = "retired" if change.action == "retire" else "active"
+                self.offerings.set_status(self._id_of(change.target), status, actor)
             elif change.action == "add-peer":
                 self._add_peer(change.target, actor)
         return plan
 
+    def _id_of(self, name: str) -> str:
+        existing = self.offerings.by_name(name)
+        assert existing is not None, name
+        return existing.id
+
     def _bytes_for(
-        self,
-        loaded: LoadedManifest,
-        index: int,
-        item: ManifestOffering,
-        files: dict[str, StagedObject],
-        digest: str,
+        self, loaded: LoadedManifest, item: _Item, files: dict[str, StagedObject], digest: str
     ) -> StagedObject:
-        staged = files.get(item.name)
-        if staged is None and Path(item.source).is_absolute():
-            path = self._server_path(loaded, index, item.source)
-            staged = self.offerings.store.stage_file(path)
+        o = item.offering
+        staged = files.get(o.name)
+        if staged is None and not dvc_source.is_dvc(o.source) and Path(o.source).is_absolute():
+            staged = self.offerings.store.stage_file(self._server_path(loaded, item))
         if staged is None:
             raise locate(
                 InvalidInput(
-                    f"apply needs the bytes of {item.name}: upload its source as part 'source:{item.name}'"
+                    f"apply needs the bytes of {o.name}: upload its source as part 'source:{o.name}'"
                 ),
                 loaded,
-                f"offerings.{index}.source",
+                item.at("source"),
             )
         if staged.sha256 != digest:
             staged.discard()
             raise locate(
-                InvalidInput(
-                    f"the source of {item.name} changed since it was hashed (sha256 {staged.sha256})"
-                ),
+                InvalidInput(f"the source of {o.name} changed since it was hashed (sha256 {staged.sha256})"),
                 loaded,
-                f"offerings.{index}.source",
+                item.at("source"),
             )
         return staged
 
 
+def _suite_file(offering: ManifestOffering) -> SuiteFile | None:
+    return offering.expectations if isinstance(offering.expectations, SuiteFile) else None
+
+
+def _parsed(loaded: LoadedManifest, item: _Item) -> dvc_source.DvcRef:
+    try:
+        return dvc_source.parse(item.offering.source)
+    except InvalidInput as exc:
+        raise locate(exc, loaded, item.at("source")) from None
+
+
+def _origin(item: _Item) -> str:
+    """Where a new version comes from, for the plan: the source, and a DVC source's commit."""
+    resolved = item.source.source if item.source is not None else None
+    return f"{item.offering.source} (commit {resolved.commit[:12]})" if resolved else item.offering.source
+
+
+def _commit_moved(recorded: dict[str, Any] | None, now: DvcSourceInfo) -> str | None:
+    """A note when a DVC source's rev moved to another commit with the same data."""
+    before = (recorded or {}).get("commit")
+    if not before or before == now.commit:
+        return None
+    return f"{now.rev} moved from commit {before[:12]} to {now.commit[:12]}; same data (md5 {now.md5})"
+
+
 def _current(offering: Offering, name: str) -> Any:
-    """A compared field of an existing offering; compute terms with their defaults filled in
-    (an offering registered before they existed holds none)."""
+    """A compared field of an existing offering, defaults filled in (an offering registered
+    before compute terms or quality declarations existed holds none)."""
     value = getattr(offering, name)
-    return ComputeTerms.of(value).model_dump() if name == "compute_terms" else value
+    if name == "compute_terms":
+        return ComputeTerms.of(value).model_dump()
+    if name == "quality_declared":
+        return declared(value)
+    return value
 
 
 def _described(name: str, offering: Offering, desired: dict[str, Any]) -> str:
-    """A changed field for the plan; compute terms name each term that changes, old → new."""
-    if name != "compute_terms":
+    """A changed field for the plan; compute terms name each term that changes, old → new,
+    and quality declarations the declarations that change."""
+    if name not in ("compute_terms", "quality_declared"):
         return name
     before, after = _current(offering, name), desired[name]
+    if name == "quality_declared":
+        return f"quality ({', '.join(key for key in after if before.get(key) != after[key])})"
     moves = [f"{key} {before[key]} → {after[key]}".lower() for key in after if before[key] != after[key]]
     return f"compute terms ({', '.join(moves)})"

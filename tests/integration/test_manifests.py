@@ -35,10 +35,16 @@ def example_sources(directory: Path = EXAMPLES) -> dict[str, dict[str, Any]]:
     )
 
 
-def plan(client, auth, text: str, sources: dict[str, Any]):  # type: ignore[no-untyped-def]
+def example_suites(directory: Path = EXAMPLES) -> dict[str, Any]:
+    """The suite files the example manifest names, as the client sends them (GX suite JSON)."""
+    return {"bearing-faults": json.loads((directory / "quality" / "bearings.json").read_text())}
+
+
+def plan(client, auth, text: str, sources: dict[str, Any], suites: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+    suites = example_suites() if suites is None and "suite: quality/" in text else suites or {}
     return client.post(
         "/api/v1/manifests/plan",
-        json={"manifest": text, "source_name": "manifest.yaml", "sources": sources},
+        json={"manifest": text, "source_name": "manifest.yaml", "sources": sources, "suites": suites},
         headers=auth(),
     )
 
@@ -50,7 +56,8 @@ def apply(client, auth, text: str, directory: Path, sources: dict[str, Any], nee
         "maintenance-log": "data/maintenance-log.csv",
         "digit-scans": "data/digits.npz",
     }
-    body = {"manifest": text, "source_name": "manifest.yaml", "sources": sources}
+    suites = example_suites(directory) if "suite: quality/" in text else {}
+    body = {"manifest": text, "source_name": "manifest.yaml", "sources": sources, "suites": suites}
     if not needs:
         return client.post("/api/v1/manifests/apply", json=body, headers=auth())
     request = json.dumps(body)
@@ -180,7 +187,9 @@ def test_apply_refuses_missing_or_changed_bytes(client, auth) -> None:
     text = (EXAMPLES / "manifest.yaml").read_text()
     sources = example_sources()
     missing = client.post(
-        "/api/v1/manifests/apply", json={"manifest": text, "sources": sources}, headers=auth()
+        "/api/v1/manifests/apply",
+        json={"manifest": text, "sources": sources, "suites": example_suites()},
+        headers=auth(),
     )
     assert missing.status_code == 400
     assert "upload its source" in missing.json()["detail"]
@@ -217,9 +226,9 @@ def test_cli_plan_and_apply(live_node: services.LiveNode, tmp_path: Path) -> Non
     assert planned.stdout.count("create") >= 4 and "plan: 4 create" in planned.stdout
     assert "applied: 4 create" in live_node.cli("apply", "-f", manifest, "--home", home).stdout
     assert "no changes" in live_node.cli("apply", "-f", manifest, "--home", home).stdout
-    (work / "manifest.yaml").write_text(
-        (work / "manifest.yaml").read_text().replace("source: data/bearings.csv", "source: data/nope.csv")
-    )
+    text = (work / "manifest.yaml").read_text()
+    line = text[: text.index("source: data/bearings.csv")].count("\n") + 1
+    (work / "manifest.yaml").write_text(text.replace("source: data/bearings.csv", "source: data/nope.csv"))
     bad = live_node.cli("plan", "-f", manifest, "--home", home, check=False)
     assert bad.returncode == 1
-    assert "manifest.yaml:25: offerings.1.source" in bad.stderr and "no such file" in bad.stderr
+    assert f"manifest.yaml:{line}: offerings.1.source" in bad.stderr and "no such file" in bad.stderr
