@@ -260,8 +260,10 @@ def validate_version(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a dataset version again (one that failed its suite or could not be validated);
-    the node runs it beside the notary and the version shows `validating` meanwhile."""
+    """Validate a dataset version again (after its suite failed or could not run).
+
+    The node runs it beside the notary; the version shows `validating` meanwhile.
+    """
     connect = connect_from(ctx)
     if version is None:
         with connect(url=url, token=token, home=home, scope="catalog:read") as client:

@@ -114,6 +114,18 @@ class Settings(BaseSettings):
     jobs_max_memory: ByteSize = Field(default=ByteSize(8 * 1024**3), description="most memory a job may ask")
     jobs_max_wall_time: float = Field(default=3600.0, gt=0, description="most seconds a job may run")
     jobs_max_output: ByteSize = Field(default=ByteSize(1024**3), description="largest output a job may ask")
+    profile_min_count: int = Field(
+        default=10,
+        ge=2,
+        le=1_000_000,
+        description="a dataset profile lists a category's value only when at least this many rows hold it",
+    )
+    quality_worker: bool = Field(
+        default=True, description="validate and profile dataset versions in agora serve (beside the notary)"
+    )
+    quality_timeout: float = Field(
+        default=3600.0, gt=0, description="seconds one version's validation and profile may take"
+    )
     key_passphrase: SecretStr | None = None
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="largest accepted upload")
     max_json_bytes: int = Field(

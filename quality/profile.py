@@ -1,0 +1,138 @@
+"""A dataset version's profile: what a consumer may learn of its contents without a row.
+
+Tables (the DataFrame the validation ran on, read once): the row count and per column its
+type, its share of nulls, for numbers min/max/mean/std, and for categories and strings the
+number of distinct values and the most frequent ones, each listed only when it appears at
+least ``k`` times (``AGORA_PROFILE_MIN_COUNT``, default 10): a value held by fewer records
+than that is never named, so the profile cannot single out a record by its category. A
+column whose role is ``id`` gets no values at all (only its type and null share). ``.npz``
+arrays: shape, dtype and, for numbers, min/max/mean.
+
+Every figure is computed column by column with pandas' vectorised reductions, so the extra
+memory is one column's temporary at a time, not a copy of the table.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TOP_VALUES = 10  # at most this many frequent values per column
+MAX_VALUE_CHARS = 100  # a listed value is cut to this length
+NUMERIC_TYPES = ("integer", "float")
+VALUE_TYPES = ("category", "string", "boolean")
+
+
+def profile_table(frame: pd.DataFrame, schema: dict[str, Any] | None, *, min_count: int) -> dict[str, Any]:
+    """The profile of a table; ``schema`` (declared or inferred columns) gives each column's
+    type and role, the DataFrame's dtypes stand in where it says nothing."""
+    if min_count < 2:
+        raise ValueError("a profile lists values held by at least 2 records (AGORA_PROFILE_MIN_COUNT >= 2)")
+    declared = {c["name"]: c for c in (schema or {}).get("columns") or []}
+    rows = len(frame)
+    columns = []
+    for name in frame.columns:
+        spec = declared.get(str(name), {})
+        series = frame[name]
+        kind = spec.get("type") or dtype_kind(series)
+        role = spec.get("role") or "feature"
+        nulls = int(series.isna().sum())
+        column: dict[str, Any] = {
+            "name": str(name),
+            "type": kind,
+            "role": role,
+            "null_share": nulls / rows if rows else 0.0,
+        }
+        if role != "id":
+            column.update(_figures(series, kind, min_count))
+        columns.append(column)
+    return {"rows": rows, "min_count": min_count, "columns": columns}
+
+
+def profile_arrays(path: Path) -> dict[str, Any]:
+    """The profile of an ``.npz``: per array its shape and dtype, and min/max/mean of numbers."""
+    import numpy as np
+
+    arrays = []
+    with np.load(path, allow_pickle=False) as archive:
+        for name in archive.files:
+            array = archive[name]
+            entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
+            if array.size and (
+                np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+            ):
+                entry.update(
+                    min=_finite(array.min()),
+                    max=_finite(array.max()),
+                    mean=_finite(array.mean(dtype=np.float64)),
+                )
+            arrays.append(entry)
+    return {"arrays": arrays}
+
+
+def dtype_kind(series: pd.Series) -> str:
+    """A column's type in the schema's words, from its pandas dtype."""
+    import pandas as pd
+
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "category"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    return "string"
+
+
+def _figures(series: pd.Series, kind: str, min_count: int) -> dict[str, Any]:
+    import pandas as pd
+
+    if (
+        kind in NUMERIC_TYPES
+        and pd.api.types.is_numeric_dtype(series.dtype)
+        and not pd.api.types.is_bool_dtype(series.dtype)
+    ):
+        return {
+            "min": _finite(series.min()),
+            "max": _finite(series.max()),
+            "mean": _finite(series.mean()),
+            "std": _finite(series.std()),
+        }
+    if kind in VALUE_TYPES or kind in NUMERIC_TYPES:  # numbers stored as text: counted as values
+        counts = series.value_counts(dropna=True, sort=True)
+        frequent = counts[counts >= min_count].head(TOP_VALUES)
+        return {
+            "distinct": len(counts),
+            "top": [{"value": _value(v), "count": int(c)} for v, c in frequent.items()],
+        }
+    return {}  # datetimes: the type and the null share only
+
+
+def _value(value: Any) -> str | int | float | bool:
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if hasattr(value, "item"):  # a numpy scalar
+        return _value(value.item())
+    return str(value)[:MAX_VALUE_CHARS]
+
+
+def _finite(value: Any) -> int | float | None:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None

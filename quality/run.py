@@ -1,0 +1,146 @@
+"""The validation run, in a process of its own: ``python -m quality.run JOB.json DATA OUT.json``.
+
+The node's quality worker (:mod:`quality.worker`) starts it for each dataset version to
+validate or profile, so a large file's DataFrame and the Great Expectations import never live
+in the server, and a crash or an out-of-memory kill costs this process, not the node.
+
+The stages, on one read of the file:
+
+1. read: CSV with pyarrow (category columns as dictionaries, converted to pandas column by
+   column as the Arrow table is released), Parquet with pyarrow; ``.npz`` with numpy;
+2. validate: the suite with Great Expectations (:mod:`quality.expectations`), kept without rows;
+3. profile: :mod:`quality.profile`, on the same DataFrame.
+
+``JOB.json`` holds ``media_type``, ``schema``, ``suite`` (or null), ``min_count`` and the
+version's ``offering``/``version``/``dataset_sha256``; ``OUT.json`` gets either
+``{"ok": true, "result", "summary", "profile"}`` or ``{"ok": false, "reason"}``. A reason is a
+fixed sentence naming the stage and the exception's type: library messages may quote the
+data (pyarrow's parse errors print the offending line), so they go to stderr only, which the
+node writes to its own log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CSV, PARQUET, NPZ = "csv", "parquet", "npz"
+
+
+def read_table(path: Path, kind: str, schema: dict[str, Any] | None) -> pd.DataFrame:
+    """The DataFrame of a CSV or Parquet file, read once; declared category and string columns
+    keep those types (a category becomes a pandas Categorical: a fraction of the memory)."""
+    import pyarrow as pa
+
+    declared = {c["name"]: c.get("type") for c in (schema or {}).get("columns") or []}
+    if kind == PARQUET:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    else:
+        import pyarrow.csv as pc
+
+        types = {
+            name: pa.dictionary(pa.int32(), pa.string()) if t == "category" else pa.string()
+            for name, t in declared.items()
+            if t in ("category", "string")
+        }
+        table = pc.read_csv(
+            path, convert_options=pc.ConvertOptions(column_types=types, strings_can_be_null=True)
+        )
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)  # frees Arrow buffers as it goes
+    del table
+    return frame
+
+
+def analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Read, validate and profile one version; the output document (see the module docstring)."""
+    from quality import expectations, profile
+    from quality.sampling import file_format
+
+    kind = file_format(path, str(job.get("media_type") or ""))
+    suite = job.get("suite")
+    schema = job.get("schema")
+    min_count = int(job["min_count"])
+    if kind == NPZ:
+        if suite:
+            return _refused("expectation suites validate tables (CSV, Parquet); this version is an .npz")
+        return {
+            "ok": True,
+            "result": None,
+            "summary": None,
+            "profile": _stage("profile", profile.profile_arrays, path),
+        }
+    if kind is None:
+        return _refused(
+            f"{job.get('media_type')} is neither CSV, Parquet nor .npz: nothing to validate or profile"
+        )
+    frame = _stage("read", read_table, path, kind, schema)
+    id_columns = {c["name"] for c in (schema or {}).get("columns") or [] if c.get("role") == "id"}
+    result = summary = None
+    if suite:
+        try:
+            rows = expectations.validate(frame, suite, id_columns=id_columns)
+        except expectations.SuiteError as exc:
+            return _refused(f"the suite cannot run: {exc}")
+        except Exception as exc:
+            raise _Failed("validate", exc) from exc
+        result = expectations.document(
+            rows,
+            suite=suite,
+            offering_id=str(job["offering"]),
+            version=int(job["version"]),
+            dataset_sha256=str(job["dataset_sha256"]),
+        )
+        summary = expectations.summary(result)
+    found = _stage("profile", profile.profile_table, frame, schema, min_count=min_count)
+    return {"ok": True, "result": result, "summary": summary, "profile": found}
+
+
+class _Failed(Exception):
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(stage)
+        self.stage, self.cause = stage, cause
+
+
+def _stage(stage: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise _Failed(stage, exc) from exc
+
+
+def _refused(reason: str) -> dict[str, Any]:
+    return {"ok": False, "reason": reason}
+
+
+STAGES = {"read": "reading the file", "validate": "running the suite", "profile": "profiling the data"}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m quality.run JOB.json DATA OUT.json", file=sys.stderr)
+        return 2
+    os.environ["GX_ANALYTICS_ENABLED"] = "False"
+    job_path, data_path, out_path = (Path(a) for a in argv)
+    job = json.loads(job_path.read_text(encoding="utf-8"))
+    try:
+        output = analyse(data_path, job)
+    except _Failed as failed:
+        traceback.print_exception(failed.cause, file=sys.stderr)
+        output = _refused(
+            f"{STAGES[failed.stage]} failed ({type(failed.cause).__name__}); the node's log has the details"
+        )
+    Path(out_path).write_text(json.dumps(output, allow_nan=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
