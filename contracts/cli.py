@@ -153,6 +153,7 @@ def _verify(
 
 
 def _print_report(report: Any) -> None:
+    from rich.markup import escape
     from rich.tree import Tree
 
     def label(check: Any) -> str:
@@ -169,6 +170,8 @@ def _print_report(report: Any) -> None:
             tree.add(f"anchored {check.anchor}{when}")
         if check.block_number is not None:
             tree.add(f"block    {check.block_number}, tx {check.tx_hash}")
+        for fact in check.facts:
+            tree.add(f"lineage  {escape(fact)}")
         if check.result_hash:
             summary = (check.result or {}).get("summary")
             tree.add(f"result   attested {check.result_hash[:16]}…" + (f": {summary}" if summary else ""))

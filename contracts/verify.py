@@ -52,6 +52,7 @@ class AssetCheck:
     result_hash: str | None = None
     result: dict[str, Any] | None = None
     reason: str | None = None
+    facts: list[str] = field(default_factory=list)  # from the metadata its anchored hash covers
     parents: list[AssetCheck] = field(default_factory=list)
 
     @property
@@ -87,6 +88,7 @@ class AssetCheck:
             "result": self.result,
             "verified": self.verified,
             "reason": self.reason,
+            "facts": self.facts,
             "parents": [p.as_dict() for p in self.parents],
         }
 
@@ -265,6 +267,8 @@ class Verifier:
             raise _Fail(f"the owner {check.owner} is no longer allowed in this registry")
         check.owner_name = participant.name
         self._check_tx(check, registry, anchor, *anchored_by)
+        if isinstance(metadata, dict):  # its hash was checked above, and it is on chain
+            check.facts = lineage_facts(check.kind, metadata)
         parent_docs = {str((p.get("asset") or {}).get("id", "")).lower(): p for p in doc.get("parents") or []}
         for parent_id in on_chain_parents:
             parent_doc = parent_docs.get(parent_id.lower())
@@ -367,6 +371,52 @@ class Verifier:
         if not _emitted(registry, receipt, event, key, value):
             raise _Fail(f"transaction {tx_hash} did not anchor {what} in registry {registry.address}")
         check.tx_hash, check.block_number = tx_hash, block
+
+
+def lineage_facts(kind: str, metadata: dict[str, Any]) -> list[str]:
+    """What an asset's checked metadata says of the dataset version behind it: a dataset's
+    version number and DVC source, a validation result's outcome, and both for a job run."""
+    facts = []
+    if kind == "dataset" and metadata.get("version") is not None:
+        facts.append(_version_line(metadata))
+    elif kind == "validation":
+        facts.append(_validation_line(metadata))
+    elif kind == "job-result" and isinstance(metadata.get("dataset_version"), dict):
+        used = metadata["dataset_version"]
+        facts.append("trained on " + _version_line(used))
+        if isinstance(used.get("validation"), dict):
+            facts.append(_validation_line(used["validation"]))
+    return facts
+
+
+def _version_line(record: dict[str, Any]) -> str:
+    line = f"version {record.get('version')}"
+    source = record.get("source")
+    if isinstance(source, dict) and source.get("commit"):
+        detail = ", ".join(
+            part
+            for part in (str(source.get("path") or ""), f"md5 {source['md5']}" if source.get("md5") else "")
+            if part
+        )
+        line += f" · {source.get('kind') or 'dvc'} commit {str(source['commit'])[:7]}"
+        line += f" ({detail})" if detail else ""
+    return line
+
+
+def _validation_line(record: dict[str, Any]) -> str:
+    """``validation passed 10/10 expectations`` (or failed, with its failing columns)."""
+    stats: dict[str, Any] = record["statistics"] if isinstance(record.get("statistics"), dict) else record
+    passed, evaluated = stats.get("passed"), stats.get("evaluated")
+    status = record.get("status") or (
+        "passed" if record.get("success") is True else "failed" if record.get("success") is False else "?"
+    )
+    line = f"validation {status}"
+    if passed is not None and evaluated is not None:
+        line += f" {passed}/{evaluated} expectations"
+    failing = record.get("failing_columns")
+    if isinstance(failing, list) and failing:
+        line += " · failing columns " + ", ".join(str(c) for c in failing[:20])
+    return line
 
 
 def _emitted(registry: Registry, receipt: Any, event: str, key: str, value: bytes) -> bool:

@@ -3,8 +3,9 @@
 * the agreement, as an asset (content: the agreement id), so the model can name it;
 * the job run (content: the canonical hash of who ran which code, with which parameters and
   resources, in which sandbox, on which dataset version under which agreement);
-* the trained model, anchored directly with its parents (dataset version, agreement, job
-  run) and its verification report attested once (``attestResult``);
+* the trained model, anchored directly with its parents (dataset version, the version's
+  validation result when its offering has a suite, agreement, job run) and its verification
+  report attested once (``attestResult``);
 * the ONNX model the node released, parent the trained model, with its audit report attested.
 
 Every figure attested comes from the node's audit run (:mod:`training_jobs.audit`), which ran
@@ -12,6 +13,11 @@ node code only; nothing a sandbox holding consumer code wrote is attested. There
 held-out accuracy of the native model: measuring it would put the held-out rows beside the
 consumer's code. What is attested is the ONNX model's accuracy on the held-out rows and its
 agreement with the native model on the node's probe inputs.
+
+The job-run record also names the dataset version the job read — its number, its DVC source
+(commit, path, md5) and its validation outcome (status, counts, the result's sha256) — looked
+up by the offering and the job's dataset sha256, so ``agora verify`` can tell a model trained on
+version 3 from one trained on version 2.
 
 Everything is queued in the caller's transaction (the one that marks the job COMPLETED);
 the notary anchors it, so a crash leaves either all of it queued or none.
@@ -22,11 +28,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from contracts.notary import enqueue
 from contracts.registry import asset_id
 from kernel.canonical import canonical_hash
+from marketplace.models import OfferingVersion
 from training_jobs.models import Job
 from training_jobs.spec import JobSpec
 from training_jobs.verification import AuditReport
@@ -68,7 +75,12 @@ class JobLineage:
                 "consumer": job.counterparty,
             },
         )
-        notarize(kind="job-result", content_hash=canonical_hash(self.run), metadata=self.run)
+        evidence, validation_id = dataset_version(session, job)
+        notarize(
+            kind="job-result",
+            content_hash=canonical_hash(self.run),
+            metadata={**self.run, **({"dataset_version": evidence} if evidence else {})},
+        )
         notarize(
             kind="model",
             content_hash=model_sha,
@@ -77,11 +89,17 @@ class JobLineage:
                 "job": job.id,
                 "format": spec.output.format,
                 "dataset_sha256": job.dataset_sha256,
+                **({"dataset_version": evidence["version"]} if evidence else {}),
                 "agreement": job.agreement_id,
                 "code_digest": job.code_digest,
                 "parameters_hash": job.parameters_hash,
             },
-            parents=[ids["dataset"], ids["agreement"], ids["run"]],
+            parents=[
+                ids["dataset"],
+                *([validation_id] if validation_id else []),
+                ids["agreement"],
+                ids["run"],
+            ],
             result=model_report,
         )
         notarize(
@@ -118,6 +136,44 @@ class JobLineage:
             "resources": spec.resources.model_dump(mode="json"),
             "sandbox": sandbox_kind,
         }
+
+
+def dataset_version(session: Session, job: Job) -> tuple[dict[str, Any] | None, str | None]:
+    """The dataset version a job read (by its offering and sha256; the newest such version when
+    the same bytes came back later) as the job-run record names it, and the asset id of its
+    validation result (None when its offering has no suite or it was not notarized)."""
+    from contracts.models import Notarization
+
+    version = session.exec(
+        select(OfferingVersion)
+        .where(
+            OfferingVersion.offering_id == job.offering_id,
+            OfferingVersion.asset_sha256 == job.dataset_sha256,
+        )
+        .order_by(col(OfferingVersion.version).desc())
+        .limit(1)
+    ).first()
+    if version is None:
+        return None, None
+    record: dict[str, Any] = {"version": version.version}
+    if version.source:
+        record["source"] = {
+            k: version.source[k] for k in ("kind", "path", "rev", "commit", "md5") if k in version.source
+        }
+    anchor = (
+        session.get(Notarization, version.validation_notarization_id)
+        if version.validation_notarization_id
+        else None
+    )
+    if version.quality_status != "none":
+        summary = version.quality or {}
+        record["validation"] = {
+            "status": version.quality_status,
+            **{k: summary[k] for k in ("evaluated", "passed", "failed", "failing_columns") if k in summary},
+            **({"sha256": version.validation_sha256} if version.validation_sha256 else {}),
+            **({"asset_id": anchor.asset_id} if anchor else {}),
+        }
+    return record, anchor.asset_id if anchor else None
 
 
 def reports(spec: JobSpec, model_sha: str, audit: AuditReport) -> tuple[dict[str, Any], dict[str, Any]]:

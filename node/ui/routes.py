@@ -220,11 +220,32 @@ def offering_page(state: State, provider: FromPath[str], offering_id: FromPath[s
     context = {
         "entry": entry,
         "detail": detail,
+        "evidence": entry.get("evidence") or {},
+        "history": _history(detail),
         "sentences": sentences,
         "provenance": provenance,
         "provider_name": names.get(provider, provider),
     }
     return Template("offering.html", context=context)
+
+
+def _history(detail: Any) -> list[dict[str, Any]]:
+    """An own offering's versions, newest first, each with its validation summary normalized."""
+    from quality.dqv import validation_summary
+
+    if detail is None:
+        return []
+    return [{"version": v, "validation": validation_summary(v.quality)} for v in reversed(detail.versions)]
+
+
+@get("/context.jsonld", sync_to_thread=False, media_type="application/ld+json", cache=3600)
+def jsonld_context() -> dict[str, Any]:
+    """The JSON-LD context the DSP catalog names beside the protocol's own: the ``dqv``,
+    ``csvw``, ``oa`` and ``agora`` prefixes of its quality evidence. Public, like the catalog's
+    vocabulary: it holds no data."""
+    from quality.dqv import CONTEXT_DOCUMENT
+
+    return CONTEXT_DOCUMENT
 
 
 def _providers(runtime: Runtime) -> set[str]:
@@ -380,6 +401,7 @@ def ui_router() -> Router:
             dashboard,
             catalog,
             offering_page,
+            jsonld_context,
             negotiations,
             negotiation,
             decide,
