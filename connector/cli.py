@@ -103,6 +103,12 @@ def negotiate_command(
     provider: Annotated[str, typer.Option("--provider", help="the provider node's URL (a known peer)")],
     purpose: Annotated[str, typer.Option("--purpose", help="what the data will be used for")],
     mode: Annotated[str, typer.Option("--mode", help="download | compute | federate")] = "download",
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="the version this alias names when the provider agrees")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", help="this version (default: the latest)")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until agreed or terminated")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 120.0,
     url: UrlOpt = None,
@@ -115,9 +121,16 @@ def negotiate_command(
 
     with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
         offering_id = _offering_by_name(client, offering_id, provider)
+        asked = {k: v for k, v in (("alias", alias), ("version", version)) if v is not None}
         n = client.post_json(
             "/api/v1/negotiations",
-            {"offering_id": offering_id, "provider": provider, "purpose": purpose, "access_mode": mode},
+            {
+                "offering_id": offering_id,
+                "provider": provider,
+                "purpose": purpose,
+                "access_mode": mode,
+                **asked,
+            },
         )
         deadline = time.monotonic() + timeout
         while wait and n["state"] not in FINAL and time.monotonic() < deadline:
@@ -128,7 +141,9 @@ def negotiate_command(
     else:
         console.print(f"negotiation {n['id']}: {n['state']}" + (f" — {n['reason']}" if n["reason"] else ""))
         if n["state"] == "FINALIZED":
-            console.print(f"agreement {n['agreement_id']}")
+            terms = (n.get("agreement") or {}).get("terms") or {}
+            named = f" (alias {terms['alias']})" if terms.get("alias") else ""
+            console.print(f"agreement {n['agreement_id']} on version {terms.get('version', '?')}{named}")
             print(n["agreement_id"])
     if n["state"] == "TERMINATED" or (wait and n["state"] != "FINALIZED"):
         ended = "ended" if n["state"] in FINAL else "is still"

@@ -15,7 +15,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connector.agreements import AgreementService
 from connector.downloads import DownloadService
@@ -37,6 +37,18 @@ class NegotiationStart(BaseModel):
     provider: str = Field(pattern=r"^https?://", max_length=500, description="the provider node's URL")
     purpose: str = Field(min_length=1, max_length=200)
     access_mode: str = Field(default="download", pattern=r"^(download|compute|federate)$")
+    alias: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+        description="agree on the version this alias names when the provider agrees (e.g. champion)",
+    )
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1, description="agree on this version")
+
+    @model_validator(mode="after")
+    def _one_version(self) -> NegotiationStart:
+        if self.alias is not None and self.version is not None:
+            raise ValueError("ask for an alias or a version, not both")
+        return self
 
 
 class Reason(BaseModel):
@@ -100,6 +112,8 @@ class NegotiationController(Controller):
                 purpose=body.purpose,
                 access_mode=body.access_mode,
                 actor=request.user.subject,
+                alias=body.alias,
+                version=body.version,
             )
         )
 

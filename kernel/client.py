@@ -79,6 +79,12 @@ class NodeClient:
     def post_json(self, path: str, body: Any) -> Any:
         return self._send("POST", path, json=body).json()
 
+    def put_json(self, path: str, body: Any) -> Any:
+        return self._send("PUT", path, json=body).json()
+
+    def delete(self, path: str) -> Any:
+        return self._send("DELETE", path).json()
+
     def upload(self, path: str, file: Path, fields: dict[str, str], progress: Progress | None = None) -> Any:
         with file.open("rb") as f:
             files = {"file": (file.name, _CountingReader(f, progress), "application/octet-stream")}

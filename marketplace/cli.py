@@ -21,6 +21,7 @@ from kernel.cli import (
     transfer_progress,
 )
 from kernel.errors import InvalidInput
+from marketplace import alias_cli
 
 app = typer.Typer(help="Offerings (datasets and models) of this node.", no_args_is_help=True)
 
@@ -289,19 +290,29 @@ def download(
     offering_id: Annotated[str, typer.Argument(help="offering id")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the file")],
     version: Annotated[int | None, typer.Option(help="default: latest")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="the version this alias names now")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Download an offering's bytes (resumes an interrupted download) and check its sha256."""
+    if alias and version:
+        raise InvalidInput("give --alias or --version, not both")
     with connect_from(ctx)(url=url, token=token, home=home, scope="catalog:read") as client:
         o = client.get(f"/api/v1/offerings/{offering_id}")
         wanted = version or o["version"]
+        if alias and alias != "latest":
+            if alias not in o.get("aliases", {}):
+                known = ", ".join(o.get("aliases") or {}) or "none"
+                raise InvalidInput(f"offering {offering_id} has no alias {alias!r} (its aliases: {known})")
+            wanted = o["aliases"][alias]
         match = next((v for v in o["versions"] if v["version"] == wanted), None)
         if match is None:
             raise InvalidInput(f"offering {offering_id} has no version {wanted}")
         expected = match["sha256"].removeprefix("sha256:")
-        path = f"/api/v1/offerings/{offering_id}/download" + (f"?version={version}" if version else "")
+        # the number the alias named when asked: the bytes checked are those of that version
+        pinned = version or (wanted if alias else None)
+        path = f"/api/v1/offerings/{offering_id}/download" + (f"?version={pinned}" if pinned else "")
         with transfer_progress(f"downloading {output.name}", match["size"]) as advance:
             digest, size = client.download(path, output, expected_sha256=expected, progress=advance)
         sidecar = write_sidecar(client, match, output)
@@ -420,3 +431,6 @@ def describe_schema(version: dict[str, Any]) -> list[str]:
             line += f"; dropped: {', '.join(dropped[:SHOWN_COLUMNS])}"
         lines.append(line)
     return lines
+
+
+alias_cli.register(app)
