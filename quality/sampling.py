@@ -20,6 +20,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -80,9 +81,9 @@ def record_end(chunk: bytes) -> int:
     """Where the last complete CSV record of ``chunk`` ends: after the last line break outside
     quotes (a break is a record's end when an even number of quotes precede it)."""
     raw = np.frombuffer(chunk, dtype=np.uint8)
-    quotes = np.cumsum(raw == ord('"'))
+    quotes = np.flatnonzero(raw == ord('"'))
     breaks = np.flatnonzero(raw == ord("\n"))
-    ends = breaks[quotes[breaks] % 2 == 0]
+    ends = breaks[np.searchsorted(quotes, breaks) % 2 == 0]
     return int(ends[-1]) + 1 if ends.size else 0
 
 
@@ -199,7 +200,7 @@ def npz_headers(path: Path) -> list[NpyHeader]:
                     else:
                         raise DatasetProblem(f"the .npz array {name} uses .npy format {version}")
                 headers.append(NpyHeader(name, dtype, tuple(int(n) for n in shape)))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, SyntaxError):
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, SyntaxError, TypeError, TokenError):
         raise DatasetProblem("the file is not a readable .npz (a zip of .npy arrays)") from None
     if not headers:
         raise DatasetProblem("the .npz holds no arrays")
