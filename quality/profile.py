@@ -108,10 +108,13 @@ def _figures(series: pd.Series, kind: str, min_count: int) -> dict[str, Any]:
         }
     if kind in VALUE_TYPES or kind in NUMERIC_TYPES:  # numbers stored as text: counted as values
         counts = series.value_counts(dropna=True, sort=True)
-        frequent = counts[counts >= min_count].head(TOP_VALUES)
+        frequent = counts[counts >= min_count]
+        if len(frequent) > TOP_VALUES:  # the cut falls inside a tie: keep everything tied with it
+            frequent = frequent[frequent >= frequent.iloc[TOP_VALUES - 1]]
+        top = sorted(((_value(v), int(c)) for v, c in frequent.items()), key=lambda t: (-t[1], str(t[0])))
         return {
             "distinct": len(counts),
-            "top": [{"value": _value(v), "count": int(c)} for v, c in frequent.items()],
+            "top": [{"value": v, "count": c} for v, c in top[:TOP_VALUES]],  # ties by value: stable
         }
     return {}  # datetimes: the type and the null share only
 

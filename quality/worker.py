@@ -58,7 +58,7 @@ from quality.spec import (
 log = logging.getLogger("agora.quality")
 ACTOR = "quality validation"
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # what a run may write back (a profile of 2,000 columns fits)
-CHILD_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")  # nothing of the node's own settings
+CHILD_ENV = ("PATH", "LANG", "LC_ALL", "HOME")  # nothing of the node's own settings
 
 
 class ValidationRequest(msgspec.Struct, kw_only=True):
@@ -212,7 +212,7 @@ class Validations:
             job_path, out_path, err_path = Path(tmp, "job.json"), Path(tmp, "out.json"), Path(tmp, "stderr")
             job_path.write_text(json.dumps(job), encoding="utf-8")
             env = {k: os.environ[k] for k in CHILD_ENV if k in os.environ}
-            env["GX_ANALYTICS_ENABLED"] = "False"
+            env.update(GX_ANALYTICS_ENABLED="False", TMPDIR=tmp)  # what GX leaves behind goes with tmp
             with err_path.open("wb") as err:
                 with self._lock:
                     if self._stopping:
