@@ -149,7 +149,7 @@ def _labels(series: Any, column: ColumnSpec, notes: list[str]) -> tuple[np.ndarr
     categories = _categories(text[present], column)
     if len(categories) > MAX_CATEGORIES:
         raise UnusableDataset(f"the label {column.name} has over {MAX_CATEGORIES} classes")
-    codes = pd.Categorical(text, categories=categories).codes
+    codes = _codes(text, categories)
     unknown = present & (codes < 0)
     if unknown.any():
         notes.append(
@@ -173,6 +173,13 @@ def _categories(series: Any, column: ColumnSpec) -> list[str]:
     return sorted(str(v) for v in distinct)
 
 
+def _codes(text: Any, categories: list[str]) -> np.ndarray:
+    """Each value's position among ``categories``; -1 for a missing or unknown one."""
+    import pandas as pd
+
+    return np.asarray(pd.Index(categories, dtype="string").get_indexer(text), dtype=np.int64)
+
+
 def _booleans(series: Any) -> Any:
     import pandas as pd
     from pandas.api import types
@@ -191,7 +198,7 @@ def _feature(series: Any, column: ColumnSpec, notes: list[str]) -> np.ndarray:
     if column.type in ("category", "string"):
         text = series.astype("string").str.strip()
         categories = _categories(text, column)
-        codes: np.ndarray = np.asarray(pd.Categorical(text, categories=categories).codes)
+        codes = _codes(text, categories)
         unknown = int((text.notna().to_numpy() & (codes < 0)).sum())
         if unknown:
             notes.append(f"column {column.name}: {unknown} values outside its declared categories")
