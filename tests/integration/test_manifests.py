@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from kernel.errors import InvalidInput
+from marketplace.manifests.cli import prepared
 from tests import services
 
 EXAMPLES = services.REPO / "examples"
@@ -68,6 +70,33 @@ def apply(client, auth, text: str, directory: Path, sources: dict[str, Any], nee
 def offerings(client, auth) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
     items = client.get("/api/v1/offerings", params={"limit": 100}, headers=auth()).json()["items"]
     return {o["name"]: o for o in items}
+
+
+def send(client, auth, manifest: Path, *, apply: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """What ``agora plan`` / ``agora apply`` do, against the test client."""
+    with prepared(manifest) as (request, paths):
+        r = client.post("/api/v1/manifests/plan", json=request, headers=auth())
+        assert r.status_code == 200, r.text
+        if not apply:
+            return dict(r.json())
+        files = [
+            (f"source:{n}", (paths[n].name, paths[n].read_bytes(), "text/csv"))
+            for n in r.json()["needs_bytes"]
+        ]
+        if files:
+            r = client.post(
+                "/api/v1/manifests/apply", data={"request": json.dumps(request)}, files=files, headers=auth()
+            )
+        else:
+            r = client.post("/api/v1/manifests/apply", json=request, headers=auth())
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def detail(client, auth, name: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    items = client.get("/api/v1/offerings", headers=auth()).json()["items"]
+    offering_id = next(o["id"] for o in items if o["name"] == name)
+    return dict(client.get(f"/api/v1/offerings/{offering_id}", headers=auth()).json())
 
 
 def test_plan_changes_nothing_and_apply_is_idempotent(client, auth) -> None:
@@ -232,3 +261,186 @@ def test_cli_plan_and_apply(live_node: services.LiveNode, tmp_path: Path) -> Non
     bad = live_node.cli("plan", "-f", manifest, "--home", home, check=False)
     assert bad.returncode == 1
     assert f"manifest.yaml:{line}: offerings.1.source" in bad.stderr and "no such file" in bad.stderr
+
+
+QUALITY_MANIFEST = """apiVersion: agora/v1
+offerings:
+  - name: inline
+    title: Inline suite
+    source: a.csv
+    schema:
+      columns:
+        - {name: a, type: integer, unit: mm}
+        - {name: b, type: integer, role: label}
+    expectations:
+      - {type: expect_column_values_to_not_be_null, kwargs: {column: a}}
+    on_failure: publish-flagged
+  - name: from-file
+    title: Suite file
+    source: b.csv
+    expectations: {suite: quality/s.json}
+"""
+
+
+def gx_suite(*columns: str) -> dict[str, Any]:
+    """A suite as GX 1.x writes it (ids, meta and notes beside the expectations)."""
+    return {
+        "name": "checks",
+        "id": "5a1e1c0d-0000-4000-8000-000000000000",
+        "expectations": [
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": c}, "meta": {}, "id": str(i)}
+            for i, c in enumerate(columns)
+        ],
+        "meta": {"great_expectations_version": "1.24.1"},
+        "notes": None,
+    }
+
+
+def quality_dir(tmp_path: Path) -> Path:
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "a.csv").write_text("a,b\n1,0\n2,1\n")
+    (tmp_path / "b.csv").write_text("a,b\n3,0\n4,1\n")
+    (tmp_path / "quality" / "s.json").write_text(json.dumps(gx_suite("a", "b")))
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(QUALITY_MANIFEST)
+    return manifest
+
+
+def test_quality_declarations_are_planned_and_applied(client, auth, tmp_path: Path) -> None:
+    manifest = quality_dir(tmp_path)
+    send(client, auth, manifest, apply=True)
+    inline = detail(client, auth, "inline")["declared"]
+    assert inline["schema"]["columns"] == [
+        {"name": "a", "type": "integer", "unit": "mm"},
+        {"name": "b", "type": "integer", "role": "label"},
+    ]
+    assert [e["kwargs"] for e in inline["expectations"]["expectations"]] == [{"column": "a"}]
+    assert (inline["on_failure"], inline["on_untrainable"]) == ("publish-flagged", "reject")
+    from_file = detail(client, auth, "from-file")["declared"]["expectations"]
+    assert from_file["name"] == "checks" and len(from_file["expectations"]) == 2
+    assert send(client, auth, manifest)["changes"] == [], "a second plan finds the declarations applied"
+
+    (tmp_path / "quality" / "s.json").write_text(json.dumps(gx_suite("a", "b", "a")))
+    manifest.write_text(QUALITY_MANIFEST.replace("unit: mm", "unit: cm"))
+    planned = send(client, auth, manifest)
+    assert [(c["action"], c["target"], c["fields"]) for c in planned["changes"]] == [
+        ("update", "inline", ["quality_declared"]),
+        ("update", "from-file", ["quality_declared"]),
+    ]
+    assert [c["detail"] for c in planned["changes"]] == [
+        "metadata: quality (schema)",
+        "metadata: quality (expectations)",
+    ]
+    send(client, auth, manifest, apply=True)
+    changed = detail(client, auth, "from-file")
+    assert len(changed["declared"]["expectations"]["expectations"]) == 3
+    assert [v["version"] for v in changed["versions"]] == [1], "a declaration change is no new version"
+    assert detail(client, auth, "inline")["declared"]["schema"]["columns"][0]["unit"] == "cm"
+    assert send(client, auth, manifest)["changes"] == []
+
+
+def test_bad_suites_are_refused_with_file_line_and_field(client, auth, tmp_path: Path) -> None:
+    manifest = quality_dir(tmp_path)
+    line = QUALITY_MANIFEST[: QUALITY_MANIFEST.index("expectations: {suite")].count("\n") + 1
+    suite_file = tmp_path / "quality" / "s.json"
+    bad = gx_suite("a")
+    bad["expectations"][0]["type"] = "drop_table"
+    suite_file.write_text(json.dumps(bad))
+    with pytest.raises(InvalidInput) as refused, prepared(manifest):
+        pass
+    assert refused.value.detail.startswith(
+        f"manifest.yaml:{line}: offerings.1.expectations.suite: quality/s.json"
+    )
+    assert "expectations.0.type" in refused.value.detail
+    suite_file.write_text("x" * (300 * 1024))
+    with pytest.raises(InvalidInput, match="over 256 KiB"), prepared(manifest):
+        pass
+    suite_file.unlink()
+    with pytest.raises(InvalidInput, match="no such suite file"), prepared(manifest):
+        pass
+
+    sources = sources_of(tmp_path, {"inline": "a.csv", "from-file": "b.csv"})
+    too_many = {"expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "a"}}] * 501}
+    for suites, fragment in [
+        ({}, "was not sent with the manifest"),
+        ({"from-file": bad}, f"manifest.yaml:{line}: quality/s.json: Value error, not an expectation name"),
+        ({"from-file": too_many}, "at most 500"),
+        ({"from-file": gx_suite("a"), "inline": gx_suite("a")}, "names no suite file"),
+        ({"from-file": gx_suite("a"), "elsewhere": gx_suite("a")}, "names no suite file"),
+    ]:
+        r = plan(client, auth, QUALITY_MANIFEST, sources, suites)
+        assert r.status_code == 400, r.text
+        assert fragment in json.dumps(r.json()), r.json()
+    assert offerings(client, auth) == {}
+
+
+MODEL_MANIFEST = """apiVersion: agora/v1
+offerings:
+  - name: rul-model
+    kind: model
+    title: Remaining useful life
+    source: model.onnx
+    aliases: {aliases}
+"""
+
+
+def test_aliases_in_the_manifest(client, auth, runtime, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.yaml"
+    (tmp_path / "model.onnx").write_bytes(b"model version one")
+    manifest.write_text(MODEL_MANIFEST.format(aliases="{champion: 1}"))
+    first = send(client, auth, manifest)
+    assert [(c["action"], c.get("alias")) for c in first["changes"]] == [
+        ("create", None),
+        ("alias", "champion"),
+    ]
+    assert first["changes"][1]["detail"] == "champion → version 1 (new)"
+    send(client, auth, manifest, apply=True)
+    offering_id = detail(client, auth, "rul-model")["id"]
+    assert runtime.aliases.current(offering_id) == {"champion": 1}
+
+    (tmp_path / "model.onnx").write_bytes(b"model version two")
+    manifest.write_text(MODEL_MANIFEST.format(aliases="{champion: 2, candidate: 1}"))
+    second = send(client, auth, manifest)
+    assert [(c["action"], c["detail"]) for c in second["changes"]] == [
+        ("new-version", "version 2 from model.onnx"),
+        ("alias", "champion → version 2 (moved from version 1)"),
+        ("alias", "candidate → version 1 (new)"),
+    ]
+    send(client, auth, manifest, apply=True)
+    assert runtime.aliases.current(offering_id) == {"candidate": 1, "champion": 2}
+    runtime.aliases.move(offering_id, "staging", 1, "someone")
+    third = send(client, auth, manifest)
+    assert third["changes"] == []
+    assert third["notes"] == ["rul-model: alias staging (version 1) is not in the manifest; left where it is"]
+
+    manifest.write_text(MODEL_MANIFEST.format(aliases="{champion: 9}"))
+    r = plan(client, auth, manifest.read_text(), sources_of(tmp_path, {"rul-model": "model.onnx"}))
+    assert r.status_code == 400 and r.json()["errors"][0]["path"] == "offerings.0.aliases.champion"
+    assert "manifest.yaml:7: rul-model has no version 9" in r.json()["errors"][0]["message"]
+    dataset = MODEL_MANIFEST.replace("kind: model", "kind: dataset").format(aliases="{champion: 1}")
+    r = plan(
+        client, auth, dataset.replace("rul-model", "other"), sources_of(tmp_path, {"other": "model.onnx"})
+    )
+    assert r.status_code == 400 and "aliases name versions of model offerings" in r.json()["detail"]
+    for reserved in ("{latest: 1}", "{Champion: 1}", "{champion: 0}"):
+        r = plan(client, auth, MODEL_MANIFEST.format(aliases=reserved), {})
+        assert r.status_code == 400, reserved
+    assert runtime.aliases.current(offering_id) == {"candidate": 1, "champion": 2, "staging": 1}
+
+
+def test_a_rejected_version_is_not_planned_again(client, auth, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(
+        "apiVersion: agora/v1\nofferings:\n  - name: gauges\n    title: Gauges\n    source: g.csv\n"
+        "    expectations:\n      - {type: expect_column_values_to_be_between, "
+        "kwargs: {column: a, min_value: 0, max_value: 1}}\n    on_failure: reject\n"
+    )
+    (tmp_path / "g.csv").write_text("a,b\n0,1\n1,0\n")
+    send(client, auth, manifest, apply=True)
+    (tmp_path / "g.csv").write_text("a,b\n5,1\n7,0\n")  # fails the suite: never offered
+    assert [c["action"] for c in send(client, auth, manifest, apply=True)["changes"]] == ["new-version"]
+    offering = detail(client, auth, "gauges")
+    assert [v["version"] for v in offering["versions"]] == [1, 2]
+    assert offering["version"] == 1 and offering["versions"][1]["published"] is False
+    again = send(client, auth, manifest)
+    assert again["changes"] == [] and again["unchanged"] == ["gauges"]

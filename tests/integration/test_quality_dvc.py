@@ -24,6 +24,7 @@ from kernel.canonical import canonical_hash
 from kernel.errors import InvalidInput
 from marketplace.manifests.cli import prepared
 from tests import services
+from tests.integration.test_manifests import detail, send
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 ENV = {
@@ -102,33 +103,6 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> DvcRepo:
         commits[tag], md5s[tag] = git(repo, "rev-parse", "HEAD"), md5_of(repo)
     run(repo, DVC, "push", "-q", "--all-tags")
     return DvcRepo(root, repo, remote, commits, md5s)
-
-
-def send(client, auth, manifest: Path, *, apply: bool = False) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """What ``agora plan`` / ``agora apply`` do, against the test client."""
-    with prepared(manifest) as (request, paths):
-        r = client.post("/api/v1/manifests/plan", json=request, headers=auth())
-        assert r.status_code == 200, r.text
-        if not apply:
-            return dict(r.json())
-        files = [
-            (f"source:{n}", (paths[n].name, paths[n].read_bytes(), "text/csv"))
-            for n in r.json()["needs_bytes"]
-        ]
-        if files:
-            r = client.post(
-                "/api/v1/manifests/apply", data={"request": json.dumps(request)}, files=files, headers=auth()
-            )
-        else:
-            r = client.post("/api/v1/manifests/apply", json=request, headers=auth())
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-
-def detail(client, auth, name: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    items = client.get("/api/v1/offerings", headers=auth()).json()["items"]
-    offering_id = next(o["id"] for o in items if o["name"] == name)
-    return dict(client.get(f"/api/v1/offerings/{offering_id}", headers=auth()).json())
 
 
 def test_a_moving_rev_publishes_a_version_only_when_the_data_changes(
