@@ -1,0 +1,239 @@
+"""Expectation suites on real nodes: a version is validated beside the notary (registration
+does not wait), its result anchored as a child of the version on the chain, and published,
+withheld or flagged as the offering's ``on_failure`` says; a version whose suite cannot run is
+``error`` with the reason and can be validated again."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import services
+from tests.job_orgs import agree
+
+SUITE = {
+    "name": "turbines",
+    "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "temp"}},
+        {
+            "type": "expect_column_values_to_be_between",
+            "kwargs": {"column": "temp", "min_value": -40, "max_value": 60},
+        },
+        {
+            "type": "expect_column_values_to_be_in_set",
+            "kwargs": {"column": "site", "value_set": ["north", "south"]},
+        },
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 10}},
+    ],
+}
+
+
+def csv_bytes(rows: int, *, hot: int = 0, west: int = 0, salt: str = "") -> bytes:
+    out = io.StringIO()
+    out.write("reading,temp,site\n")
+    for i in range(rows):
+        temp = 95.0 if i < hot else 10.0 + (i % 7)
+        site = "west" if i < west else ("north" if i % 2 else "south")
+        out.write(f"r{salt}{i},{temp},{site}\n")
+    return out.getvalue().encode()
+
+
+GOOD = csv_bytes(60)
+BAD = csv_bytes(60, hot=5, west=3, salt="b")
+
+
+@pytest.fixture(scope="module")
+def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.Org, services.Org, Any]]:
+    from contracts.devchain import DevChainServer
+
+    root = tmp_path_factory.mktemp("quality")
+    chain = DevChainServer(root / "chain", port=services.free_port())
+    chain.start()
+    env = {
+        "AGORA_CHAIN_URL": chain.url,
+        "AGORA_CHAIN_REGISTRY": chain.registry,
+        "AGORA_ANCHOR_MAX_DELAY": "0.2",
+    }
+    acme = services.start_node(root / "acme", name="Acme Wind", **env)
+    beta = services.start_node(root / "beta", name="Beta Analytics", **env)
+    try:
+        a, b = services.Org(acme), services.Org(beta)
+        assert a.api("POST", "/participants", json={"url": beta.url}).status_code == 201
+        assert b.api("POST", "/participants", json={"url": acme.url}).status_code == 201
+        yield a, b, chain
+    finally:
+        acme.stop()
+        beta.stop()
+        chain.stop()
+
+
+def register(org: services.Org, name: str, data: bytes, **quality: Any) -> dict[str, Any]:
+    meta = {
+        "name": name,
+        "title": f"Turbine readings {name}",
+        "media_type": "text/csv",
+        "access_modes": ["download"],
+        "policy": {"template": "provide-access"},
+        "schema": {
+            "columns": [
+                {"name": "reading", "type": "string", "role": "id"},
+                {"name": "temp", "type": "float", "unit": "degC"},
+                {"name": "site", "type": "category"},
+            ]
+        },
+        "expectations": SUITE,
+        **quality,
+    }
+    r = org.api("POST", "/offerings", files={"metadata": (None, json.dumps(meta)), "file": ("d.csv", data)})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def add_version(org: services.Org, offering_id: str, data: bytes) -> dict[str, Any]:
+    r = org.api("POST", f"/offerings/{offering_id}/versions", files={"file": ("d.csv", data)})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def version_of(org: services.Org, offering_id: str, number: int) -> dict[str, Any]:
+    detail = org.api("GET", f"/offerings/{offering_id}").json()
+    return dict(next(v for v in detail["versions"] if v["version"] == number))
+
+
+def settled(org: services.Org, offering_id: str, number: int, timeout: float = 120) -> dict[str, Any]:
+    return dict(
+        services.wait_until(
+            lambda: (v := version_of(org, offering_id, number))["quality_status"] != "validating" and v,
+            f"version {number} of {offering_id} to be validated",
+            timeout=timeout,
+        )
+    )
+
+
+def catalog_entry(org: services.Org, offering_id: str) -> dict[str, Any] | None:
+    items = org.api("GET", "/catalog", params={"limit": 200}).json()["items"]
+    return next((i for i in items if i["offering_id"] == offering_id), None)
+
+
+def test_passing_then_failing_version_under_reject(orgs: tuple[services.Org, services.Org, Any]) -> None:
+    acme, beta, chain = orgs
+    created = register(acme, "reject", GOOD)
+    assert created["quality_status"] == "validating"  # registration did not wait for the suite
+    oid = created["id"]
+
+    v1 = settled(acme, oid, 1)
+    assert v1["quality_status"] == "passed" and v1["published"] is True
+    assert v1["quality"]["failed"] == 0 and v1["quality"]["passed"] == 4
+    assert v1["quality"]["failing_columns"] == []
+    assert v1["profile"]["rows"] == 60
+    assert v1["validation_sha256"].startswith("sha256:")
+    entry = services.wait_until(lambda: catalog_entry(acme, oid), "the passed version in the catalog")
+    assert entry["version"] == 1
+
+    # the result is anchored as a child of the version, on the chain itself
+    anchored = services.wait_until(
+        lambda: (v := version_of(acme, oid, 1))["validation"]["status"] == "ANCHORED" and v,
+        "the validation's anchor",
+    )
+    validation_id, dataset_id = anchored["validation"]["asset_id"], anchored["anchor"]["asset_id"]
+    doc = acme.api("GET", f"/provenance/{validation_id}").json()
+    assert doc["asset"]["kind"] == "validation"
+    assert doc["asset"]["sha256"] == anchored["validation_sha256"].removeprefix("sha256:")
+    assert [p["asset"]["id"] for p in doc["parents"]] == [dataset_id]
+    assert doc["asset"]["metadata"]["success"] is True and doc["asset"]["metadata"]["version"] == 1
+    from contracts.chain import open_chain
+    from contracts.registry import Registry
+
+    onchain = Registry(
+        open_chain(chain.url, data_dir=acme.node.home / "verify", account=None, registry=chain.registry)
+    )
+    record = onchain.get_anchor(bytes.fromhex(validation_id[2:]))
+    assert record is not None and [p.hex() for p in record.parents] == [dataset_id[2:]]
+
+    # a failing version 2 is never offered: version 1 stays current everywhere
+    added = add_version(acme, oid, BAD)
+    assert added["quality_status"] == "validating" and added["version"] == 2
+    v2 = settled(acme, oid, 2)
+    assert v2["quality_status"] == "failed" and v2["published"] is False
+    assert v2["quality"]["failing_columns"] == ["temp", "site"]
+    assert (v2["quality"]["passed"], v2["quality"]["failed"]) == (2, 2)
+    detail = acme.api("GET", f"/offerings/{oid}").json()
+    assert detail["version"] == 1 and detail["sha256"] == v1["sha256"]
+    assert catalog_entry(acme, oid)["version"] == 1  # type: ignore[index]
+    agreement_id = agree(acme, beta, oid, "download")
+    agreement = beta.api("GET", f"/agreements/{agreement_id}").json()
+    assert v1["sha256"].removeprefix("sha256:") in json.dumps(agreement)
+    assert v2["sha256"].removeprefix("sha256:") not in json.dumps(agreement)
+    shown = acme.node.cli("offerings", "show", oid, "--url", acme.node.url, "--token", acme.token).stdout
+    assert (
+        "quality: failed, suite turbines: 2 passed, 2 failed of 4; failing columns: temp, site (not published)"
+        in shown
+    )
+    assert "quality: passed, suite turbines: 4 passed, 0 failed of 4 (published)" in shown
+
+
+def test_a_first_version_failing_under_reject_is_never_listed(
+    orgs: tuple[services.Org, services.Org, Any],
+) -> None:
+    acme, _, _ = orgs
+    oid = register(acme, "reject-first", BAD)["id"]
+    v1 = settled(acme, oid, 1)
+    assert v1["quality_status"] == "failed" and v1["published"] is False
+    assert catalog_entry(acme, oid) is None
+    listed = acme.api("GET", "/offerings", params={"limit": 500}).json()["items"]
+    assert next(o for o in listed if o["id"] == oid)["quality_status"] == "failed"
+
+
+def test_publish_flagged_publishes_a_failing_version_with_its_failing_columns(
+    orgs: tuple[services.Org, services.Org, Any],
+) -> None:
+    acme, _, _ = orgs
+    oid = register(acme, "flagged", BAD, on_failure="publish-flagged")["id"]
+    v1 = settled(acme, oid, 1)
+    assert v1["quality_status"] == "failed" and v1["published"] is True
+    assert v1["quality"]["failing_columns"] == ["temp", "site"]
+    failing = {r["type"]: r for r in v1["quality"]["results"] if not r["success"]}
+    assert failing["expect_column_values_to_be_between"]["unexpected_count"] == 5
+    assert failing["expect_column_values_to_be_in_set"]["unexpected_count"] == 3
+    assert catalog_entry(acme, oid)["version"] == 1  # type: ignore[index]
+    shown = acme.node.cli("offerings", "show", oid, "--url", acme.node.url, "--token", acme.token).stdout
+    assert "failing columns: temp, site (published)" in shown
+
+
+def test_a_suite_that_cannot_run_is_error_and_can_be_validated_again(
+    orgs: tuple[services.Org, services.Org, Any], tmp_path: Path
+) -> None:
+    acme, _, _ = orgs
+    broken = {
+        "name": "broken",
+        "expectations": [
+            {"type": "expect_column_max_to_be_between", "kwargs": {"column": "temp", "min_value": "cold"}}
+        ],
+    }
+    oid = register(acme, "broken", GOOD, expectations=broken)["id"]
+    v1 = settled(acme, oid, 1)
+    assert v1["quality_status"] == "error" and v1["published"] is False
+    assert "expectation 1 (expect_column_max_to_be_between): min_value" in v1["quality"]["error"]
+    assert "cold" not in v1["quality"]["error"]
+
+    again = acme.node.cli("offerings", "validate", oid, "--url", acme.node.url, "--token", acme.token).stdout
+    assert f"version 1 of {oid} is validating" in again
+    assert settled(acme, oid, 1)["quality_status"] == "error"
+
+    passed = register(acme, "passed-once", csv_bytes(30, salt="p"))["id"]
+    assert settled(acme, passed, 1)["quality_status"] == "passed"
+    refused = acme.api("POST", f"/offerings/{passed}/versions/1/validate")
+    assert refused.status_code == 409 and "only a version that failed" in refused.json()["detail"]
+    assert acme.api("POST", f"/offerings/{passed}/versions/99999999999/validate").status_code == 404
+    writer = acme.node.token("catalog:read")
+    denied = httpx.post(
+        f"{acme.node.url}/api/v1/offerings/{oid}/versions/1/validate",
+        headers={"Authorization": f"Bearer {writer}"},
+    )
+    assert denied.status_code == 403
