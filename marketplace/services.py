@@ -114,6 +114,7 @@ class OfferingService:
             declared = metadata.quality()
         except ValueError as exc:
             raise InvalidInput(str(exc), errors=[FieldError("metadata.expectations", str(exc))]) from None
+        staged.finish()  # an upload staged in the background is read by its path next
         found = intake.assess(
             staged.path, metadata.media_type, declared, kind=metadata.kind, modes=list(metadata.access_modes)
         )
@@ -157,6 +158,7 @@ class OfferingService:
         """A new version of an existing offering (new bytes, same metadata)."""
         _require_content(staged)
         offering = self._get(offering_id)
+        staged.finish()  # an upload staged in the background is read by its path next
         found = intake.assess(
             staged.path,
             offering.media_type,
