@@ -34,6 +34,7 @@ from kernel.errors import InvalidInput
 SCHEME = "dvc://"
 CHUNK = 1024 * 1024
 _REV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+~^-]{0,199}$")
+_USERINFO = re.compile(r"(://)[^/@\s]*@")
 _SCP = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")  # git@host:org/repo.git
 
 
@@ -51,6 +52,11 @@ class DvcRef:
     @property
     def is_url(self) -> bool:
         return self.repo is not None
+
+    @property
+    def shown(self) -> str:
+        """The source as messages name it: without a git URL's credentials."""
+        return redact(self.source)
 
 
 @dataclass(frozen=True)
@@ -85,22 +91,31 @@ def is_dvc(source: str) -> bool:
 def parse(source: str) -> DvcRef:
     """Split a ``dvc://`` source into location and revision (and, for a git URL, its
     repository and path); :class:`InvalidInput` says what is wrong with it."""
+    shown = redact(source)
     if not is_dvc(source):
-        raise InvalidInput(f"{source}: not a dvc:// source")
+        raise InvalidInput(f"{shown}: not a dvc:// source")
     body = source.removeprefix(SCHEME)
     location, at, rev = body.rpartition("@")
     if not at or not location or ".git/" in rev:
-        raise InvalidInput(f"{source}: a DVC source ends in @<rev> (a branch, tag or commit)")
+        raise InvalidInput(f"{shown}: a DVC source ends in @<rev> (a branch, tag or commit)")
     if not _REV.match(rev) or ".." in rev or rev.endswith((".lock", "/", ".")):
-        raise InvalidInput(f"{source}: {rev!r} is not a git revision name")
+        raise InvalidInput(f"{shown}: {rev!r} is not a git revision name")
     if "://" in location or _SCP.match(location):
         repo, marker, path = location.partition(".git/")
         if not marker:
-            raise InvalidInput(f"{source}: a git URL's repository part ends in .git (…/repo.git/<path>)")
-        return DvcRef(source, location, rev, repo=public_url(repo + ".git"), path=_inner(source, path))
+            raise InvalidInput(f"{shown}: a git URL's repository part ends in .git (…/repo.git/<path>)")
+        return DvcRef(source, location, rev, repo=public_url(repo + ".git"), path=_inner(shown, path))
     if "\x00" in location:
-        raise InvalidInput(f"{source}: the path holds a NUL character")
+        raise InvalidInput(f"{shown}: the path holds a NUL character")
     return DvcRef(source, posixpath.normpath(location), rev)
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` of any URL in it removed (a ``dvc://`` source's
+    own scheme is no URL: ``dvc://x.csv@main`` stays as it is)."""
+    if is_dvc(text):
+        return SCHEME + redact(text.removeprefix(SCHEME))
+    return _USERINFO.sub(r"\1", text)
 
 
 def public_url(url: str) -> str:
@@ -146,11 +161,11 @@ def resolve(ref: DvcRef, base: Path, dest: Path) -> Resolved:
         md5, algorithm = _dvc_md5(ref, path, info)
         digest, size, seen_md5 = _stream(fs, path, dest, ref)
     except FileNotFoundError:
-        raise InvalidInput(f"{ref.source}: no file {path} at revision {ref.rev}") from None
+        raise InvalidInput(f"{ref.shown}: no file {path} at revision {ref.rev}") from None
     except DvcException as exc:
-        raise InvalidInput(f"{ref.source}: {_dvc_reason(exc, ref)}") from None
+        raise InvalidInput(f"{ref.shown}: {_dvc_reason(exc, ref)}") from None
     if algorithm == "md5" and seen_md5 != md5:
-        raise InvalidInput(f"{ref.source}: the bytes read have md5 {seen_md5}, DVC records {md5}")
+        raise InvalidInput(f"{ref.shown}: the bytes read have md5 {seen_md5}, DVC records {md5}")
     return Resolved(recorded, path, ref.rev, commit, md5, digest, size, dest)
 
 
@@ -172,7 +187,7 @@ def _local_target(ref: DvcRef, base: Path) -> tuple[str, str, str]:
     full = Path(os.path.abspath(base / ref.location))
     root = next((p for p in full.parents if (p / ".dvc").is_dir()), None)
     if root is None:
-        raise InvalidInput(f"{ref.source}: no DVC repository (a directory holding .dvc) encloses {full}")
+        raise InvalidInput(f"{ref.shown}: no DVC repository (a directory holding .dvc) encloses {full}")
     inner = full.relative_to(root).as_posix()
     absolute = posixpath.isabs(ref.location)
     recorded = root.as_posix() if absolute else os.path.relpath(root, os.path.abspath(base))
@@ -181,12 +196,12 @@ def _local_target(ref: DvcRef, base: Path) -> tuple[str, str, str]:
 
 def _dvc_md5(ref: DvcRef, path: str, info: dict[str, Any]) -> tuple[str, str]:
     if info.get("type") != "file":
-        raise InvalidInput(f"{ref.source}: {path} is a {info.get('type')}; name a file")
+        raise InvalidInput(f"{ref.shown}: {path} is a {info.get('type')}; name a file")
     dvc_info = info.get("dvc_info") or {}
     md5 = dvc_info.get("md5")
     if not md5:
         raise InvalidInput(
-            f"{ref.source}: {path} is not tracked by DVC at revision {ref.rev} (no .dvc file or "
+            f"{ref.shown}: {path} is not tracked by DVC at revision {ref.rev} (no .dvc file or "
             "dvc.lock output records it)"
         )
     entry = dvc_info.get("entry")
@@ -205,13 +220,13 @@ def _stream(fs: Any, path: str, dest: Path, ref: DvcRef) -> tuple[str, int, str]
                 out.write(chunk)
     except FileNotFoundError:
         raise InvalidInput(
-            f"{ref.source}: the data of {path} is neither in the DVC cache nor in the repository's "
+            f"{ref.shown}: the data of {path} is neither in the DVC cache nor in the repository's "
             "DVC remote (is the remote reachable, and was `dvc push` run?)"
         ) from None
     except OSError as exc:
-        raise InvalidInput(f"{ref.source}: reading {path} failed: {exc.strerror or exc}") from None
+        raise InvalidInput(f"{ref.shown}: reading {path} failed: {exc.strerror or exc}") from None
     if size == 0:
-        raise InvalidInput(f"{ref.source}: {path} is empty")
+        raise InvalidInput(f"{ref.shown}: {path} is empty")
     return sha.hexdigest(), size, md5.hexdigest()
 
 
@@ -226,5 +241,5 @@ def _dvc_reason(exc: Exception, ref: DvcRef) -> str:
         return "the git repository cannot be cloned (no such repository, or not reachable)"
     if isinstance(exc, NotDvcRepoError):
         return "not a DVC repository"
-    text = " ".join(str(exc).split())
+    text = redact(" ".join(str(exc).split()))
     return text[:300] or type(exc).__name__

@@ -125,7 +125,7 @@ class ManifestService:
         desired = self._desired(loaded, item)
         existing = self.offerings.by_name(o.name)
         if existing is None:
-            plan.changes.append(Change("create", o.name, f"new {o.kind} from {o.source}", sha256=digest))
+            plan.changes.append(Change("create", o.name, f"new {o.kind} from {_origin(item)}", sha256=digest))
             plan.changes += self._alias_changes(loaded, item, {}, newest=1, notes=plan.notes)
             return
         if existing.kind != o.kind:
@@ -193,7 +193,7 @@ class ManifestService:
             return digest
         if info is None:
             raise locate(
-                InvalidInput(f"no sha256 given for the source of {o.name} ({o.source})"),
+                InvalidInput(f"no sha256 given for the source of {o.name} ({dvc_source.redact(o.source)})"),
                 loaded,
                 item.at("source"),
             )
@@ -382,7 +382,8 @@ def _parsed(loaded: LoadedManifest, item: _Item) -> dvc_source.DvcRef:
 def _origin(item: _Item) -> str:
     """Where a new version comes from, for the plan: the source, and a DVC source's commit."""
     resolved = item.source.source if item.source is not None else None
-    return f"{item.offering.source} (commit {resolved.commit[:12]})" if resolved else item.offering.source
+    shown = dvc_source.redact(item.offering.source)
+    return f"{shown} (commit {resolved.commit[:12]})" if resolved else shown
 
 
 def _commit_moved(recorded: dict[str, Any] | None, now: DvcSourceInfo) -> str | None:
