@@ -168,8 +168,11 @@ def _profile(doc: dict[str, Any] | None) -> dict[str, Any] | None:
                 ],
             }
         )
+    rows = _integer(doc.get("rows", doc.get("row_count")))
+    if rows is None and not columns:  # no profile (one that could not be made holds its reason)
+        return None
     return {
-        "rows": _integer(doc.get("rows", doc.get("row_count"))),
+        "rows": rows,
         "k": k,
         "columns": columns,
     }

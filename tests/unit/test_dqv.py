@@ -274,3 +274,8 @@ def test_a_hostile_peers_evidence_is_bounded() -> None:
     assert all(len(c["name"]) == dqv.MAX_TEXT for c in small["schema"]["columns"])
     means = [c["mean"] for c in small["profile"]["columns"]]
     assert len(means) == dqv.MAX_COLUMNS and means[:3] == [None, None, 2]
+
+
+def test_a_profile_that_could_not_be_made_renders_no_measurement() -> None:
+    fields = dqv.dataset_fields(_evidence(profile={"error": "the file could not be read"}), DATASET)
+    assert "dqv:hasQualityMeasurement" not in fields and "agora:profileThreshold" not in fields
