@@ -126,7 +126,7 @@ class ManifestService:
         existing = self.offerings.by_name(o.name)
         if existing is None:
             plan.changes.append(Change("create", o.name, f"new {o.kind} from {_origin(item)}", sha256=digest))
-            plan.changes += self._alias_changes(loaded, item, {}, newest=1, notes=plan.notes)
+            plan.changes += self._alias_changes(loaded, item, None, newest=1, notes=plan.notes)
             return
         if existing.kind != o.kind:
             raise locate(
@@ -156,7 +156,7 @@ class ManifestService:
             fields = differing + ([] if existing.managed else ["managed"])
             described = ", ".join(_described(f, existing, desired) for f in fields)
             plan.changes.append(Change("update", o.name, "metadata: " + described, fields=fields))
-        plan.changes += self._alias_changes(loaded, item, detail.aliases, newest=number, notes=plan.notes)
+        plan.changes += self._alias_changes(loaded, item, existing.id, newest=number, notes=plan.notes)
         if len(plan.changes) == before:
             plan.unchanged.append(o.name)
 
@@ -257,12 +257,13 @@ class ManifestService:
         self,
         loaded: LoadedManifest,
         item: _Item,
-        current: dict[str, int],
+        offering_id: str | None,
         *,
         newest: int,
         notes: list[str],
     ) -> list[Change]:
-        """Aliases the manifest moves; ``newest`` is the highest version once applied."""
+        """Aliases the manifest moves (``offering_id``: None for an offering it creates);
+        ``newest`` is the highest version once applied."""
         o = item.offering
         if not o.aliases:
             return []
@@ -272,6 +273,7 @@ class ManifestService:
                 loaded,
                 item.at("aliases"),
             )
+        current = self._aliases_of(offering_id) if offering_id is not None else {}
         changes = []
         for name, version in o.aliases.items():
             if version > newest:
