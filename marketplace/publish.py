@@ -18,13 +18,13 @@ import re
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import Session
 
 from contracts.models import Notarization
 from kernel.errors import FieldError, Forbidden, InvalidInput, NotFound, ServiceUnavailable
 from kernel.storage import ObjectStore, StagedObject
-from marketplace.aliases import ALIAS_PATTERN, AliasService, find_offering
+from marketplace.aliases import ALIAS_PATTERN, AliasService, check_name, find_offering
 from marketplace.schemas import OfferingMetadata
 from marketplace.services import OfferingService
 
@@ -48,6 +48,12 @@ class PublishRequest(BaseModel):
     create: OfferingMetadata | None = Field(
         default=None, description="create the model offering with this metadata when it does not exist"
     )
+
+    @field_validator("create", mode="before")
+    @classmethod
+    def _a_model(cls, value: Any) -> Any:
+        """A created offering is a model unless it says otherwise (and is then refused)."""
+        return {"kind": "model", **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> PublishRequest:
@@ -81,6 +87,8 @@ class PublishService:
     def publish(self, key: str, request: PublishRequest, actor: str) -> dict[str, Any]:
         """Register the model as the next version of offering ``key`` (id or name); answers the
         offering, the new version, where it came from and the alias moved."""
+        if request.alias is not None:
+            check_name(request.alias, field="alias")  # before anything is written
         sha256, source = self._released(request)
         existing = self._existing(key)
         if existing is None and request.create is None:
