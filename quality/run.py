@@ -13,10 +13,11 @@ The stages, on one read of the file:
 
 ``JOB.json`` holds ``media_type``, ``schema``, ``suite`` (or null), ``min_count`` and the
 version's ``offering``/``version``/``dataset_sha256``; ``OUT.json`` gets either
-``{"ok": true, "result", "summary", "profile"}`` or ``{"ok": false, "reason"}``. A reason is a
-fixed sentence naming the stage and the exception's type: library messages may quote the
-data (pyarrow's parse errors print the offending line), so they go to stderr only, which the
-node writes to its own log.
+``{"ok": true, "result", "summary", "profile", "figures"}`` (figures: rows, the DataFrame's
+bytes and each stage's seconds, for the node's log and ``bench/quality.py``) or
+``{"ok": false, "reason"}``. A reason is a fixed sentence naming the stage and the
+exception's type: library messages may quote the data (pyarrow's parse errors print the
+offending line), so they go to stderr only, which the node writes to its own log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +84,9 @@ def analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
         return _refused(
             f"{job.get('media_type')} is neither CSV, Parquet nor .npz: nothing to validate or profile"
         )
+    started = time.perf_counter()
     frame = _stage("read", read_table, path, kind, schema)
+    read = time.perf_counter()
     id_columns = {c["name"] for c in (schema or {}).get("columns") or [] if c.get("role") == "id"}
     result = summary = None
     if suite:
@@ -100,8 +104,16 @@ def analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
             dataset_sha256=str(job["dataset_sha256"]),
         )
         summary = expectations.summary(result)
+    validated = time.perf_counter()
     found = _stage("profile", profile.profile_table, frame, schema, min_count=min_count)
-    return {"ok": True, "result": result, "summary": summary, "profile": found}
+    figures = {
+        "rows": len(frame),
+        "frame_bytes": int(frame.memory_usage(deep=True).sum()),
+        "read_s": read - started,
+        "validate_s": validated - read,
+        "profile_s": time.perf_counter() - validated,
+    }
+    return {"ok": True, "result": result, "summary": summary, "profile": found, "figures": figures}
 
 
 class _Failed(Exception):

@@ -246,6 +246,8 @@ class Validations:
             if out_path.stat().st_size > MAX_OUTPUT_BYTES:
                 return {"ok": False, "reason": "the validation's output is larger than the node keeps"}
             output: dict[str, Any] = json.loads(out_path.read_bytes())
+            if output.get("figures"):
+                log.info("validated %s: %s", sha256, output["figures"])
             return output
 
     @contextlib.contextmanager
