@@ -97,7 +97,7 @@ def test_own_offering_page_shows_versions_and_provenance(
     page = _sign_in(browser, a)
     page.goto(f"{a.url}/ui/catalog?q=vibration")
     page.get_by_role("link", name="Turbine vibration 2026").click()
-    table = page.get_by_role("table").inner_text()
+    table = page.get_by_role("table", name="Versions and provenance").inner_text()
     assert "v1" in table and "ANCHORED" in table
     assert "agora verify" in page.get_by_role("region", name="Versions and provenance").inner_text()
     assert "at most 10" in page.locator("ul.policy").inner_text()
