@@ -9,14 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from eth_account import Account
 
 from connector.models import Participant
 from kernel.db import transaction
-from marketplace.catalog import DSP_CONTEXT
+from marketplace.catalog import DSP_CONTEXT, CatalogFilters
 from node.ui import csrf
 from quality import dqv
 from tests import dsp
+from tests.integration.test_notarization import in_process_node
 
 PEER = Account.create().address
 HOSTILE = Account.create().address
@@ -244,3 +246,27 @@ def test_a_peers_evidence_is_kept_bounded_and_shown_escaped(
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<img src=x" not in page and "1 of 3 expectations passed, 2 failed" in page
     assert "quality failed" in page
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_status_is_searched_and_the_validation_anchor_followed(
+    postgres: Any, settings_factory: Any
+) -> None:
+    """The catalog reads the status and finds the entry of an anchored validation by JSON paths
+    into the entry's document: the same on PostgreSQL as on SQLite."""
+    with in_process_node(settings_factory, database_url=postgres.new_database(), anchor_max_delay=0) as (
+        rt,
+        client,
+        headers,
+    ):
+        offering_id = _register(client, lambda *_: headers)
+        _validate_all(rt)
+        pending = rt.catalog.entry(rt.address, offering_id)
+        assert pending["evidence"]["validation"]["anchor_status"] == "PENDING"
+        rt.notary.run_once(force=True)
+        anchored = rt.catalog.entry(rt.address, offering_id)
+        assert anchored["evidence"]["validation"]["anchor_status"] == "ANCHORED"
+        (item,) = rt.catalog.search(CatalogFilters())["items"]
+        assert item["quality_status"] == "passed"
+        _, dataset = _dataset(rt, offering_id)
+        assert dataset["dqv:hasQualityAnnotation"][0]["oa:hasBody"]["agora:anchorStatus"] == "ANCHORED"
