@@ -5,7 +5,10 @@ notarizes them; Beta browses Acme's catalog, negotiates, fetches data under an a
 verifies it; then Beta trains a CNN on Acme's digit scans without the data leaving Acme's
 node (compute-to-data), receives only the ONNX model and verifies its whole lineage; a model
 built to carry the rows out is refused; then Beta trains one model federated across three
-organisations' data, verifies its rounds on chain; bad input is refused.
+organisations' data, verifies its rounds on chain; Acme's datasets carry schemas, quality
+suites and profiles into the catalog, a version failing its suite is not offered, a dataset
+kept in DVC gets a version when its data moves, and a model alias moves before Beta
+negotiates for it by name; bad input is refused.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def _story(root: Path, work: Path) -> None:
     from marketplace.manifests.cli import apply_manifest, plan_manifest
     from node.demo_compute import compute_to_data
     from node.demo_federation import federated_learning
+    from node.demo_quality import data_quality
 
     step(1, "Acme Wind and Beta Analytics each set up a node")
     with (
@@ -222,8 +226,9 @@ def _story(root: Path, work: Path) -> None:
             digits = offers["digit-scans"]
             compute_to_data(root, work, beta, acme_url, beta_url, beta_env, beta_token, digits)
             federated_learning(root, work, beta, beta_url, beta_env, beta_token, acme, acme_url)
+            last = data_quality(work, manifest, acme, beta, acme_url, first_step=16)
 
-            step(16, "Bad input is refused with its reason, and changes nothing")
+            step(last, "Bad input is refused with its reason, and changes nothing")
             before = len(acme.get("/api/v1/offerings")["items"])
             try:
                 acme.upload(
@@ -241,6 +246,7 @@ def _demo_manifest(work: Path, beta_url: str) -> Path:
     """The example manifest (three offerings, generated data) plus Beta as a peer."""
     examples = Path(__file__).resolve().parent.parent / "examples"
     shutil.copytree(examples / "data", work / "data")
+    shutil.copytree(examples / "quality", work / "quality")
     path = work / "manifest.yaml"
     path.write_text((examples / "manifest.yaml").read_text() + f"peers:\n  - url: {beta_url}\n")
     return path

@@ -120,17 +120,21 @@ def node_token(home: Path, url: str, scopes: list[str], subject: str) -> str:
 
 
 def negotiate(
-    client: NodeClient, provider_url: str, item: dict[str, Any], purpose: str, mode: str, timeout: float = 60
+    client: NodeClient,
+    provider_url: str,
+    item: dict[str, Any],
+    purpose: str,
+    mode: str,
+    timeout: float = 60,
+    alias: str | None = None,
 ) -> dict[str, Any]:
-    started = client.post_json(
-        "/api/v1/negotiations",
-        {
-            "offering_id": item["offering_id"],
-            "provider": provider_url,
-            "purpose": purpose,
-            "access_mode": mode,
-        },
-    )
+    request = {
+        "offering_id": item["offering_id"],
+        "provider": provider_url,
+        "purpose": purpose,
+        "access_mode": mode,
+    }
+    started = client.post_json("/api/v1/negotiations", {**request, **({"alias": alias} if alias else {})})
     deadline = time.monotonic() + timeout
     while True:
         negotiation: dict[str, Any] = client.get(f"/api/v1/negotiations/{started['id']}")
