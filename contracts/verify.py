@@ -390,15 +390,18 @@ def lineage_facts(kind: str, metadata: dict[str, Any]) -> list[str]:
 
 
 def _version_line(record: dict[str, Any]) -> str:
-    line = f"version {record.get('version')}"
+    line = f"version {_clean(record.get('version'))}"
     source = record.get("source")
     if isinstance(source, dict) and source.get("commit"):
         detail = ", ".join(
             part
-            for part in (str(source.get("path") or ""), f"md5 {source['md5']}" if source.get("md5") else "")
+            for part in (
+                _clean(source.get("path") or ""),
+                f"md5 {_clean(source['md5'])}" if source.get("md5") else "",
+            )
             if part
         )
-        line += f" · {source.get('kind') or 'dvc'} commit {str(source['commit'])[:7]}"
+        line += f" · {_clean(source.get('kind') or 'dvc')} commit {_clean(source['commit'])[:7]}"
         line += f" ({detail})" if detail else ""
     return line
 
@@ -410,13 +413,19 @@ def _validation_line(record: dict[str, Any]) -> str:
     status = record.get("status") or (
         "passed" if record.get("success") is True else "failed" if record.get("success") is False else "?"
     )
-    line = f"validation {status}"
+    line = f"validation {_clean(status)}"
     if passed is not None and evaluated is not None:
-        line += f" {passed}/{evaluated} expectations"
+        line += f" {_clean(passed)}/{_clean(evaluated)} expectations"
     failing = record.get("failing_columns")
     if isinstance(failing, list) and failing:
-        line += " · failing columns " + ", ".join(str(c) for c in failing[:20])
+        line += " · failing columns " + ", ".join(_clean(c, 100) for c in failing[:20])
     return line
+
+
+def _clean(value: Any, cap: int = 200) -> str:
+    """A value of an owner's metadata as printable text: one line, bounded (its hash is on
+    chain, but its owner chose it: no terminal control sequences)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:cap])
 
 
 def _emitted(registry: Registry, receipt: Any, event: str, key: str, value: bytes) -> bool:

@@ -205,3 +205,21 @@ def test_a_model_on_a_flagged_version_names_its_failing_columns(
             "trained on version 1",
             "validation failed 2/3 expectations · failing columns rpm",
         ]
+
+
+def test_what_verify_prints_of_an_owners_metadata_is_one_bounded_line() -> None:
+    """The owner chose these values (their hash is on chain): no terminal control sequence or
+    second line gets through, and long values are cut."""
+    from contracts.verify import lineage_facts
+
+    metadata = {
+        "version": "3\x1b[2J",
+        "source": {"kind": "dvc", "commit": "abc1234\n", "path": "data/x.csv\x1b]0;owned\x07" + "p" * 500},
+    }
+    (line,) = lineage_facts("dataset", metadata)
+    assert "\x1b" not in line and "\n" not in line and "\x07" not in line
+    assert line.startswith("version 3?[2J · dvc commit abc1234 (data/x.csv?]0;owned?")
+    assert len(line) < 300
+    (validation,) = lineage_facts("validation", {"success": False, "passed": 1, "evaluated": 3})
+    assert validation == "validation failed 1/3 expectations"
+    assert lineage_facts("model", {"version": 3}) == []
