@@ -274,7 +274,7 @@ def main() -> int:
         f"{'quality.run: whole process':38}{ours['seconds']:>9.2f}{ours['peak_rss'] / 1e6:>13.0f}"
         f"{ours['frame_bytes'] / 1e6:>14.0f}"
     )
-    print(f"{'  read (pyarrow, categories)':38}{ours['read_s']:>9.2f}")
+    print(f"{'  read (pandas, declared categories)':38}{ours['read_s']:>9.2f}")
     print(f"{'  validate (GX, 10 expectations)':38}{ours['validate_s']:>9.2f}")
     print(f"{'  profile':38}{ours['profile_s']:>9.2f}")
     startup = ours["seconds"] - ours["read_s"] - work_s
