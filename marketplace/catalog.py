@@ -6,9 +6,11 @@
   tsvector on PostgreSQL; the database maintains both), filters, keyset pagination in a
   stable order (newest change first).
 * :meth:`CatalogService.dcat_catalog` renders what a requesting participant may see as a
-  Dataspace Protocol catalog (DCAT datasets with ODRL offers); offerings whose policy
-  excludes the requester are left out.
-* :meth:`CatalogService.store_peer_page` takes a page a crawler fetched from a peer.
+  Dataspace Protocol catalog (DCAT datasets with ODRL offers, and each current version's
+  quality evidence in DQV and CSVW, :mod:`quality.dqv`); offerings whose policy excludes the
+  requester are left out.
+* :meth:`CatalogService.store_peer_page` takes a page a crawler fetched from a peer, keeping of
+  each dataset only the columns and a bounded document (:func:`peer_document`).
 """
 
 from __future__ import annotations
