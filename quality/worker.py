@@ -205,8 +205,10 @@ class Validations:
 
     def _run(self, sha256: str, job: dict[str, Any]) -> dict[str, Any]:
         """``python -m quality.run`` on the version's file; its output, or a reason it has none."""
+        staging = self.store.staging_dir  # the node's disk, not a /tmp that may live in memory
+        staging.mkdir(parents=True, exist_ok=True)
         with (
-            tempfile.TemporaryDirectory(prefix="agora-quality-") as tmp,
+            tempfile.TemporaryDirectory(prefix="quality-", dir=staging) as tmp,
             self._file(sha256, Path(tmp)) as data,
         ):
             job_path, out_path, err_path = Path(tmp, "job.json"), Path(tmp, "out.json"), Path(tmp, "stderr")
@@ -361,6 +363,17 @@ class Validations:
         )
         sync_local(session, offering)
 
+    def sweep(self) -> int:
+        """Remove the working directories a run killed with the node left behind."""
+        import shutil
+
+        if not self.store.staging_dir.exists():
+            return 0
+        left = [p for p in self.store.staging_dir.glob("quality-*") if p.is_dir()]
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(left)
+
     def stop(self) -> None:
         """End the run under way (its version stays waiting and is taken at the next start)."""
         with self._lock:
@@ -379,6 +392,10 @@ class QualityWorker(BackgroundWorker):
         self.validations = validations
         validations.on_requested = self.wake
 
+    def start(self) -> None:
+        self.validations.sweep()
+        super().start()
+
     def tick(self) -> float | None:
         return 0.0 if self.validations.run_once() else None
 
@@ -388,8 +405,5 @@ class QualityWorker(BackgroundWorker):
 
 
 def _columns(schema_doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The columns part of a version's stored schema document, if it has one."""
-    if not schema_doc:
-        return None
-    inner = schema_doc.get("schema") if isinstance(schema_doc.get("schema"), dict) else schema_doc
-    return inner if isinstance(inner, dict) and inner.get("columns") else None
+    """A version's stored schema (``quality.schema.schema_doc``) when it names columns."""
+    return schema_doc if schema_doc and schema_doc.get("columns") else None
