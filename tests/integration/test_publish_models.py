@@ -151,3 +151,50 @@ def test_what_cannot_be_published_is_refused_with_the_reason(
     acme_job = next(j for j in acme.api("GET", "/jobs").json() if job["id"] in (j["id"], j["peer_pid"]))
     r = acme.api("POST", "/offerings/not-a-model/publish", json={"job": acme_job["id"]})
     assert r.status_code == 400 and "models are published to model offerings" in r.json()["detail"], r.text
+
+
+def test_a_federations_model_published_as_a_version_verifies_with_its_rounds(tmp_path: Path) -> None:
+    from tests.fl_orgs import fl_orgs, run, spec
+
+    with fl_orgs(tmp_path / "fl", 2, iid=True) as orgs:
+        fed = run(orgs, spec(orgs, rounds=1, min_participants=2))
+        assert fed["state"] == "COMPLETED", fed["reason"]
+        coordinator = orgs.coordinator
+        cli = ["--url", coordinator.node.url, "--token", coordinator.token]
+        out = coordinator.node.cli(
+            "offerings",
+            "publish",
+            "digits-fl",
+            "--federation",
+            fed["id"],
+            "--create",
+            "--title",
+            "Federated digits",
+            "--alias",
+            "candidate",
+            *cli,
+        )
+        assert "published" in out.stdout and "v1" in out.stdout, out.stdout
+        offering = coordinator.api("GET", "/offerings/digits-fl/aliases").json()["offering_id"]
+        version = _anchor(coordinator, offering, 1)
+        assert version["source"] == {
+            "kind": "federation",
+            "federation": fed["id"],
+            "asset_id": fed["result"]["onnx_asset_id"],
+        }
+        poll(lambda: _anchor(coordinator, offering, 1), ("ANCHORED",), timeout=90)
+        model = tmp_path / "fl.onnx"
+        coordinator.node.cli(
+            "offerings", "download", offering, "-o", str(model), "--alias", "candidate", *cli
+        )
+        report = json.loads(coordinator.node.cli("verify", str(model), "--json").stdout)
+        assert report["verified"], report
+        (released,) = report["asset"]["parents"]
+        assert released["kind"] == "onnx-model" and released["asset_id"] == fed["result"]["onnx_asset_id"]
+        assert "fl-round" in _kinds(report["asset"])
+        # a provider of the federation holds no model to publish
+        provider = orgs.providers[0]
+        r = provider.api(
+            "POST", "/offerings/x/publish", json={"federation": fed["id"], "create": {"title": "Not mine"}}
+        )
+        assert r.status_code == 404 and "coordinated by this node" in r.json()["detail"], r.text
