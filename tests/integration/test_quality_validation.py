@@ -237,3 +237,42 @@ def test_a_suite_that_cannot_run_is_error_and_can_be_validated_again(
         headers={"Authorization": f"Bearer {writer}"},
     )
     assert denied.status_code == 403
+
+
+def test_a_node_killed_during_a_validation_takes_the_version_again(tmp_path: Path) -> None:
+    import psutil
+
+    node = services.start_node(tmp_path / "crash", AGORA_ANCHOR_MAX_DELAY="0.2")
+    try:
+        org = services.Org(node)
+        oid = register(org, "crash", csv_bytes(400_000, salt="c"))["id"]
+
+        def running_child() -> list[psutil.Process]:
+            children = psutil.Process(node.proc.pid).children(recursive=True)
+            return [c for c in children if "quality.run" in " ".join(c.cmdline())]
+
+        (child,) = services.wait_until(running_child, "the validation process", timeout=60, interval=0.05)
+        node.proc.kill()  # no shutdown: the transaction that records the outcome never ran
+        node.proc.wait()
+        assert version_of_offline(node, oid) == "validating"
+        child.wait(10)  # the run notices its parent is gone and ends
+        restarted = services.start_node(node.home, port=node.port, AGORA_ANCHOR_MAX_DELAY="0.2")
+        node = restarted
+        org = services.Org(node)
+        v1 = settled(org, oid, 1)
+        assert v1["quality_status"] == "passed" and v1["published"] is True
+        assert v1["profile"]["rows"] == 400_000
+    finally:
+        node.stop()
+
+
+def version_of_offline(node: services.LiveNode, offering_id: str) -> str:
+    """The version's status read from the stopped node's database."""
+    import sqlite3
+
+    with sqlite3.connect(node.home / "agora.db") as db:
+        (status,) = db.execute(
+            "SELECT quality_status FROM offering_version WHERE offering_id = ? AND version = 1",
+            (offering_id,),
+        ).fetchone()
+    return str(status)
