@@ -580,7 +580,11 @@ class NegotiationService:
             reason="the provider answered with a counter-offer",
         )
         row.peer_pid = str(body.get("providerPid") or row.peer_pid)
-        row.offer = dict(body.get("offer") or {})
+        # the version asked for stays what this side asked for, whatever the counter-offer says
+        row.offer = {
+            **{k: v for k, v in dict(body.get("offer") or {}).items() if k not in (ALIAS, VERSION)},
+            **_asked(row),
+        }
 
     def _on_agreement(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         """Check the provider's terms and signature, sign them too, send the verification."""

@@ -183,3 +183,33 @@ def test_terms_and_download_take_the_version_an_alias_names(runtime: Any, offeri
         runtime.offerings.terms(model, alias="nope")
     with pytest.raises(InvalidInput, match="not both"):
         runtime.offerings.terms(model, alias="champion", version=1)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"agora:alias": "Champion"},
+        {"agora:alias": "champion\n"},
+        {"agora:alias": ["champion"]},
+        {"agora:alias": "a" * 65},
+        {"agora:version": True},
+        {"agora:version": 1.0},
+        {"agora:version": "1"},
+        {"agora:version": 0},
+        {"agora:version": 2**31},
+        {"agora:alias": "champion", "agora:version": 1},
+    ],
+)
+def test_a_request_names_a_version_only_in_the_shapes_it_may(message: dict[str, Any]) -> None:
+    from connector.negotiation import asked_version
+
+    with pytest.raises(InvalidInput):
+        asked_version(message)
+
+
+def test_what_a_request_asks_for() -> None:
+    from connector.negotiation import asked_version
+
+    assert asked_version({"agora:alias": "champion"}) == {"agora:alias": "champion"}
+    assert asked_version({"agora:version": 3}) == {"agora:version": 3}
+    assert asked_version({"agora:purpose": "research"}) == {}
