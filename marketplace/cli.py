@@ -219,7 +219,11 @@ def show(
     console.print(f"  {'access':12} {', '.join(o['access_modes'])}")
     console.print(f"  {'compute':12} {describe_terms(o.get('compute_terms') or {})}")
     for v in o["versions"]:
-        console.print(f"  v{v['version']}  {v['sha256']}  {_size(v['size'])}  anchor {v['anchor']['status']}")
+        named = f"  aliases: {', '.join(v['aliases'])}" if v.get("aliases") else ""
+        console.print(
+            f"  v{v['version']}  {v['sha256']}  {_size(v['size'])}  anchor {v['anchor']['status']}{named}",
+            highlight=False,
+        )
         quality = describe_quality(v)
         if quality:
             console.print(f"      {quality}", markup=False, highlight=False)
