@@ -33,7 +33,11 @@ def offerings(runtime: Any) -> dict[str, str]:
         address=runtime.address, name=settings.name, endpoint=settings.public_url
     )
     meta = OfferingMetadata(
-        name="wind-model", kind="model", title="Wind model", media_type="application/onnx"
+        name="wind-model",
+        kind="model",
+        title="Wind model",
+        media_type="application/onnx",
+        policy={"template": "provide-access"},
     )
     with _stage(runtime, b"model v1") as staged:
         model = runtime.offerings.register(staged, meta, "tester").id
@@ -213,3 +217,14 @@ def test_what_a_request_asks_for() -> None:
     assert asked_version({"agora:alias": "champion"}) == {"agora:alias": "champion"}
     assert asked_version({"agora:version": 3}) == {"agora:version": 3}
     assert asked_version({"agora:purpose": "research"}) == {}
+
+
+def test_the_dsp_catalog_carries_the_aliases_and_validates(runtime: Any, offerings: dict[str, str]) -> None:
+    from tests import dsp
+
+    runtime.aliases.move(offerings["model"], "champion", 2, "alice")
+    catalog, _ = runtime.catalog.dcat_catalog("0x" + "11" * 20)
+    (model,) = [d for d in catalog["dataset"] if d["agora:name"] == "wind-model"]
+    assert model[ALIASES] == {"champion": 2}
+    assert dsp.errors("catalog/catalog-schema.json", catalog) == []
+    assert dsp.errors("catalog/dataset-schema.json", {"@context": catalog["@context"], **model}) == []
