@@ -310,6 +310,7 @@ def build_runtime(settings: Settings) -> Runtime:
         offerings,
         min_count=settings.profile_min_count,
         timeout=settings.quality_timeout,
+        max_memory=int(settings.quality_max_memory),
         on_queued=notary.wake,
     )
     _connect_negotiations(runtime, token_key=key)

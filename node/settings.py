@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     quality_timeout: float = Field(
         default=3600.0, gt=0, description="seconds one version's validation and profile may take"
     )
+    quality_max_memory: ByteSize = Field(
+        default=ByteSize(8 * 1024**3),
+        description="most memory one validation may reserve (RLIMIT_DATA: about 1 GB above what it "
+        "holds; 1 GiB of CSV holds about 3 GB); 0: no limit",
+    )
     key_passphrase: SecretStr | None = None
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0, description="largest accepted upload")
     max_json_bytes: int = Field(

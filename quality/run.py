@@ -159,13 +159,21 @@ def main(argv: list[str]) -> int:
     os.environ["GX_ANALYTICS_ENABLED"] = "False"
     job_path, data_path, out_path = (Path(a) for a in argv)
     job = json.loads(job_path.read_text(encoding="utf-8"))
+    limit = int(job.get("max_memory") or 0)
+    if limit > 0:  # the heap and private mappings: pandas and numpy raise MemoryError past it
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     try:
         output = analyse(data_path, job)
     except _Failed as failed:
         traceback.print_exception(failed.cause, file=sys.stderr)
-        output = _refused(
-            f"{STAGES[failed.stage]} failed ({type(failed.cause).__name__}); the node's log has the details"
-        )
+        stage = STAGES[failed.stage]
+        if isinstance(failed.cause, MemoryError):
+            output = _refused(f"{stage} ran out of memory (AGORA_QUALITY_MAX_MEMORY: {limit} bytes)")
+        else:
+            why = type(failed.cause).__name__
+            output = _refused(f"{stage} failed ({why}); the node's log has the details")
     Path(out_path).write_text(json.dumps(output, allow_nan=False), encoding="utf-8")
     return 0
 

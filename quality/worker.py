@@ -81,6 +81,7 @@ class Validations:
         *,
         min_count: int,
         timeout: float,
+        max_memory: int = 0,
         on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -88,6 +89,7 @@ class Validations:
         self.offerings = offerings
         self.min_count = min_count
         self.timeout = timeout
+        self.max_memory = max_memory
         self.on_queued = on_queued
         self.on_requested: Callable[[], None] | None = None
         self._child: subprocess.Popen[bytes] | None = None
@@ -193,6 +195,7 @@ class Validations:
                 "schema": _columns(version.schema_doc) or declared(offering.quality_declared)["schema"],
                 "suite": suite,
                 "min_count": self.min_count,
+                "max_memory": self.max_memory,
                 "offering": offering.id,
                 "version": version.version,
                 "dataset_sha256": version.asset_sha256,

@@ -254,3 +254,38 @@ def test_an_unreadable_file_is_a_reason_without_its_content(tmp_path: Path) -> N
     assert out["ok"] is False
     assert out["reason"].startswith("reading the file failed (")
     assert SECRETS[0] not in out["reason"]
+
+
+def test_a_run_past_its_memory_limit_says_so(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = tmp_path / "big.csv"
+    with data.open("w") as f:
+        f.write("x,y\n")
+        np.savetxt(f, np.random.default_rng(0).normal(size=(2_000_000, 2)), fmt="%.6f", delimiter=",")
+    job = {
+        "media_type": "text/csv",
+        "schema": None,
+        "suite": None,
+        "min_count": 10,
+        "offering": "o",
+        "version": 1,
+        "dataset_sha256": "00" * 32,
+    }
+    for limit, ok in ((400_000_000, False), (0, True)):
+        (tmp_path / "job.json").write_text(json.dumps({**job, "max_memory": limit}))
+        out = tmp_path / "out.json"
+        run = subprocess.run(
+            [sys.executable, "-I", "-m", "quality.run", str(tmp_path / "job.json"), str(data), str(out)],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        answer = json.loads(out.read_text())
+        assert answer["ok"] is ok, answer.get("reason")
+        if not ok:
+            assert (
+                answer["reason"]
+                == "reading the file ran out of memory (AGORA_QUALITY_MAX_MEMORY: 400000000 bytes)"
+            )
