@@ -159,6 +159,7 @@ def validation(path: Path, tmp: Path) -> dict[str, Any]:
         "schema": SCHEMA,
         "suite": SUITE,
         "min_count": 10,
+        "max_memory": 8 * 1024**3,  # AGORA_QUALITY_MAX_MEMORY's default: the run the node would do
         "offering": "bench",
         "version": 1,
         "dataset_sha256": "00" * 32,
