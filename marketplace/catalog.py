@@ -44,7 +44,7 @@ from marketplace.models import (
     PeerCatalogState,
 )
 from marketplace.terms import ComputeTerms
-from quality import dqv
+from quality import dqv, dqv_read
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 MAX_PAGE = 200
@@ -146,7 +146,7 @@ def peer_document(dataset: dict[str, Any]) -> dict[str, Any]:
     """What this node keeps of a peer's DCAT dataset besides the columns: its compute terms (when
     they are valid terms), its aliases and its quality evidence, each bounded (a peer's document
     is hostile: nothing else of it is stored)."""
-    found = dqv.read_dataset(dataset)
+    found = dqv_read.read_dataset(dataset)
     aliases = dataset.get(ALIASES)
     document: dict[str, Any] = {
         COMPUTE_TERMS: stated_terms(dataset),

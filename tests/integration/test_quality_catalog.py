@@ -16,7 +16,7 @@ from connector.models import Participant
 from kernel.db import transaction
 from marketplace.catalog import DSP_CONTEXT, CatalogFilters
 from node.ui import csrf
-from quality import dqv
+from quality import dqv, dqv_read
 from tests import dsp
 from tests.integration.test_notarization import in_process_node
 
@@ -210,7 +210,7 @@ def test_a_peers_evidence_is_kept_bounded_and_shown_escaped(
     mine = runtime.catalog.entry(runtime.address, offering_id)
     theirs = runtime.catalog.entry(PEER, offering_id)
     # as the page this node served said (the notary may have anchored the result since)
-    served = {"validation": dqv.read_dataset(dataset)["validation"]}  # type: ignore[index]
+    served = {"validation": dqv_read.read_dataset(dataset)["validation"]}  # type: ignore[index]
     assert theirs["evidence"]["validation"] == served["validation"]
     assert {**served["validation"], "anchor_status": ""} == {
         **mine["evidence"]["validation"],

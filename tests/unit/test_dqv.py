@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from quality import dqv
+from quality import bounded, dqv, dqv_read
 
 DATASET = "urn:uuid:0b7c6a52-5d3e-4bb8-9a43-0c1f3c1e9d10"
 SCHEMA = {
@@ -206,7 +206,7 @@ def test_npz_arrays_are_described_and_measured() -> None:
 def test_a_peers_dataset_reads_back_into_the_same_evidence() -> None:
     mine = _evidence()
     dataset = {"@id": DATASET, **dqv.dataset_fields(mine, DATASET)}
-    back = dqv.read_dataset(json.loads(json.dumps(dataset)))
+    back = dqv_read.read_dataset(json.loads(json.dumps(dataset)))
     assert back is not None
     assert back["status"] == "failed" and back["schema"] == mine["schema"]
     assert back["validation"] == mine["validation"]
@@ -217,7 +217,7 @@ def test_a_peers_dataset_reads_back_into_the_same_evidence() -> None:
         "value": "north",
         "count": 70,
     }
-    assert dqv.read_dataset({"@id": DATASET}) is None  # a dataset stating no evidence
+    assert dqv_read.read_dataset({"@id": DATASET}) is None  # a dataset stating no evidence
 
 
 def test_a_hostile_peers_evidence_is_bounded() -> None:
@@ -238,6 +238,9 @@ def test_a_hostile_peers_evidence_is_bounded() -> None:
         }
         for i in range(5_000)
     ]
+    measurements.insert(
+        0, {"dqv:isMeasurementOf": "agora:rowCount", "dqv:computedOn": [DATASET], "dqv:value": 7}
+    )
     hostile = {
         "@id": DATASET,
         "agora:qualityStatus": "<script>alert(1)</script>",
@@ -255,25 +258,52 @@ def test_a_hostile_peers_evidence_is_bounded() -> None:
         ],
         "agora:source": {"agora:commit": deep, "agora:path": "p" * 5_000},
     }
-    found = dqv.read_dataset(hostile)
+    found = dqv_read.read_dataset(hostile)
     assert found is not None
     assert found["status"] == "unknown"
-    text = json.dumps(found)
-    assert len(text) <= dqv.MAX_STORED
-    assert found["truncated"] and found["schema"] is None and found["profile"] is None
+    assert len(json.dumps(found)) <= dqv.MAX_STORED
+    # 256 columns of 200-character names do not fit: halved until they do, the rest counted
+    kept = len(found["schema"]["columns"])
+    assert 0 < kept < dqv.MAX_COLUMNS and found["schema"]["omitted"] == 5_000 - kept
+    assert {c["role"] for c in found["schema"]["columns"]} == {""}  # a nested role is no text
+    assert found["profile"]["rows"] is None  # a reference that is no {"@id": …} names nothing
     assert found["validation"]["passed"] is None and found["validation"]["success"] is None
     assert len(found["validation"]["failing_columns"]) == dqv.MAX_FAILING
     assert found["validation"]["sha256"] == ""
-    assert found["source"] == {"path": "p" * dqv.MAX_TEXT}
+    assert found["source"] == {"path": "p" * bounded.MAX_TEXT}
 
-    # under the size cap, the schema and profile stay, cut to their caps
+    # few columns: the schema and profile stay, cut to their caps
     hostile["dqv:hasQualityAnnotation"] = []
     hostile["csvw:tableSchema"] = {"csvw:column": [{**column, "agora:role": "feature"}] * 5}
-    small = dqv.read_dataset(hostile)
-    assert small is not None and not small.get("truncated")
-    assert all(len(c["name"]) == dqv.MAX_TEXT for c in small["schema"]["columns"])
+    small = dqv_read.read_dataset(hostile)
+    assert small is not None and small["schema"]["omitted"] == 0
+    assert all(len(c["name"]) == bounded.MAX_TEXT for c in small["schema"]["columns"])
     means = [c["mean"] for c in small["profile"]["columns"]]
     assert len(means) == dqv.MAX_COLUMNS and means[:3] == [None, None, 2]
+
+
+def test_a_wide_table_fits_what_a_peer_keeps_and_reads_back_whole() -> None:
+    """2,000 columns with ten frequent values each: the evidence is cut to the size a peer
+    keeps (frequent values first, then columns), so the peer's copy is the provider's."""
+    columns = [{"name": f"column_{i:04d}", "type": "category", "role": "feature"} for i in range(2_000)]
+    top = [{"value": f"value-{j}", "count": 1_000} for j in range(10)]
+    profile = {
+        "rows": 10**6,
+        "min_count": 10,
+        "columns": [
+            {"name": c["name"], "type": "category", "null_share": 0.0, "distinct": 50, "top": top}
+            for c in columns
+        ],
+    }
+    mine = _evidence(schema={"columns": columns}, profile=profile)
+    assert len(json.dumps(mine)) <= dqv.MAX_STORED and mine["frequent_omitted"]
+    kept = len(mine["schema"]["columns"])
+    assert kept >= 64 and mine["schema"]["omitted"] == 2_000 - kept
+    assert mine["profile"]["omitted"] == 2_000 - len(mine["profile"]["columns"])
+    fields = dqv.dataset_fields(mine, DATASET)
+    assert fields["csvw:tableSchema"]["agora:columnsOmitted"] == 2_000 - kept
+    back = dqv_read.read_dataset(json.loads(json.dumps({"@id": DATASET, **fields})))
+    assert back == mine
 
 
 def test_a_profile_that_could_not_be_made_renders_no_measurement() -> None:
