@@ -27,6 +27,15 @@ def _manifest(work: Path, b_address: str, b_url: str, other: str, with_public: b
             "source": "data/bearings.csv",
             "keywords": ["bearings"],
             "access_modes": ["compute"],
+            "schema": {
+                "columns": [
+                    {"name": "bearing", "type": "string", "role": "id"},
+                    {"name": "rpm", "type": "integer"},
+                    {"name": "temperature_c", "type": "float"},
+                    {"name": "rms_g", "type": "float"},
+                    {"name": "fault", "type": "integer", "role": "label"},
+                ]
+            },
             "policy": {"template": "connector-restricted-usage", "params": {"participants": [b_address]}},
         },
         {
@@ -51,6 +60,7 @@ def _manifest(work: Path, b_address: str, b_url: str, other: str, with_public: b
                 "source": "data/vibration.csv",
                 "keywords": ["vibration", "wind"],
                 "access_modes": ["compute", "download"],
+                "on_untrainable": "register-flagged",
                 "policy": {"template": "n-times-usage", "params": {"count": 10}},
             },
         )

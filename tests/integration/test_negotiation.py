@@ -40,6 +40,7 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.Or
                 "title": "Turbine vibration",
                 "source": "data/vibration.csv",
                 "access_modes": ["download", "compute"],
+                "on_untrainable": "register-flagged",  # no label column: negotiable, never trainable
                 "policy": {"template": "n-times-usage", "params": {"count": 10}},
             },
             {
@@ -47,6 +48,7 @@ def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.Or
                 "title": "Bearing faults",
                 "source": "data/bearings.csv",
                 "access_modes": ["compute"],
+                "on_untrainable": "register-flagged",
                 "policy": {
                     "permissions": [
                         {

@@ -20,6 +20,7 @@ META = {
     "keywords": ["vibration", "wind"],
     "license": "CC-BY-4.0",
     "access_modes": ["compute", "download"],
+    "on_untrainable": "register-flagged",  # the files here are not training sets; that is not tested here
 }
 
 
