@@ -18,12 +18,13 @@ never touched.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernel.errors import AgoraError, InvalidInput
+from kernel.errors import AgoraError, FieldError, InvalidInput
 from kernel.hashing import parse_digest, sha256_file
 from kernel.storage import StagedObject
 from kernel.validation import validate
@@ -314,7 +315,7 @@ class ManifestService:
                 item = items[change.target]
                 source = item.source.source.model_dump() if item.source and item.source.source else None
                 staged = self._bytes_for(loaded, item, files, change.sha256 or "")
-                with staged:
+                with staged, _named(loaded, item):
                     if change.action == "create":
                         desired = self._desired(loaded, item)
                         terms = desired.pop("compute_terms")
@@ -417,3 +418,16 @@ def _described(name: str, offering: Offering, desired: dict[str, Any]) -> str:
         return f"quality ({', '.join(key for key in after if before.get(key) != after[key])})"
     moves = [f"{key} {before[key]} → {after[key]}".lower() for key in after if before[key] != after[key]]
     return f"compute terms ({', '.join(moves)})"
+
+
+@contextmanager
+def _named(loaded: LoadedManifest, item: _Item) -> Iterator[None]:
+    """A refusal of an offering's bytes (its schema, its trainability) located at its source line
+    and named by the offering, so the steward knows which entry to fix."""
+    try:
+        yield
+    except InvalidInput as exc:
+        message = f"{item.offering.name}: {exc.detail}"
+        located = loaded.document.error([FieldError(item.at("source"), message)], "manifest")
+        # the same kind of refusal (an untrainable file stays a 422), now saying where
+        raise type(exc)(located.detail, errors=located.errors, **exc.extra) from None

@@ -158,6 +158,7 @@ def test_a_manifest_refuses_an_untrainable_offering(client, auth, runtime) -> No
         headers=auth(),
     )
     assert r.status_code == 422 and "no label column" in r.json()["detail"], r.text
+    assert "manifest.yaml:3 offerings.0.source: pairs: " in r.json()["detail"]  # which entry to fix
     assert counts(runtime) == before
 
 
