@@ -332,6 +332,7 @@ class Validations:
                 "evaluated": stats["evaluated"],
                 "passed": stats["passed"],
                 "failed": stats["failed"],
+                "failing_columns": list(summary.get("failing_columns") or []),
             },
             parents=[parent],
         )

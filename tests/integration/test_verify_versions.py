@@ -200,7 +200,7 @@ def test_a_model_on_a_flagged_version_names_its_failing_columns(
         assert report.verified, report.reason
         parents = _by_kind(report.root)
         assert parents["dataset"].facts == ["version 1"]
-        assert parents["validation"].facts == ["validation failed 2/3 expectations"]
+        assert parents["validation"].facts == ["validation failed 2/3 expectations · failing columns rpm"]
         assert parents["job-result"].facts == [
             "trained on version 1",
             "validation failed 2/3 expectations · failing columns rpm",
