@@ -82,7 +82,7 @@ bench: $(BENCH_STAMP) $(NPM_STAMP)
 	$(PY) bench/sandbox.py
 	$(PY) bench/onnx.py
 	$(PY) bench/memorization.py
-	$(PY) bench/quality.py
+	$(PY) bench/data_quality.py
 	$(PY) bench/fl.py
 
 clean:

@@ -1,5 +1,8 @@
 """Validation and profile of a large CSV against a plain pandas read of the same file.
 
+(Not named ``quality.py``: a script's directory comes first on ``sys.path``, and a module of
+that name would hide the node's ``quality`` package from every script in ``bench/``.)
+
 Writes a CSV of ``--size-mib`` MiB (numbers and categories) in a temporary directory and a
 ten-expectation suite, then, in the same run, each in a fresh process whose peak RSS is read
 with ``resource.getrusage(RUSAGE_CHILDREN)``:
@@ -13,8 +16,8 @@ with ``resource.getrusage(RUSAGE_CHILDREN)``:
    how long after it the node's worker has the outcome;
 4. ``agora --help``: wall time, median of five.
 
-    .venv/bin/python bench/quality.py            # 1 GiB
-    .venv/bin/python bench/quality.py --quick    # 32 MiB smoke run
+    .venv/bin/python bench/data_quality.py            # 1 GiB
+    .venv/bin/python bench/data_quality.py --quick    # 32 MiB smoke run
 
 Targets: validation + profile <= 2x the plain read's time; peak memory <= 2x the plain read's
 DataFrame; registration answers before the validation is done (status validating);
