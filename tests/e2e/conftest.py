@@ -65,12 +65,13 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.L
         a.cli("apply", "-f", str(work / "manifest.yaml"), "--home", str(a.home))
         b.cli("peers", "add", a.url, "--home", str(b.home))
         token = b.token("catalog:read")
-        deadline = time.monotonic() + 30
+        # the three offerings Beta may see; bearing-faults only once its suite passed (on_failure: reject)
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             items = httpx.get(f"{b.url}/api/v1/catalog", headers={"Authorization": f"Bearer {token}"}).json()[
                 "items"
             ]
-            if len(items) >= 2:
+            if len(items) >= 3:
                 break
             time.sleep(0.2)
         yield a, b
