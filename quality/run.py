@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CSV, PARQUET, NPZ = "csv", "parquet", "npz"
+UNLIMITED_ARRAY_BYTES = 8 * 1024**3  # the largest .npz array loaded when the run has no memory limit
 
 
 def read_table(path: Path, kind: str, schema: dict[str, Any] | None) -> pd.DataFrame:
@@ -75,12 +76,14 @@ def analyse(path: Path, job: dict[str, Any]) -> dict[str, Any]:
     if kind == NPZ:
         if suite:
             return _refused("expectation suites validate tables (CSV, Parquet); this version is an .npz")
-        return {
-            "ok": True,
-            "result": None,
-            "summary": None,
-            "profile": _stage("profile", profile.profile_arrays, path),
-        }
+        limit = int(job.get("max_memory") or 0) or UNLIMITED_ARRAY_BYTES
+        try:
+            found = profile.profile_arrays(path, min_count=min_count, max_bytes=limit)
+        except profile.TooLarge as exc:
+            return _refused(str(exc))  # names, sizes and the limit: no value of the data
+        except Exception as exc:
+            raise _Failed("profile", exc) from exc
+        return {"ok": True, "result": None, "summary": None, "profile": found}
     if kind is None:
         return _refused(
             f"{job.get('media_type')} is neither CSV, Parquet nor .npz: nothing to validate or profile"

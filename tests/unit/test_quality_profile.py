@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quality.profile import TOP_VALUES, profile_arrays, profile_table
+from quality.profile import TOP_VALUES, TooLarge, profile_arrays, profile_table
 
 K = 10
 
@@ -24,7 +24,8 @@ def test_a_value_held_by_k_minus_one_rows_is_never_listed() -> None:
     found = column(profile_table(frame, None, min_count=K), "city")
     assert found["distinct"] == 4
     assert found["top"] == [{"value": "common", "count": 25}, {"value": "edge", "count": K}]
-    lower = column(profile_table(frame, None, min_count=K - 1), "city")  # the threshold is what decides
+    fewer = pd.DataFrame({"city": values[:-1]})  # without the single one: nothing is left over
+    lower = column(profile_table(fewer, None, min_count=K - 1), "city")  # the threshold is what decides
     assert {"value": "rare", "count": K - 1} in lower["top"]
 
 
@@ -81,12 +82,12 @@ def test_numbers_min_max_mean_std_and_null_share() -> None:
 
 
 def test_declared_types_decide_and_a_category_of_numbers_is_counted() -> None:
-    frame = pd.DataFrame({"zip": [1000] * 12 + [2000] * 3, "flag": [True] * 11 + [False] * 4})
+    frame = pd.DataFrame({"zip": [1000] * 12 + [2000] * 10, "flag": [True] * 11 + [False] * 11})
     schema = {"columns": [{"name": "zip", "type": "category"}, {"name": "flag", "type": "boolean"}]}
     profile = profile_table(frame, schema, min_count=K)
-    assert column(profile, "zip")["top"] == [{"value": 1000, "count": 12}]
+    assert column(profile, "zip")["top"] == [{"value": 1000, "count": 12}, {"value": 2000, "count": 10}]
     assert "min" not in column(profile, "zip")
-    assert column(profile, "flag")["top"] == [{"value": True, "count": 11}]
+    assert column(profile, "flag")["top"] == [{"value": False, "count": 11}, {"value": True, "count": 11}]
 
 
 def test_a_threshold_below_two_is_refused() -> None:
@@ -96,16 +97,65 @@ def test_a_threshold_below_two_is_refused() -> None:
 
 def test_npz_arrays_shape_dtype_and_figures(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
-    features = np.arange(12, dtype=np.float32).reshape(4, 3)
-    np.savez(path, x=features, y=np.array([0, 1, 1, 0], dtype=np.int64), names=np.array(["a", "b"]))
-    arrays = {a["name"]: a for a in profile_arrays(path)["arrays"]}
+    features = np.arange(36, dtype=np.float32).reshape(12, 3)
+    labels = np.array([0, 1] * 6, dtype=np.int64)
+    np.savez(path, x=features, y=labels, names=np.array(["a", "b"]))
+    arrays = {a["name"]: a for a in profile_arrays(path, min_count=K, max_bytes=2**20)["arrays"]}
     assert arrays["x"] == {
         "name": "x",
-        "shape": [4, 3],
+        "shape": [12, 3],
         "dtype": "float32",
         "min": 0.0,
-        "max": 11.0,
-        "mean": 5.5,
+        "max": 35.0,
+        "mean": 17.5,
     }
     assert arrays["y"]["mean"] == 0.5
     assert set(arrays["names"]) == {"name", "shape", "dtype"}  # text arrays: no values
+
+
+def test_a_complement_below_k_is_not_revealed() -> None:
+    frame = pd.DataFrame({"smoker": [True] * K + [False]})
+    found = column(profile_table(frame, None, min_count=K), "smoker")
+    assert found["top"] == []  # listing True: 10 would say exactly one record is False
+    cities = pd.DataFrame({"city": ["a"] * 12 + ["b"] * 11 + ["c"] * 3})
+    city = column(profile_table(cities, None, min_count=K), "city")
+    assert city["top"] == [{"value": "a", "count": 12}]  # b left out: the rest (14) is >= k
+    plenty = pd.DataFrame({"city": ["a"] * 12 + ["b"] * 11 + ["c"] * K})
+    assert len(column(profile_table(plenty, None, min_count=K), "city")["top"]) == 3
+
+
+def test_the_rest_of_random_columns_is_none_or_at_least_k() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        values = rng.choice(
+            list("abcdefgh"), size=int(rng.integers(1, 80)), p=rng.dirichlet(np.ones(8))
+        ).tolist()
+        values += [None] * int(rng.integers(0, 5))
+        found = column(profile_table(pd.DataFrame({"v": values}), None, min_count=K), "v")
+        rest = sum(v is not None for v in values) - sum(t["count"] for t in found["top"])
+        assert rest == 0 or rest >= K or not found["top"]  # nothing listed: nothing to take away from
+
+
+def test_numbers_of_fewer_than_k_records_show_no_figures() -> None:
+    one = column(profile_table(pd.DataFrame({"salary": [123456]}), None, min_count=K), "salary")
+    assert one == {"name": "salary", "type": "integer", "role": "feature", "null_share": 0.0}
+    few = pd.DataFrame({"salary": [1.0] * (K - 1) + [None] * 50})
+    assert "min" not in column(profile_table(few, None, min_count=K), "salary")
+    enough = pd.DataFrame({"salary": list(range(K))})
+    assert column(profile_table(enough, None, min_count=K), "salary")["max"] == K - 1
+
+
+def test_npz_arrays_of_fewer_than_k_rows_show_no_figures(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.full((K - 1, 4), 123456.0), s=np.float64(7.0))
+    arrays = {a["name"]: a for a in profile_arrays(path, min_count=K, max_bytes=2**20)["arrays"]}
+    assert set(arrays["x"]) == {"name", "shape", "dtype"}
+    assert set(arrays["s"]) == {"name", "shape", "dtype"}
+
+
+def test_an_npz_array_larger_than_the_limit_is_refused_before_loading(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, x=np.zeros((2**20, 4), dtype=np.float64))  # 32 MiB, about 32 KiB on disk
+    assert path.stat().st_size < 2**20
+    with pytest.raises(TooLarge, match=r"x takes 33554432 bytes once loaded; the run may use 1048576"):
+        profile_arrays(path, min_count=K, max_bytes=2**20)
