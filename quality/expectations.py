@@ -14,7 +14,10 @@ an allow-list, so a field GX adds later is left out rather than let through:
 * per expectation its type, the provider's own kwargs (as declared, not GX's echo), success,
   ``element_count``, ``unexpected_count``, ``unexpected_percent``, ``missing_count`` and an
   ``observed_value`` only when it is a single finite number and its column is not an ``id``;
-* an expectation that could not run says so in a fixed sentence (GX's message may quote data).
+* an expectation that could not run says so in a fixed sentence (GX's message may quote data);
+* an expectation with a ``row_condition`` or ``condition_parser`` keeps neither counts nor an
+  observed value (:mod:`quality.spec` refuses them at declaration; a suite stored before that
+  still cannot single out records through them).
 
 Checking a declared expectation's type (:func:`check_type`) reads the committed list of GX's
 names (``gx_expectations.json``) and never imports GX: it runs on every registration.
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 NAMES_FILE = Path(__file__).with_name("gx_expectations.json")
 COLUMN_KWARGS = ("column", "column_A", "column_B")
 COLUMN_LIST_KWARGS = ("column_list",)
+CONDITION_KWARGS = ("row_condition", "condition_parser")  # as quality.spec refuses them
 COUNTS = ("element_count", "unexpected_count", "unexpected_percent", "missing_count")
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}  # no row is even collected
 
@@ -131,6 +135,8 @@ def kept_result(
     """One expectation's outcome without a row of the data (the allow-list above)."""
     kwargs = dict(declared.get("kwargs") or {})
     row: dict[str, Any] = {"type": declared["type"], "kwargs": kwargs, "success": success and not raised}
+    if any(key in kwargs for key in CONDITION_KWARGS):
+        return row  # figures of the rows a condition picks are figures of those records
     for key in COUNTS:
         value = _number(result.get(key))
         if value is not None:

@@ -31,6 +31,7 @@ MAX_COLUMNS = 2_000
 MAX_EXPECTATIONS = 500
 _NAME = r"^[^\x00-\x1f]{1,200}$"
 _EXPECTATION = re.compile(r"^expect_[a-z0-9_]{1,120}$")
+CONDITION_KWARGS = ("row_condition", "condition_parser")  # GX's filters on the rows an expectation sees
 
 
 class ColumnSpec(BaseModel):
@@ -120,6 +121,17 @@ class Expectation(BaseModel):
         if not _EXPECTATION.match(value):
             raise ValueError(f"not an expectation name (expect_…): {value!r}")
         return check_type(value)  # the committed list of GX's names: GX itself is not imported
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_condition(cls, value: dict[str, Any]) -> dict[str, Any]:
+        found = [k for k in CONDITION_KWARGS if k in value]
+        if found:
+            raise ValueError(
+                f"{' and '.join(found)} cannot be declared: a condition on the rows can single out "
+                "records (the max of one person's salary, counts that search for an id)"
+            )
+        return value
 
 
 class ExpectationSuite(BaseModel):

@@ -289,3 +289,41 @@ def test_a_run_past_its_memory_limit_says_so(tmp_path: Path) -> None:
                 answer["reason"]
                 == "reading the file ran out of memory (AGORA_QUALITY_MAX_MEMORY: 400000000 bytes)"
             )
+
+
+CONDITIONED_KEYS = ("row_condition", "condition_parser")
+CONDITIONED = {
+    "type": "expect_column_max_to_be_between",
+    "kwargs": {
+        "column": "x",
+        "max_value": 5,
+        "row_condition": 'name=="SECRET-007-kestrel"',
+        "condition_parser": "pandas",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "keys", [("row_condition", "condition_parser"), ("row_condition",), ("condition_parser",)]
+)
+def test_a_condition_on_the_rows_is_refused_at_declaration(keys: tuple[str, ...]) -> None:
+    kwargs = {k: v for k, v in CONDITIONED["kwargs"].items() if k not in CONDITIONED_KEYS or k in keys}
+    body = {
+        **_metadata("expect_column_max_to_be_between"),
+        "expectations": [{**CONDITIONED, "kwargs": kwargs}],
+    }
+    with pytest.raises(InvalidInput) as caught:
+        validate(OfferingMetadata, body, prefix="metadata", what="metadata")
+    on_kwargs = [e for e in caught.value.errors if e.path.endswith(".0.kwargs")]
+    assert on_kwargs and all("can single out records" in e.message for e in on_kwargs), caught.value.errors
+    assert all(k in on_kwargs[0].message for k in keys)
+
+
+def test_a_stored_condition_keeps_no_figure_of_the_records_it_picks() -> None:
+    suite = {
+        "name": "old",
+        "expectations": [CONDITIONED, {**CONDITIONED, "kwargs": {"column": "x", "max_value": 5}}],
+    }
+    conditioned, plain = expectations.validate(_frame(), suite, id_columns=set())
+    assert plain["observed_value"] == 39.0  # the control: without a condition the max is kept
+    assert conditioned == {"type": CONDITIONED["type"], "kwargs": CONDITIONED["kwargs"], "success": False}
