@@ -1,7 +1,8 @@
 """Publishing a job's or a federation's model as a version of a model offering, in one step.
 
 The node that holds the released ONNX model — a training job's consumer (which fetched and
-checked it), the job's provider, or a federation's coordinator — registers those bytes as
+checked it; the model is the consumer's, so the job's provider may not publish it) or a
+federation's coordinator — registers those bytes as
 the next version of one of its model offerings (creating the offering when asked). The
 version's anchor (kind ``model``) names the job's or federation's own ``onnx-model`` asset as
 its parent, so ``agora verify`` on a download of the version walks the whole lineage: model
@@ -89,8 +90,8 @@ class PublishService:
         offering, the new version, where it came from and the alias moved."""
         if request.alias is not None:
             check_name(request.alias, field="alias")  # before anything is written
+        existing = self._existing(key)  # a dataset offering is refused before the job is looked at
         sha256, source = self._released(request)
-        existing = self._existing(key)
         if existing is None and request.create is None:
             raise NotFound(f"no offering {key[:100]} (give create, or --create --title …, to create it)")
         with self._staged(sha256) as staged:
@@ -116,6 +117,10 @@ class PublishService:
         if request.job is not None:
             if self.jobs is None:
                 raise ServiceUnavailable("training jobs are not enabled on this node")
+            if self.jobs.get(request.job, refresh=False)["role"] == "provider":
+                raise Forbidden(
+                    f"job {request.job} trained a model for its consumer: only the consumer may publish it"
+                )
             record, doc = self.jobs.result(request.job, "onnx")
             sha256 = str(record["sha256"])
             what = f"job {request.job}"

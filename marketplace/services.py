@@ -473,6 +473,11 @@ class OfferingService:
         match = next((v for v in detail.versions if v.version == wanted), None)
         if match is None:
             raise NotFound(f"offering {offering_id} has no version {wanted}")
+        if not match.published:
+            raise NotFound(
+                f"version {wanted} of offering {offering_id} is not published "
+                f"({_unpublished_reason(match.quality_status)})"
+            )
         ext = mimetypes.guess_extension(detail.media_type.split(";")[0]) or ""
         filename = f"{detail.name or detail.id}-v{wanted}{ext}"
         return Download(match.sha256.removeprefix("sha256:"), match.size, detail.media_type, filename)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from kernel.storage import ObjectStore
 from marketplace.models import Offering, OfferingVersion
@@ -65,6 +65,8 @@ def load(engine: Engine, store: ObjectStore, offering_id: str, sha256: str) -> T
             select(OfferingVersion, Offering.media_type)
             .join(Offering, Offering.id == OfferingVersion.offering_id)  # type: ignore[arg-type]
             .where(OfferingVersion.offering_id == offering_id, OfferingVersion.asset_sha256 == sha256)
+            # the newest version holding these bytes, as the job's lineage names it
+            .order_by(col(OfferingVersion.version).desc())
         ).first()
     version, media_type = found if found is not None else (None, "")
     trainable = version.trainable if version is not None else None

@@ -151,6 +151,19 @@ def test_what_cannot_be_published_is_refused_with_the_reason(
     acme_job = next(j for j in acme.api("GET", "/jobs").json() if job["id"] in (j["id"], j["peer_pid"]))
     r = acme.api("POST", "/offerings/not-a-model/publish", json={"job": acme_job["id"]})
     assert r.status_code == 400 and "models are published to model offerings" in r.json()["detail"], r.text
+    # the job's model is its consumer's: the provider that ran it may not publish it as its own
+    model = {"name": "acme-models", "kind": "model", "title": "Acme's models"}
+    r = acme.api(
+        "POST",
+        "/offerings",
+        data={"metadata": json.dumps(model)},
+        files={"file": ("m.onnx", b"acme's own model", "application/octet-stream")},
+    )
+    assert r.status_code == 201, r.text
+    acme_models = r.json()["id"]
+    r = acme.api("POST", "/offerings/acme-models/publish", json={"job": acme_job["id"]})
+    assert r.status_code == 403 and "only the consumer may publish it" in r.json()["detail"], r.text
+    assert [v["version"] for v in acme.api("GET", f"/offerings/{acme_models}").json()["versions"]] == [1]
 
 
 def test_a_federations_model_published_as_a_version_verifies_with_its_rounds(tmp_path: Path) -> None:
