@@ -211,7 +211,12 @@ class OfferingService:
             for key, value in changes.items():
                 setattr(row, key, value)
             row.updated_at = utcnow()
+            reprofile = "quality_declared" in changes and _redeclare_schema(
+                session, row, declared(before["quality_declared"])["schema"]
+            )
             _changed(session, row, actor, "offering.update", {"before": before, "after": changes})
+        if reprofile and self.on_queued is not None:
+            self.on_queued()
         return self.get(offering_id)
 
     def set_status(self, offering_id: str, status: str, actor: str) -> OfferingOut:
@@ -540,6 +545,24 @@ def _check_at(prefix: str, policy: dict[str, object]) -> None:
 def _terms_at(prefix: str, value: object) -> dict[str, Any]:
     """Compute terms as stored (every key, validated), or :class:`InvalidInput` naming the field."""
     return validate(ComputeTerms, value, prefix=prefix, what="compute terms").model_dump()
+
+
+def _redeclare_schema(session: Session, offering: Offering, old: dict[str, Any] | None) -> bool:
+    """A dataset offering whose declared schema changed: each version's stored schema becomes
+    the new declaration (its roles decide what a profile shows) and its profile is made again
+    by the quality worker. True when versions were reset."""
+    from quality.schema import schema_doc
+    from quality.spec import DatasetSchema
+
+    new = declared(offering.quality_declared)["schema"]
+    if offering.kind != "dataset" or new is None or new == old:
+        return False
+    doc = schema_doc(DatasetSchema.model_validate(new), "declared")
+    versions = session.exec(select(OfferingVersion).where(OfferingVersion.offering_id == offering.id)).all()
+    for version in versions:
+        version.schema_doc, version.profile = doc, None
+        session.add(version)
+    return bool(versions)
 
 
 def _quality_at(prefix: str, value: object) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 
 A dataset version registered with a suite starts ``validating``; every dataset version starts
 without a profile. :class:`QualityWorker` (a thread of ``agora serve``) takes such versions
-one at a time, oldest first, and for each
+one at a time, round-robin across offerings (the oldest waiting version of the offering
+served least recently: one offering's backlog cannot hold up another's), and for each
 
+0. a version stored without a schema (registered before schemas were kept) gets one first:
+   the declared schema, else the one registration would infer (:func:`quality.schema.read_shape`),
+   stored on the version, so an ``id`` column's values stay out of its profile;
 1. runs ``python -m quality.run`` (:mod:`quality.run`) on the version's file in a process of
    its own, with a time limit: the DataFrame and the Great Expectations import never live in
    the server, and a crash or an out-of-memory kill ends that process only;
@@ -15,12 +19,14 @@ one at a time, oldest first, and for each
 
 A node stopped half-way leaves the version ``validating`` with its old fields, and it is
 taken again. :meth:`Validations.request` (``POST …/versions/{n}/validate``) puts a version
-whose validation failed or could not run back to ``validating``.
+whose validation failed or could not run back to ``validating``, and has any other settled
+version (passed, or without a suite) profiled again, its status and publication unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -95,12 +101,15 @@ class Validations:
         self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._served: dict[str, int] = {}  # offering id -> the turn its last version was taken
+        self._turns = itertools.count()
 
     # Asking for a run -----------------------------------------------------------------
 
     def request(self, offering_id: str, number: int, actor: str) -> ValidationRequest:
-        """Validate (and profile) a dataset version again: one whose validation failed or
-        could not run, or, without a suite, one whose profile is to be made again."""
+        """Validate (and profile) a dataset version again when its validation failed or could
+        not run; profile any other settled version again (passed, or without a suite: its
+        status and publication stay as they are), e.g. after a column was declared an ``id``."""
         if not 1 <= number <= 2**31:
             raise NotFound(f"offering {offering_id} has no version {number}")
         with transaction(self.engine) as session:
@@ -121,12 +130,7 @@ class Validations:
             status = version.quality_status
             if status == QUALITY_VALIDATING:
                 raise Conflict(f"version {number} of offering {offering_id} is already being validated")
-            if suite is not None and status not in (QUALITY_FAILED, QUALITY_ERROR):
-                raise Conflict(
-                    f"version {number} of offering {offering_id} is {status}: only a version that "
-                    "failed its suite or could not be validated is validated again"
-                )
-            if suite is not None:
+            if suite is not None and status in (QUALITY_FAILED, QUALITY_ERROR):
                 version.quality_status, version.quality = QUALITY_VALIDATING, None
             version.profile = None
             offering.updated_at = utcnow()
@@ -154,11 +158,13 @@ class Validations:
     # One run --------------------------------------------------------------------------
 
     def waiting(self, limit: int = 1) -> list[int]:
-        """Ids of dataset versions waiting for a validation or a profile, oldest first."""
+        """Ids of dataset versions waiting for a validation or a profile, in the order they are
+        taken: round-robin across offerings, the offering served least recently first (never
+        served: the one waiting longest), each offering's versions oldest first."""
         profile = col(OfferingVersion.profile)
         with Session(self.engine) as session:
-            ids = session.exec(
-                select(OfferingVersion.id)
+            rows = session.exec(
+                select(OfferingVersion.id, OfferingVersion.offering_id)
                 .join(Offering, col(Offering.id) == OfferingVersion.offering_id)
                 .where(
                     Offering.kind == "dataset",
@@ -168,12 +174,22 @@ class Validations:
                     ),
                 )
                 .order_by(col(OfferingVersion.id))
-                .limit(limit)
             ).all()
-        return [i for i in ids if i is not None]
+        queues: dict[str, list[int]] = {}
+        for version_id, offering_id in rows:
+            if version_id is not None:
+                queues.setdefault(offering_id, []).append(version_id)
+        turns = sorted(queues, key=lambda o: (self._served.get(o, -1), queues[o][0]))
+        order: list[int] = []
+        for depth in range(max((len(q) for q in queues.values()), default=0)):
+            order += [queues[o][depth] for o in turns if depth < len(queues[o])]
+            if len(order) >= limit:
+                break
+        return order[:limit]
 
     def run_once(self) -> int:
-        """Validate or profile the oldest waiting version; returns how many were done (0 or 1)."""
+        """Validate or profile the next waiting version (:meth:`waiting`); returns how many
+        were done (0 or 1)."""
         ids = self.waiting()
         if not ids:
             return 0
@@ -187,12 +203,14 @@ class Validations:
             if version is None:
                 return
             offering = fetch(session, Offering, version.offering_id, f"no offering {version.offering_id}")
+            self._served[offering.id] = next(self._turns)
             asset = session.get(Asset, version.asset_sha256)
             validating = version.quality_status == QUALITY_VALIDATING
             suite = declared(offering.quality_declared)["expectations"] if validating else None
+            stored, wanted = version.schema_doc, declared(offering.quality_declared)["schema"]
             job = {
                 "media_type": asset.media_type if asset is not None else offering.media_type,
-                "schema": _columns(version.schema_doc) or declared(offering.quality_declared)["schema"],
+                "schema": _columns(stored) or wanted,
                 "suite": suite,
                 "min_count": self.min_count,
                 "max_memory": self.max_memory,
@@ -203,17 +221,25 @@ class Validations:
         if validating and suite is None:
             output: dict[str, Any] = {"ok": False, "reason": "the offering declares no suite any more"}
         else:
-            output = self._run(version.asset_sha256, job)
+            infer = (version_id, wanted) if stored is None else None
+            output = self._run(version.asset_sha256, job, infer)
         self._record(version_id, validating, suite, output)
 
-    def _run(self, sha256: str, job: dict[str, Any]) -> dict[str, Any]:
-        """``python -m quality.run`` on the version's file; its output, or a reason it has none."""
+    def _run(
+        self, sha256: str, job: dict[str, Any], infer: tuple[int, dict[str, Any] | None] | None = None
+    ) -> dict[str, Any]:
+        """``python -m quality.run`` on the version's file; its output, or a reason it has none.
+        ``infer``: (version id, declared schema) of a version stored without a schema, which
+        gets one (:meth:`_store_schema`) before the run."""
         staging = self.store.staging_dir  # the node's disk, not a /tmp that may live in memory
         staging.mkdir(parents=True, exist_ok=True)
         with (
             tempfile.TemporaryDirectory(prefix="quality-", dir=staging) as tmp,
             self._file(sha256, Path(tmp)) as data,
         ):
+            if infer is not None:
+                doc = self._store_schema(infer[0], data, str(job["media_type"]), infer[1])
+                job["schema"] = _columns(doc) or job["schema"]
             job_path, out_path, err_path = Path(tmp, "job.json"), Path(tmp, "out.json"), Path(tmp, "stderr")
             job_path.write_text(json.dumps(job), encoding="utf-8")
             env = {k: os.environ[k] for k in CHILD_ENV if k in os.environ}
@@ -254,6 +280,30 @@ class Validations:
             if output.get("figures"):
                 log.info("validated %s: %s", sha256, output["figures"])
             return output
+
+    def _store_schema(
+        self, version_id: int, data: Path, media_type: str, wanted: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The schema of a version stored without one, as registration makes it (the declared
+        one, else inferred from a bounded read of the file), stored on the version; None when
+        the file has no schema the node can read (the run then says why it cannot profile it)."""
+        from quality import schema
+        from quality.sampling import DatasetProblem
+        from quality.spec import DatasetSchema
+
+        try:
+            if wanted is not None:
+                doc = schema.schema_doc(DatasetSchema.model_validate(wanted), "declared")
+            else:
+                doc = schema.schema_doc(schema.read_shape(data, media_type).schema(), "inferred")
+        except (DatasetProblem, ValueError):  # unreadable, or a stored declaration that no longer reads
+            return None
+        with transaction(self.engine) as session:
+            version = session.get(OfferingVersion, version_id, with_for_update=True)
+            if version is not None and version.schema_doc is None:
+                version.schema_doc = doc
+                session.add(version)
+        return doc
 
     @contextlib.contextmanager
     def _file(self, sha256: str, tmp: Path) -> Iterator[Path]:

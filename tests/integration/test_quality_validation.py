@@ -228,8 +228,9 @@ def test_a_suite_that_cannot_run_is_error_and_can_be_validated_again(
 
     passed = register(acme, "passed-once", csv_bytes(30, salt="p"))["id"]
     assert settled(acme, passed, 1)["quality_status"] == "passed"
-    refused = acme.api("POST", f"/offerings/{passed}/versions/1/validate")
-    assert refused.status_code == 409 and "only a version that failed" in refused.json()["detail"]
+    profiled_again = acme.api("POST", f"/offerings/{passed}/versions/1/validate")  # its profile only
+    assert profiled_again.status_code == 202, profiled_again.text
+    assert profiled_again.json()["quality_status"] == "passed" and profiled_again.json()["published"] is True
     assert acme.api("POST", f"/offerings/{passed}/versions/99999999999/validate").status_code == 404
     writer = acme.node.token("catalog:read")
     denied = httpx.post(
@@ -276,3 +277,128 @@ def version_of_offline(node: services.LiveNode, offering_id: str) -> str:
             (offering_id,),
         ).fetchone()
     return str(status)
+
+
+# In process: the worker's order, versions without a stored schema, a profile made again -------
+
+
+PEOPLE_SCHEMA = {
+    "columns": [
+        {"name": "patient_id", "type": "integer"},
+        {"name": "salary", "type": "integer"},
+    ]
+}
+
+
+def people_csv(rows: int, salt: int = 0) -> bytes:
+    lines = ["patient_id,salary"] + [f"{770000 + salt * 1000 + i},{40000 + 7 * i}" for i in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def in_process(client: Any, auth: dict[str, str], name: str, data: bytes, **quality: Any) -> str:
+    meta = {
+        "name": name,
+        "title": f"People {name}",
+        "media_type": "text/csv",
+        "access_modes": ["download"],
+        "policy": {"template": "provide-access"},
+        **quality,
+    }
+    files = {"metadata": (None, json.dumps(meta)), "file": ("p.csv", data, "text/csv")}
+    r = client.post("/api/v1/offerings", files=files, headers=auth)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def stored(runtime: Any, offering_id: str, number: int) -> Any:
+    from sqlmodel import Session, select
+
+    from marketplace.models import OfferingVersion
+
+    with Session(runtime.engine) as session:
+        return session.exec(
+            select(OfferingVersion).where(
+                OfferingVersion.offering_id == offering_id, OfferingVersion.version == number
+            )
+        ).one()
+
+
+def profiled(runtime: Any, offering_id: str, number: int, name: str) -> dict[str, Any]:
+    profile = stored(runtime, offering_id, number).profile
+    assert profile and "columns" in profile, profile
+    return dict(next(c for c in profile["columns"] if c["name"] == name))
+
+
+def test_the_worker_takes_versions_round_robin_across_offerings(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    from tests.integration.test_notarization import in_process_node
+
+    with in_process_node(settings_factory, quality_worker=False, anchor_max_delay=0) as (rt, client, auth):
+        busy = in_process(client, auth, "busy", people_csv(12))
+        for n in (2, 3):
+            path = tmp_path / f"v{n}.csv"
+            path.write_bytes(people_csv(12, salt=n))
+            with rt.store.stage_file(path) as staged:
+                rt.offerings.add_version(busy, staged, "test")
+        other = in_process(client, auth, "other", people_csv(12, salt=9))
+        ids = {(o, n): stored(rt, o, n).id for o, n in ((busy, 1), (busy, 2), (busy, 3), (other, 1))}
+        assert rt.validations.waiting(10) == [ids[busy, 1], ids[other, 1], ids[busy, 2], ids[busy, 3]]
+        assert rt.validations.run_once() == 1  # the oldest: busy's first version
+        assert stored(rt, busy, 1).profile["rows"] == 12
+        late = in_process(client, auth, "late", people_csv(12, salt=5))
+        third = stored(rt, late, 1).id
+        # busy was served last: the others' versions come first, even the one registered after busy's
+        assert rt.validations.waiting(10) == [ids[other, 1], third, ids[busy, 2], ids[busy, 3]]
+
+
+def test_a_version_stored_without_a_schema_is_profiled_with_the_inferred_roles(settings_factory: Any) -> None:
+    from kernel.db import transaction
+    from tests.integration.test_notarization import in_process_node
+
+    with in_process_node(settings_factory, quality_worker=False, anchor_max_delay=0) as (rt, client, auth):
+        oid = in_process(client, auth, "old", people_csv(30))
+        with transaction(rt.engine) as session:  # as a version registered before schemas were kept
+            version = stored(rt, oid, 1)
+            version.schema_doc, version.profile = None, None
+            session.add(version)
+        assert rt.validations.run_once() == 1
+        doc = stored(rt, oid, 1).schema_doc
+        assert doc["source"] == "inferred"
+        assert {c["name"]: c["role"] for c in doc["columns"]} == {"patient_id": "id", "salary": "feature"}
+        patient = profiled(rt, oid, 1, "patient_id")
+        assert patient["role"] == "id" and "min" not in patient and "mean" not in patient
+        assert profiled(rt, oid, 1, "salary")["max"] == 40000 + 7 * 29
+
+
+def test_declaring_an_id_makes_every_profile_again(settings_factory: Any) -> None:
+    from tests.integration.test_notarization import in_process_node
+
+    suite = {"name": "s", "expectations": [SUITE["expectations"][3]]}  # at least 10 rows
+    with in_process_node(settings_factory, quality_worker=False, anchor_max_delay=0) as (rt, client, auth):
+        oid = in_process(client, auth, "ids", people_csv(30), schema=PEOPLE_SCHEMA, expectations=suite)
+        while rt.validations.run_once():
+            pass
+        assert stored(rt, oid, 1).quality_status == "passed"
+        assert profiled(rt, oid, 1, "patient_id")["min"] == 770000  # declared a feature: its figures show
+
+        columns = [{**PEOPLE_SCHEMA["columns"][0], "role": "id"}, PEOPLE_SCHEMA["columns"][1]]
+        rt.offerings.update(
+            oid, {"quality_declared": {"schema": {"columns": columns}, "expectations": suite}}, "t"
+        )
+        version = stored(rt, oid, 1)
+        assert version.profile is None and version.schema_doc["source"] == "declared"
+        assert rt.validations.run_once() == 1
+        patient = profiled(rt, oid, 1, "patient_id")
+        assert patient["role"] == "id" and "min" not in patient
+        version = stored(rt, oid, 1)
+        assert version.quality_status == "passed" and version.published is True
+
+        # a passed version's profile made again on request: its status and publication stay
+        again = client.post(f"/api/v1/offerings/{oid}/versions/1/validate", headers=auth)
+        assert again.status_code == 202, again.text
+        assert again.json()["quality_status"] == "passed" and again.json()["published"] is True
+        assert stored(rt, oid, 1).profile is None
+        assert rt.validations.run_once() == 1
+        assert profiled(rt, oid, 1, "salary")["min"] == 40000
+        assert stored(rt, oid, 1).quality_status == "passed"
