@@ -327,3 +327,22 @@ def test_a_stored_condition_keeps_no_figure_of_the_records_it_picks() -> None:
     conditioned, plain = expectations.validate(_frame(), suite, id_columns=set())
     assert plain["observed_value"] == 39.0  # the control: without a condition the max is kept
     assert conditioned == {"type": CONDITIONED["type"], "kwargs": CONDITIONED["kwargs"], "success": False}
+
+
+def test_an_npz_that_would_balloon_is_refused_from_its_header(tmp_path: Path) -> None:
+    import numpy as np
+
+    from quality.run import analyse
+
+    data = tmp_path / "zeros.npz"
+    np.savez_compressed(data, x=np.zeros((2**21, 8), dtype=np.float64))  # 128 MiB, about 130 KiB stored
+    assert data.stat().st_size < 2**20
+    job = {"media_type": "application/x-npz", "schema": None, "suite": None, "min_count": 10}
+    # analyse, not main: main would set the memory limit on this test process
+    assert analyse(data, {**job, "max_memory": 64 * 2**20}) == {
+        "ok": False,
+        "reason": "the .npz array x takes 134217728 bytes once loaded; "
+        "the run may use 67108864 (AGORA_QUALITY_MAX_MEMORY)",
+    }
+    unbounded = analyse(data, {**job, "max_memory": 0})  # no limit set: the 8 GiB bound
+    assert unbounded["ok"] is True and unbounded["profile"]["arrays"][0]["max"] == 0.0
