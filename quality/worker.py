@@ -208,7 +208,7 @@ class Validations:
             validating = version.quality_status == QUALITY_VALIDATING
             suite = declared(offering.quality_declared)["expectations"] if validating else None
             stored, wanted = version.schema_doc, declared(offering.quality_declared)["schema"]
-            job = {
+            job: dict[str, Any] = {
                 "media_type": asset.media_type if asset is not None else offering.media_type,
                 "schema": _columns(stored) or wanted,
                 "suite": suite,
@@ -223,7 +223,7 @@ class Validations:
         else:
             infer = (version_id, wanted) if stored is None else None
             output = self._run(version.asset_sha256, job, infer)
-        self._record(version_id, validating, suite, output)
+        self._record(version_id, validating, suite, output, job["schema"])
 
     def _run(
         self, sha256: str, job: dict[str, Any], infer: tuple[int, dict[str, Any] | None] | None = None
@@ -320,7 +320,12 @@ class Validations:
         yield copy
 
     def _record(
-        self, version_id: int, validating: bool, suite: dict[str, Any] | None, output: dict[str, Any]
+        self,
+        version_id: int,
+        validating: bool,
+        suite: dict[str, Any] | None,
+        output: dict[str, Any],
+        schema: dict[str, Any] | None,
     ) -> None:
         if output.get("retry"):
             return  # the node is stopping: the version stays as it was and is taken again
@@ -337,6 +342,8 @@ class Validations:
                 )
                 if not still:
                     return  # recorded meanwhile (another replica)
+                if (_columns(version.schema_doc) or declared(offering.quality_declared)["schema"]) != schema:
+                    return  # the roles changed during the run: it is taken again with the new ones
                 reason = None if output.get("ok") else str(output.get("reason") or "unknown")
                 version.profile = output.get("profile") if reason is None else {"error": reason}
                 if not validating:

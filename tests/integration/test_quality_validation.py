@@ -402,3 +402,25 @@ def test_declaring_an_id_makes_every_profile_again(settings_factory: Any) -> Non
         assert rt.validations.run_once() == 1
         assert profiled(rt, oid, 1, "salary")["min"] == 40000
         assert stored(rt, oid, 1).quality_status == "passed"
+
+
+def test_a_profile_made_with_roles_changed_during_its_run_is_not_kept(settings_factory: Any) -> None:
+    from tests.integration.test_notarization import in_process_node
+
+    with in_process_node(settings_factory, quality_worker=False, anchor_max_delay=0) as (rt, client, auth):
+        oid = in_process(client, auth, "race", people_csv(30), schema=PEOPLE_SCHEMA)
+        columns = [{**PEOPLE_SCHEMA["columns"][0], "role": "id"}, PEOPLE_SCHEMA["columns"][1]]
+        run = rt.validations._run
+
+        def declared_during_the_run(*args: Any) -> dict[str, Any]:
+            output = dict(run(*args))  # profiled with patient_id a feature
+            rt.offerings.update(oid, {"quality_declared": {"schema": {"columns": columns}}}, "t")
+            return output
+
+        rt.validations._run = declared_during_the_run
+        assert rt.validations.run_once() == 1
+        assert stored(rt, oid, 1).profile is None  # the stale profile was not recorded: it waits again
+        rt.validations._run = run
+        assert rt.validations.run_once() == 1
+        patient = profiled(rt, oid, 1, "patient_id")
+        assert patient["role"] == "id" and "min" not in patient
