@@ -265,9 +265,10 @@ def validate_version(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a dataset version again (after its suite failed or could not run).
+    """Validate a dataset version again (after its suite failed or could not run), or profile a
+    passed or suite-less version again (after a column was declared an id).
 
-    The node runs it beside the notary; the version shows `validating` meanwhile.
+    The node runs it beside the notary; a failed version shows `validating` meanwhile.
     """
     connect = connect_from(ctx)
     if version is None:

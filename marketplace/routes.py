@@ -140,8 +140,10 @@ class OfferingController(Controller):
         number: FromPath[int],
         validation_service: NamedDependency[Validations],
     ) -> ValidationRequest:
-        """Validate (and profile) a dataset version again, beside the notary: one that failed its
-        suite or could not be validated; without a suite, its profile is made again."""
+        """Validate (and profile) a dataset version again, beside the notary, when its suite failed
+        or could not run; any other settled version (passed, or without a suite) is profiled
+        again with its status and publication unchanged (e.g. after a column was declared an
+        ``id``). 409 while it is validating."""
         return validation_service.request(offering_id, number, request.user.subject)
 
     # a short indexed read: on the event loop it costs less than a hop to a worker thread

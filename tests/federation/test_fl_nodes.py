@@ -74,7 +74,9 @@ def test_a_provider_that_dies_mid_round_is_dropped_and_the_federation_goes_on(tm
         assert ended["state"] == "COMPLETED", ended["reason"]
         parts = {p["provider"]: p for p in ended["rounds_detail"][2]["contributions"]}
         assert parts[victim.address]["state"] == "DROPPED", parts
-        assert "deadline" in parts[victim.address]["reason"]
+        # killed after the round start reached it (dropped at the deadline) or before (unreachable)
+        reason = parts[victim.address]["reason"]
+        assert "deadline" in reason or reason.startswith("unreachable"), reason
         assert len(ended["rounds_detail"][2]["participants"]) == 2
         later = ended["rounds_detail"][5]
         assert victim.address not in later["participants"] or later["state"] == "DONE"
