@@ -72,9 +72,15 @@ def run_demo(keep: bool = False) -> None:
 
 
 def _require_sandbox() -> None:
-    """Stop at once, in one line, when Beta's training job would have no sandbox to run in."""
+    """Stop at once, in one line, when Beta's training job would have no sandbox to run in, or
+    Acme's DVC repository no git."""
     from training_jobs.sandbox import BubblewrapSandbox, SandboxUnavailable
 
+    if shutil.which("git") is None:
+        raise ConfigurationError(
+            "the demo keeps a dataset in a DVC repository: install the Debian package git "
+            "(apt-get install git; `make demo` does it when run as root)"
+        )
     if shutil.which("bwrap") is None:
         raise ConfigurationError(
             "the demo trains a model in a bubblewrap sandbox: install the Debian package bubblewrap "
