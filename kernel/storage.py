@@ -144,6 +144,11 @@ class ObjectStore(ABC):
         staged.path.unlink(missing_ok=True)
         return info
 
+    def local_path(self, sha256: str) -> Path | None:
+        """Where the object lies on this machine's disk, when the store keeps it there (a reader
+        that needs a file may then skip a copy); None for remote stores."""
+        return None
+
     def stage_file(self, path: Path) -> StagedObject:
         """A local file copied into staging (hashed on the way); the caller commits or discards."""
         staged = self.stage()

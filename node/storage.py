@@ -33,6 +33,9 @@ class LocalObjectStore(ObjectStore):
         digest = parse_digest(sha256)
         return self.root / digest[:2] / digest
 
+    def local_path(self, sha256: str) -> Path | None:
+        return self._path(sha256)
+
     def _commit(self, staged: StagedObject, media_type: str) -> ObjectInfo:
         target = self._path(staged.sha256)
         if target.exists():

@@ -308,10 +308,9 @@ class Validations:
     @contextlib.contextmanager
     def _file(self, sha256: str, tmp: Path) -> Iterator[Path]:
         """The version's bytes as a local file: the store's own for local storage, else a copy."""
-        from node.storage import LocalObjectStore
-
-        if isinstance(self.store, LocalObjectStore):
-            yield self.store._path(sha256)
+        local = self.store.local_path(sha256)
+        if local is not None:
+            yield local
             return
         copy = tmp / "data"
         with copy.open("wb") as f:
