@@ -32,18 +32,28 @@ app = typer.Typer(help="Peers: other organisations' nodes.", no_args_is_help=Tru
 @handle_errors
 def add(
     ctx: typer.Context,
-    peer_url: Annotated[str, typer.Argument(help="the peer's protocol endpoint, e.g. http://127.0.0.1:8001")],
+    peer_url: Annotated[str, typer.Argument(help="the peer's URL, e.g. http://127.0.0.1:8001")],
+    did: Annotated[
+        str | None,
+        typer.Option(help="another DSP connector's DID (an Agora node's is the did:web of its URL)"),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="another connector's name (default: its DID)")] = None,
     wait: Annotated[float, typer.Option(help="seconds to wait for its catalog (0: do not wait)")] = 30.0,
     url: UrlOpt = None,
     token: TokenOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Add a peer: its signed identity statement gives its address and name; then wait (up to
-    --wait seconds) until this node has fetched its catalog."""
+    """Add a peer: its DID document gives its keys (and an Agora node's name and address), its
+    /.well-known/dspace-version its DSP base; then wait (up to --wait seconds) until this node
+    has fetched its catalog."""
+    body = {"url": peer_url, **({"did": did} if did else {}), **({"name": name} if name else {})}
     with connect_from(ctx)(url=url, token=token, home=home, scope="admin") as client:
         before = _crawl_state(client, None)
-        peer = client.post_json("/api/v1/participants", {"url": peer_url})
-        console.print(f"[green]peer[/] {peer['label']}  {peer['address']}  {peer['endpoint']}")
+        peer = client.post_json("/api/v1/participants", body)
+        kind = "Agora node" if peer.get("kind") == "agora" else "DSP connector"
+        console.print(
+            f"[green]peer[/] {peer['label']}  {kind}  {peer.get('did') or peer['address']}  {peer['dsp_url']}"
+        )
         deadline = time.monotonic() + wait
         state = None
         while time.monotonic() < deadline:
@@ -84,7 +94,8 @@ def list_(
         return
     for row in rows:
         marker = "self" if row["is_self"] else "peer" if row["trusted"] else "registered"
-        console.print(f"{marker:10} {row['address']}  {row['label']:32} {row['endpoint']}")
+        kind = "agora" if row.get("kind", "agora") == "agora" else "dsp"
+        console.print(f"{marker:10} {kind:5} {row['address']}  {row['label']:32} {row['endpoint']}")
 
 
 negotiations_app = typer.Typer(help="Contract negotiations with other organisations.", no_args_is_help=True)

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from connector.client import PeerClient
 from connector.dsp import DSP_CONTEXT
+from connector.dsp.client import PeerClients
 from connector.models import Participant
 from kernel.db import as_utc
 from kernel.errors import AgoraError
@@ -45,16 +45,14 @@ class CatalogCrawler(BackgroundWorker):
         *,
         peers: Callable[[], list[Participant]],
         outbound: OutboundClient,
-        own_address: str,
-        private_key: Callable[[], bytes],
+        clients: PeerClients,
         interval: float = 30.0,
         full_every: int = 10,
     ) -> None:
         self.catalog = catalog
         self._peers = peers
         self.outbound = outbound
-        self.own_address = own_address
-        self._private_key = private_key
+        self.clients = clients
         super().__init__(interval)
         self.full_every = full_every
         self._passes = 0
@@ -91,13 +89,7 @@ class CatalogCrawler(BackgroundWorker):
         since = (
             None if full or state is None or state.modified_cursor is None else as_utc(state.modified_cursor)
         )
-        client = PeerClient(
-            peer.endpoint,
-            outbound=self.outbound,
-            private_key=self._private_key(),
-            own_address=self.own_address,
-            peer_address=peer.address,
-        )
+        client = self.clients.to(peer.address)
         message: dict[str, Any] = {"@context": DSP_CONTEXT, "@type": "CatalogRequestMessage", "filter": []}
         if since is not None:
             message["filter"] = [{"agora:modifiedSince": since.isoformat()}]
@@ -105,7 +97,7 @@ class CatalogCrawler(BackgroundWorker):
         cursor, newest = None, since
         for _ in range(MAX_PAGES):
             params = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
-            body, response = client.post("/dsp/catalog/request", message, params=params)
+            body, response = client.post("/catalog/request", message, params=params)
             if str(body.get("participantId", "")).lower() != peer.address.lower():
                 raise AgoraError(f"{peer.endpoint} served the catalog of {body.get('participantId')}")
             seen |= self.catalog.store_peer_page(peer.address, body)

@@ -2,7 +2,8 @@
 
 A message is queued (:func:`queue_message`) in the same transaction as the state change that
 calls for it, so a crash never loses one and never sends one for a change that was rolled
-back. The dispatcher signs each message when it sends it, retries transport failures with
+back. The dispatcher sends each message with a fresh token of this node's (through the one
+peer client), retries transport failures with
 exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit refusal.
 
 It is also the last check before a message leaves: a message goes only to the origin of
@@ -21,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connector.client import PeerClient
+from connector.dsp.client import PeerClients
 from connector.models import OutboundMessage
 from kernel.addresses import foreign_origin
 from kernel.db import transaction, utcnow
@@ -48,8 +49,7 @@ class Dispatcher(BackgroundWorker):
         self,
         engine: Engine,
         *,
-        own_address: str,
-        private_key: Callable[[], bytes],
+        peers: PeerClients,
         outbound: OutboundClient,
         verified_endpoint: Callable[[str], str | None],
         on_given_up: Callable[[OutboundMessage, str], None] | None = None,
@@ -58,8 +58,7 @@ class Dispatcher(BackgroundWorker):
         base_delay: float = 0.5,
     ) -> None:
         self.engine = engine
-        self.own_address = own_address
-        self._private_key = private_key
+        self.peers = peers
         self.outbound = outbound
         self._verified_endpoint = verified_endpoint
         self._on_given_up = on_given_up
@@ -117,16 +116,8 @@ class Dispatcher(BackgroundWorker):
         if refusal is not None:
             self._give_up(message, refusal)
             return False
-        base, _, path = message.url.partition("/dsp/")
-        client = PeerClient(
-            base,
-            outbound=self.outbound,
-            private_key=self._private_key(),
-            own_address=self.own_address,
-            peer_address=message.recipient,
-        )
         try:
-            client.post("/dsp/" + path, message.body)
+            self.peers.to(message.recipient).post_url(message.url, message.body)
         except ServiceUnavailable as exc:
             self._retry(message, exc.detail)
             return False

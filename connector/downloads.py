@@ -22,8 +22,8 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from connector.client import PeerClient, chain_refusal
 from connector.dsp import DSP_CONTEXT
+from connector.dsp.client import PeerClients
 from connector.models import Agreement, Negotiation, TransferProcess
 from connector.transfers import TransferRefused, TransferService
 from kernel.addresses import foreign_origin
@@ -45,7 +45,7 @@ class DownloadService:
         *,
         address: str,
         public_url: str,
-        private_key: Callable[[], bytes],
+        peers: PeerClients,
         outbound: OutboundClient,
         chain_rpc_url: str,
         store: ObjectStore,
@@ -55,7 +55,7 @@ class DownloadService:
         self.engine = engine
         self.address = address
         self.public_url = public_url.rstrip("/")
-        self._private_key = private_key
+        self.peers = peers
         self.outbound = outbound
         self.chain_rpc_url = chain_rpc_url
         self.store = store
@@ -79,17 +79,11 @@ class DownloadService:
             state="REQUESTED",
             sha256=str(agreement.terms["sha256"]),
         )
-        client = PeerClient(
-            negotiation.counterparty_endpoint,
-            outbound=self.outbound,
-            private_key=self._private_key(),
-            own_address=self.address,
-            peer_address=agreement.provider,
-        )
+        client = self.peers.to(agreement.provider)
         try:
             cap = self._agreed_size(agreement)
             start, _ = client.post(
-                "/dsp/transfers/request",
+                "/transfers/request",
                 {
                     "@context": DSP_CONTEXT,
                     "@type": "TransferRequestMessage",
@@ -112,7 +106,7 @@ class DownloadService:
                 raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
             row.provenance = doc
             client.post(
-                f"/dsp/transfers/{row.peer_pid}/completion",
+                f"/transfers/{row.peer_pid}/completion",
                 {
                     "@context": DSP_CONTEXT,
                     "@type": "TransferCompletionMessage",
@@ -219,3 +213,15 @@ def _data_address(start: dict[str, Any], provider_endpoint: str, provider: str) 
     if refusal:
         raise TransferRefused(refusal)
     return url, token
+
+
+def chain_refusal(doc: dict[str, Any], provider_endpoint: str, own_chain_rpc: str) -> str | None:
+    """Why the chain a provider's provenance document names may not be asked, or None.
+
+    Checking received bytes means asking the chain the document names; the consumer's node
+    asks only its own chain or one on the provider's verified origin (the provider's
+    embedded chain at ``/chain/rpc``), never an address the provider picked elsewhere."""
+    rpc = (doc.get("chain") or {}).get("rpc_url") if isinstance(doc.get("chain"), dict) else None
+    if isinstance(rpc, str) and own_chain_rpc and rpc.rstrip("/") == own_chain_rpc.rstrip("/"):
+        return None
+    return foreign_origin(rpc, provider_endpoint, "the chain the provenance names", "the provider's verified")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, UniqueConstraint, false
+from sqlalchemy import JSON, Boolean, Column, DateTime, String, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from kernel.db import utcnow
@@ -13,6 +13,7 @@ from kernel.db import utcnow
 
 class Participant(SQLModel, table=True):
     __tablename__ = "participant"
+    __table_args__ = (UniqueConstraint("did", name="uq_participant_did"),)
 
     address: str = Field(primary_key=True, max_length=42, description="checksummed address")
     name: str = Field(max_length=200)
@@ -22,6 +23,26 @@ class Participant(SQLModel, table=True):
         default=False,
         sa_column=Column(Boolean, nullable=False, server_default=false(), index=True),
         description="a peer the operator added (crawled, shown); registry-only senders are not",
+    )
+    did: str | None = Field(
+        default=None,
+        sa_column=Column(String(500), nullable=True),
+        description="its DID (did:web); its tokens are checked against the document's keys",
+    )
+    kind: str = Field(
+        default="agora",
+        sa_column=Column(String(10), nullable=False, server_default="agora"),
+        description="agora (an Agora node: co-signed, on-chain agreements) | dsp (another DSP connector)",
+    )
+    dsp_url: str = Field(
+        default="",
+        sa_column=Column(String(500), nullable=False, server_default=""),
+        description="the DSP base URL it advertises at /.well-known/dspace-version",
+    )
+    keys: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=True),
+        description="verification method id -> public JWK, from its DID document",
     )
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
@@ -62,6 +83,11 @@ class Negotiation(SQLModel, table=True):
     offer: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     agreement_id: str | None = Field(default=None, max_length=66)
     reason: str = Field(default="", max_length=2000)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=True),
+        description="the choices DSP leaves to this side (e.g. accept a counter-offer automatically)",
+    )
     deadline: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
@@ -166,6 +192,20 @@ class TransferProcess(SQLModel, table=True):
     size: int = 0
     reason: str = Field(default="", max_length=2000)
     provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    callback: str = Field(
+        default="",
+        sa_column=Column(String(600), nullable=False, server_default=""),
+        description="where the other side's messages about this transfer go (its callbackAddress)",
+    )
+    format: str = Field(default="", sa_column=Column(String(60), nullable=False, server_default=""))
+    data_address: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=True),
+        description="consumer: the data address of the start message (endpoint, short-lived token)",
+    )
+    history: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=True), description="the transition log"
+    )
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

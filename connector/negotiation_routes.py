@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from connector.agreements import AgreementService
 from connector.downloads import DownloadService
 from connector.dsp import open_request
+from connector.dsp.gate import ProtocolGate
 from connector.negotiation import NegotiationService
-from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
 from connector.transfers import TransferService
 from kernel.errors import FieldError, InvalidInput
@@ -267,7 +267,7 @@ async def negotiation_request(
     reply = await to_thread.run_sync(
         negotiation_service.on_request, opened.sender, opened.sender_endpoint, opened.body
     )
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 NEGOTIATION_MESSAGES = {
@@ -294,7 +294,7 @@ async def negotiation_message(
     kind = next(k for k, suffix in NEGOTIATION_MESSAGES.items() if request.url.path.endswith("/" + suffix))
     opened = await open_request(request, protocol_gate)
     reply = await to_thread.run_sync(negotiation_service.on_message, opened.sender, pid, kind, opened.body)
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @post("/dsp/transfers/request", tags=["protocol"], status_code=201)
@@ -307,7 +307,7 @@ async def transfer_request(
     reply = await to_thread.run_sync(
         transfer_service.on_request, opened.sender, opened.sender_endpoint, opened.body
     )
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @post("/dsp/transfers/{pid:str}/completion", tags=["protocol"], status_code=200)
@@ -319,7 +319,7 @@ async def transfer_completion(
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate)
     reply = await to_thread.run_sync(transfer_service.on_completion, opened.sender, pid)
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @get("/dsp/transfers/{pid:str}/data", tags=["protocol"], sync_to_thread=True)
@@ -363,7 +363,7 @@ async def notification(
 
     opened = await open_request(request, protocol_gate)
     logging.getLogger("agora.usage").info("usage notification from %s: %s", opened.sender, opened.body)
-    return protocol_gate.seal({"received": True}, opened.sender)
+    return {"received": True}
 
 
 api_handlers = [NegotiationController, AgreementController, TransferController]

@@ -1,5 +1,6 @@
-"""HTTP routes of the connector: participants (``/api/v1/participants``) and the protocol
-endpoints other nodes call (``/dsp/…``, signed envelopes, no bearer tokens)."""
+"""HTTP routes of the connector: participants (``/api/v1/participants``), the node's DID
+document and DSP version metadata (``/.well-known/…``), and the catalog endpoints of the
+DSP binding (``/dsp/catalog/…``, the caller's DCP token in ``Authorization``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
 from connector.dsp import catalog_request_since, open_request
-from connector.protocol import ProtocolGate
+from connector.dsp.binding import version_metadata
+from connector.dsp.gate import ProtocolGate
 from connector.schemas import ParticipantOut, PeerAdd
 from connector.services import ParticipantService
 from kernel.validation import validate
@@ -33,16 +35,24 @@ class ParticipantController(Controller):
     async def add_peer(
         self, request: Request[Any, Any, Any], participant_service: NamedDependency[ParticipantService]
     ) -> ParticipantOut:
-        """Add a peer by URL: its signed identity statement names its address."""
+        """Add a peer by URL (and, for another connector, its DID): its DID document names its
+        keys, its version metadata its DSP base."""
         body = validate(PeerAdd, await request.body(), what="peer")
-        return await to_thread.run_sync(participant_service.add_peer, body.url, request.user.subject)
+        return await to_thread.run_sync(
+            lambda: participant_service.add_peer(body.url, request.user.subject, did=body.did, name=body.name)
+        )
 
 
-@get("/dsp/identity", tags=["protocol"], sync_to_thread=False)
-def identity(identity_statement: NamedDependency[Any]) -> dict[str, Any]:
-    """This node's self-signed identity: address, name, protocol endpoint, chain."""
-    statement: dict[str, Any] = identity_statement()
-    return statement
+@get(["/.well-known/did.json", "/did.json"], tags=["protocol"], sync_to_thread=False)
+def did_document(did_document: NamedDependency[Any]) -> Response[Any]:
+    """This node's DID document (did:web): its key, on-chain address and services."""
+    return Response(did_document(), media_type="application/did+json")
+
+
+@get("/.well-known/dspace-version", tags=["protocol"], sync_to_thread=False)
+def dspace_version() -> dict[str, Any]:
+    """Where this node serves the Dataspace Protocol, per version and binding."""
+    return version_metadata()
 
 
 @post("/dsp/catalog/request", tags=["protocol"], status_code=200)
@@ -69,8 +79,8 @@ async def catalog_request(
     headers = {}
     if next_cursor:
         headers["Link"] = f'<{request.url.path}?cursor={next_cursor}&limit={limit}>; rel="next"'
-    return Response(protocol_gate.seal(catalog, opened.sender), headers=headers)
+    return Response(catalog, headers=headers)
 
 
 api_handlers = [ParticipantController]
-public_handlers: list[object] = [identity, catalog_request]
+public_handlers: list[object] = [did_document, dspace_version, catalog_request]

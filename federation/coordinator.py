@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connector.client import PeerClient
+from connector.dsp.client import PeerClient, PeerClients
 from connector.models import Agreement, Participant
 from federation import tensors
 from federation.models import (
@@ -66,7 +66,7 @@ class Coordinator:
         store: ObjectStore,
         *,
         address: str,
-        private_key: Callable[[], bytes],
+        peers: PeerClients,
         outbound: OutboundClient,
         initial_weights: Callable[[FederationSpec, bytes], tensors.Weights],
         provenance: Callable[[str], dict[str, Any]] = lambda key: {},
@@ -76,20 +76,15 @@ class Coordinator:
         self.engine = engine
         self.store = store
         self.address = address
-        self._key = private_key
+        self.peers = peers
         self.outbound = outbound
         self._initial_weights = initial_weights
         self._wake = wake_driver
         self.secagg = SecAggRounds(self)  # the stages of securely aggregated rounds
 
     def client(self, endpoint: str, peer: str) -> PeerClient:
-        return PeerClient(
-            endpoint,
-            outbound=self.outbound,
-            private_key=self._key(),
-            own_address=self.address,
-            peer_address=peer,
-        )
+        """A member's node at the DSP base it advertises (``endpoint`` is its node URL)."""
+        return self.peers.to(peer)
 
     # -- create -------------------------------------------------------------------------------
 
@@ -193,7 +188,7 @@ class Coordinator:
             }
             try:
                 reply = self.client(member.endpoint, member.provider).post_blob(
-                    "/dsp/federations", body, bundle
+                    "/federations", body, bundle
                 )
             except AgoraError as exc:
                 return member.id, REFUSED, f"the provider could not be reached: {exc.detail}"[:MAX_REASON], {}
@@ -276,7 +271,7 @@ class Coordinator:
         def tell(member: FederationMember) -> None:
             with contextlib.suppress(AgoraError):  # the provider's own deadline ends its part
                 self.client(member.endpoint, member.provider).post(
-                    f"/dsp/federations/{federation_id}/stop",
+                    f"/federations/{federation_id}/stop",
                     {"federation": federation_id, "outcome": outcome, "reason": reason[:MAX_REASON]},
                 )
 

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from connector.agreements import AgreementService, UseDenied
-from connector.client import PeerClient
+from connector.dsp.client import PeerClients
 from federation import tensors
 from federation.models import (
     CONTRIBUTION,
@@ -83,6 +83,7 @@ class LocalRounds(BackgroundWorker):
         outbound: OutboundClient,
         address: str,
         private_key: Any,
+        peers: PeerClients,
     ) -> None:
         super().__init__(interval=2.0)
         self.engine = engine
@@ -93,6 +94,7 @@ class LocalRounds(BackgroundWorker):
         self.outbound = outbound
         self.address = address
         self._key = private_key
+        self.peers = peers
         self._trainers: dict[str, WarmTrainer] = {}
         self._busy: set[str] = set()
         self._lock = threading.Lock()
@@ -351,13 +353,7 @@ class LocalRounds(BackgroundWorker):
 
     def _secure_push(self, fed: Federation, row: Contribution) -> None:
         """A securely aggregated round's next message (:mod:`federation.secagg_local`)."""
-        client = PeerClient(
-            fed.coordinator_endpoint,
-            outbound=self.outbound,
-            private_key=self._key() if callable(self._key) else self._key,
-            own_address=self.address,
-            peer_address=fed.coordinator,
-        )
+        client = self.peers.to(fed.coordinator)
         if self.provider.secagg.push(fed, row, client):
             self._push(fed, self._get(row.id))  # why it dropped out, without its weights
 
@@ -381,15 +377,9 @@ class LocalRounds(BackgroundWorker):
         }
         secure = is_secure(row.config)  # then only a failure is reported here, never the weights
         blob = b"".join(self.store.read(row.update_sha256)) if row.update_sha256 and not secure else b""
-        client = PeerClient(
-            fed.coordinator_endpoint,
-            outbound=self.outbound,
-            private_key=self._key() if callable(self._key) else self._key,
-            own_address=self.address,
-            peer_address=fed.coordinator,
-        )
+        client = self.peers.to(fed.coordinator)
         try:
-            reply = client.post_blob(f"/dsp/federations/{fed.id}/updates", body, blob)
+            reply = client.post_blob(f"/federations/{fed.id}/updates", body, blob)
         except AgoraError as exc:
             self._retry(row, exc.detail)
             return

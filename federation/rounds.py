@@ -285,7 +285,7 @@ class RoundDriver(BackgroundWorker):
         }
         try:
             self.c.client(member.endpoint, member.provider).post_blob(
-                f"/dsp/federations/{fed.id}/rounds", body, blob
+                f"/federations/{fed.id}/rounds", body, blob
             )
         except AgoraError as exc:
             delay = RETRY_SECONDS[min(part.attempts, len(RETRY_SECONDS) - 1)]

@@ -26,8 +26,7 @@ from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.dsp import open_blob_request, open_request
-from connector.envelope import Opened
-from connector.protocol import ProtocolGate
+from connector.dsp.gate import Opened, ProtocolGate
 from federation.coordinator import Coordinator
 from federation.provider import MAX_WEIGHTS_BYTES, ProviderFederations
 from federation.spec import SCHEMA_FILE, FederationSpec
@@ -168,7 +167,7 @@ async def federation_invite(
     reply = await to_thread.run_sync(
         federation_provider.on_invite, opened.sender, opened.sender_endpoint, opened.body, bundle
     )
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @post(
@@ -271,7 +270,7 @@ async def federation_secagg_stage(
         request,
         protocol_gate,
         pid,
-        lambda o, _: federation_provider.secagg.on_stage(o.sender, o.recipient, pid, o.body),
+        lambda o, _: federation_provider.secagg.on_stage(o.sender, protocol_gate.address, pid, o.body),
         blob=False,
     )
 
@@ -286,7 +285,7 @@ async def _answer(
 ) -> dict[str, Any]:
     """One protocol message about federation ``pid``: opened (with its bytes, when it carries
     some), refused unless its signed body names the federation of the path (a message is not
-    replayed elsewhere), handled off the event loop, answered signed."""
+    replayed elsewhere), handled off the event loop, answered in plain JSON."""
     if blob:
         opened, data = await open_blob_request(request, gate, max_bytes=MAX_WEIGHTS_MESSAGE)
     else:
@@ -294,7 +293,7 @@ async def _answer(
     if opened.body.get("federation") != pid:
         raise Conflict("the signed message is about another federation than the path names")
     reply = await to_thread.run_sync(handle, opened, data)
-    return gate.seal(reply, opened.sender)
+    return reply
 
 
 api_handlers = [FederationController]

@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from connector.client import PeerClient
+from connector.dsp.client import PeerClient
 from federation.models import (
     CONTRIBUTION,
     DROPPED,
@@ -195,7 +195,7 @@ class SecAggLocal:
             "privacy": row.privacy,
             "train_seconds": round(row.train_seconds, 3),
         }
-        session.outbox = (f"/dsp/federations/{fed.id}/secagg", body, None)
+        session.outbox = (f"/federations/{fed.id}/secagg", body, None)
         with self._guard:
             for key in [k for k in self._sessions if k[0] == fed.id and k[1] <= row.round_number]:
                 del self._sessions[key]  # a newer round started: the older ones are over
@@ -315,7 +315,7 @@ class SecAggLocal:
             "participant": session.me,
             "num_examples": session.examples,
         }
-        session.outbox = (f"/dsp/federations/{session.federation_id}/secagg/input", message, masked)
+        session.outbox = (f"/federations/{session.federation_id}/secagg/input", message, masked)
         session.next_try = 0.0
         return {"state": "MASKED"}
 

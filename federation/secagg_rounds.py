@@ -303,7 +303,7 @@ class SecAggRounds:
             if member is None:
                 return
             reply, _ = self.c.client(member.endpoint, address).post(
-                f"/dsp/federations/{federation_id}/secagg/stage", message
+                f"/federations/{federation_id}/secagg/stage", message
             )
             if stage in ("shares", "unmask"):
                 answer = reply.get("shares" if stage == "shares" else "unmask")

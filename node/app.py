@@ -108,8 +108,16 @@ def create_app(runtime: Runtime) -> Litestar:
 
     def on_startup() -> None:
         settings = runtime.settings
+        from connector.dsp.identity import read_did_document
+
+        identity = runtime.identity
         runtime.participants.ensure_self(
-            address=runtime.address, name=settings.name, endpoint=settings.public_url
+            address=runtime.address,
+            name=settings.name,
+            endpoint=settings.public_url,
+            did=identity.did,
+            dsp_url=settings.dsp_url,
+            keys=read_did_document(identity.did, runtime.did_document()).keys,
         )
         removed = runtime.store.sweep_staging()
         if removed:
@@ -170,7 +178,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 "download_service": runtime.downloads,
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
-                "identity_statement": runtime.identity_statement,
+                "did_document": runtime.did_document,
                 "protocol_gate": runtime.protocol,
                 "job_service": runtime.jobs,
                 "job_provider": runtime.job_provider,

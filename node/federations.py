@@ -54,7 +54,7 @@ def connect_federations(runtime: Runtime) -> None:
         runtime.engine,
         runtime.store,
         address=runtime.address,
-        private_key=runtime.org_key,
+        peers=runtime.peer_clients,
         outbound=runtime.outbound,
         initial_weights=lambda spec, bundle: factory_weights(runtime, spec, bundle),
         provenance=runtime.provenance.document,
@@ -104,6 +104,7 @@ def start_federation_workers(runtime: Runtime) -> None:
         outbound=runtime.outbound,
         address=runtime.address,
         private_key=runtime.org_key,
+        peers=runtime.peer_clients,
     )
     runtime.round_driver.start()
     runtime.local_rounds.start()

@@ -48,7 +48,7 @@ def connect_jobs(runtime: Runtime) -> None:
         runtime.store,
         states,
         address=runtime.address,
-        private_key=runtime.org_key,
+        peers=runtime.peer_clients,
         provenance=runtime.provenance.document,
         outbound=runtime.outbound,
         chain_rpc_url=settings.chain_rpc_url,

@@ -25,7 +25,22 @@ _HTTP_SLUGS = {
 }
 
 
-def _response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response[Any]:
+def _response(
+    body: dict[str, Any],
+    status: int,
+    headers: dict[str, str] | None = None,
+    request: Request[Any, Any, Any] | None = None,
+) -> Response[Any]:
+    """A problem document; on a route of the DSP binding, the DSP error message it stands for
+    (``code`` the problem type's slug, ``reason`` its detail, the message's pids)."""
+    if request is not None:
+        from connector.dsp.binding import PIDS, error_message
+
+        pids = request.state.get(PIDS) or {}
+        slug = str(body.get("type", "")).removeprefix(PROBLEM_BASE)
+        dsp = error_message(request.url.path, pids, slug, str(body.get("detail", "")))
+        if dsp is not None:
+            return Response(content=dsp, status_code=status, media_type="application/json", headers=headers)
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -33,7 +48,7 @@ def agora_error(request: Request[Any, Any, Any], exc: AgoraError) -> Response[An
     headers = {"WWW-Authenticate": 'Bearer realm="agora"'} if exc.status == 401 else None
     if exc.status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.detail)
-    return _response(exc.problem(instance=request.url.path), exc.status, headers)
+    return _response(exc.problem(instance=request.url.path), exc.status, headers, request)
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -51,7 +66,7 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
             for e in exc.extra
             if isinstance(e, dict)
         ]
-    return _response(body, status, exc.headers)
+    return _response(body, status, exc.headers, request)
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -65,6 +80,7 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
             "instance": request.url.path,
         },
         500,
+        request=request,
     )
 
 

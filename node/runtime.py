@@ -23,8 +23,10 @@ from connector.agreements import AgreementService
 from connector.crawler import CatalogCrawler
 from connector.dispatcher import Dispatcher
 from connector.downloads import DownloadService
+from connector.dsp.client import PeerClients, resolve_did
+from connector.dsp.gate import ProtocolGate
+from connector.dsp.identity import DidDocument, NodeIdentity
 from connector.negotiation import NegotiationService
-from connector.protocol import ProtocolGate
 from connector.services import ParticipantService
 from connector.transfers import TransferService
 from contracts.chain import Chain
@@ -74,6 +76,8 @@ class Runtime:
     manifests: ManifestService
     catalog: CatalogService
     aliases: AliasService
+    identity: NodeIdentity
+    peer_clients: PeerClients
     crawler: CatalogCrawler | None = None
     publisher: PublishService | None = None
     negotiations: NegotiationService | None = None
@@ -179,17 +183,12 @@ class Runtime:
         except AgoraError:
             return None
 
-    def identity_statement(self) -> dict[str, object]:
-        """This node's self-signed identity, served at /dsp/identity."""
-        from connector.envelope import seal
+    def did_document(self) -> dict[str, object]:
+        """This node's DID document, served at /.well-known/did.json."""
+        return self.identity.document(chain_id=self.settings.chain_id)
 
-        body = {
-            "address": self.address,
-            "name": self.settings.name,
-            "endpoint": self.settings.public_url.rstrip("/"),
-            "chain": self.settings.chain_url,
-        }
-        return seal(body, private_key=self.org_key(), recipient=self.address)
+    def resolve_did(self, did: str) -> DidDocument:
+        return resolve_did(did, self.outbound, use_https=self.settings.did_web_use_https)
 
     def close(self) -> None:
         """Stop the workers and close the chain and database; safe to call twice."""
@@ -270,7 +269,14 @@ def build_runtime(settings: Settings) -> Runtime:
         max_upload_bytes=settings.max_upload_bytes,
         on_queued=registered,
     )
-    participants = ParticipantService(engine, outbound)
+    participants = ParticipantService(engine, outbound, lambda did: runtime.resolve_did(did))
+    identity = NodeIdentity(  # the organisation key is read on first use (it is bound late)
+        did=settings.effective_did,
+        address=address,
+        private_key=lambda: runtime.org_key(),
+        url=settings.public_url,
+        name=settings.name,
+    )
     manifests = ManifestService(
         offerings,
         known_peer_urls=lambda: {p.endpoint for p in participants.peers()},
@@ -296,11 +302,13 @@ def build_runtime(settings: Settings) -> Runtime:
         manifests=manifests,
         catalog=CatalogService(engine, self_address=address, public_url=settings.public_url),
         aliases=AliasService(engine, address, on_queued=notary.wake),
+        identity=identity,
+        peer_clients=PeerClients(outbound, identity, participants.get),
     )
     runtime.protocol = ProtocolGate(
         engine,
-        address=address,
-        private_key=runtime.org_key,
+        identity=identity,
+        resolve=runtime.resolve_did,
         registry_lookup=runtime.registered_participant,
         accept_registered=settings.accept_registered_participants,
     )
@@ -323,8 +331,7 @@ def build_runtime(settings: Settings) -> Runtime:
         runtime.catalog,
         peers=participants.peers,
         outbound=outbound,
-        own_address=address,
-        private_key=runtime.org_key,
+        clients=runtime.peer_clients,
         interval=settings.catalog_crawl_interval,
     )
     crawler = runtime.crawler
@@ -336,6 +343,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
     """Negotiations, agreements and transfers (both sides), and the dispatcher that carries
     their messages."""
     settings = runtime.settings
+    peer_clients = runtime.peer_clients
 
     # the dispatcher's callbacks are bound late: they name the negotiation service made below
     def verified_endpoint(address: str) -> str | None:
@@ -344,8 +352,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
 
     dispatcher = Dispatcher(
         runtime.engine,
-        own_address=runtime.address,
-        private_key=runtime.org_key,
+        peers=peer_clients,
         outbound=runtime.outbound,
         verified_endpoint=verified_endpoint,
         housekeeping=lambda: negotiations.expire(),
@@ -388,7 +395,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         runtime.engine,
         address=runtime.address,
         public_url=settings.public_url,
-        private_key=runtime.org_key,
+        peers=peer_clients,
         outbound=runtime.outbound,
         chain_rpc_url=settings.chain_rpc_url,
         store=runtime.store,

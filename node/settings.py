@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="answer participants known only from the on-chain registry (they may ask, "
         "negotiate and use agreements; they are never crawled or listed)",
     )
+    did: str = Field(default="", description="this node's DID (did:web); default: the did:web of public_url")
+    did_web_use_https: bool = Field(
+        default=True,
+        description="resolve did:web over HTTPS (loopback hosts always resolve over HTTP); "
+        "false only on test networks",
+    )
     outbound_allow_private: bool = Field(
         default=False, description="outbound requests may go to private addresses (10/8, fc00::/7 …)"
     )
@@ -241,6 +247,22 @@ class Settings(BaseSettings):
         if self.chain_url == "embedded":
             return self.public_url.rstrip("/") + "/chain/rpc"
         return self.chain_url
+
+    @property
+    def effective_did(self) -> str:
+        """This node's DID: the one configured, else the did:web of its public URL."""
+        if self.did:
+            return self.did
+        from connector.dsp.identity import did_for_url
+
+        return did_for_url(self.public_url)
+
+    @property
+    def dsp_url(self) -> str:
+        """The base URL of this node's DSP binding (advertised at /.well-known/dspace-version)."""
+        from connector.dsp.binding import BASE_PATH
+
+        return self.public_url.rstrip("/") + BASE_PATH
 
     @property
     def token_issuer(self) -> str:

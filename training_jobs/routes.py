@@ -19,7 +19,7 @@ from litestar.response import Stream
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.dsp import open_request
-from connector.protocol import ProtocolGate
+from connector.dsp.gate import ProtocolGate
 from kernel.hashing import repr_digest
 from kernel.limits import JSON
 from kernel.validation import validate
@@ -129,7 +129,7 @@ async def job_request(
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate, max_bytes=MAX_JOB_MESSAGE)
     reply = await to_thread.run_sync(job_provider.on_request, opened.sender, opened.body)
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @post(
@@ -151,7 +151,7 @@ async def job_message(
         reply = await to_thread.run_sync(job_provider.on_logs, opened.sender, pid, opened.body)
     else:
         reply = await to_thread.run_sync(job_provider.on_cancel, opened.sender, pid)
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @post("/dsp/jobs/{pid:str}/provenance/{artifact:str}", tags=["protocol"], status_code=200)
@@ -164,7 +164,7 @@ async def job_provenance(
 ) -> dict[str, Any]:
     opened = await open_request(request, protocol_gate)
     reply = await to_thread.run_sync(job_provider.artifact_provenance, opened.sender, pid, artifact)
-    return protocol_gate.seal(reply, opened.sender)
+    return reply
 
 
 @post("/dsp/jobs/{pid:str}/artifacts/{artifact:str}", tags=["protocol"], status_code=200)

@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connector.client import PeerClient, chain_refusal
+from connector.downloads import chain_refusal
+from connector.dsp.client import PeerClient, PeerClients
 from connector.models import Agreement, Participant
 from contracts.verify import verify_document
 from kernel.addresses import foreign_origin
@@ -52,7 +53,7 @@ class JobService:
         states: JobStates,
         *,
         address: str,
-        private_key: Callable[[], bytes],
+        peers: PeerClients,
         provenance: Callable[[str], dict[str, Any]],
         outbound: OutboundClient,
         chain_rpc_url: str,
@@ -63,7 +64,7 @@ class JobService:
         self.store = store
         self.states = states
         self.address = address
-        self._private_key = private_key
+        self.peers = peers
         self._provenance = provenance
 
     def submit(self, spec: JobSpec, bundle: bytes | None, actor: str) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class JobService:
             spec.code.digest = bundles.digest(bundle)
         job_id = f"urn:uuid:{uuid.uuid4()}"
         reply = self._client(endpoint, agreement.provider).post(
-            "/dsp/jobs",
+            "/jobs",
             {
                 "@type": "agora:JobRequestMessage",
                 "consumerPid": job_id,
@@ -138,13 +139,8 @@ class JobService:
         return job_out(job)
 
     def _client(self, endpoint: str, provider: str) -> PeerClient:
-        return PeerClient(
-            endpoint,
-            outbound=self.outbound,
-            private_key=self._private_key(),
-            own_address=self.address,
-            peer_address=provider,
-        )
+        """The provider's node at the DSP base it advertises (``endpoint`` is its node URL)."""
+        return self.peers.to(provider)
 
     def _job(self, job_id: str) -> Job:
         with Session(self.engine) as session:
@@ -172,7 +168,7 @@ class JobService:
 
     def _ask(self, job: Job, what: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._client(job.counterparty_endpoint, job.counterparty).post(
-            f"/dsp/jobs/{job.peer_pid}/{what}", body
+            f"/jobs/{job.peer_pid}/{what}", body
         )[0]
 
     def list_all(self, state: str | None = None) -> list[dict[str, Any]]:
@@ -250,7 +246,7 @@ class JobService:
         size = int(record["size"])
         with (
             # the stream is cut off (and refused) past the size the provider announced
-            client.stream(f"/dsp/jobs/{job.peer_pid}/artifacts/{artifact}", {}, max_bytes=size) as chunks,
+            client.stream(f"/jobs/{job.peer_pid}/artifacts/{artifact}", {}, max_bytes=size) as chunks,
             self.store.stage() as staged,
         ):
             for chunk in chunks:

@@ -1,0 +1,235 @@
+"""The receiving side of the protocol: who may talk to this node, and replay defence.
+
+:class:`ProtocolGate` reads the self-issued ID token of a request
+(:mod:`connector.dsp.identity`), finds the sender by its DID, checks the token with the
+sender's key and records its ``jti`` so the same token is never accepted twice.
+
+Who may talk to this node is the operator's decision: a sender is accepted when it is a
+**peer** (``trusted``: added with ``agora peers add``, the participants API or a manifest's
+``peers:``), whose DID document was read when it was added. A DID this node does not know
+is refused (:class:`NotAPeer`) before any request leaves for its document, unless the
+operator opts in with ``AGORA_ACCEPT_REGISTERED_PARTICIPANTS``: then an Agora node's DID is
+resolved and accepted when its key's address is a participant in the on-chain registry
+whose endpoint is on the DID's host. It is kept as an untrusted participant row so pages
+can name it, and may act as a consumer of this node's offerings: ask for the catalog,
+negotiate, transfer and submit jobs under its own agreements, with the policies deciding as
+for anyone. This node never starts anything with it: it is not crawled, its offerings are
+not listed, and it cannot be the provider of a negotiation this node starts. Its name is
+its own claim, so it is not passed on to ``participantName`` constraints.
+
+A peer's keys are refreshed from its DID document when a token names a key the stored
+document did not list (at most once a minute per peer), so a peer can rotate its key.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from connector.dsp.identity import (
+    MAX_SKEW,
+    DidDocument,
+    NodeIdentity,
+    TokenRejected,
+    read_token,
+    verify_token,
+)
+from connector.models import Participant, SeenNonce
+from kernel.addresses import origin
+from kernel.db import transaction, utcnow
+from kernel.errors import AgoraError
+
+RegistryLookup = Callable[[str], tuple[str, str] | None]  # address -> (name, endpoint) on chain
+Resolver = Callable[[str], DidDocument]  # DID -> its checked document (outbound request)
+ADD_PEERS = "the operator adds peers with agora peers add"
+REFRESH_SECONDS = 60.0
+
+
+class UnknownSender(TokenRejected):
+    type_slug = "unknown-sender"
+    status = 403
+    title = "Unknown participant"
+
+
+class NotAPeer(UnknownSender):
+    type_slug = "not-a-peer"
+    title = "Not a peer of this node"
+
+
+class ReplayedMessage(TokenRejected):
+    type_slug = "replayed-message"
+    status = 409
+    title = "Replayed protocol message"
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A request whose sender's token holds: who sent it and what it says."""
+
+    sender: str  # the participant id (see connector.dsp.identity.participant_id)
+    body: dict[str, Any]
+    sender_did: str = ""
+    sender_name: str = ""
+    sender_endpoint: str = ""  # the endpoint of the sender's verified identity
+    sender_trusted: bool = False  # a peer the operator added (not only registered on chain)
+    sender_kind: str = "agora"  # agora | dsp
+    token_id: str = ""
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+class ProtocolGate:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        identity: NodeIdentity,
+        resolve: Resolver,
+        registry_lookup: RegistryLookup | None = None,
+        accept_registered: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.address = identity.address
+        self._resolve = resolve
+        self._registry_lookup = registry_lookup
+        self.accept_registered = accept_registered
+        self._accepted = 0
+        self._refreshed: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def accept(self, authorization: str | None, raw: bytes, body: dict[str, Any]) -> Opened:
+        """The verified request, or a :class:`TokenRejected` subclass with the reason."""
+        unverified = read_token(authorization)
+        row = self._participant(unverified.did)
+        key = (row.keys or {}).get(unverified.kid)
+        if key is None and self._may_refresh(unverified.did):
+            row = self._refresh(row)
+            key = (row.keys or {}).get(unverified.kid)
+        if key is None:
+            raise TokenRejected(f"{unverified.did[:160]}'s DID document lists no key {unverified.kid[:200]}")
+        claims = verify_token(unverified, key, audience=self.identity.did, body=raw)
+        self._remember(row.address, str(claims["jti"]))
+        trusted = row.trusted or row.is_self
+        return Opened(
+            sender=row.address,
+            body=body,
+            sender_did=unverified.did,
+            sender_name=row.name,
+            sender_endpoint=row.endpoint,
+            sender_trusted=trusted,
+            sender_kind=row.kind,
+            token_id=str(claims["jti"]),
+            claims=claims,
+        )
+
+    def _participant(self, did: str) -> Participant:
+        with Session(self.engine) as session:
+            row = session.exec(select(Participant).where(Participant.did == did)).first()
+        if row is not None and (row.trusted or row.is_self or self.accept_registered):
+            return row
+        if not self.accept_registered:
+            raise NotAPeer(f"{did[:160]} is not a peer of this node; {ADD_PEERS}")
+        return self._registered(did)
+
+    def _registered(self, did: str) -> Participant:
+        """An Agora node known from the on-chain registry (the operator opted in)."""
+        try:
+            document = self._resolve(did)
+        except AgoraError as exc:
+            raise UnknownSender(
+                f"{did[:160]} is not a peer and its DID cannot be read: {exc.detail}"
+            ) from None
+        on_chain = (
+            self._registry_lookup(document.address) if self._registry_lookup and document.address else None
+        )
+        if on_chain is None:
+            raise UnknownSender(
+                f"{did[:160]} is neither a peer of this node nor a participant in the registry; {ADD_PEERS}"
+            )
+        name, endpoint = on_chain
+        endpoint = endpoint.rstrip("/")
+        agora_url = str((document.agora or {}).get("serviceEndpoint") or "")
+        try:
+            same = origin(endpoint) == origin(agora_url) and origin(endpoint)[1] == _did_host(did)
+        except ValueError:
+            same = False
+        if not same:
+            raise UnknownSender(f"{did[:160]}'s registry record names another host ({endpoint[:200]})")
+        assert document.address is not None
+        with transaction(self.engine) as session:
+            row = session.get(Participant, document.address)
+            if row is None:
+                row = Participant(address=document.address, name=name, endpoint=endpoint, trusted=False)
+                session.add(row)
+            elif row.trusted or row.is_self:
+                raise UnknownSender(f"{did[:160]} claims the address of another participant")
+            row.name, row.endpoint, row.did, row.keys = name, endpoint, did, document.keys
+            row.kind, row.updated_at = "agora", utcnow()
+            session.flush()
+            session.expunge(row)
+        return row
+
+    def _may_refresh(self, did: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._refreshed.get(did, -REFRESH_SECONDS) < REFRESH_SECONDS:
+                return False
+            self._refreshed[did] = now
+            return True
+
+    def _refresh(self, row: Participant) -> Participant:
+        """The peer's keys as its DID document lists them now."""
+        try:
+            document = self._resolve(str(row.did))
+        except AgoraError:
+            return row
+        if document.participant.lower() != row.address.lower():
+            return row  # a document that now names another participant is not followed
+        with transaction(self.engine) as session:
+            fresh = session.get(Participant, row.address)
+            if fresh is None:
+                return row
+            fresh.keys, fresh.updated_at = document.keys, utcnow()
+            session.flush()
+            session.expunge(fresh)
+        return fresh
+
+    def _remember(self, sender: str, jti: str) -> None:
+        try:
+            with transaction(self.engine) as session:
+                session.add(SeenNonce(sender=sender, nonce=jti))
+        except IntegrityError:
+            raise ReplayedMessage(f"token {jti[:128]} from {sender} was already received") from None
+        self._accepted += 1
+        if self._accepted % 1000 == 0:
+            self.purge_nonces()
+
+    def purge_nonces(self) -> int:
+        """Forget token ids older than their longest life plus the clock skew (such tokens
+        are refused as expired anyway)."""
+        from connector.dsp.identity import MAX_TOKEN_TTL
+
+        cutoff = utcnow() - timedelta(seconds=MAX_TOKEN_TTL + 2 * MAX_SKEW)
+        with transaction(self.engine) as session:
+            result = session.execute(delete(SeenNonce).where(col(SeenNonce.seen_at) < cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _did_host(did: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    authority = unquote(did.removeprefix("did:web:").split(":", 1)[0])
+    return (urlsplit(f"//{authority}").hostname or "").lower()
+
+
+def describe(opened: Opened) -> dict[str, Any]:
+    """Who sent a message, as the negotiation log records it."""
+    return {"participant": opened.sender, "did": opened.sender_did, "kind": opened.sender_kind}

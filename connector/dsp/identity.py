@@ -1,0 +1,379 @@
+"""Who is calling: DIDs and self-issued ID tokens, as the Decentralized Claims Protocol has them.
+
+Every protocol request names its sender in the ``Authorization`` header: a JWT the sender
+signs with its own key (a *self-issued ID token*), whose ``iss`` and ``sub`` are its DID,
+``aud`` the recipient's DID, with a fresh ``jti`` and an expiry minutes away. The receiver
+finds the key in the sender's DID document (``kid`` names the verification method) and
+accepts the token only when the signature holds, it is meant for the receiver, it is
+current, and its ``jti`` was never seen before (:class:`connector.dsp.gate.ProtocolGate`).
+
+DIDs are ``did:web``: ``did:web:host%3Aport[:path]`` is the document at
+``https://host:port[/path]/.well-known/did.json`` (``/path/did.json`` with a path).
+A loopback host resolves over plain HTTP, as does every host when the operator turned
+HTTPS off (``AGORA_DID_WEB_USE_HTTPS=false``, for test networks).
+
+An Agora node's document has one verification method, its organisation key (secp256k1,
+``ES256K``), with the Ethereum address the key signs on chain with as its
+``blockchainAccountId``, and an ``AgoraNode`` service naming the node's URL and
+organisation: that marks the peer as an Agora node. Any other connector is a plain DSP
+connector, with whatever keys (P-256, secp256k1, Ed25519) its document lists.
+
+Inside this node a participant is a 20-byte id: an Agora node's Ethereum address, or for a
+plain DSP connector ``0x`` + the last 20 bytes of keccak256 of its DID
+(:func:`participant_id`), so records keep one key for both kinds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from eth_utils.address import is_address, to_checksum_address
+from eth_utils.crypto import keccak
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, OKPKey
+
+from kernel.addresses import parse_ip
+from kernel.errors import AgoraError, InvalidInput
+
+TOKEN_TTL = 300  # seconds a self-issued token lives
+MAX_TOKEN_TTL = 3600  # a token claiming a longer life is refused
+MAX_SKEW = 300  # seconds of clock difference tolerated
+MAX_TOKEN_BYTES = 8 * 1024
+BODY_CLAIM = "agora:sha256"  # an Agora node binds the request's body into its token
+AGORA_SERVICE = "AgoraNode"
+KEY_FRAGMENT = "org"
+_ALGORITHMS = {("EC", "secp256k1"): "ES256K", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
+DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
+
+
+class TokenRejected(AgoraError):
+    type_slug = "token-rejected"
+    status = 401
+    title = "Identity token rejected"
+
+
+# DIDs -------------------------------------------------------------------------------------
+
+
+def did_for_url(url: str) -> str:
+    """The ``did:web`` of a node at ``url`` (its origin and path; the scheme is not part of it)."""
+    parts = urlsplit(url.rstrip("/"))
+    if not parts.hostname:
+        raise InvalidInput(f"{url!r} has no host to make a did:web of")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    authority = quote(host + (f":{parts.port}" if parts.port else ""), safe="[]")
+    segments = [quote(s, safe="") for s in parts.path.split("/") if s]
+    return ":".join(["did", "web", authority, *segments])
+
+
+def did_document_url(did: str, *, use_https: bool = True) -> str:
+    """Where a ``did:web`` document lies (HTTP for loopback hosts or when HTTPS is off)."""
+    if not did.startswith("did:web:") or len(did) > 500:
+        raise InvalidInput(f"only did:web identifiers are resolved here, not {did[:80]!r}")
+    authority, *segments = did.removeprefix("did:web:").split(":")
+    host = unquote(authority)
+    if not host or "/" in host or "@" in host or any(not s for s in segments):
+        raise InvalidInput(f"{did[:80]!r} is not a valid did:web")
+    hostname = urlsplit(f"//{host}").hostname or ""
+    scheme = "https" if use_https and not _loopback(hostname) else "http"
+    path = "/".join(unquote(s) for s in segments) if segments else ".well-known"
+    return f"{scheme}://{host}/{path}/did.json"
+
+
+def _loopback(hostname: str) -> bool:
+    ip = parse_ip(hostname)
+    return hostname == "localhost" or (ip is not None and ip.is_loopback)
+
+
+def participant_id(did: str, document: dict[str, Any] | None = None) -> str:
+    """The 20-byte id a participant goes by here: the Ethereum address an Agora node's
+    document binds to its secp256k1 key, else one derived from the DID."""
+    if document is not None:
+        address = agora_address(document)
+        if address:
+            return address
+    return to_checksum_address("0x" + keccak(text=did)[-20:].hex())
+
+
+@dataclass(frozen=True)
+class DidDocument:
+    """The parts of a DID document this node uses."""
+
+    did: str
+    keys: dict[str, dict[str, Any]]  # verification method id -> public JWK
+    address: str | None  # an Agora node's on-chain address (its key's)
+    agora: dict[str, Any] | None  # the AgoraNode service: url, name
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def participant(self) -> str:
+        return self.address or participant_id(self.did)
+
+    def service(self, type_: str) -> str | None:
+        for s in self.services:
+            if s.get("type") == type_ and isinstance(s.get("serviceEndpoint"), str):
+                return str(s["serviceEndpoint"])
+        return None
+
+
+def read_did_document(did: str, document: Any) -> DidDocument:
+    """Check a fetched document is ``did``'s and take its keys and services."""
+    if not isinstance(document, dict) or document.get("id") != did:
+        raise TokenRejected(f"the DID document found for {did[:120]} is not that DID's")
+    keys: dict[str, dict[str, Any]] = {}
+    methods = document.get("verificationMethod") or []
+    for method in methods if isinstance(methods, list) else []:
+        if not isinstance(method, dict) or not isinstance(method.get("publicKeyJwk"), dict):
+            continue
+        mid = str(method.get("id", ""))
+        mid = did + mid if mid.startswith("#") else mid
+        jwk = {k: v for k, v in method["publicKeyJwk"].items() if k in ("kty", "crv", "x", "y")}
+        if mid.startswith(did + "#") and (jwk.get("kty"), jwk.get("crv")) in _ALGORITHMS:
+            keys[mid] = jwk
+    if not keys:
+        raise TokenRejected(f"the DID document of {did[:120]} lists no key this node can check")
+    raw_services = document.get("service") or []
+    services = [s for s in (raw_services if isinstance(raw_services, list) else []) if isinstance(s, dict)][
+        :32
+    ]
+    agora = next((s for s in services if s.get("type") == AGORA_SERVICE), None)
+    bound = _bound_key(did, document)
+    if bound is not None:
+        # an Agora node is its on-chain address only through the key that address is: its
+        # tokens must be signed by that key (a document could list anyone's public key)
+        method_id, address = bound
+        return DidDocument(did, {method_id: keys[method_id]}, address, agora, services)
+    return DidDocument(did, keys, None, None, services)
+
+
+def agora_address(document: dict[str, Any]) -> str | None:
+    """The Ethereum address of a secp256k1 verification method whose ``blockchainAccountId``
+    names it (and whose key really is that address's), or None."""
+    bound = _bound_key(str(document.get("id", "")), document)
+    return bound[1] if bound else None
+
+
+def _bound_key(did: str, document: dict[str, Any]) -> tuple[str, str] | None:
+    """(method id, address) of the first secp256k1 method bound to its own address."""
+    from eth_keys.datatypes import PublicKey
+
+    methods = document.get("verificationMethod") or []
+    for method in methods if isinstance(methods, list) else []:
+        if not isinstance(method, dict):
+            continue
+        account = str(method.get("blockchainAccountId", "")).rsplit(":", 1)[-1]
+        jwk = method.get("publicKeyJwk")
+        if not (is_address(account) and isinstance(jwk, dict) and jwk.get("crv") == "secp256k1"):
+            continue
+        try:
+            raw = _unb64(str(jwk["x"])) + _unb64(str(jwk["y"]))
+            derived = PublicKey(raw).to_checksum_address()
+        except Exception:
+            continue
+        mid = str(method.get("id", ""))
+        mid = did + mid if mid.startswith("#") else mid
+        if derived.lower() == account.lower() and mid.startswith(did + "#"):
+            return mid, str(derived)
+    return None
+
+
+# This node's identity -----------------------------------------------------------------------
+
+
+class NodeIdentity:
+    """This node's DID, its document and the tokens it signs with its organisation key."""
+
+    def __init__(
+        self, *, did: str, address: str, private_key: Callable[[], bytes], url: str, name: str
+    ) -> None:
+        self.did = did
+        self.address = address
+        self.url = url.rstrip("/")
+        self.name = name
+        self.kid = f"{did}#{KEY_FRAGMENT}"
+        self._private_key = private_key  # read on first use: the keystore is opened only then
+        self._loaded: ECKey | None = None
+
+    @property
+    def _key(self) -> ECKey:
+        if self._loaded is None:
+            self._loaded = ECKey.import_key(dict(_secp256k1_jwk(self._private_key())))
+        return self._loaded
+
+    def document(
+        self, *, chain_id: int | None = None, services: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
+        public = {k: v for k, v in self._key.as_dict(private=False).items() if k in ("kty", "crv", "x", "y")}
+        account = f"eip155:{chain_id or 1}:{self.address}"
+        return {
+            "@context": DID_CONTEXT,
+            "id": self.did,
+            "verificationMethod": [
+                {
+                    "id": self.kid,
+                    "type": "JsonWebKey2020",
+                    "controller": self.did,
+                    "publicKeyJwk": public,
+                    "blockchainAccountId": account,
+                }
+            ],
+            "authentication": [self.kid],
+            "assertionMethod": [self.kid],
+            "service": [
+                {
+                    "id": f"{self.did}#agora",
+                    "type": AGORA_SERVICE,
+                    "serviceEndpoint": self.url,
+                    "name": self.name,
+                },
+                {
+                    "id": f"{self.did}#dsp",
+                    "type": "DataService",
+                    "serviceEndpoint": f"{self.url}/.well-known/dspace-version",
+                },
+                *services,
+            ],
+        }
+
+    def token(self, audience: str, body: bytes | None = None, **claims: Any) -> str:
+        """A self-issued ID token for ``audience`` (a DID), binding ``body`` when given."""
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": self.did,
+            "sub": self.did,
+            "aud": audience,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "nbf": now,
+            "exp": now + TOKEN_TTL,
+            **claims,
+        }
+        if body is not None:
+            payload[BODY_CLAIM] = hashlib.sha256(body).hexdigest()
+        return sign(payload, self._key, self.kid)
+
+
+def sign(claims: dict[str, Any], key: ECKey | OKPKey, kid: str) -> str:
+    """A compact JWS of ``claims`` with the algorithm ``key`` calls for."""
+    alg = _ALGORITHMS[(key.key_type, str(key.as_dict()["crv"]))]
+    header = {"alg": alg, "kid": kid, "typ": "JWT"}
+    payload = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
+    return str(jws.serialize_compact(header, payload, key, algorithms=[alg]))
+
+
+def _secp256k1_jwk(private_key: bytes) -> dict[str, str]:
+    from eth_keys.datatypes import PrivateKey
+
+    key = PrivateKey(private_key)
+    public = key.public_key.to_bytes()
+    return {
+        "kty": "EC",
+        "crv": "secp256k1",
+        "x": _b64(public[:32]),
+        "y": _b64(public[32:]),
+        "d": _b64(private_key),
+    }
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    if len(text) > 64:
+        raise ValueError("not a key coordinate")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# Checking a token ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """A token's header and claims as read, before the signature is checked."""
+
+    token: str
+    kid: str
+    did: str
+    claims: dict[str, Any]
+
+
+def read_token(authorization: str | None) -> Unverified:
+    """The token in an ``Authorization`` header (``Bearer`` or bare, as EDC sends it), its form
+    checked: a ``kid`` under the DID that is both ``iss`` and ``sub``."""
+    token = (authorization or "").strip()
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    if not token:
+        raise TokenRejected("a protocol request names its sender in the Authorization header (a DCP token)")
+    if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+        raise TokenRejected("the Authorization header does not hold a compact JWT")
+    try:
+        compact = jws.extract_compact(token.encode())
+        claims = json.loads(compact.payload)
+    except (JoseError, ValueError, UnicodeDecodeError):
+        raise TokenRejected("the identity token cannot be read") from None
+    header = compact.protected
+    if not isinstance(claims, dict):
+        raise TokenRejected("the identity token's claims are not a JSON object")
+    kid, iss = str(header.get("kid") or ""), claims.get("iss")
+    if not isinstance(iss, str) or not iss.startswith("did:") or claims.get("sub") != iss:
+        raise TokenRejected("a self-issued token's iss and sub are the sender's DID")
+    if kid.startswith("#"):
+        kid = iss + kid
+    if not kid.startswith(iss + "#"):
+        raise TokenRejected("the token's kid must name a key of its issuer's DID")
+    return Unverified(token, kid, iss, claims)
+
+
+def verify_token(
+    unverified: Unverified,
+    jwk: dict[str, Any],
+    *,
+    audience: str,
+    body: bytes | None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The token's claims once its signature, audience, times and body binding hold."""
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    alg = _ALGORITHMS.get((str(kty), str(crv)))
+    if alg is None:
+        raise TokenRejected(f"keys of type {kty}/{crv} are not accepted")
+    try:
+        key = ECKey.import_key(jwk) if kty == "EC" else OKPKey.import_key(jwk)
+        jws.deserialize_compact(unverified.token, key, algorithms=[alg])
+    except (JoseError, ValueError):
+        raise TokenRejected(f"the identity token is not signed by {unverified.kid[:160]}") from None
+    claims = unverified.claims
+    aud = claims.get("aud")
+    if not (aud == audience or (isinstance(aud, list) and audience in aud)):
+        raise TokenRejected(f"the token is meant for {str(aud)[:160]}, not for this node ({audience})")
+    at = now if now is not None else time.time()
+    exp, iat = claims.get("exp"), claims.get("iat", claims.get("nbf"))
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise TokenRejected("the token has no expiry (exp)")
+    if exp < at - MAX_SKEW:
+        raise TokenRejected(f"the token expired {int(at - exp)} s ago")
+    if isinstance(iat, int) and not isinstance(iat, bool):
+        if iat > at + MAX_SKEW:
+            raise TokenRejected(f"the token is issued {int(iat - at)} s in the future (clock skew)")
+        if exp - iat > MAX_TOKEN_TTL:
+            raise TokenRejected(f"the token lives {exp - iat} s; at most {MAX_TOKEN_TTL} s are accepted")
+    elif exp - at > MAX_TOKEN_TTL:
+        raise TokenRejected(f"the token expires in {int(exp - at)} s; at most {MAX_TOKEN_TTL} s are accepted")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
+        raise TokenRejected("the token needs a jti of 8 to 128 characters (replay defence)")
+    bound = claims.get(BODY_CLAIM)
+    if bound is not None and (body is None or hashlib.sha256(body).hexdigest() != bound):
+        raise TokenRejected("the request's body is not the one the token was signed for")
+    return claims

@@ -1,0 +1,62 @@
+"""Protocol requests as a node (or a stranger) would send them, for tests that play a peer.
+
+A request carries the sender's self-issued DCP token in ``Authorization`` (see
+:mod:`connector.dsp.identity`); :func:`as_node` signs as a running test node with its own
+organisation key, :func:`stranger` as an organisation no node knows.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import httpx
+
+from connector.dsp.identity import NodeIdentity, did_for_url
+
+
+def identity(url: str, private_key: bytes, name: str = "test peer") -> NodeIdentity:
+    """The identity of a node at ``url`` holding ``private_key``."""
+    from eth_account import Account
+
+    return NodeIdentity(
+        did=did_for_url(url),
+        address=Account.from_key(private_key).address,
+        private_key=lambda: private_key,
+        url=url,
+        name=name,
+    )
+
+
+def as_node(node: Any) -> NodeIdentity:
+    """The identity of a running test node (``tests.services.LiveNode``)."""
+    return identity(node.url, node.org_key())
+
+
+def stranger(url: str = "http://127.0.0.1:9") -> NodeIdentity:
+    return identity(url, secrets.token_bytes(32), "stranger")
+
+
+def headers(sender: NodeIdentity, recipient_url: str, body: bytes, **claims: Any) -> dict[str, str]:
+    token = sender.token(did_for_url(recipient_url), body, **claims)
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def post(
+    sender: NodeIdentity, recipient_url: str, path: str, body: Any, *, timeout: float = 30.0, **claims: Any
+) -> httpx.Response:
+    """POST ``body`` (JSON) to ``recipient_url + path`` with ``sender``'s token."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        recipient_url.rstrip("/") + path,
+        content=raw,
+        headers=headers(sender, recipient_url, raw, **claims),
+        timeout=timeout,
+    )
+
+
+def get(sender: NodeIdentity, recipient_url: str, path: str, *, timeout: float = 30.0) -> httpx.Response:
+    return httpx.get(
+        recipient_url.rstrip("/") + path, headers=headers(sender, recipient_url, b""), timeout=timeout
+    )
