@@ -42,23 +42,32 @@ class Lifecycle:
     kind: str
     moves: Mapping[str, frozenset[str]]
     final: frozenset[str]
+    initial: str | None = None  # the state a new record begins in, where the kind names one
 
     @classmethod
-    def of(cls, kind: str, moves: Mapping[str, Iterable[str]]) -> Lifecycle:
+    def of(cls, kind: str, moves: Mapping[str, Iterable[str]], *, initial: str | None = None) -> Lifecycle:
         """Built from ``{state: [states it may move to]}``; states with no moves are final."""
         table = {state: frozenset(targets) for state, targets in moves.items()}
-        return cls(kind, table, frozenset(s for s, targets in table.items() if not targets))
+        final = frozenset(s for s, targets in table.items() if not targets)
+        return cls(kind, table, final, initial)
 
     @property
     def states(self) -> tuple[str, ...]:
         return tuple(self.moves)
 
-    def allowed(self, current: str, target: str) -> bool:
+    def allowed(self, current: str | None, target: str) -> bool:
+        """Whether a record in ``current`` may move to ``target`` (``None``: a new record
+        beginning, allowed only in the initial state)."""
+        if current is None:
+            return self.initial is not None and target == self.initial
         return target in self.moves.get(current, frozenset())
 
-    def check(self, current: str, target: str) -> None:
-        if not self.allowed(current, target):
-            raise IllegalTransition(f"a {self.kind} in state {current} cannot move to {target}")
+    def check(self, current: str | None, target: str) -> None:
+        if self.allowed(current, target):
+            return
+        if current is None:
+            raise IllegalTransition(f"a new {self.kind} cannot begin in state {target}")
+        raise IllegalTransition(f"a {self.kind} in state {current} cannot move to {target}")
 
     def move(self, record: Stateful, target: str, reason: str) -> None:
         """Move ``record`` to ``target`` with ``reason`` (logged), or raise IllegalTransition."""

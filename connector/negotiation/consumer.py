@@ -1,0 +1,193 @@
+"""The consumer's side: asking for an agreement, accepting a counter-offer, co-signing.
+
+The consumer signs only terms that are what it negotiated (offering, purpose, access mode,
+the parties, the version it asked for and a counter-offer's policy) and that carry the
+provider's valid signature; the version asked for stays its own, whatever a counter-offer
+says. Its agreement is final once the provider reports it recorded on chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from connector.dispatcher import queue_message
+from connector.models import Agreement, Negotiation, Participant
+from connector.negotiation import messages
+from connector.negotiation.core import NegotiationCore, new_pid
+from connector.negotiation.states import REQUESTED
+from connector.negotiation.terms import (
+    ALIAS,
+    VERSION,
+    _asked,
+    asked_version,
+    check_signature,
+    max_uses_of,
+    terms_differences,
+    typed_data_of,
+)
+from contracts.eip712 import sign_agreement
+from kernel.canonical import canonical_hash
+from kernel.db import transaction, utcnow
+from kernel.errors import InvalidInput
+
+
+class ConsumerSide(NegotiationCore):
+    # Starting and accepting ------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        offering_id: str,
+        provider: Participant,
+        purpose: str,
+        access_mode: str,
+        actor: str,
+        offer: dict[str, Any] | None = None,
+        alias: str | None = None,
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """Ask a provider for an agreement on one of its offerings (on the version ``alias``
+        names when the provider agrees, or on ``version``; the latest by default)."""
+        asked = asked_version({ALIAS: alias, VERSION: version})
+        row = Negotiation(
+            id=new_pid(),
+            role="consumer",
+            counterparty=provider.address,
+            counterparty_endpoint=provider.endpoint,
+            state=REQUESTED,
+            offering_id=offering_id,
+            purpose=purpose,
+            access_mode=access_mode,
+            offer={**(offer or {}), **asked},
+            deadline=utcnow() + self.timeout,
+        )
+        body = messages.request_message(row, offer, callback=self.callback, asked=asked)
+        with transaction(self.engine) as session:
+            self._open(session, row, signer=self.address, message=body, reason=f"requested by {actor}")
+            queue_message(
+                session,
+                recipient=provider.address,
+                url=f"{provider.endpoint}/dsp/negotiations/request",
+                body=body,
+                negotiation_id=row.id,
+            )
+        self._wake()
+        return self.get(row.id)
+
+    def accept_offer(self, negotiation_id: str, actor: str) -> dict[str, Any]:
+        with transaction(self.engine) as session:
+            row = self._row(session, negotiation_id, "consumer")
+            self._transition(
+                session,
+                row,
+                "accept",
+                message_type=messages.EVENT_MESSAGE,
+                signer=self.address,
+                reason=f"counter-offer accepted by {actor}",
+            )
+            self._send(
+                session,
+                row,
+                f"/negotiations/{row.peer_pid}/events",
+                messages.event_message(row, "ACCEPTED"),
+            )
+        self._wake()
+        return self.get(negotiation_id)
+
+    # The provider's answers ------------------------------------------------------------------
+
+    def _on_offer(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
+        self._transition(
+            session,
+            row,
+            "offered",
+            message_type=messages.OFFER_MESSAGE,
+            signer=sender,
+            message=body,
+            reason="the provider answered with a counter-offer",
+        )
+        row.peer_pid = str(body.get("providerPid") or row.peer_pid)
+        # the version asked for stays what this side asked for, whatever the counter-offer says
+        row.offer = {
+            **{k: v for k, v in dict(body.get("offer") or {}).items() if k not in (ALIAS, VERSION)},
+            **_asked(row),
+        }
+
+    def _on_agreement(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
+        """Check the provider's terms and signature, sign them too, send the verification."""
+        terms = body.get("agora:terms")
+        signature = str(body.get("agora:signature") or "")
+        if not isinstance(terms, dict):
+            raise InvalidInput("the agreement carries no agora:terms")
+        wrong = terms_differences(row, terms, consumer=self.address, provider=sender)
+        if wrong:
+            raise InvalidInput(f"the agreement's terms differ from what was negotiated: {', '.join(wrong)}")
+        terms_hash = canonical_hash(terms)
+        chain = terms.get("chain") or {}
+        try:
+            typed = typed_data_of(terms)
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInput("the agreement's terms lack their chain, parties or id") from None
+        check_signature(typed, signature, sender, "the provider")
+        row.peer_pid = str(body.get("providerPid") or row.peer_pid)
+        self._transition(
+            session,
+            row,
+            "agreed",
+            message_type=messages.AGREEMENT_MESSAGE,
+            signer=sender,
+            message=body,
+            reason="terms and provider signature checked",
+        )
+        mine = "0x" + sign_agreement(self._private_key(), typed).hex()
+        row.agreement_id = str(terms["agreement"])
+        session.add(
+            Agreement(
+                id=row.agreement_id,
+                negotiation_id=row.id,
+                role="consumer",
+                provider=sender,
+                consumer=self.address,
+                offering_id=row.offering_id,
+                terms=terms,
+                terms_hash=terms_hash,
+                valid_until=int(terms.get("validUntil", 0)),
+                provider_signature=signature,
+                consumer_signature=mine,
+                chain_id=int(chain.get("chain_id", 0)),
+                registry_address=str(chain.get("registry")),
+                max_uses=max_uses_of(terms.get("policy")),
+            )
+        )
+        self._transition(
+            session,
+            row,
+            "verify",
+            message_type=messages.VERIFICATION_MESSAGE,
+            signer=self.address,
+            reason="signed by the consumer",
+        )
+        self._send(
+            session,
+            row,
+            f"/negotiations/{row.peer_pid}/agreement/verification",
+            messages.verification_message(row, mine),
+        )
+
+    def _on_finalized(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
+        """The provider recorded the agreement on chain: note where, and finish."""
+        self._transition(
+            session,
+            row,
+            "finalized",
+            message_type=messages.EVENT_MESSAGE,
+            signer=sender,
+            message=body,
+            reason="the agreement is recorded on chain",
+        )
+        agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
+        if agreement is not None:
+            agreement.tx_hash = body.get("agora:tx")
+            agreement.block_number = body.get("agora:block")

@@ -1,0 +1,296 @@
+"""The provider's side: deciding a request, agreeing, and recording the agreement on chain.
+
+A request is decided by the offering's own policy (a policy the consumer slips into its
+offer is dropped), for the version it asks for; a manual approval waits for a person.
+The provider signs the terms first; once the consumer's signature is checked, both are
+recorded on chain (the registry checks them too), and only then is the negotiation
+FINALIZED. While the chain is down it waits in VERIFIED and the upkeep retries.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlmodel import Session
+
+from connector.models import Agreement, Negotiation
+from connector.negotiation import messages
+from connector.negotiation.core import NegotiationCore, new_pid
+from connector.negotiation.states import REQUESTED, IllegalTransition
+from connector.negotiation.terms import (
+    ALIAS,
+    VERSION,
+    _asked,
+    agreement_terms,
+    asked_version,
+    check_signature,
+    max_uses_of,
+    policy_decision,
+    typed_data_of,
+)
+from contracts.eip712 import sign_agreement
+from kernel.addresses import foreign_origin
+from kernel.canonical import canonical_hash
+from kernel.db import transaction, utcnow
+from kernel.errors import AgoraError, FieldError, InvalidInput
+
+
+def _required(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"the message lacks {key}", errors=[FieldError(key, "required")])
+    return value
+
+
+class ProviderSide(NegotiationCore):
+    # The decision -------------------------------------------------------------------------
+
+    def on_request(self, sender: str, sender_endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A consumer's ContractRequestMessage: decide by the offering's policy."""
+        consumer_pid = _required(body, "consumerPid")
+        target = str((body.get("offer") or {}).get("target", ""))
+        offering_id = target.removeprefix("urn:uuid:")
+        purpose = str(body.get("agora:purpose") or "")
+        mode = str(body.get("agora:accessMode") or "")
+        if not offering_id or not purpose or mode not in ("download", "compute", "federate"):
+            raise InvalidInput(
+                "a request needs offer.target, agora:purpose and agora:accessMode",
+                errors=[FieldError("offer.target", "required")],
+            )
+        asked = asked_version(body)
+        callback = body.get("callbackAddress", f"{sender_endpoint}/dsp")
+        refusal = foreign_origin(callback, sender_endpoint, "callbackAddress", f"{sender}'s verified")
+        reply_to = sender_endpoint if refusal else str(callback).rstrip("/").removesuffix("/dsp")
+        row = Negotiation(
+            id=new_pid(),
+            role="provider",
+            peer_pid=consumer_pid,
+            counterparty=sender,
+            counterparty_endpoint=reply_to,
+            state=REQUESTED,
+            offering_id=offering_id,
+            purpose=purpose,
+            access_mode=mode,
+            # the terms come from the provider's own policy (or its counter-offer), never from the
+            # request: a policy the consumer slips into its offer is dropped here
+            offer={
+                **{
+                    k: v
+                    for k, v in dict(body.get("offer") or {}).items()
+                    if k not in ("agora:policy", ALIAS, VERSION)
+                },
+                **asked,
+            },
+            deadline=utcnow() + self.timeout,
+        )
+        if refusal:
+            with transaction(self.engine) as session:
+                self._open(session, row, signer=sender, message=body)
+                self._terminate(session, row, refusal, signer=self.address, notify=False)
+            raise InvalidInput(refusal, errors=[FieldError("callbackAddress", "not the sender's origin")])
+        try:
+            offering = self._offering_terms(offering_id, _asked(row))
+        except AgoraError as exc:
+            offering, missing = None, exc.detail
+        with transaction(self.engine) as session:
+            self._open(session, row, signer=sender, message=body)
+            if offering is None:
+                reason = missing if asked else f"no such offering: {missing}"
+                self._terminate(session, row, reason, signer=self.address)
+            else:
+                self._decide(session, row, offering)
+        self._wake()
+        return self.state_message(row)
+
+    def _decide(self, session: Session, row: Negotiation, offering: dict[str, Any]) -> None:
+        """Terminate a request the offering does not allow, hold one for a person, or agree."""
+        mode = row.access_mode
+        if mode not in offering["access_modes"]:
+            self._terminate(
+                session,
+                row,
+                f"offering {row.offering_id} does not allow {mode} "
+                f"(its modes: {', '.join(offering['access_modes'])})",
+                signer=self.address,
+            )
+            return
+        allowed, why, _ = policy_decision(
+            offering["policy"], participant=row.counterparty, purpose=row.purpose, mode=mode
+        )
+        if not allowed:
+            self._terminate(session, row, f"the policy denies it: {why}", signer=self.address)
+        elif offering.get("approval") == "manual":
+            row.reason = "waiting for a person at the provider to approve"
+        else:
+            self._agree(session, row, offering, approver="policy (automatic approval)")
+
+    def approve(self, negotiation_id: str, actor: str) -> dict[str, Any]:
+        with transaction(self.engine) as session:
+            row = self._row(session, negotiation_id, "provider")
+            self._agree(session, row, self._offering_terms(row.offering_id, _asked(row)), approver=actor)
+        self._wake()
+        return self.get(negotiation_id)
+
+    def counter_offer(self, negotiation_id: str, policy: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Answer a request with changed terms (a policy the provider would accept)."""
+        with transaction(self.engine) as session:
+            row = self._row(session, negotiation_id, "provider")
+            offer = messages.counter_offer(row, policy)
+            self._transition(
+                session,
+                row,
+                "offer",
+                message_type=messages.OFFER_MESSAGE,
+                signer=self.address,
+                reason=f"counter-offer by {actor}",
+            )
+            row.offer = offer
+            self._send(
+                session, row, f"/negotiations/{row.peer_pid}/offers", messages.offer_message(row, offer)
+            )
+        self._wake()
+        return self.get(negotiation_id)
+
+    def _agree(self, session: Session, row: Negotiation, offering: dict[str, Any], approver: str) -> None:
+        """Sign the terms (EIP-712, the registry's domain) and send the agreement."""
+        registry = self._registry()
+        policy = (row.offer.get("agora:policy") if row.offer else None) or offering["policy"]
+        agreement_id = "0x" + secrets.token_hex(32)
+        terms = agreement_terms(
+            row,
+            offering,
+            policy,
+            agreement_id=agreement_id,
+            provider=self.address,
+            chain={"chain_id": registry.chain.chain_id, "registry": registry.address},
+        )
+        signature = "0x" + sign_agreement(self._private_key(), typed_data_of(terms)).hex()
+        self._transition(
+            session,
+            row,
+            "agree",
+            message_type=messages.AGREEMENT_MESSAGE,
+            signer=self.address,
+            reason=f"approved by {approver}",
+        )
+        row.agreement_id = agreement_id
+        session.add(
+            Agreement(
+                id=agreement_id,
+                negotiation_id=row.id,
+                role="provider",
+                provider=self.address,
+                consumer=row.counterparty,
+                offering_id=row.offering_id,
+                terms=terms,
+                terms_hash=canonical_hash(terms),
+                valid_until=terms["validUntil"],
+                provider_signature=signature,
+                chain_id=registry.chain.chain_id,
+                registry_address=registry.address,
+                max_uses=max_uses_of(policy),
+            )
+        )
+        self._send(
+            session,
+            row,
+            f"/negotiations/{row.peer_pid}/agreement",
+            messages.agreement_message(row, terms, signature, callback=self.callback),
+        )
+
+    # The consumer's answers ------------------------------------------------------------------
+
+    def _on_accepted(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
+        """The consumer accepted the counter-offer: agree on it."""
+        self._transition(
+            session,
+            row,
+            "accepted",
+            message_type=messages.EVENT_MESSAGE,
+            signer=sender,
+            message=body,
+            reason="the consumer accepted the counter-offer",
+        )
+        self._agree(
+            session,
+            row,
+            self._offering_terms(row.offering_id, _asked(row)),
+            approver="the accepted counter-offer",
+        )
+
+    def _on_verification(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
+        agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
+        if agreement is None:
+            raise IllegalTransition("no agreement to verify yet")
+        signature = str(body.get("agora:signature") or "")
+        check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
+        self._transition(
+            session,
+            row,
+            "verified",
+            message_type=messages.VERIFICATION_MESSAGE,
+            signer=sender,
+            message=body,
+            reason="consumer signature checked",
+        )
+        agreement.consumer_signature = signature
+        row.reason = "recording the agreement on chain"
+
+    # Recording on chain ------------------------------------------------------------------------
+
+    def finalize(self, negotiation_id: str) -> None:
+        """Record both signatures on chain (the registry checks them), then FINALIZED.
+        When the chain is down the negotiation waits in VERIFIED and is retried."""
+        with Session(self.engine) as session:
+            row = session.get(Negotiation, negotiation_id)
+            agreement = session.get(Agreement, row.agreement_id) if row and row.agreement_id else None
+        if row is None or agreement is None or row.role != "provider" or row.state != "VERIFIED":
+            return
+        try:
+            tx_hash, block = self._record(agreement)
+        except AgoraError as exc:
+            with transaction(self.engine) as session:
+                fresh = session.get(Negotiation, negotiation_id)
+                if fresh is not None:
+                    fresh.reason = f"waiting to record the agreement on chain: {exc.detail}"
+            return
+        with transaction(self.engine) as session:
+            fresh = self._row(session, negotiation_id, "provider")
+            if fresh.state != "VERIFIED":
+                return
+            stored = session.get(Agreement, agreement.id)
+            assert stored is not None
+            stored.tx_hash, stored.block_number = tx_hash, block
+            self._transition(
+                session,
+                fresh,
+                "finalize",
+                message_type=messages.EVENT_MESSAGE,
+                signer=self.address,
+                reason=f"recorded on chain in tx {tx_hash}",
+            )
+            self._send(
+                session,
+                fresh,
+                f"/negotiations/{fresh.peer_pid}/events",
+                messages.event_message(fresh, "FINALIZED", **{"agora:tx": tx_hash, "agora:block": block}),
+            )
+        self._wake()
+
+    def _record(self, agreement: Agreement) -> tuple[str | None, int | None]:
+        """Record ``agreement`` on chain: its transaction and block, or none if it already is."""
+        registry = self._registry()
+        agreement_id = bytes.fromhex(agreement.id[2:])
+        if registry.get_agreement(agreement_id) is not None:
+            return None, None
+        result = registry.record_agreement(
+            agreement_id,
+            bytes.fromhex(agreement.terms_hash),
+            agreement.provider,
+            agreement.consumer,
+            agreement.valid_until,
+            bytes.fromhex(agreement.provider_signature[2:]),
+            bytes.fromhex(agreement.consumer_signature[2:]),
+        )
+        return result.tx_hash, result.block_number
