@@ -14,6 +14,7 @@ from litestar.params import FromQuery
 from connector.dsp import catalog_request_since, open_request
 from connector.dsp.binding import version_metadata
 from connector.dsp.gate import ProtocolGate
+from connector.dsp.jsonld import for_plain_peer
 from connector.schemas import ParticipantOut, PeerAdd
 from connector.services import ParticipantService
 from kernel.validation import validate
@@ -79,8 +80,26 @@ async def catalog_request(
     headers = {}
     if next_cursor:
         headers["Link"] = f'<{request.url.path}?cursor={next_cursor}&limit={limit}>; rel="next"'
+    if opened.sender_kind != "agora":
+        catalog = for_plain_peer({**catalog, "participantId": protocol_gate.identity.did})
     return Response(catalog, headers=headers)
 
 
+@get("/dsp/catalog/datasets/{dataset_id:str}", tags=["protocol"])
+async def catalog_dataset(
+    request: Request[Any, Any, Any],
+    dataset_id: str,
+    protocol_gate: NamedDependency[ProtocolGate],
+    catalog_service: NamedDependency[CatalogService],
+) -> dict[str, Any]:
+    """One dataset of this node's catalog, for a requester whose policies could grant it."""
+    opened = await open_request(request, protocol_gate)
+    name = opened.sender_name if opened.sender_trusted else ""
+    dataset = await to_thread.run_sync(
+        lambda: catalog_service.dcat_dataset(dataset_id, opened.sender, requester_name=name)
+    )
+    return dataset if opened.sender_kind == "agora" else for_plain_peer(dataset)
+
+
 api_handlers = [ParticipantController]
-public_handlers: list[object] = [did_document, dspace_version, catalog_request]
+public_handlers: list[object] = [did_document, dspace_version, catalog_request, catalog_dataset]

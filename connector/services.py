@@ -152,6 +152,25 @@ class ParticipantService:
             self.on_peer_added(peer)
         return added
 
+    def ensure_test_peer(self, *, address: str, participant: str, callback: str) -> None:
+        """The conformance suite's connector as a peer (see :class:`connector.dsp.gate.TestPeer`)."""
+        callback = callback.rstrip("/")
+        with transaction(self.engine) as session:
+            row = session.get(Participant, address)
+            if row is None:
+                row = Participant(address=address, name=participant, endpoint=callback, trusted=True)
+                session.add(row)
+                audit.record(
+                    session,
+                    actor="node",
+                    action="participant.add",
+                    subject_type="participant",
+                    subject_id=address,
+                    details={"name": participant, "endpoint": callback, "kind": "dsp", "test": True},
+                )
+            row.name, row.endpoint, row.trusted, row.did = participant, callback, True, participant
+            row.kind, row.dsp_url, row.keys, row.updated_at = "dsp", callback, {}, utcnow()
+
     def peers(self) -> list[Participant]:
         """The peers the operator added (crawled, listed, negotiated with)."""
         with Session(self.engine) as session:

@@ -34,7 +34,7 @@ from sqlalchemy import table as sa_table
 from sqlmodel import Session, col, delete, select
 
 from kernel.db import as_utc, backend_name, transaction, utcnow
-from kernel.errors import FieldError, InvalidInput
+from kernel.errors import FieldError, InvalidInput, NotFound
 from marketplace.models import (
     Asset,
     CatalogEntry,
@@ -419,6 +419,21 @@ class CatalogService:
         }
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return catalog, next_cursor
+
+    def dcat_dataset(self, dataset_id: str, requester: str, *, requester_name: str = "") -> dict[str, Any]:
+        """One dataset of this node's catalog (DSP ``Dataset``), if ``requester`` may see it;
+        :class:`NotFound` alike for one that does not exist and one it may not see."""
+        from marketplace.policy import odrl
+
+        offering_id = dataset_id.removeprefix("urn:uuid:")
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(CatalogEntry).where(col(CatalogEntry.local), CatalogEntry.offering_id == offering_id)
+            ).first()
+        if row is None or not visible_to(row.policy, requester, requester_name, []):
+            raise NotFound(f"no dataset {dataset_id[:200]} in this catalog")
+        dataset = self._dataset(row, f"urn:agora:service:{self.self_address}", odrl)
+        return {"@context": [DSP_CONTEXT, self.context_url], **dataset}
 
     def _dataset(self, row: CatalogEntry, service_id: str, odrl: Any) -> dict[str, Any]:
         dataset_id = f"urn:uuid:{row.offering_id}"

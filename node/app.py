@@ -119,6 +119,15 @@ def create_app(runtime: Runtime) -> Litestar:
             dsp_url=settings.dsp_url,
             keys=read_did_document(identity.did, runtime.did_document()).keys,
         )
+        test_peer = runtime.protocol.test_peer if runtime.protocol is not None else None
+        if test_peer is not None:
+            log.warning(
+                "conformance test mode: requests with the configured Authorization value act as %s",
+                test_peer.participant,
+            )
+            runtime.participants.ensure_test_peer(
+                address=test_peer.address, participant=test_peer.participant, callback=test_peer.callback
+            )
         removed = runtime.store.sweep_staging()
         if removed:
             log.warning("removed %d staging file(s) left by an interrupted upload", removed)

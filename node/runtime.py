@@ -312,6 +312,20 @@ def build_runtime(settings: Settings) -> Runtime:
         registry_lookup=runtime.registered_participant,
         accept_registered=settings.accept_registered_participants,
     )
+    if settings.dsp_test_participant and settings.dsp_test_token.get_secret_value():
+        from connector.dsp.gate import TestPeer
+        from connector.dsp.identity import participant_id
+
+        if not settings.dsp_test_callback:
+            raise ConfigurationError(
+                "AGORA_DSP_TEST_PARTICIPANT needs AGORA_DSP_TEST_CALLBACK (its DSP base)"
+            )
+        runtime.protocol.test_peer = TestPeer(
+            participant=settings.dsp_test_participant,
+            token=settings.dsp_test_token.get_secret_value(),
+            callback=settings.dsp_test_callback.rstrip("/"),
+            address=participant_id(settings.dsp_test_participant),
+        )
     runtime.validations = Validations(
         engine,
         store,

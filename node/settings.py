@@ -82,6 +82,19 @@ class Settings(BaseSettings):
         description="resolve did:web over HTTPS (loopback hosts always resolve over HTTP); "
         "false only on test networks",
     )
+    dsp_test_participant: str = Field(
+        default="",
+        max_length=200,
+        description="conformance runs only: the participant id of a test connector that sends a fixed "
+        "Authorization value (the Eclipse DSP TCK's TCK_PARTICIPANT), with dsp_test_token and "
+        "dsp_test_callback",
+    )
+    dsp_test_token: SecretStr = Field(
+        default=SecretStr(""), description="the exact Authorization value the test connector sends"
+    )
+    dsp_test_callback: str = Field(
+        default="", max_length=500, description="the test connector's DSP base (its callbacks' origin)"
+    )
     outbound_allow_private: bool = Field(
         default=False, description="outbound requests may go to private addresses (10/8, fc00::/7 …)"
     )

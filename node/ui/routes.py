@@ -138,6 +138,9 @@ def _peers(runtime: Runtime) -> list[dict[str, Any]]:
             {
                 "name": names.get(peer.address, peer.name),
                 "address": peer.address,
+                "did": peer.did,
+                "kind": peer.kind,
+                "dsp_url": peer.dsp_url,
                 "endpoint": peer.endpoint,
                 "entries": fresh.get("entries", 0),
                 "age": _age(fresh.get("age_seconds")),
