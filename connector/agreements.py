@@ -199,8 +199,8 @@ class AgreementService:
         return allowed, why
 
     def _refusal(self, row: Agreement, mode: str) -> str | None:
-        if not row.tx_hash:
-            return "the agreement is not yet recorded on chain (negotiation not finalized)"
+        if not (row.finalized or row.tx_hash):
+            return "the agreement is not final yet (the negotiation is not FINALIZED)"
         if row.valid_until and time.time() > row.valid_until:
             ends = datetime.fromtimestamp(row.valid_until, UTC).isoformat()
             return f"the agreement expired at {ends}"

@@ -69,7 +69,7 @@ class DownloadService:
             negotiation = session.get(Negotiation, agreement.negotiation_id) if agreement else None
         if agreement is None or agreement.role != "consumer" or negotiation is None:
             raise NotFound(f"no agreement {agreement_id} with this node as consumer")
-        if not agreement.tx_hash:
+        if not (agreement.finalized or agreement.tx_hash):
             raise InvalidInput(f"agreement {agreement_id} is not finalized yet")
         row = TransferProcess(
             id=f"urn:uuid:{uuid.uuid4()}",

@@ -134,6 +134,16 @@ class Agreement(SQLModel, table=True):
     registry_address: str = Field(max_length=42)
     tx_hash: str | None = Field(default=None, max_length=66)
     block_number: int | None = None
+    finalized: bool = Field(
+        default=False,
+        sa_column=Column(Boolean, nullable=False, server_default=false()),
+        description="the negotiation reached FINALIZED (on chain between Agora nodes; by DSP alone else)",
+    )
+    peer_agreement_id: str = Field(
+        default="",
+        sa_column=Column(String(500), nullable=False, server_default=""),
+        description="the agreement's id as a plain DSP provider named it (transfers name it so)",
+    )
     uses: int = 0
     max_uses: int | None = None
     created_at: datetime = Field(

@@ -142,6 +142,20 @@ def stated_terms(document: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
 
 
+OFFER = "dsp:offer"  # a peer's offer on a dataset, as its catalog states it (what a request echoes)
+MAX_OFFER_BYTES = 16 * 1024
+
+
+def _peer_offer(dataset: dict[str, Any]) -> dict[str, Any] | None:
+    """The first offer of a peer's dataset with the dataset as its target, if it is small."""
+    policies = dataset.get("hasPolicy")
+    first = policies[0] if isinstance(policies, list) and policies else policies
+    if not isinstance(first, dict) or not isinstance(dataset.get("@id"), str):
+        return None
+    offer = {**first, "target": dataset["@id"]}
+    return offer if len(json.dumps(offer)) <= MAX_OFFER_BYTES else None
+
+
 def peer_document(dataset: dict[str, Any]) -> dict[str, Any]:
     """What this node keeps of a peer's DCAT dataset besides the columns: its compute terms (when
     they are valid terms), its aliases and its quality evidence, each bounded (a peer's document
@@ -153,6 +167,9 @@ def peer_document(dataset: dict[str, Any]) -> dict[str, Any]:
         dqv.EVIDENCE: found,
         dqv.STATUS: found["status"] if found else "",
     }
+    offer = _peer_offer(dataset)
+    if offer is not None:
+        document[OFFER] = offer
     if isinstance(aliases, dict):
         document[ALIASES] = {
             str(name)[:64]: number
@@ -469,6 +486,17 @@ class CatalogService:
         }
 
     # Peers' catalogs ------------------------------------------------------------------------
+
+    def peer_offer(self, provider: str, offering_id: str) -> dict[str, Any] | None:
+        """The offer ``provider``'s catalog states for one of its datasets (crawled), or None."""
+        with Session(self.engine) as session:
+            entry = session.exec(
+                select(CatalogEntry).where(
+                    CatalogEntry.provider == provider, CatalogEntry.offering_id == offering_id
+                )
+            ).first()
+        offer = (entry.document or {}).get(OFFER) if entry is not None else None
+        return offer if isinstance(offer, dict) else None
 
     def store_peer_page(self, provider: str, catalog: dict[str, Any]) -> set[str]:
         """Upsert a page of a peer's catalog and drop what it reports removed; returns the ids stored."""

@@ -383,6 +383,9 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         ),
         wake_dispatcher=dispatcher.wake,
         timeout_seconds=settings.negotiation_timeout,
+        did=runtime.identity.did,
+        participant=runtime.participants.get,
+        catalog_offer=runtime.catalog.peer_offer,
     )
     agreements = AgreementService(
         runtime.engine,

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlmodel import Session
 
-from connector.dispatcher import queue_message
 from connector.models import Agreement, Negotiation, Participant
 from connector.negotiation import messages
 from connector.negotiation.core import NegotiationCore, new_pid
@@ -24,13 +23,14 @@ from connector.negotiation.terms import (
     asked_version,
     check_signature,
     max_uses_of,
+    plain_terms,
     terms_differences,
     typed_data_of,
 )
 from contracts.eip712 import sign_agreement
 from kernel.canonical import canonical_hash
 from kernel.db import transaction, utcnow
-from kernel.errors import InvalidInput
+from kernel.errors import FieldError, InvalidInput
 
 
 class ConsumerSide(NegotiationCore):
@@ -51,11 +51,18 @@ class ConsumerSide(NegotiationCore):
         """Ask a provider for an agreement on one of its offerings (on the version ``alias``
         names when the provider agrees, or on ``version``; the latest by default)."""
         asked = asked_version({ALIAS: alias, VERSION: version})
+        plain = provider.kind != "agora"
+        if plain and asked:
+            raise InvalidInput(
+                f"{provider.name} is a DSP connector: versions and aliases are Agora's; ask for its dataset",
+                errors=[FieldError("alias" if ALIAS in asked else "version", "not for a DSP connector")],
+            )
+        base = (provider.dsp_url or f"{provider.endpoint}/dsp").rstrip("/")
         row = Negotiation(
             id=new_pid(),
             role="consumer",
             counterparty=provider.address,
-            counterparty_endpoint=provider.endpoint,
+            counterparty_endpoint=base,
             state=REQUESTED,
             offering_id=offering_id,
             purpose=purpose,
@@ -63,16 +70,17 @@ class ConsumerSide(NegotiationCore):
             offer={**(offer or {}), **asked},
             deadline=utcnow() + self.timeout,
         )
-        body = messages.request_message(row, offer, callback=self.callback, asked=asked)
+        body = messages.request_message(
+            row,
+            offer,
+            callback=self.callback,
+            asked=asked,
+            catalog_offer=self._catalog_offer(provider.address, offering_id),
+            plain=plain,
+        )
         with transaction(self.engine) as session:
             self._open(session, row, signer=self.address, message=body, reason=f"requested by {actor}")
-            queue_message(
-                session,
-                recipient=provider.address,
-                url=f"{provider.endpoint}/dsp/negotiations/request",
-                body=body,
-                negotiation_id=row.id,
-            )
+            self._send(session, row, "/negotiations/request", body)
         self._wake()
         return self.get(row.id)
 
@@ -117,6 +125,9 @@ class ConsumerSide(NegotiationCore):
 
     def _on_agreement(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         """Check the provider's terms and signature, sign them too, send the verification."""
+        if self.plain(sender):
+            self._on_plain_agreement(session, row, sender, body)
+            return
         terms = body.get("agora:terms")
         signature = str(body.get("agora:signature") or "")
         if not isinstance(terms, dict):
@@ -176,8 +187,68 @@ class ConsumerSide(NegotiationCore):
             messages.verification_message(row, mine),
         )
 
+    def _on_plain_agreement(
+        self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]
+    ) -> None:
+        """A plain DSP provider's agreement: valid under DSP (no co-signature, no chain record)
+        when it is on the dataset asked for and names this node as the assignee."""
+        agreement = body.get("agreement")
+        if not isinstance(agreement, dict) or not isinstance(agreement.get("@id"), str):
+            raise InvalidInput("the ContractAgreementMessage carries no agreement with an @id")
+        target = agreement.get("target")
+        target = target.get("@id") if isinstance(target, dict) else target
+        if str(target or "").removeprefix("urn:uuid:") != row.offering_id:
+            raise InvalidInput(f"the agreement is on {str(target)[:200]}, not on {row.offering_id}")
+        assignee = str(agreement.get("assignee") or "")
+        if assignee and assignee not in (self.did, self.address):
+            raise InvalidInput(f"the agreement is for {assignee[:200]}, not for this node ({self.did})")
+        peer_id = str(agreement["@id"])[:500]
+        row.peer_pid = str(body.get("providerPid") or row.peer_pid)
+        self._transition(
+            session,
+            row,
+            "agreed",
+            message_type=messages.AGREEMENT_MESSAGE,
+            signer=sender,
+            message=body,
+            reason="agreement checked (a DSP connector: valid under DSP, no chain record)",
+        )
+        terms = plain_terms(row, agreement, provider=sender, consumer=self.address)
+        row.agreement_id = "0x" + canonical_hash({"provider": sender, "agreement": peer_id})
+        session.add(
+            Agreement(
+                id=row.agreement_id,
+                negotiation_id=row.id,
+                role="consumer",
+                provider=sender,
+                consumer=self.address,
+                offering_id=row.offering_id,
+                terms=terms,
+                terms_hash=canonical_hash(terms),
+                provider_signature="",
+                chain_id=0,
+                registry_address="",
+                peer_agreement_id=peer_id,
+            )
+        )
+        self._transition(
+            session,
+            row,
+            "verify",
+            message_type=messages.VERIFICATION_MESSAGE,
+            signer=self.address,
+            reason="verified by the consumer",
+        )
+        self._send(
+            session,
+            row,
+            f"/negotiations/{row.peer_pid}/agreement/verification",
+            messages.verification_message(row, None),
+        )
+
     def _on_finalized(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
-        """The provider recorded the agreement on chain: note where, and finish."""
+        """The provider finalized the agreement (on chain, between Agora nodes): note where, and finish."""
+        plain = self.plain(sender)
         self._transition(
             session,
             row,
@@ -185,9 +256,13 @@ class ConsumerSide(NegotiationCore):
             message_type=messages.EVENT_MESSAGE,
             signer=sender,
             message=body,
-            reason="the agreement is recorded on chain",
+            reason="the provider finalized the agreement (DSP)"
+            if plain
+            else "the agreement is recorded on chain",
         )
         agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
         if agreement is not None:
-            agreement.tx_hash = body.get("agora:tx")
-            agreement.block_number = body.get("agora:block")
+            agreement.finalized = True
+            if not plain:
+                agreement.tx_hash = body.get("agora:tx")
+                agreement.block_number = body.get("agora:block")

@@ -18,7 +18,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from connector.dispatcher import queue_message
-from connector.models import Agreement, Negotiation, NegotiationEvent, OutboundMessage
+from connector.dsp import DSP_CONTEXT
+from connector.dsp.jsonld import for_plain_peer
+from connector.models import Agreement, Negotiation, NegotiationEvent, OutboundMessage, Participant
 from connector.negotiation import messages
 from connector.negotiation.records import agreement_out, event_out, negotiation_out
 from connector.negotiation.states import next_state
@@ -45,9 +47,15 @@ class NegotiationCore:
         offering_terms: Callable[[str, dict[str, Any]], dict[str, Any]],
         wake_dispatcher: Callable[[], None] = lambda: None,
         timeout_seconds: float = 600.0,
+        did: str = "",
+        participant: Callable[[str], Participant | None] = lambda _address: None,
+        catalog_offer: Callable[[str, str], dict[str, Any] | None] = lambda _provider, _offering: None,
     ) -> None:
         self.engine = engine
         self.address = address
+        self.did = did
+        self._participant = participant
+        self._catalog_offer = catalog_offer
         self.public_url = public_url.rstrip("/")
         self._private_key = private_key
         self._registry = registry
@@ -164,14 +172,40 @@ class NegotiationCore:
                     )
                 )
 
+    def plain(self, address: str) -> bool:
+        """Whether ``address`` is a plain DSP connector (not an Agora node): it gets messages
+        without Agora's extension, in the DSP context alone."""
+        peer = self._participant(address)
+        return peer is not None and peer.kind != "agora"
+
+    def parties(self, row: Negotiation) -> tuple[str, str]:
+        """(provider, consumer) as the peer names them: DIDs for a plain connector."""
+        peer = self._participant(row.counterparty)
+        them = (
+            (peer.did or row.counterparty) if peer is not None and peer.kind != "agora" else row.counterparty
+        )
+        me = self.did if peer is not None and peer.kind != "agora" else self.address
+        return (me, them) if row.role == "provider" else (them, me)
+
     def _send(self, session: Session, row: Negotiation, path: str, body: dict[str, Any]) -> None:
+        """Queue ``body`` for the peer at its DSP base (``counterparty_endpoint``: the provider's
+        advertised base, or the consumer's ``callbackAddress`` as given)."""
+        message = for_plain_peer(body) if self.plain(row.counterparty) else {**body, "@context": self.context}
         queue_message(
             session,
             recipient=row.counterparty,
-            url=f"{row.counterparty_endpoint}/dsp{path}",
-            body=body,
+            url=f"{row.counterparty_endpoint.rstrip('/')}{path}",
+            body=message,
             negotiation_id=row.id,
         )
+
+    @property
+    def context(self) -> list[str]:
+        """The ``@context`` of messages to Agora nodes: the DSP context, then this node's own
+        (which declares the ``agora`` namespace of the extension's terms)."""
+        from marketplace.catalog import CONTEXT_PATH
+
+        return [*DSP_CONTEXT, self.public_url + CONTEXT_PATH]
 
     def _row(self, session: Session, negotiation_id: str, role: str | None = None) -> Negotiation:
         return fetch(

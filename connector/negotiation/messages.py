@@ -4,6 +4,13 @@ Pure functions: they read a :class:`~connector.models.Negotiation` and return th
 body; the service decides when to send one and queues it in the dispatcher's outbox. A
 message names the pids both sides know so far (the peer's pid is unknown until its first
 answer), so the receiver finds its own record.
+
+What is asked for is said in ODRL, as any connector reads it: the access mode is the
+permission's action (``use`` for a plain download, Agora's ``compute`` and ``federate``
+actions otherwise) and the purpose an ``odrl:purpose`` constraint. Between Agora nodes
+(``plain=False``) the agreement also carries Agora's extension: the terms both parties sign
+(EIP-712) and the provider's signature, the consumer's signature in its verification, the
+transaction in the FINALIZED event; a plain DSP connector gets the messages without them.
 """
 
 from __future__ import annotations
@@ -14,6 +21,11 @@ from typing import Any
 from connector.dsp import DSP_CONTEXT
 from connector.models import Negotiation
 from connector.negotiation.terms import _asked
+from kernel.errors import FieldError, InvalidInput
+from marketplace.policy.odrl import ACTIONS, AGORA_NS
+
+ODRL = "http://www.w3.org/ns/odrl/2/"
+PURPOSE = "odrl:purpose"
 
 OFFER_MESSAGE = "ContractOfferMessage"
 AGREEMENT_MESSAGE = "ContractAgreementMessage"
@@ -41,15 +53,42 @@ def state_message(row: Negotiation) -> dict[str, Any]:
 
 
 def request_message(
-    row: Negotiation, offer: dict[str, Any] | None, *, callback: str, asked: dict[str, Any]
+    row: Negotiation,
+    offer: dict[str, Any] | None,
+    *,
+    callback: str,
+    asked: dict[str, Any],
+    catalog_offer: dict[str, Any] | None = None,
+    plain: bool = False,
 ) -> dict[str, Any]:
-    """The consumer's ``ContractRequestMessage`` for ``row``: an ODRL offer on the offering
-    (``offer`` adds to it), its purpose, access mode and the version ``asked`` for."""
+    """The consumer's ``ContractRequestMessage`` for ``row``.
+
+    To a plain DSP provider it is the offer of its catalog (``catalog_offer``) as it stands,
+    which is what such a provider agrees to; to an Agora node an ODRL offer whose action is
+    the access mode and whose constraint is the purpose (``offer`` adds to it), with the
+    version ``asked`` for."""
+    if plain:
+        if catalog_offer is None:
+            raise InvalidInput(
+                f"the provider's catalog holds no offer on {row.offering_id} (crawl it first)",
+                errors=[FieldError("offering_id", "no offer in the provider's catalog")],
+            )
+        odrl_offer = {**catalog_offer, "@type": "Offer", "target": str(catalog_offer.get("target") or "")}
+        return {
+            "@context": DSP_CONTEXT,
+            "@type": "ContractRequestMessage",
+            "consumerPid": row.id,
+            "offer": odrl_offer,
+            "callbackAddress": callback,
+        }
+    permission: dict[str, Any] = {"action": ACTIONS.get(row.access_mode, "use")}
+    if row.purpose:
+        permission["constraint"] = [{"leftOperand": PURPOSE, "operator": "eq", "rightOperand": row.purpose}]
     odrl_offer = {
         "@type": "Offer",
-        "@id": f"urn:agora:offer:{row.offering_id}",
+        "@id": str((catalog_offer or {}).get("@id") or f"urn:agora:offer:{row.offering_id}"),
         "target": f"urn:uuid:{row.offering_id}",
-        "permission": [{"action": "use"}],
+        "permission": [permission],
         **(offer or {}),
     }
     return {
@@ -58,10 +97,32 @@ def request_message(
         "consumerPid": row.id,
         "offer": odrl_offer,
         "callbackAddress": callback,
-        "agora:purpose": row.purpose,
-        "agora:accessMode": row.access_mode,
         **asked,
     }
+
+
+def requested_use(offer: Any) -> tuple[str, str | None]:
+    """(purpose, access mode) a request's offer asks for: the purpose of its ``odrl:purpose``
+    constraint (``eq``, or the first of a list), ``""`` when it names none; the mode its action
+    names (None for ``use`` and actions Agora has no mode for: the offering's default)."""
+    permissions = offer.get("permission") if isinstance(offer, dict) else None
+    first = permissions[0] if isinstance(permissions, list) and permissions else permissions
+    if not isinstance(first, dict):
+        return "", None
+    action = first.get("action")
+    action = action.get("@id") if isinstance(action, dict) else action
+    mode = next((m for m, iri in ACTIONS.items() if iri == action and m != "use"), None)
+    purpose = ""
+    constraints = first.get("constraint") or []
+    for c in constraints if isinstance(constraints, list) else [constraints]:
+        if not isinstance(c, dict) or str(c.get("leftOperand")) not in (PURPOSE, "purpose", ODRL + "purpose"):
+            continue
+        right = c.get("rightOperand")
+        right = right[0] if isinstance(right, list) and right else right
+        right = right.get("@value", right.get("@id")) if isinstance(right, dict) else right
+        purpose = str(right or "")[:200]
+        break
+    return purpose, mode
 
 
 def counter_offer(row: Negotiation, policy: dict[str, Any]) -> dict[str, Any]:
@@ -82,13 +143,22 @@ def offer_message(row: Negotiation, offer: dict[str, Any]) -> dict[str, Any]:
 
 
 def agreement_message(
-    row: Negotiation, terms: dict[str, Any], signature: str, *, callback: str
+    row: Negotiation,
+    terms: dict[str, Any],
+    signature: str,
+    *,
+    callback: str,
+    plain: bool = False,
+    parties: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The provider's ``ContractAgreementMessage``: the policy as an ODRL agreement between
-    the two parties, with the signed ``terms`` and the provider's ``signature`` beside it."""
+    the two parties (``parties``: their ids as the peer knows them, its DIDs for a plain
+    connector), with the signed ``terms`` and the provider's ``signature`` beside it for an
+    Agora node."""
     from marketplace.policy import parse_policy, to_odrl_offer
 
     provider, dataset = str(terms["provider"]), str(terms["dataset"])
+    assigner, assignee = parties or (provider, row.counterparty)
     odrl = to_odrl_offer(
         parse_policy(terms["policy"]),
         offer_id=str(terms["agreement"]),
@@ -99,14 +169,17 @@ def agreement_message(
     agreement = {k: v for k, v in odrl.items() if k not in ("@type", "@id")}
     agreement.update(
         {
-            "@id": f"urn:agora:agreement:{terms['agreement']}",
+            "@id": str(terms["agreement"]),
             "@type": "Agreement",
             "target": dataset,
-            "assigner": provider,
-            "assignee": row.counterparty,
+            "assigner": assigner,
+            "assignee": assignee,
             "timestamp": terms["issued"],
         }
     )
+    if plain:
+        agreement.pop(AGORA_NS + "policy", None)
+        return dsp(row, AGREEMENT_MESSAGE, agreement=agreement, callbackAddress=callback)
     return dsp(
         row,
         AGREEMENT_MESSAGE,
@@ -116,9 +189,10 @@ def agreement_message(
     )
 
 
-def verification_message(row: Negotiation, signature: str) -> dict[str, Any]:
-    """The consumer's ``ContractAgreementVerificationMessage``: its own signature."""
-    return dsp(row, VERIFICATION_MESSAGE, **{"agora:signature": signature})
+def verification_message(row: Negotiation, signature: str | None) -> dict[str, Any]:
+    """The consumer's ``ContractAgreementVerificationMessage``: its own signature between
+    Agora nodes (``None`` for a plain DSP provider)."""
+    return dsp(row, VERIFICATION_MESSAGE, **({"agora:signature": signature} if signature else {}))
 
 
 def event_message(row: Negotiation, event_type: str, **fields: Any) -> dict[str, Any]:

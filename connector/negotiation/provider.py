@@ -47,21 +47,33 @@ class ProviderSide(NegotiationCore):
     # The decision -------------------------------------------------------------------------
 
     def on_request(self, sender: str, sender_endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A consumer's ContractRequestMessage: decide by the offering's policy."""
+        """A consumer's ContractRequestMessage: decide by the offering's policy.
+
+        The offering is the offer's ``target`` (or the one its ``@id`` names), the purpose
+        and the access mode are read from the offer (:func:`messages.requested_use`); the
+        answers go to the ``callbackAddress`` as given, once it is on the sender's origin."""
         consumer_pid = _required(body, "consumerPid")
-        target = str((body.get("offer") or {}).get("target", ""))
-        offering_id = target.removeprefix("urn:uuid:")
-        purpose = str(body.get("agora:purpose") or "")
-        mode = str(body.get("agora:accessMode") or "")
-        if not offering_id or not purpose or mode not in ("download", "compute", "federate"):
+        offer = body.get("offer")
+        if not isinstance(offer, dict):
             raise InvalidInput(
-                "a request needs offer.target, agora:purpose and agora:accessMode",
+                "a ContractRequestMessage carries an offer", errors=[FieldError("offer", "required")]
+            )
+        offering_id = offered_dataset(offer)
+        if not offering_id:
+            raise InvalidInput(
+                "the request's offer names no dataset (target) or offer (@id) of this catalog",
                 errors=[FieldError("offer.target", "required")],
             )
+        purpose, mode = messages.requested_use(offer)
         asked = asked_version(body)
-        callback = body.get("callbackAddress", f"{sender_endpoint}/dsp")
+        callback = body.get("callbackAddress")
+        if not isinstance(callback, str) or not callback:
+            raise InvalidInput(
+                "a ContractRequestMessage starting a negotiation names its callbackAddress",
+                errors=[FieldError("callbackAddress", "required")],
+            )
         refusal = foreign_origin(callback, sender_endpoint, "callbackAddress", f"{sender}'s verified")
-        reply_to = sender_endpoint if refusal else str(callback).rstrip("/").removesuffix("/dsp")
+        reply_to = sender_endpoint if refusal else callback.rstrip("/")
         row = Negotiation(
             id=new_pid(),
             role="provider",
@@ -71,7 +83,7 @@ class ProviderSide(NegotiationCore):
             state=REQUESTED,
             offering_id=offering_id,
             purpose=purpose,
-            access_mode=mode,
+            access_mode=mode or "",
             # the terms come from the provider's own policy (or its counter-offer), never from the
             # request: a policy the consumer slips into its offer is dropped here
             offer={
@@ -104,7 +116,12 @@ class ProviderSide(NegotiationCore):
         return self.state_message(row)
 
     def _decide(self, session: Session, row: Negotiation, offering: dict[str, Any]) -> None:
-        """Terminate a request the offering does not allow, hold one for a person, or agree."""
+        """Terminate a request the offering does not allow, hold one for a person, or agree.
+        A request whose action names no mode (ODRL ``use``) asks for the offering's first:
+        ``download`` when it is offered."""
+        modes = list(offering["access_modes"])
+        if not row.access_mode and modes:
+            row.access_mode = "download" if "download" in modes else modes[0]
         mode = row.access_mode
         if mode not in offering["access_modes"]:
             self._terminate(
@@ -196,7 +213,14 @@ class ProviderSide(NegotiationCore):
             session,
             row,
             f"/negotiations/{row.peer_pid}/agreement",
-            messages.agreement_message(row, terms, signature, callback=self.callback),
+            messages.agreement_message(
+                row,
+                terms,
+                signature,
+                callback=self.callback,
+                plain=self.plain(row.counterparty),
+                parties=self.parties(row),
+            ),
         )
 
     # The consumer's answers ------------------------------------------------------------------
@@ -223,6 +247,18 @@ class ProviderSide(NegotiationCore):
         agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
         if agreement is None:
             raise IllegalTransition("no agreement to verify yet")
+        if self.plain(sender):  # a plain DSP consumer verifies by the message alone
+            self._transition(
+                session,
+                row,
+                "verified",
+                message_type=messages.VERIFICATION_MESSAGE,
+                signer=sender,
+                message=body,
+                reason="verified by the consumer (a DSP connector: no co-signature, no chain record)",
+            )
+            row.reason = "finalizing"
+            return
         signature = str(body.get("agora:signature") or "")
         check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
         self._transition(
@@ -247,8 +283,9 @@ class ProviderSide(NegotiationCore):
             agreement = session.get(Agreement, row.agreement_id) if row and row.agreement_id else None
         if row is None or agreement is None or row.role != "provider" or row.state != "VERIFIED":
             return
+        plain = self.plain(row.counterparty)
         try:
-            tx_hash, block = self._record(agreement)
+            tx_hash, block = (None, None) if plain else self._record(agreement)
         except AgoraError as exc:
             with transaction(self.engine) as session:
                 fresh = session.get(Negotiation, negotiation_id)
@@ -261,20 +298,23 @@ class ProviderSide(NegotiationCore):
                 return
             stored = session.get(Agreement, agreement.id)
             assert stored is not None
-            stored.tx_hash, stored.block_number = tx_hash, block
+            stored.tx_hash, stored.block_number, stored.finalized = tx_hash, block, True
             self._transition(
                 session,
                 fresh,
                 "finalize",
                 message_type=messages.EVENT_MESSAGE,
                 signer=self.address,
-                reason=f"recorded on chain in tx {tx_hash}",
+                reason="finalized under DSP (the consumer is a DSP connector: no chain record)"
+                if plain
+                else f"recorded on chain in tx {tx_hash}",
             )
+            extension = {} if plain else {"agora:tx": tx_hash, "agora:block": block}
             self._send(
                 session,
                 fresh,
                 f"/negotiations/{fresh.peer_pid}/events",
-                messages.event_message(fresh, "FINALIZED", **{"agora:tx": tx_hash, "agora:block": block}),
+                messages.event_message(fresh, "FINALIZED", **extension),
             )
         self._wake()
 
@@ -294,3 +334,16 @@ class ProviderSide(NegotiationCore):
             bytes.fromhex(agreement.consumer_signature[2:]),
         )
         return result.tx_hash, result.block_number
+
+
+def offered_dataset(offer: dict[str, Any]) -> str:
+    """The offering a request's offer is on: its ``target`` (``urn:uuid:…`` or as this
+    catalog names it), else the offering of its ``@id`` (``urn:agora:offer:<id>[:<version>]``)."""
+    target = offer.get("target")
+    target = target.get("@id") if isinstance(target, dict) else target
+    if isinstance(target, str) and target:
+        return target.removeprefix("urn:uuid:")[:64]
+    offer_id = str(offer.get("@id") or "")
+    if offer_id.startswith("urn:agora:offer:"):
+        return offer_id.removeprefix("urn:agora:offer:").split(":", 1)[0][:64]
+    return ""

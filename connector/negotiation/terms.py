@@ -52,6 +52,26 @@ def agreement_terms(
     }
 
 
+def plain_terms(
+    row: Negotiation, agreement: dict[str, Any], *, provider: str, consumer: str
+) -> dict[str, Any]:
+    """The terms this node keeps of a plain DSP provider's agreement: what was negotiated,
+    and the ODRL agreement as it came (it is the provider's to enforce)."""
+    return {
+        "agreement": str(agreement["@id"])[:500],
+        "dataset": str(agreement.get("target") or "")[:500],
+        "offering": row.offering_id,
+        "provider": provider,
+        "consumer": consumer,
+        "purpose": row.purpose,
+        "accessMode": row.access_mode or "download",
+        "policy": None,
+        "odrl": agreement,
+        "issued": str(agreement.get("timestamp") or utcnow().isoformat())[:64],
+        "validUntil": 0,
+    }
+
+
 def terms_differences(row: Negotiation, terms: dict[str, Any], *, consumer: str, provider: str) -> list[str]:
     """The fields of a provider's ``terms`` that are not what ``row`` negotiated."""
     expected = {

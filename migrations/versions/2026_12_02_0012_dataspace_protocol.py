@@ -34,6 +34,18 @@ def upgrade() -> None:
         batch.add_column(sa.Column("history", sa.JSON(), nullable=True))
     with op.batch_alter_table("negotiation") as batch:
         batch.add_column(sa.Column("options", sa.JSON(), nullable=True))
+    with op.batch_alter_table("agreement") as batch:
+        batch.add_column(sa.Column("finalized", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch.add_column(sa.Column("peer_agreement_id", sa.String(length=500), server_default="", nullable=False))
+    bind = op.get_bind()
+    # agreements recorded on chain were final; negotiations in progress now name the peer's DSP base
+    bind.execute(sa.text("UPDATE agreement SET finalized = :yes WHERE tx_hash IS NOT NULL"), {"yes": True})
+    bind.execute(
+        sa.text(
+            "UPDATE negotiation SET counterparty_endpoint = counterparty_endpoint || '/dsp' "
+            "WHERE state NOT IN ('FINALIZED', 'TERMINATED')"
+        )
+    )
 
 
 def _identify_known_peers() -> None:
@@ -57,6 +69,9 @@ def _identify_known_peers() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("agreement") as batch:
+        batch.drop_column("peer_agreement_id")
+        batch.drop_column("finalized")
     with op.batch_alter_table("negotiation") as batch:
         batch.drop_column("options")
     with op.batch_alter_table("transfer_process") as batch:

@@ -66,7 +66,7 @@ def test_uses_are_counted_and_logged(service: AgreementService) -> None:
 @pytest.mark.parametrize(
     ("changes", "mode", "reason"),
     [
-        ({"tx_hash": None}, "download", "not yet recorded on chain"),
+        ({"tx_hash": None}, "download", "not final yet"),
         ({"valid_until": int(time.time()) - 60}, "download", "expired"),
         ({}, "compute", "covers download, not compute"),
         (
