@@ -14,7 +14,7 @@ The provider's side, and the transfer records both sides read, are
 
 from __future__ import annotations
 
-import uuid
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlmodel import Session
 from connector.dsp import DSP_CONTEXT
 from connector.dsp.client import PeerClients
 from connector.models import Agreement, Negotiation, TransferProcess
-from connector.transfers import TransferRefused, TransferService
+from connector.transfers import LIFECYCLE, PULL, TransferRefused, TransferService, new_pid
 from kernel.addresses import foreign_origin
 from kernel.db import fetch, transaction
 from kernel.errors import AgoraError, InvalidInput, NotFound, ServiceUnavailable
@@ -51,6 +51,7 @@ class DownloadService:
         store: ObjectStore,
         transfers: TransferService,
         verify: Callable[[dict[str, Any], str], str | None],
+        start_timeout: float = 60.0,
     ) -> None:
         self.engine = engine
         self.address = address
@@ -61,9 +62,11 @@ class DownloadService:
         self.store = store
         self.transfers = transfers
         self._verify = verify
+        self.start_timeout = start_timeout
 
     def start(self, agreement_id: str, actor: str) -> dict[str, Any]:
-        """Request, download, check against terms and chain, confirm; returns the transfer."""
+        """Request, wait for the provider's start, download, check against the terms (and, from
+        an Agora node, the chain), complete; returns the transfer."""
         with Session(self.engine) as session:
             agreement = session.get(Agreement, agreement_id)
             negotiation = session.get(Negotiation, agreement.negotiation_id) if agreement else None
@@ -71,57 +74,103 @@ class DownloadService:
             raise NotFound(f"no agreement {agreement_id} with this node as consumer")
         if not (agreement.finalized or agreement.tx_hash):
             raise InvalidInput(f"agreement {agreement_id} is not finalized yet")
+        client = self.peers.to(agreement.provider)
         row = TransferProcess(
-            id=f"urn:uuid:{uuid.uuid4()}",
+            id=new_pid(),
             role="consumer",
             counterparty=agreement.provider,
             agreement_id=agreement_id,
             state="REQUESTED",
-            sha256=str(agreement.terms["sha256"]),
+            sha256=str(agreement.terms.get("sha256") or ""),
+            callback=client.base_url,
+            format=PULL,
+            history=[],
         )
-        client = self.peers.to(agreement.provider)
+        with transaction(self.engine) as session:  # recorded first: the start may come before the answer
+            session.add(row)
         try:
             cap = self._agreed_size(agreement)
-            start, _ = client.post(
+            reply, _ = client.post(
                 "/transfers/request",
                 {
                     "@context": DSP_CONTEXT,
                     "@type": "TransferRequestMessage",
                     "consumerPid": row.id,
-                    "agreementId": agreement_id,
-                    "format": "HttpData-PULL",
+                    "agreementId": agreement.peer_agreement_id or agreement_id,
+                    "format": PULL,
                     "callbackAddress": f"{self.public_url}/dsp",
                 },
             )
-            row.peer_pid = str(start.get("providerPid") or "")
-            row.state = "STARTED"
-            url, token = _data_address(start, negotiation.counterparty_endpoint, agreement.provider)
-            self._download(row, url, token, cap)
-            doc = self._fetch_provenance(url, token)
-            refusal = chain_refusal(doc, negotiation.counterparty_endpoint, self.chain_rpc_url)
-            if refusal:
-                raise TransferRefused(refusal)
-            problem = self._verify(doc, row.sha256)
-            if problem is not None:
-                raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
-            row.provenance = doc
-            client.post(
-                f"/transfers/{row.peer_pid}/completion",
-                {
-                    "@context": DSP_CONTEXT,
-                    "@type": "TransferCompletionMessage",
-                    "providerPid": row.peer_pid,
-                    "consumerPid": row.id,
-                },
+            self._note_provider_pid(row.id, str(reply.get("providerPid") or ""))
+            started = self._wait_started(row.id)
+            url, token = _data_address(
+                {"dataAddress": started.data_address}, negotiation.counterparty_endpoint, agreement.provider
             )
-            row.state, row.reason = "COMPLETED", f"received and verified (requested by {actor})"
+            received = self._download(started, url, token, cap)
+            provenance: dict[str, Any] = {}
+            if row.sha256:  # an Agora provider's terms name the bytes; its provenance names the chain
+                provenance = self._fetch_provenance(url, token)
+                refusal = chain_refusal(provenance, negotiation.counterparty_endpoint, self.chain_rpc_url)
+                if refusal:
+                    raise TransferRefused(refusal)
+                problem = self._verify(provenance, row.sha256)
+                if problem is not None:
+                    raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
         except AgoraError as exc:
-            row.state, row.reason = "TERMINATED", exc.detail
+            self._end(row.id, "TERMINATED", exc.detail)
             raise
-        finally:
-            with transaction(self.engine) as session:
-                session.merge(row)
+        verified = "received and verified" if row.sha256 else "received (a DSP connector names no digest)"
+        self._end(row.id, "COMPLETED", f"{verified} (requested by {actor})", received, provenance)
+        self.transfers._wake()
         return self.transfers.get(row.id)
+
+    def _note_provider_pid(self, transfer_id: str, provider_pid: str) -> None:
+        with transaction(self.engine) as session:
+            row = session.get(TransferProcess, transfer_id, with_for_update=True)
+            if row is not None and provider_pid and not row.peer_pid:
+                row.peer_pid = provider_pid[:64]
+
+    def _wait_started(self, transfer_id: str) -> TransferProcess:
+        """The transfer once the provider's start message arrived (its data address with it)."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            with Session(self.engine) as session:
+                row = session.get(TransferProcess, transfer_id)
+            if row is None:
+                raise NotFound(f"no transfer {transfer_id}")
+            if row.state == "STARTED" and row.data_address:
+                return row
+            if row.state in LIFECYCLE.final:
+                raise TransferRefused(f"the provider ended the transfer: {row.reason}")
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"the provider did not start the transfer within {self.start_timeout:.0f} s"
+                )
+            time.sleep(0.05)
+
+    def _end(
+        self,
+        transfer_id: str,
+        target: str,
+        reason: str,
+        received: tuple[str, int] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        """COMPLETED (the provider is told) or TERMINATED (told, unless it ended it)."""
+        with transaction(self.engine) as session:
+            row = session.get(TransferProcess, transfer_id, with_for_update=True)
+            if row is None or row.state in LIFECYCLE.final:
+                return
+            if received is not None:
+                row.sha256, row.size = received
+            row.provenance = provenance or {}
+            TransferService.move(session, row, target, reason)
+            if row.peer_pid:
+                kind = "completion" if target == "COMPLETED" else "termination"
+                extra = (
+                    {} if target == "COMPLETED" else {"code": "consumer-refused", "reason": [reason[:500]]}
+                )
+                self.transfers.send(session, row, kind, **extra)
 
     def _agreed_size(self, agreement: Agreement) -> int:
         """The most bytes to take: the size in the agreed terms, within this node's cap."""
@@ -135,7 +184,7 @@ class DownloadService:
             raise TransferRefused(f"the agreed size {size} is over this node's download cap of {limit} bytes")
         return size
 
-    def _download(self, row: TransferProcess, url: str, token: str, cap: int) -> None:
+    def _download(self, row: TransferProcess, url: str, token: str, cap: int) -> tuple[str, int]:
         """Into a staging file, resuming with Range after a broken connection; never more
         than ``cap`` bytes."""
         with self.store.stage() as staged:
@@ -162,12 +211,12 @@ class DownloadService:
                         raise ServiceUnavailable(
                             f"the download broke off {RESUME_ATTEMPTS} times: {exc.detail}"
                         ) from exc
-            if staged.sha256 != row.sha256:
+            if row.sha256 and staged.sha256 != row.sha256:
                 raise TransferRefused(
                     f"received bytes hash to {staged.sha256}, the agreement says {row.sha256}"
                 )
             info = self.store.commit(staged)
-            row.size = info.size
+            return staged.sha256, info.size
 
     def _fetch_provenance(self, data_url: str, token: str) -> dict[str, Any]:
         url = data_url.rsplit("/", 1)[0] + "/provenance"

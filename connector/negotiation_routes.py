@@ -2,8 +2,8 @@
 
 Management (``/api/v1``, bearer tokens): start, list and show negotiations, approve or
 reject (provider), counter-offer (provider), accept (consumer), terminate; agreements; a
-transfer under an agreement and its bytes with their provenance. Protocol (``/dsp``,
-signed envelopes): the Dataspace Protocol negotiation and transfer messages.
+transfer under an agreement, its bytes with their provenance, and suspending, resuming,
+completing or terminating it. The Dataspace Protocol's own routes are :mod:`connector.dsp.routes`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from anyio import to_thread
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
@@ -19,14 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connector.agreements import AgreementService
 from connector.downloads import DownloadService
-from connector.dsp import open_request
-from connector.dsp.gate import ProtocolGate
 from connector.negotiation import NegotiationService
 from connector.services import ParticipantService
 from connector.transfers import TransferService
 from kernel.errors import FieldError, InvalidInput
 from kernel.hashing import repr_digest
-from kernel.ranges import parse_range
 from kernel.validation import validate
 
 
@@ -246,6 +243,30 @@ class TransferController(Controller):
             headers={"Content-Length": str(row.size), "Repr-Digest": repr_digest(row.sha256)},
         )
 
+    @post(
+        [
+            "/{transfer_id:str}/suspend",
+            "/{transfer_id:str}/resume",
+            "/{transfer_id:str}/complete",
+            "/{transfer_id:str}/terminate",
+        ],
+        opt={"scope": "negotiations:write"},
+        status_code=200,
+    )
+    async def act(
+        self,
+        request: Request[Any, Any, Any],
+        transfer_id: FromPath[str],
+        transfer_service: NamedDependency[TransferService],
+    ) -> dict[str, Any]:
+        """Suspend, resume, complete or terminate a transfer from this side (either role); the
+        other side is told, with the reason given (optional)."""
+        action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        body: Reason = await _body(request, Reason) if await request.body() else Reason()
+        return await to_thread.run_sync(
+            transfer_service.act, transfer_id, action, body.reason or "", request.user.subject
+        )
+
     @get("/{transfer_id:str}/provenance", opt={"scope": "catalog:read"}, sync_to_thread=True)
     def provenance(
         self, transfer_id: FromPath[str], download_service: NamedDependency[DownloadService]
@@ -254,125 +275,5 @@ class TransferController(Controller):
         return row.provenance  # what the download checked against the chain
 
 
-# Protocol endpoints ------------------------------------------------------------------------
-
-
-@post("/dsp/negotiations/request", tags=["protocol"], status_code=201)
-async def negotiation_request(
-    request: Request[Any, Any, Any],
-    protocol_gate: NamedDependency[ProtocolGate],
-    negotiation_service: NamedDependency[NegotiationService],
-) -> dict[str, Any]:
-    opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(
-        negotiation_service.on_request, opened.sender, opened.sender_endpoint, opened.body
-    )
-    return reply
-
-
-NEGOTIATION_MESSAGES = {
-    "offers": "offers",
-    "agreement": "agreement",
-    "verification": "agreement/verification",
-    "events": "events",
-    "termination": "termination",
-}
-
-
-@post(
-    [f"/dsp/negotiations/{{pid:str}}/{suffix}" for suffix in NEGOTIATION_MESSAGES.values()],
-    tags=["protocol"],
-    status_code=200,
-)
-async def negotiation_message(
-    request: Request[Any, Any, Any],
-    pid: FromPath[str],
-    protocol_gate: NamedDependency[ProtocolGate],
-    negotiation_service: NamedDependency[NegotiationService],
-) -> dict[str, Any]:
-    """Offers, agreements, verifications, events and terminations for one negotiation."""
-    kind = next(k for k, suffix in NEGOTIATION_MESSAGES.items() if request.url.path.endswith("/" + suffix))
-    opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(negotiation_service.on_message, opened.sender, pid, kind, opened.body)
-    return reply
-
-
-@post("/dsp/transfers/request", tags=["protocol"], status_code=201)
-async def transfer_request(
-    request: Request[Any, Any, Any],
-    protocol_gate: NamedDependency[ProtocolGate],
-    transfer_service: NamedDependency[TransferService],
-) -> dict[str, Any]:
-    opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(
-        transfer_service.on_request, opened.sender, opened.sender_endpoint, opened.body
-    )
-    return reply
-
-
-@post("/dsp/transfers/{pid:str}/completion", tags=["protocol"], status_code=200)
-async def transfer_completion(
-    request: Request[Any, Any, Any],
-    pid: FromPath[str],
-    protocol_gate: NamedDependency[ProtocolGate],
-    transfer_service: NamedDependency[TransferService],
-) -> dict[str, Any]:
-    opened = await open_request(request, protocol_gate)
-    reply = await to_thread.run_sync(transfer_service.on_completion, opened.sender, pid)
-    return reply
-
-
-@get("/dsp/transfers/{pid:str}/data", tags=["protocol"], sync_to_thread=True)
-def transfer_data(
-    request: Request[Any, Any, Any], pid: FromPath[str], transfer_service: NamedDependency[TransferService]
-) -> Response[Any]:
-    """The bytes of a started transfer, for the holder of its token; honours ``Range``."""
-    row = transfer_service.authorize(pid, request.headers.get("authorization"))
-    size = transfer_service.store.size(row.sha256)
-    span = parse_range(request.headers.get("range"), size)
-    start, end = span or (0, size)
-    headers = {
-        "Content-Length": str(end - start),
-        "Accept-Ranges": "bytes",
-        "Repr-Digest": repr_digest(row.sha256),
-    }
-    if span:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return Stream(
-        transfer_service.store.read(row.sha256, start, end),
-        media_type="application/octet-stream",
-        status_code=206 if span else 200,
-        headers=headers,
-    )
-
-
-@get("/dsp/transfers/{pid:str}/provenance", tags=["protocol"], sync_to_thread=True)
-def transfer_provenance(
-    request: Request[Any, Any, Any], pid: FromPath[str], transfer_service: NamedDependency[TransferService]
-) -> dict[str, Any]:
-    row = transfer_service.authorize(pid, request.headers.get("authorization"))
-    return transfer_service.provenance_for(row)
-
-
-@post("/dsp/notifications", tags=["protocol"], status_code=200)
-async def notification(
-    request: Request[Any, Any, Any], protocol_gate: NamedDependency[ProtocolGate]
-) -> dict[str, Any]:
-    """Usage notifications (the notify duty) addressed to this node: accepted and logged."""
-    import logging
-
-    opened = await open_request(request, protocol_gate)
-    logging.getLogger("agora.usage").info("usage notification from %s: %s", opened.sender, opened.body)
-    return {"received": True}
-
-
 api_handlers = [NegotiationController, AgreementController, TransferController]
-public_handlers: list[object] = [
-    negotiation_request,
-    negotiation_message,
-    transfer_request,
-    transfer_completion,
-    transfer_data,
-    transfer_provenance,
-    notification,
-]
+public_handlers: list[object] = []

@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
+import connector.dsp.routes
 import connector.negotiation_routes
 import connector.routes
 import contracts.routes
@@ -45,6 +46,7 @@ DOMAINS = (
     marketplace.policy.routes,
     connector.routes,
     connector.negotiation_routes,
+    connector.dsp.routes,
     contracts.routes,
     training_jobs.routes,
     federation.routes,

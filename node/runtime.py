@@ -370,8 +370,13 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         outbound=runtime.outbound,
         verified_endpoint=verified_endpoint,
         housekeeping=lambda: negotiations.expire(),
-        on_given_up=lambda message, error: negotiations.on_given_up(message.negotiation_id, error),
+        on_given_up=lambda message, error: given_up(message.negotiation_id, error),
     )
+
+    def given_up(process_id: str | None, error: str) -> None:  # a negotiation's or a transfer's
+        negotiations.on_given_up(process_id, error)
+        transfers.on_given_up(process_id, error)
+
     negotiations = NegotiationService(
         runtime.engine,
         address=runtime.address,
@@ -407,6 +412,8 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         agreements=agreements,
         offering_modes=lambda offering_id: list(runtime.offerings.get(offering_id).access_modes),
         provenance=runtime.provenance.document,
+        plain=negotiations.plain,
+        wake_dispatcher=dispatcher.wake,
     )
     downloads = DownloadService(
         runtime.engine,

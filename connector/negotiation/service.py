@@ -37,6 +37,18 @@ class NegotiationService(ProviderSide, ConsumerSide):
         self._wake()
         return self.get(negotiation_id)
 
+    def state_for(self, sender: str, pid: str) -> dict[str, Any]:
+        """``GET /negotiations/{pid}``: the ContractNegotiation, for its other party only."""
+        with Session(self.engine) as session:
+            row = fetch(
+                session,
+                Negotiation,
+                pid,
+                f"no negotiation {pid} here",
+                where=lambda n: n.counterparty.lower() == sender.lower(),
+            )
+        return self.state_message(row)
+
     # Incoming messages on either side ------------------------------------------------------
 
     def on_message(self, sender: str, pid: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
