@@ -4,7 +4,10 @@ A message is queued (:func:`queue_message`) in the same transaction as the state
 calls for it, so a crash never loses one and never sends one for a change that was rolled
 back. The dispatcher sends each message with a fresh token of this node's (through the one
 peer client), retries transport failures with
-exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit refusal.
+exponential backoff (up to ``max_attempts``), and gives up on a peer's explicit refusal. A
+peer's 404 is retried a few times first: a connector may register the callback it is
+answered on only once it has seen its own message succeed (the Eclipse DSP TCK does).
+``send_delay`` holds every message that long before its first attempt, for such peers.
 
 It is also the last check before a message leaves: a message goes only to the origin of
 its recipient's verified endpoint (a peer's, a registered participant's, or this node's own
@@ -26,12 +29,13 @@ from connector.dsp.client import PeerClients
 from connector.models import OutboundMessage
 from kernel.addresses import foreign_origin
 from kernel.db import transaction, utcnow
-from kernel.errors import AgoraError, ServiceUnavailable
+from kernel.errors import AgoraError, NotFound, ServiceUnavailable
 from kernel.outbound import OutboundClient
 from kernel.worker import BackgroundWorker
 
 log = logging.getLogger("agora.dispatcher")
 LANES = 8  # negotiations whose messages are delivered at the same time
+NOT_FOUND_ATTEMPTS = 4  # a peer's 404 is tried again this often (0.5 + 1 + 2 s apart)
 
 
 def queue_message(
@@ -56,6 +60,7 @@ class Dispatcher(BackgroundWorker):
         housekeeping: Callable[[], object] | None = None,
         max_attempts: int = 8,
         base_delay: float = 0.5,
+        send_delay: float = 0.0,
     ) -> None:
         self.engine = engine
         self.peers = peers
@@ -65,6 +70,7 @@ class Dispatcher(BackgroundWorker):
         self._housekeeping = housekeeping
         self.max_attempts = max_attempts
         self.base_delay = base_delay
+        self.send_delay = timedelta(seconds=send_delay)
         self._pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="agora-dispatch")
         super().__init__(base_delay)
 
@@ -80,7 +86,9 @@ class Dispatcher(BackgroundWorker):
                 session.exec(
                     select(OutboundMessage)
                     .where(
-                        OutboundMessage.status == "PENDING", col(OutboundMessage.next_attempt_at) <= utcnow()
+                        OutboundMessage.status == "PENDING",
+                        col(OutboundMessage.next_attempt_at) <= utcnow(),
+                        col(OutboundMessage.created_at) <= utcnow() - self.send_delay,
                     )
                     .order_by(col(OutboundMessage.id))
                     .limit(100)
@@ -120,6 +128,12 @@ class Dispatcher(BackgroundWorker):
             self.peers.to(message.recipient).post_url(message.url, message.body)
         except ServiceUnavailable as exc:
             self._retry(message, exc.detail)
+            return False
+        except NotFound as exc:
+            if message.attempts + 1 < NOT_FOUND_ATTEMPTS:
+                self._retry(message, exc.detail)
+            else:
+                self._give_up(message, exc.detail)
             return False
         except AgoraError as exc:
             self._give_up(message, exc.detail)

@@ -22,10 +22,9 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from connector.dsp import DSP_CONTEXT
 from connector.dsp.client import PeerClients
 from connector.models import Agreement, Negotiation, TransferProcess
-from connector.transfers import LIFECYCLE, PULL, TransferRefused, TransferService, new_pid
+from connector.transfers import LIFECYCLE, TransferRefused, TransferService
 from kernel.addresses import foreign_origin
 from kernel.db import fetch, transaction
 from kernel.errors import AgoraError, InvalidInput, NotFound, ServiceUnavailable
@@ -74,55 +73,30 @@ class DownloadService:
             raise NotFound(f"no agreement {agreement_id} with this node as consumer")
         if not (agreement.finalized or agreement.tx_hash):
             raise InvalidInput(f"agreement {agreement_id} is not finalized yet")
-        client = self.peers.to(agreement.provider)
-        row = TransferProcess(
-            id=new_pid(),
-            role="consumer",
-            counterparty=agreement.provider,
-            agreement_id=agreement_id,
-            state="REQUESTED",
-            sha256=str(agreement.terms.get("sha256") or ""),
-            callback=client.base_url,
-            format=PULL,
-            history=[],
-        )
-        with transaction(self.engine) as session:  # recorded first: the start may come before the answer
-            session.add(row)
+        cap = self._agreed_size(agreement)
+        transfer_id = str(self.transfers.request(agreement_id, actor)["id"])
+        sha256 = str(agreement.terms.get("sha256") or "")
         try:
-            cap = self._agreed_size(agreement)
-            reply, _ = client.post(
-                "/transfers/request",
-                {
-                    "@context": DSP_CONTEXT,
-                    "@type": "TransferRequestMessage",
-                    "consumerPid": row.id,
-                    "agreementId": agreement.peer_agreement_id or agreement_id,
-                    "format": PULL,
-                    "callbackAddress": f"{self.public_url}/dsp",
-                },
-            )
-            self._note_provider_pid(row.id, str(reply.get("providerPid") or ""))
-            started = self._wait_started(row.id)
+            started = self._wait_started(transfer_id)
             url, token = _data_address(
                 {"dataAddress": started.data_address}, negotiation.counterparty_endpoint, agreement.provider
             )
             received = self._download(started, url, token, cap)
             provenance: dict[str, Any] = {}
-            if row.sha256:  # an Agora provider's terms name the bytes; its provenance names the chain
+            if sha256:  # an Agora provider's terms name the bytes; its provenance names the chain
                 provenance = self._fetch_provenance(url, token)
                 refusal = chain_refusal(provenance, negotiation.counterparty_endpoint, self.chain_rpc_url)
                 if refusal:
                     raise TransferRefused(refusal)
-                problem = self._verify(provenance, row.sha256)
+                problem = self._verify(provenance, sha256)
                 if problem is not None:
                     raise TransferRefused(f"the bytes do not verify against the chain: {problem}")
         except AgoraError as exc:
-            self._end(row.id, "TERMINATED", exc.detail)
+            self._end(transfer_id, "TERMINATED", exc.detail)
             raise
-        verified = "received and verified" if row.sha256 else "received (a DSP connector names no digest)"
-        self._end(row.id, "COMPLETED", f"{verified} (requested by {actor})", received, provenance)
-        self.transfers._wake()
-        return self.transfers.get(row.id)
+        verified = "received and verified" if sha256 else "received (a DSP connector names no digest)"
+        self._end(transfer_id, "COMPLETED", f"{verified} (requested by {actor})", received, provenance)
+        return self.transfers.get(transfer_id)
 
     def _note_provider_pid(self, transfer_id: str, provider_pid: str) -> None:
         with transaction(self.engine) as session:
@@ -171,6 +145,7 @@ class DownloadService:
                     {} if target == "COMPLETED" else {"code": "consumer-refused", "reason": [reason[:500]]}
                 )
                 self.transfers.send(session, row, kind, **extra)
+        self.transfers.wake()
 
     def _agreed_size(self, agreement: Agreement) -> int:
         """The most bytes to take: the size in the agreed terms, within this node's cap."""

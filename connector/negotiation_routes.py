@@ -40,6 +40,9 @@ class NegotiationStart(BaseModel):
         description="agree on the version this alias names when the provider agrees (e.g. champion)",
     )
     version: int | None = Field(default=None, ge=1, le=2**31 - 1, description="agree on this version")
+    accept_offers: bool = Field(
+        default=False, description="accept the provider's offer at once (DSP leaves it to the consumer)"
+    )
 
     @model_validator(mode="after")
     def _one_version(self) -> NegotiationStart:
@@ -111,6 +114,7 @@ class NegotiationController(Controller):
                 actor=request.user.subject,
                 alias=body.alias,
                 version=body.version,
+                options={"on_offer": "accept"} if body.accept_offers else None,
             )
         )
 

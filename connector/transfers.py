@@ -38,11 +38,20 @@ from sqlmodel import Session, col, select
 from connector.agreements import AgreementService
 from connector.dispatcher import queue_message
 from connector.dsp import DSP_CONTEXT
+from connector.dsp.client import PeerClients
 from connector.dsp.jsonld import for_plain_peer
 from connector.models import Agreement, TransferProcess
 from kernel.addresses import foreign_origin
 from kernel.db import as_utc, fetch, transaction
-from kernel.errors import AgoraError, FieldError, Forbidden, InvalidInput, NotFound, Unauthorized
+from kernel.errors import (
+    AgoraError,
+    ConfigurationError,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
 from kernel.lifecycle import Lifecycle
 from kernel.storage import ObjectStore
 
@@ -110,6 +119,8 @@ class TransferService:
         provenance: Callable[[str], dict[str, Any]],
         plain: Callable[[str], bool] = lambda _address: False,
         wake_dispatcher: Callable[[], None] = lambda: None,
+        options: Callable[[str], dict[str, str]] = lambda _agreement: {},
+        peers: PeerClients | None = None,
     ) -> None:
         self.engine = engine
         self.public_url = public_url.rstrip("/")
@@ -120,8 +131,14 @@ class TransferService:
         self._provenance = provenance
         self._plain = plain
         self._wake = wake_dispatcher
+        self._options = options
+        self.peers = peers  # connector.dsp.client.PeerClients: the consumer's requests
 
     # Moves and messages -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Have the dispatcher deliver what was queued now."""
+        self._wake()
 
     @staticmethod
     def move(session: Session, row: TransferProcess, target: str, reason: str) -> None:
@@ -187,7 +204,14 @@ class TransferService:
                 self.move(session, row, "TERMINATED", refusal)
             else:
                 requested = process_message(row)
-                self._start(session, row, "access granted under the agreement")
+                action = self._options(agreement.id).get("on_request", "start")
+                if action == "start":
+                    self._start(session, row, "access granted under the agreement")
+                elif action == "terminate":
+                    self.move(session, row, "TERMINATED", "the provider declines (its setting)")
+                    self.send(session, row, "termination", code="declined", reason=["the provider declines"])
+                else:
+                    row.reason = "waiting for a person at the provider to start it"
         if refusal:
             raise TransferRefused(refusal)
         self._wake()
@@ -275,6 +299,60 @@ class TransferService:
         if claims.get("jti") != (row.data_address or {}).get("token_id"):
             raise Unauthorized("the token is of an earlier start of this transfer (it was suspended since)")
         return row
+
+    # Consumer ---------------------------------------------------------------------------
+
+    def request(self, agreement_id: str, actor: str, *, format: str = PULL) -> dict[str, Any]:
+        """Ask the provider of a consumer agreement for a transfer and record it; what follows
+        (start, suspension, completion, termination) arrives as messages. Downloading is
+        :meth:`connector.downloads.DownloadService.start`'s."""
+        with Session(self.engine) as session:
+            agreement = fetch(
+                session,
+                Agreement,
+                agreement_id,
+                f"no agreement {agreement_id} with this node as consumer",
+                where=lambda a: a.role == "consumer",
+            )
+        if self.peers is None:
+            raise ConfigurationError("this transfer service sends no requests (no peer clients)")
+        client = self.peers.to(agreement.provider)
+        row = TransferProcess(
+            id=new_pid(),
+            role="consumer",
+            counterparty=agreement.provider,
+            agreement_id=agreement.id,
+            state="REQUESTED",
+            sha256=str(agreement.terms.get("sha256") or ""),
+            callback=client.base_url,
+            format=format,
+            history=[],
+        )
+        with transaction(self.engine) as session:
+            session.add(row)
+        message = {
+            "@context": DSP_CONTEXT,
+            "@type": "TransferRequestMessage",
+            "consumerPid": row.id,
+            "agreementId": agreement.peer_agreement_id or agreement.id,
+            "format": format,
+            "callbackAddress": f"{self.public_url}/dsp",
+        }
+        try:
+            reply, _ = client.post("/transfers/request", message)
+        except AgoraError as exc:
+            with transaction(self.engine) as session:
+                fresh = session.get(TransferProcess, row.id, with_for_update=True)
+                if fresh is not None and fresh.state not in LIFECYCLE.final:
+                    self.move(session, fresh, "TERMINATED", f"the provider refused: {exc.detail}")
+            raise
+        with transaction(self.engine) as session:
+            fresh = session.get(TransferProcess, row.id, with_for_update=True)
+            if fresh is not None and not fresh.peer_pid and isinstance(reply.get("providerPid"), str):
+                fresh.peer_pid = reply["providerPid"][:64]
+            if fresh is not None:
+                fresh.reason = f"requested by {actor}"
+        return self.get(row.id)
 
     # Messages about a transfer (either side) -----------------------------------------------
 

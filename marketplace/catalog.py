@@ -19,6 +19,7 @@ import base64
 import functools
 import json
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -144,6 +145,17 @@ def stated_terms(document: dict[str, Any] | None) -> dict[str, Any] | None:
 
 OFFER = "dsp:offer"  # a peer's offer on a dataset, as its catalog states it (what a request echoes)
 MAX_OFFER_BYTES = 16 * 1024
+
+
+def dataset_iri(offering_id: str) -> str:
+    """A dataset's ``@id`` in the DSP catalog: ``urn:uuid:<id>`` for an offering id that is a
+    UUID (Agora's own), the id as it is otherwise (one given at registration, e.g. a
+    conformance suite's ``CAT0101``)."""
+    try:
+        uuid.UUID(offering_id)
+    except ValueError:
+        return offering_id
+    return f"urn:uuid:{offering_id}"
 
 
 def _peer_offer(dataset: dict[str, Any]) -> dict[str, Any] | None:
@@ -453,7 +465,7 @@ class CatalogService:
         return {"@context": [DSP_CONTEXT, self.context_url], **dataset}
 
     def _dataset(self, row: CatalogEntry, service_id: str, odrl: Any) -> dict[str, Any]:
-        dataset_id = f"urn:uuid:{row.offering_id}"
+        dataset_id = dataset_iri(row.offering_id)
         offer = odrl.to_odrl_offer(
             _parsed_policy(_policy_key(row.policy or {"template": "prohibit-access"})),
             offer_id=f"urn:agora:offer:{row.offering_id}:{row.version}",

@@ -99,8 +99,10 @@ class OfferingService:
         *,
         managed: bool = False,
         source: dict[str, Any] | None = None,
+        offering_id: str | None = None,
     ) -> OfferingOut:
-        """Create an offering from bytes already staged (an upload)."""
+        """Create an offering from bytes already staged (an upload); its id is a new UUID unless
+        ``offering_id`` names one (a dataset id a conformance suite expects)."""
         _require_content(staged)
         if metadata.policy is not None:
             _check_at("metadata.policy", metadata.policy)
@@ -117,7 +119,7 @@ class OfferingService:
             if metadata.name and self._by_name(session, metadata.name) is not None:
                 raise _name_taken(metadata.name)
             offering = Offering(
-                id=str(uuid.uuid4()),
+                id=offering_id or str(uuid.uuid4()),
                 provider=self.provider,
                 managed=managed,
                 compute_terms=metadata.compute_terms().model_dump(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,10 @@ class Runtime:
     aliases: AliasService
     identity: NodeIdentity
     peer_clients: PeerClients
+    # what this node chooses where DSP leaves a choice, per negotiation / transfer (a
+    # conformance profile adds its own): callables returning options, later ones winning
+    negotiation_options: list[Callable[[str, str], dict[str, str]]] = field(default_factory=list)
+    transfer_options: list[Callable[[str], dict[str, str]]] = field(default_factory=list)
     crawler: CatalogCrawler | None = None
     publisher: PublishService | None = None
     negotiations: NegotiationService | None = None
@@ -371,6 +376,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         verified_endpoint=verified_endpoint,
         housekeeping=lambda: negotiations.expire(),
         on_given_up=lambda message, error: given_up(message.negotiation_id, error),
+        send_delay=settings.dsp_send_delay,
     )
 
     def given_up(process_id: str | None, error: str) -> None:  # a negotiation's or a transfer's
@@ -391,6 +397,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         did=runtime.identity.did,
         participant=runtime.participants.get,
         catalog_offer=runtime.catalog.peer_offer,
+        options=lambda role, offering_id: _merged(runtime.negotiation_options, role, offering_id),
     )
     agreements = AgreementService(
         runtime.engine,
@@ -414,6 +421,8 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         provenance=runtime.provenance.document,
         plain=negotiations.plain,
         wake_dispatcher=dispatcher.wake,
+        options=lambda agreement_id: _merged(runtime.transfer_options, agreement_id),
+        peers=peer_clients,
     )
     downloads = DownloadService(
         runtime.engine,
@@ -433,3 +442,10 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         downloads,
         dispatcher,
     )
+
+
+def _merged(sources: list[Callable[..., dict[str, str]]], *key: str) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for source in sources:
+        merged.update(source(*key))
+    return merged

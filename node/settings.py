@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     dsp_test_callback: str = Field(
         default="", max_length=500, description="the test connector's DSP base (its callbacks' origin)"
     )
+    dsp_send_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="seconds each protocol message waits before it is first sent (conformance runs: 0.5)",
+    )
     outbound_allow_private: bool = Field(
         default=False, description="outbound requests may go to private addresses (10/8, fc00::/7 …)"
     )

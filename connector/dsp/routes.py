@@ -112,6 +112,7 @@ async def negotiation_request(
 
 
 NEGOTIATION_MESSAGES = {
+    "request": "request",
     "offers": "offers",
     "agreement": "agreement",
     "verification": "agreement/verification",

@@ -47,6 +47,7 @@ class ConsumerSide(NegotiationCore):
         offer: dict[str, Any] | None = None,
         alias: str | None = None,
         version: int | None = None,
+        options: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Ask a provider for an agreement on one of its offerings (on the version ``alias``
         names when the provider agrees, or on ``version``; the latest by default)."""
@@ -69,13 +70,15 @@ class ConsumerSide(NegotiationCore):
             access_mode=access_mode,
             offer={**(offer or {}), **asked},
             deadline=utcnow() + self.timeout,
+            options=self.options_for("consumer", offering_id, options),
         )
         body = messages.request_message(
             row,
             offer,
             callback=self.callback,
             asked=asked,
-            catalog_offer=self._catalog_offer(provider.address, offering_id),
+            catalog_offer=(offer if plain and offer else None)
+            or self._catalog_offer(provider.address, offering_id),
             plain=plain,
         )
         with transaction(self.engine) as session:
@@ -87,22 +90,74 @@ class ConsumerSide(NegotiationCore):
     def accept_offer(self, negotiation_id: str, actor: str) -> dict[str, Any]:
         with transaction(self.engine) as session:
             row = self._row(session, negotiation_id, "consumer")
-            self._transition(
-                session,
-                row,
-                "accept",
-                message_type=messages.EVENT_MESSAGE,
-                signer=self.address,
-                reason=f"counter-offer accepted by {actor}",
-            )
-            self._send(
-                session,
-                row,
-                f"/negotiations/{row.peer_pid}/events",
-                messages.event_message(row, "ACCEPTED"),
-            )
+            self._accept(session, row, f"counter-offer accepted by {actor}")
         self._wake()
         return self.get(negotiation_id)
+
+    def _accept(self, session: Session, row: Negotiation, reason: str) -> None:
+        self._transition(
+            session, row, "accept", message_type=messages.EVENT_MESSAGE, signer=self.address, reason=reason
+        )
+        self._send(
+            session, row, f"/negotiations/{row.peer_pid}/events", messages.event_message(row, "ACCEPTED")
+        )
+
+    def request_again(self, negotiation_id: str, actor: str) -> dict[str, Any]:
+        """Answer the provider's offer with a request of this side's own (its offer as it stands)."""
+        with transaction(self.engine) as session:
+            row = self._row(session, negotiation_id, "consumer")
+            self._request_again(session, row, f"asked again by {actor}")
+        self._wake()
+        return self.get(negotiation_id)
+
+    def _request_again(self, session: Session, row: Negotiation, reason: str) -> None:
+        self._transition(
+            session, row, "request", message_type="ContractRequestMessage", signer=self.address, reason=reason
+        )
+        offer = {k: v for k, v in (row.offer or {}).items() if k not in (ALIAS, VERSION)}
+        self._send(
+            session,
+            row,
+            f"/negotiations/{row.peer_pid}/request",
+            messages.dsp(row, "ContractRequestMessage", offer=offer),
+        )
+
+    def verify(self, negotiation_id: str, actor: str) -> dict[str, Any]:
+        """Send the verification of an agreement this side held (its option said to wait)."""
+        with transaction(self.engine) as session:
+            row = self._row(session, negotiation_id, "consumer")
+            agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
+            if agreement is None:
+                raise InvalidInput(f"negotiation {negotiation_id} has no agreement to verify")
+            self._verify(session, row, agreement.consumer_signature or None, f"verified by {actor}")
+        self._wake()
+        return self.get(negotiation_id)
+
+    def _verify(self, session: Session, row: Negotiation, signature: str | None, reason: str) -> None:
+        self._transition(
+            session,
+            row,
+            "verify",
+            message_type=messages.VERIFICATION_MESSAGE,
+            signer=self.address,
+            reason=reason,
+        )
+        self._send(
+            session,
+            row,
+            f"/negotiations/{row.peer_pid}/agreement/verification",
+            messages.verification_message(row, signature),
+        )
+
+    def _after_agreement(self, session: Session, row: Negotiation, signature: str | None) -> None:
+        """Verify, terminate or wait, as this side chose for the negotiation."""
+        action = self.choice(row, "on_agreement", "verify")
+        if action == "verify":
+            self._verify(session, row, signature, "verified by the consumer")
+        elif action == "terminate":
+            self._terminate(session, row, "the consumer declines the agreement", signer=self.address)
+        else:
+            row.reason = "waiting for a person at the consumer to verify the agreement"
 
     # The provider's answers ------------------------------------------------------------------
 
@@ -122,6 +177,13 @@ class ConsumerSide(NegotiationCore):
             **{k: v for k, v in dict(body.get("offer") or {}).items() if k not in (ALIAS, VERSION)},
             **_asked(row),
         }
+        action = self.choice(row, "on_offer", "wait")
+        if action == "accept":
+            self._accept(session, row, "accepted automatically (this request's setting)")
+        elif action == "request":
+            self._request_again(session, row, "asked again (this request's setting)")
+        elif action == "terminate":
+            self._terminate(session, row, "the consumer declines the offer", signer=self.address)
 
     def _on_agreement(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         """Check the provider's terms and signature, sign them too, send the verification."""
@@ -172,20 +234,7 @@ class ConsumerSide(NegotiationCore):
                 max_uses=max_uses_of(terms.get("policy")),
             )
         )
-        self._transition(
-            session,
-            row,
-            "verify",
-            message_type=messages.VERIFICATION_MESSAGE,
-            signer=self.address,
-            reason="signed by the consumer",
-        )
-        self._send(
-            session,
-            row,
-            f"/negotiations/{row.peer_pid}/agreement/verification",
-            messages.verification_message(row, mine),
-        )
+        self._after_agreement(session, row, mine)
 
     def _on_plain_agreement(
         self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]
@@ -231,20 +280,7 @@ class ConsumerSide(NegotiationCore):
                 peer_agreement_id=peer_id,
             )
         )
-        self._transition(
-            session,
-            row,
-            "verify",
-            message_type=messages.VERIFICATION_MESSAGE,
-            signer=self.address,
-            reason="verified by the consumer",
-        )
-        self._send(
-            session,
-            row,
-            f"/negotiations/{row.peer_pid}/agreement/verification",
-            messages.verification_message(row, None),
-        )
+        self._after_agreement(session, row, None)
 
     def _on_finalized(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         """The provider finalized the agreement (on chain, between Agora nodes): note where, and finish."""

@@ -50,12 +50,14 @@ class NegotiationCore:
         did: str = "",
         participant: Callable[[str], Participant | None] = lambda _address: None,
         catalog_offer: Callable[[str, str], dict[str, Any] | None] = lambda _provider, _offering: None,
+        options: Callable[[str, str], dict[str, str]] = lambda _role, _offering: {},
     ) -> None:
         self.engine = engine
         self.address = address
         self.did = did
         self._participant = participant
         self._catalog_offer = catalog_offer
+        self._options = options
         self.public_url = public_url.rstrip("/")
         self._private_key = private_key
         self._registry = registry
@@ -171,6 +173,15 @@ class NegotiationCore:
                         message=message,
                     )
                 )
+
+    def choice(self, row: Negotiation, key: str, default: str) -> str:
+        """What this side does at a point DSP leaves to it (``row.options``, set per offering
+        and per request when the negotiation began), or ``default``."""
+        return str((row.options or {}).get(key) or default)
+
+    def options_for(self, role: str, offering_id: str, given: dict[str, str] | None = None) -> dict[str, str]:
+        """The options a new negotiation starts with: the node's for the offering, then the request's."""
+        return {**self._options(role, offering_id), **(given or {})}
 
     def plain(self, address: str) -> bool:
         """Whether ``address`` is a plain DSP connector (not an Agora node): it gets messages

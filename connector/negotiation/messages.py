@@ -22,6 +22,7 @@ from connector.dsp import DSP_CONTEXT
 from connector.models import Negotiation
 from connector.negotiation.terms import _asked
 from kernel.errors import FieldError, InvalidInput
+from marketplace.catalog import dataset_iri
 from marketplace.policy.odrl import ACTIONS, AGORA_NS
 
 ODRL = "http://www.w3.org/ns/odrl/2/"
@@ -87,7 +88,7 @@ def request_message(
     odrl_offer = {
         "@type": "Offer",
         "@id": str((catalog_offer or {}).get("@id") or f"urn:agora:offer:{row.offering_id}"),
-        "target": f"urn:uuid:{row.offering_id}",
+        "target": dataset_iri(row.offering_id),
         "permission": [permission],
         **(offer or {}),
     }
@@ -130,7 +131,7 @@ def counter_offer(row: Negotiation, policy: dict[str, Any]) -> dict[str, Any]:
     return {
         "@type": "Offer",
         "@id": f"urn:agora:offer:{row.offering_id}:{secrets.token_hex(4)}",
-        "target": f"urn:uuid:{row.offering_id}",
+        "target": dataset_iri(row.offering_id),
         "permission": [{"action": "use"}],
         "agora:policy": policy,
         **_asked(row),  # the version asked for still is

@@ -95,6 +95,7 @@ class ProviderSide(NegotiationCore):
                 **asked,
             },
             deadline=utcnow() + self.timeout,
+            options=self.options_for("provider", offering_id),
         )
         if refusal:
             with transaction(self.engine) as session:
@@ -137,10 +138,51 @@ class ProviderSide(NegotiationCore):
         )
         if not allowed:
             self._terminate(session, row, f"the policy denies it: {why}", signer=self.address)
-        elif offering.get("approval") == "manual":
-            row.reason = "waiting for a person at the provider to approve"
+            return
+        action = self.choice(row, "on_request", "wait" if offering.get("approval") == "manual" else "agree")
+        self._act(session, row, action, offering, "policy (automatic approval)")
+
+    def _act(
+        self, session: Session, row: Negotiation, action: str, offering: dict[str, Any], why: str
+    ) -> None:
+        """Agree, offer (the offering's policy), terminate, or wait for a person."""
+        if action == "agree":
+            self._agree(session, row, offering, approver=why)
+        elif action == "offer":
+            self._offer(session, row, offering["policy"], f"an offer by {why}")
+        elif action == "terminate":
+            self._terminate(
+                session, row, "the provider declines (its setting for this offering)", signer=self.address
+            )
         else:
-            self._agree(session, row, offering, approver="policy (automatic approval)")
+            row.reason = "waiting for a person at the provider to approve"
+
+    def _on_requested(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
+        """The consumer answers an offer with a request of its own (a counter-request)."""
+        offer = body.get("offer")
+        if not isinstance(offer, dict):
+            raise InvalidInput(
+                "a ContractRequestMessage carries an offer", errors=[FieldError("offer", "required")]
+            )
+        self._transition(
+            session,
+            row,
+            "requested",
+            message_type="ContractRequestMessage",
+            signer=sender,
+            message=body,
+            reason="the consumer asked again (a counter-request)",
+        )
+        row.offer = {k: v for k, v in offer.items() if k not in ("agora:policy", ALIAS, VERSION)} | _asked(
+            row
+        )
+        action = self.choice(row, "on_counter_request", "wait")
+        if action != "wait":
+            self._act(
+                session, row, action, self._offering_terms(row.offering_id, _asked(row)), "the provider"
+            )
+        else:
+            row.reason = "waiting for a person at the provider to answer the counter-request"
 
     def approve(self, negotiation_id: str, actor: str) -> dict[str, Any]:
         with transaction(self.engine) as session:
@@ -153,21 +195,17 @@ class ProviderSide(NegotiationCore):
         """Answer a request with changed terms (a policy the provider would accept)."""
         with transaction(self.engine) as session:
             row = self._row(session, negotiation_id, "provider")
-            offer = messages.counter_offer(row, policy)
-            self._transition(
-                session,
-                row,
-                "offer",
-                message_type=messages.OFFER_MESSAGE,
-                signer=self.address,
-                reason=f"counter-offer by {actor}",
-            )
-            row.offer = offer
-            self._send(
-                session, row, f"/negotiations/{row.peer_pid}/offers", messages.offer_message(row, offer)
-            )
+            self._offer(session, row, policy, f"counter-offer by {actor}")
         self._wake()
         return self.get(negotiation_id)
+
+    def _offer(self, session: Session, row: Negotiation, policy: dict[str, Any] | None, reason: str) -> None:
+        offer = messages.counter_offer(row, policy or {})
+        self._transition(
+            session, row, "offer", message_type=messages.OFFER_MESSAGE, signer=self.address, reason=reason
+        )
+        row.offer = offer
+        self._send(session, row, f"/negotiations/{row.peer_pid}/offers", messages.offer_message(row, offer))
 
     def _agree(self, session: Session, row: Negotiation, offering: dict[str, Any], approver: str) -> None:
         """Sign the terms (EIP-712, the registry's domain) and send the agreement."""
@@ -236,12 +274,12 @@ class ProviderSide(NegotiationCore):
             message=body,
             reason="the consumer accepted the counter-offer",
         )
-        self._agree(
-            session,
-            row,
-            self._offering_terms(row.offering_id, _asked(row)),
-            approver="the accepted counter-offer",
-        )
+        action = self.choice(row, "on_accepted", "agree")
+        if action == "wait":
+            row.reason = "waiting for a person at the provider to agree"
+        else:
+            offering = self._offering_terms(row.offering_id, _asked(row))
+            self._act(session, row, action, offering, "the accepted counter-offer")
 
     def _on_verification(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
@@ -258,6 +296,7 @@ class ProviderSide(NegotiationCore):
                 reason="verified by the consumer (a DSP connector: no co-signature, no chain record)",
             )
             row.reason = "finalizing"
+            self._after_verification(session, row)
             return
         signature = str(body.get("agora:signature") or "")
         check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
@@ -272,16 +311,28 @@ class ProviderSide(NegotiationCore):
         )
         agreement.consumer_signature = signature
         row.reason = "recording the agreement on chain"
+        self._after_verification(session, row)
+
+    def _after_verification(self, session: Session, row: Negotiation) -> None:
+        """Finalize (the upkeep records it), or terminate, or wait, as this side chose."""
+        action = self.choice(row, "on_verification", "finalize")
+        if action == "terminate":
+            self._terminate(session, row, "the provider declines to finalize", signer=self.address)
+        elif action == "wait":
+            row.reason = "waiting for a person at the provider to finalize"
 
     # Recording on chain ------------------------------------------------------------------------
 
-    def finalize(self, negotiation_id: str) -> None:
+    def finalize(self, negotiation_id: str, *, now: bool = False) -> None:
         """Record both signatures on chain (the registry checks them), then FINALIZED.
-        When the chain is down the negotiation waits in VERIFIED and is retried."""
+        When the chain is down the negotiation waits in VERIFIED and is retried. One whose
+        options say to wait is finalized only when asked (``now``)."""
         with Session(self.engine) as session:
             row = session.get(Negotiation, negotiation_id)
             agreement = session.get(Agreement, row.agreement_id) if row and row.agreement_id else None
         if row is None or agreement is None or row.role != "provider" or row.state != "VERIFIED":
+            return
+        if self.choice(row, "on_verification", "finalize") != "finalize" and not now:
             return
         plain = self.plain(row.counterparty)
         try:

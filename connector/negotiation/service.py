@@ -54,6 +54,7 @@ class NegotiationService(ProviderSide, ConsumerSide):
     def on_message(self, sender: str, pid: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """Dispatch a message addressed to one of this node's negotiations."""
         handlers: dict[str, Handler] = {
+            "request": self._on_requested,
             "offers": self._on_offer,
             "agreement": self._on_agreement,
             "verification": self._on_verification,

@@ -18,7 +18,7 @@ REQUESTED = "REQUESTED"
 TERMINATED = "TERMINATED"
 _MOVES = {
     REQUESTED: ("OFFERED", "AGREED", TERMINATED),
-    "OFFERED": ("ACCEPTED", TERMINATED),
+    "OFFERED": ("ACCEPTED", REQUESTED, TERMINATED),  # REQUESTED: the consumer asks again (counter-request)
     "ACCEPTED": ("AGREED", TERMINATED),
     "AGREED": ("VERIFIED", TERMINATED),
     "VERIFIED": ("FINALIZED", TERMINATED),
@@ -35,6 +35,7 @@ TRANSITIONS: dict[tuple[str, str | None, str], str] = {
     ("provider", None, "request"): REQUESTED,
     ("provider", "REQUESTED", "offer"): "OFFERED",
     ("provider", "REQUESTED", "agree"): "AGREED",
+    ("provider", "OFFERED", "requested"): REQUESTED,
     ("provider", "OFFERED", "accepted"): "ACCEPTED",
     ("provider", "ACCEPTED", "agree"): "AGREED",
     ("provider", "AGREED", "verified"): "VERIFIED",
@@ -42,6 +43,7 @@ TRANSITIONS: dict[tuple[str, str | None, str], str] = {
     ("consumer", None, "request"): REQUESTED,
     ("consumer", "REQUESTED", "offered"): "OFFERED",
     ("consumer", "OFFERED", "accept"): "ACCEPTED",
+    ("consumer", "OFFERED", "request"): REQUESTED,
     ("consumer", "REQUESTED", "agreed"): "AGREED",
     ("consumer", "ACCEPTED", "agreed"): "AGREED",
     ("consumer", "AGREED", "verify"): "VERIFIED",

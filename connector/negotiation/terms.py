@@ -17,6 +17,7 @@ from contracts.eip712 import agreement_typed_data, recover_agreement_signer
 from kernel.canonical import canonical_hash
 from kernel.db import utcnow
 from kernel.errors import FieldError, InvalidInput
+from marketplace.catalog import dataset_iri
 
 ALIAS, VERSION = "agora:alias", "agora:version"  # the version a consumer asks for (see above)
 _ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -35,7 +36,7 @@ def agreement_terms(
     ``policy``, on the registry ``chain`` (``chain_id``, ``registry``)."""
     return {
         "agreement": agreement_id,
-        "dataset": f"urn:uuid:{row.offering_id}",
+        "dataset": dataset_iri(row.offering_id),
         "offering": row.offering_id,
         "version": offering["version"],
         **({"alias": offering["alias"]} if offering.get("alias") else {}),
