@@ -35,6 +35,8 @@ from kernel.canonical import canonical_hash
 from kernel.db import transaction, utcnow
 from kernel.errors import AgoraError, FieldError, InvalidInput
 
+UNSPECIFIED = "unspecified"  # the purpose of a request whose offer names none
+
 
 def _required(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
@@ -65,6 +67,7 @@ class ProviderSide(NegotiationCore):
                 errors=[FieldError("offer.target", "required")],
             )
         purpose, mode = messages.requested_use(offer)
+        purpose = purpose or UNSPECIFIED  # a policy that asks for a purpose denies such a request
         asked = asked_version(body)
         callback = body.get("callbackAddress")
         if not isinstance(callback, str) or not callback:
