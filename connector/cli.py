@@ -120,6 +120,9 @@ def negotiate_command(
     version: Annotated[
         int | None, typer.Option("--version", help="this version (default: the latest)")
     ] = None,
+    accept_offers: Annotated[
+        bool, typer.Option("--accept-offers", help="accept a counter-offer from the provider at once")
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="wait until agreed or terminated")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 120.0,
     url: UrlOpt = None,
@@ -141,6 +144,7 @@ def negotiate_command(
                 "purpose": purpose,
                 "access_mode": mode,
                 **asked,
+                **({"accept_offers": True} if accept_offers else {}),
             },
         )
         deadline = time.monotonic() + timeout
@@ -342,3 +346,47 @@ def transfer_command(
         f"[green]transferred[/] {output}  {size} bytes  sha256:{digest} (matches the agreement and the chain)"
     )
     console.print(f"provenance in {sidecar}")
+
+
+transfers_app = typer.Typer(help="Transfer processes, either role (DSP states).", no_args_is_help=True)
+
+
+@transfers_app.command("list")
+@handle_errors
+def transfers_list(
+    ctx: typer.Context,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The newest transfers, both roles, with their state."""
+    rows = get_or_print(ctx, "/api/v1/transfers", url=url, token=token, home=home, as_json=as_json)
+    for row in rows or []:
+        console.print(f"{row['state']:10} {row['role']:8} {row['id']}  {row['reason']}")
+
+
+def _transfer_action(action: str, summary: str) -> None:
+    @transfers_app.command(action, help=summary)
+    @handle_errors
+    def command(
+        ctx: typer.Context,
+        transfer_id: Annotated[str, typer.Argument(help="the transfer (see agora transfers list)")],
+        reason: Annotated[str | None, typer.Option(help="told to the other side")] = None,
+        url: UrlOpt = None,
+        token: TokenOpt = None,
+        home: HomeOpt = None,
+    ) -> None:
+        with connect_from(ctx)(url=url, token=token, home=home, scope="negotiations:write") as client:
+            body = {"reason": reason} if reason else {}
+            row = client.post_json(f"/api/v1/transfers/{transfer_id}/{action}", body)
+        console.print(f"transfer {row['id']}: {row['state']} — {row['reason']}")
+
+
+for _action, _summary in (
+    ("suspend", "Suspend a started transfer (its data token stops working); the other side is told."),
+    ("resume", "Resume a suspended transfer (the provider issues a new token)."),
+    ("complete", "Complete a started transfer."),
+    ("terminate", "Terminate a transfer that is not final."),
+):
+    _transfer_action(_action, _summary)

@@ -95,6 +95,7 @@ def _require_sandbox() -> None:
 def _story(root: Path, work: Path) -> None:
     from marketplace.manifests.cli import apply_manifest, plan_manifest
     from node.demo_compute import compute_to_data
+    from node.demo_dsp import plain_dsp_peer
     from node.demo_federation import federated_learning
     from node.demo_quality import data_quality
 
@@ -233,6 +234,7 @@ def _story(root: Path, work: Path) -> None:
             compute_to_data(root, work, beta, acme_url, beta_url, beta_env, beta_token, digits)
             federated_learning(root, work, beta, beta_url, beta_env, beta_token, acme, acme_url)
             last = data_quality(work, manifest, acme, beta, acme_url, first_step=16)
+            last = plain_dsp_peer(acme, acme_url, last)
 
             step(last, "Bad input is refused with its reason, and changes nothing")
             before = len(acme.get("/api/v1/offerings")["items"])
