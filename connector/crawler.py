@@ -91,14 +91,18 @@ class CatalogCrawler(BackgroundWorker):
         )
         client = self.clients.to(peer.address)
         message: dict[str, Any] = {"@context": DSP_CONTEXT, "@type": "CatalogRequestMessage", "filter": []}
-        if since is not None:
+        plain = peer.kind != "agora"  # another connector: the DSP message alone, every crawl in full
+        if since is not None and not plain:
             message["filter"] = [{"agora:modifiedSince": since.isoformat()}]
         seen: set[str] = set()
         cursor, newest = None, since
         for _ in range(MAX_PAGES):
             params = {"limit": PAGE, **({"cursor": cursor} if cursor else {})}
             body, response = client.post("/catalog/request", message, params=params)
-            if str(body.get("participantId", "")).lower() != peer.address.lower():
+            if str(body.get("participantId", "")).lower() not in (
+                peer.address.lower(),
+                (peer.did or "").lower(),
+            ):
                 raise AgoraError(f"{peer.endpoint} served the catalog of {body.get('participantId')}")
             seen |= self.catalog.store_peer_page(peer.address, body)
             until = body.get("agora:modifiedUntil")

@@ -233,6 +233,18 @@ class PlainPeer:
                 except ValueError:
                     self._answer(400, {"error": "not JSON"})
                     return
+                if self.path == "/dsp/catalog/request":  # a consumer only: it offers nothing
+                    self._answer(
+                        200,
+                        {
+                            "@context": [DSP],
+                            "@type": "Catalog",
+                            "@id": f"urn:uuid:{uuid.uuid4()}",
+                            "participantId": peer.did,
+                            "dataset": [],
+                        },
+                    )
+                    return
                 with peer._changed:
                     peer.received.append(message)
                     peer._changed.notify_all()
