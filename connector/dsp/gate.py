@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from connector.dsp.identity import (
+    BODY_CLAIM,
     MAX_SKEW,
     DidDocument,
     NodeIdentity,
@@ -145,6 +146,10 @@ class ProtocolGate:
         if key is None:
             raise TokenRejected(f"{unverified.did[:160]}'s DID document lists no key {unverified.kid[:200]}")
         claims = verify_token(unverified, key, audience=self.identity.did, body=raw)
+        if row.kind == "agora" and BODY_CLAIM not in claims:
+            raise TokenRejected(
+                "an Agora node's token binds the request's body (agora:sha256); this one does not"
+            )
         self._remember(row.address, str(claims["jti"]))
         trusted = row.trusted or row.is_self
         return Opened(
