@@ -36,7 +36,7 @@ class Participant(SQLModel, table=True):
     )
     dsp_url: str = Field(
         default="",
-        sa_column=Column(String(500), nullable=False, server_default=""),
+        sa_column=Column(String(500), nullable=False),
         description="the DSP base URL it advertises at /.well-known/dspace-version",
     )
     keys: dict[str, Any] = Field(
@@ -141,7 +141,7 @@ class Agreement(SQLModel, table=True):
     )
     peer_agreement_id: str = Field(
         default="",
-        sa_column=Column(String(500), nullable=False, server_default=""),
+        sa_column=Column(String(500), nullable=False),
         description="the agreement's id as a plain DSP provider named it (transfers name it so)",
     )
     uses: int = 0
@@ -204,10 +204,10 @@ class TransferProcess(SQLModel, table=True):
     provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     callback: str = Field(
         default="",
-        sa_column=Column(String(600), nullable=False, server_default=""),
+        sa_column=Column(String(600), nullable=False),
         description="where the other side's messages about this transfer go (its callbackAddress)",
     )
-    format: str = Field(default="", sa_column=Column(String(60), nullable=False, server_default=""))
+    format: str = Field(default="", sa_column=Column(String(60), nullable=False))
     data_address: dict[str, Any] = Field(
         default_factory=dict,
         sa_column=Column(JSON, nullable=True),

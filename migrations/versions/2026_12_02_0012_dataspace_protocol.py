@@ -27,16 +27,25 @@ def upgrade() -> None:
         batch.add_column(sa.Column("keys", sa.JSON(), nullable=True))
         batch.create_unique_constraint("uq_participant_did", ["did"])
     _identify_known_peers()
+    with op.batch_alter_table("participant") as batch:  # the default served the rows there were
+        batch.alter_column("dsp_url", server_default=None)
     with op.batch_alter_table("transfer_process") as batch:
         batch.add_column(sa.Column("callback", sa.String(length=600), server_default="", nullable=False))
         batch.add_column(sa.Column("format", sa.String(length=60), server_default="", nullable=False))
         batch.add_column(sa.Column("data_address", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("history", sa.JSON(), nullable=True))
+    with op.batch_alter_table("transfer_process") as batch:
+        batch.alter_column("callback", server_default=None)
+        batch.alter_column("format", server_default=None)
     with op.batch_alter_table("negotiation") as batch:
         batch.add_column(sa.Column("options", sa.JSON(), nullable=True))
     with op.batch_alter_table("agreement") as batch:
         batch.add_column(sa.Column("finalized", sa.Boolean(), server_default=sa.false(), nullable=False))
-        batch.add_column(sa.Column("peer_agreement_id", sa.String(length=500), server_default="", nullable=False))
+        batch.add_column(
+            sa.Column("peer_agreement_id", sa.String(length=500), server_default="", nullable=False)
+        )
+    with op.batch_alter_table("agreement") as batch:
+        batch.alter_column("peer_agreement_id", server_default=None)
     bind = op.get_bind()
     # agreements recorded on chain were final; negotiations in progress now name the peer's DSP base
     bind.execute(sa.text("UPDATE agreement SET finalized = :yes WHERE tx_hash IS NOT NULL"), {"yes": True})
