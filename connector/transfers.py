@@ -361,14 +361,7 @@ class TransferService:
         if kind not in MESSAGES:
             raise NotFound(f"no transfer message {kind}")
         with transaction(self.engine) as session:
-            row = fetch(
-                session,
-                TransferProcess,
-                pid,
-                f"no transfer {pid} here",
-                where=lambda t: t.counterparty.lower() == sender.lower(),
-                lock=True,
-            )
+            row = _theirs(session, pid, sender, lock=True)
             if body.get("@type") not in (MESSAGES[kind], None):
                 raise InvalidInput(f"expected a {MESSAGES[kind]}, got {str(body.get('@type'))[:80]!r}")
             other = "providerPid" if row.role == "consumer" else "consumerPid"
@@ -401,14 +394,7 @@ class TransferService:
     def state(self, sender: str, pid: str) -> dict[str, Any]:
         """``GET /transfers/{pid}``: the process, for the other party of the transfer only."""
         with Session(self.engine) as session:
-            row = fetch(
-                session,
-                TransferProcess,
-                pid,
-                f"no transfer {pid} here",
-                where=lambda t: t.counterparty.lower() == sender.lower(),
-            )
-        return process_message(row)
+            return process_message(_theirs(session, pid, sender))
 
     # This side's own moves (management API) ---------------------------------------------
 
@@ -465,6 +451,18 @@ class TransferService:
 
     def provenance_for(self, row: TransferProcess) -> dict[str, Any]:
         return row.provenance if row.role == "consumer" else self._provenance(row.sha256)
+
+
+def _theirs(session: Session, pid: str, sender: str, *, lock: bool = False) -> TransferProcess:
+    """This node's transfer ``pid``, if ``sender`` is its other party (else not found, alike)."""
+    return fetch(
+        session,
+        TransferProcess,
+        pid,
+        f"no transfer {pid} here",
+        where=lambda t: t.counterparty.lower() == sender.lower(),
+        lock=lock,
+    )
 
 
 def _reason(body: dict[str, Any]) -> str:

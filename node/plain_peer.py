@@ -39,7 +39,8 @@ class PlainPeer:
         self.did = f"did:web:127.0.0.1%3A{self.port}"
         self.dsp = f"{self.url}/dsp"
         self.kid = f"{self.did}#key-1"
-        self.http = httpx.Client(timeout=30.0)
+        # a new connection per request: a kept-alive one the node closed while idle would reset
+        self.http = httpx.Client(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0))
 
     def __enter__(self) -> PlainPeer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -88,11 +88,11 @@ class ConsumerSide(NegotiationCore):
         return self.get(row.id)
 
     def accept_offer(self, negotiation_id: str, actor: str) -> dict[str, Any]:
-        with transaction(self.engine) as session:
-            row = self._row(session, negotiation_id, "consumer")
-            self._accept(session, row, f"counter-offer accepted by {actor}")
-        self._wake()
-        return self.get(negotiation_id)
+        return self._manage(
+            negotiation_id,
+            "consumer",
+            lambda s, row: self._accept(s, row, f"counter-offer accepted by {actor}"),
+        )
 
     def _accept(self, session: Session, row: Negotiation, reason: str) -> None:
         self._transition(
@@ -104,11 +104,9 @@ class ConsumerSide(NegotiationCore):
 
     def request_again(self, negotiation_id: str, actor: str) -> dict[str, Any]:
         """Answer the provider's offer with a request of this side's own (its offer as it stands)."""
-        with transaction(self.engine) as session:
-            row = self._row(session, negotiation_id, "consumer")
-            self._request_again(session, row, f"asked again by {actor}")
-        self._wake()
-        return self.get(negotiation_id)
+        return self._manage(
+            negotiation_id, "consumer", lambda s, row: self._request_again(s, row, f"asked again by {actor}")
+        )
 
     def _request_again(self, session: Session, row: Negotiation, reason: str) -> None:
         self._transition(

@@ -218,6 +218,16 @@ class NegotiationCore:
 
         return [*DSP_CONTEXT, self.public_url + CONTEXT_PATH]
 
+    def _manage(
+        self, negotiation_id: str, role: str | None, move: Callable[[Session, Negotiation], None]
+    ) -> dict[str, Any]:
+        """A move a person (or a script) makes on this side's negotiation: applied to the locked
+        row in one transaction, its messages delivered, the record returned."""
+        with transaction(self.engine) as session:
+            move(session, self._row(session, negotiation_id, role))
+        self._wake()
+        return self.get(negotiation_id)
+
     def _row(self, session: Session, negotiation_id: str, role: str | None = None) -> Negotiation:
         return fetch(
             session,

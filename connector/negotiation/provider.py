@@ -288,21 +288,10 @@ class ProviderSide(NegotiationCore):
         agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
         if agreement is None:
             raise IllegalTransition("no agreement to verify yet")
-        if self.plain(sender):  # a plain DSP consumer verifies by the message alone
-            self._transition(
-                session,
-                row,
-                "verified",
-                message_type=messages.VERIFICATION_MESSAGE,
-                signer=sender,
-                message=body,
-                reason="verified by the consumer (a DSP connector: no co-signature, no chain record)",
-            )
-            row.reason = "finalizing"
-            self._after_verification(session, row)
-            return
+        plain = self.plain(sender)  # a plain DSP consumer verifies by the message alone
         signature = str(body.get("agora:signature") or "")
-        check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
+        if not plain:
+            check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
         self._transition(
             session,
             row,
@@ -310,10 +299,13 @@ class ProviderSide(NegotiationCore):
             message_type=messages.VERIFICATION_MESSAGE,
             signer=sender,
             message=body,
-            reason="consumer signature checked",
+            reason="verified by the consumer (a DSP connector: no co-signature, no chain record)"
+            if plain
+            else "consumer signature checked",
         )
-        agreement.consumer_signature = signature
-        row.reason = "recording the agreement on chain"
+        if not plain:
+            agreement.consumer_signature = signature
+        row.reason = "finalizing" if plain else "recording the agreement on chain"
         self._after_verification(session, row)
 
     def _after_verification(self, session: Session, row: Negotiation) -> None:
