@@ -22,6 +22,7 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
 
 def target_metadata() -> MetaData:
     """The metadata of every domain's tables (importing the models registers them)."""
+    import connector.dcp.models
     import connector.models  # noqa: F401
     import contracts.models  # noqa: F401
     import federation.models  # noqa: F401
