@@ -60,3 +60,46 @@ def get(sender: NodeIdentity, recipient_url: str, path: str, *, timeout: float =
     return httpx.get(
         recipient_url.rstrip("/") + path, headers=headers(sender, recipient_url, b""), timeout=timeout
     )
+
+
+def key_headers(did: str, kid: str, key: Any, recipient_url: str, body: bytes) -> dict[str, str]:
+    """Headers with a self-issued token for ``did`` signed by any ``key`` (a joserfc key of
+    a curve the DCP profile names: P-256, secp256k1, Ed25519) as its method ``kid``, binding
+    ``body``: how a connector that is not an Agora node signs."""
+    import hashlib
+    import time
+    import uuid
+
+    from connector.dsp.identity import BODY_CLAIM, TOKEN_TTL, sign
+
+    now = int(time.time())
+    claims = {
+        "iss": did,
+        "sub": did,
+        "aud": did_for_url(recipient_url),
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + TOKEN_TTL,
+        BODY_CLAIM: hashlib.sha256(body).hexdigest(),
+    }
+    return {"Authorization": f"Bearer {sign(claims, key, kid)}", "Content-Type": "application/json"}
+
+
+def post_raw(
+    sender: NodeIdentity,
+    recipient_url: str,
+    url: str,
+    raw: bytes,
+    *,
+    content_type: str = "application/json",
+    timeout: float = 60.0,
+) -> httpx.Response:
+    """POST ``raw`` to ``url`` with ``sender``'s token for the node whose public URL is
+    ``recipient_url`` (``url`` may be that node's own port, around a front it sits behind)."""
+    return httpx.post(
+        url,
+        content=raw,
+        headers={**headers(sender, recipient_url, raw), "Content-Type": content_type},
+        timeout=timeout,
+    )

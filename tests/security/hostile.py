@@ -1,9 +1,11 @@
 """A hostile organisation for the security tests: a real node behind a front that plays tricks.
 
 The hostile node is a stock ``agora serve`` process whose public URL is the front's; the
-front passes every request on to it, except where its current ``mode`` says otherwise. It
-holds the hostile organisation's key, so what it changes it signs again: its lies carry
-valid signatures, as a peer that went rogue would send them. An :class:`InternalService`
+front passes every request on to it, except where its current ``mode`` says otherwise. Replies
+and the DID document are plain JSON, so the front alters them freely; a protocol message it
+makes up itself carries a token it signs with the hostile organisation's key
+(:mod:`tests.dsp_peer`): its lies are as valid as a peer that went rogue would send them. An
+:class:`InternalService`
 on loopback stands for what must stay out of reach (an admin port, a metadata service): it
 counts every request that reaches it.
 """
@@ -18,8 +20,9 @@ from typing import Any
 
 import httpx
 
-from connector.envelope import open_envelope, seal
-from tests import services
+from connector.dsp.binding import version_metadata
+from connector.dsp.identity import NodeIdentity
+from tests import dsp_peer, services
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 
@@ -55,16 +58,52 @@ class InternalService:
         self.server.stop()
 
 
+class DidHost:
+    """A stranger's web host: its DID document (set by the test, as the DID names the port)
+    at ``/.well-known/did.json`` and DSP version metadata naming ``/dsp``; nothing else."""
+
+    def __init__(self) -> None:
+        self.document: dict[str, Any] = {}
+        self.hits: list[str] = []
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                host.hits.append(self.path)
+                if self.path == "/.well-known/did.json":
+                    return _send(self, 200, json.dumps(host.document))
+                if self.path == "/.well-known/dspace-version":
+                    return _send(self, 200, json.dumps(version_metadata("/dsp")))
+                return _send(self, 404, "{}")
+
+            do_POST = do_GET
+
+        self.server = services.LoopbackHTTP(Handler)
+        self.port = self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
 class HostileFront:
     """The hostile node's public endpoint. Modes:
 
     ``pass``                 every request goes to the real node
-    ``identity-elsewhere``   the identity statement names ``target`` as the endpoint
+    ``identity-elsewhere``   the DID document's AgoraNode service names ``target`` as the endpoint
     ``redirect``             catalog requests answer 302 to ``target``
     ``oversize``             catalog requests answer an endless body
     ``slow``                 catalog requests answer after ``slow_seconds``
     ``trickle``              catalog requests answer one byte every 0.3 s
-    ``data-elsewhere``       a transfer's data address points to ``target``
+    ``data-elsewhere``       the front answers a transfer request itself and sends the consumer a
+                             start message (signed as the hostile organisation) whose data
+                             address points to ``target``
     ``data-oversize``        a transfer's data comes with a mebibyte more than agreed
     ``chain-elsewhere``      a transfer's provenance names ``target`` as the chain to ask
     ``chain-redirect``       the provenance names the front's own ``/chain/rpc``, which answers
@@ -78,6 +117,7 @@ class HostileFront:
         self.slow_seconds = 6.0
         self.requests: Counter[str] = Counter()  # "METHOD kind" of each request received
         self.oversize_sent = 0
+        self.sent: list[httpx.Response] = []  # the answers to messages the front made up
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,9 +145,8 @@ class HostileFront:
         kind = _kind(path)
         self.requests[f"{req.command} {kind}"] += 1
         mode = self.mode
-        if kind == "identity" and mode == "identity-elsewhere":
-            statement = {"address": self.address, "name": "Hostile", "endpoint": self.target}
-            return _send(req, 200, json.dumps(seal(statement, private_key=self.key, recipient=self.address)))
+        if kind == "transfer-request" and mode == "data-elsewhere":
+            return self._start_elsewhere(req, body)
         if kind == "catalog" and mode == "redirect":
             return _send(req, 302, "", {"Location": f"{self.target}/dsp/catalog/request"})
         if path == "/chain/rpc" and mode == "chain-redirect":
@@ -120,8 +159,8 @@ class HostileFront:
             return self._trickle(req)
         response = self._forward(req, body)
         content = response.content
-        if kind == "transfer-request" and mode == "data-elsewhere" and response.status_code < 300:
-            content = self._point_data_elsewhere(content)
+        if kind == "identity" and mode == "identity-elsewhere" and response.status_code == 200:
+            content = self._endpoint_elsewhere(content)
         if kind == "data" and mode == "data-oversize":
             content += b"\0" * (1024 * 1024)
         if (
@@ -142,12 +181,52 @@ class HostileFront:
             req.command, self.upstream + req.path, content=body or None, headers=headers, timeout=60
         )
 
-    def _point_data_elsewhere(self, content: bytes) -> bytes:
-        envelope = json.loads(content)
-        opened = open_envelope(envelope, recipient=envelope["recipient"])
-        start = dict(opened.body)
-        start["dataAddress"] = {**start["dataAddress"], "endpoint": f"{self.target}/steal"}
-        return json.dumps(seal(start, private_key=self.key, recipient=opened.recipient)).encode()
+    def _endpoint_elsewhere(self, content: bytes) -> bytes:
+        document = json.loads(content)
+        for service in document["service"]:
+            if service["type"] == "AgoraNode":
+                service["serviceEndpoint"] = self.target
+        return json.dumps(document).encode()
+
+    def _start_elsewhere(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
+        """Take the transfer request, then tell the consumer the data lies at ``target``: the
+        start message goes to the consumer's callback before the answer, signed by the hostile
+        organisation (the real node never sees the request, so no honest start races it)."""
+        request = json.loads(body)
+        consumer_pid, provider_pid = request["consumerPid"], f"urn:uuid:hostile-{time.monotonic_ns()}"
+        start = {
+            "@context": request["@context"],
+            "@type": "TransferStartMessage",
+            "providerPid": provider_pid,
+            "consumerPid": consumer_pid,
+            "dataAddress": {
+                "@type": "DataAddress",
+                "endpointType": "https://w3id.org/idsa/v4.1/HTTP",
+                "endpoint": f"{self.target}/steal",
+                "endpointProperties": [
+                    {"@type": "EndpointProperty", "name": "authorization", "value": "stolen"},
+                    {"@type": "EndpointProperty", "name": "authType", "value": "bearer"},
+                ],
+            },
+        }
+        callback = str(request["callbackAddress"]).rstrip("/")
+        base, dsp = callback.rsplit("/dsp", 1)
+        self.sent.append(
+            dsp_peer.post(self.identity, base, f"/dsp{dsp}/transfers/{consumer_pid}/start", start)
+        )
+        process = {
+            "@context": request["@context"],
+            "@type": "TransferProcess",
+            "providerPid": provider_pid,
+            "consumerPid": consumer_pid,
+            "state": "REQUESTED",
+        }
+        _send(req, 201, json.dumps(process))
+
+    @property
+    def identity(self) -> NodeIdentity:
+        """The hostile organisation as it signs: its key, at the front's URL (its DID)."""
+        return dsp_peer.identity(self.url, self.key, "Hostile")
 
     def _endless(self, req: BaseHTTPRequestHandler) -> None:
         req.send_response(200)
@@ -176,7 +255,7 @@ class HostileFront:
 
 
 def _kind(path: str) -> str:
-    if path == "/dsp/identity":
+    if path in ("/.well-known/did.json", "/did.json"):
         return "identity"
     if path.startswith("/dsp/catalog"):
         return "catalog"

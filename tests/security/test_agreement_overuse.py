@@ -4,8 +4,8 @@ Two organisations on one chain (``tests.job_orgs``): Acme offers the digits data
 download and compute under ``n-times-usage {count: 2}``; Beta holds one agreement of each
 mode. Acme runs no job workers, so an accepted job stays QUEUED and its use stays taken.
 Each use goes through the HTTP routes that consume one: Beta's ``POST /api/v1/transfers``
-and ``POST /api/v1/jobs``, and the signed protocol requests themselves (``/dsp/transfers/
-request``, ``/dsp/jobs``) sent straight to Acme with Beta's key.
+and ``POST /api/v1/jobs``, and the protocol requests themselves (``/dsp/transfers/request``,
+``/dsp/jobs``) sent straight to Acme with Beta's token (signed with Beta's key).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from connector.dsp import DSP_CONTEXT
-from connector.envelope import seal
+from tests import dsp_peer
 from tests.job_orgs import JobOrgs, bundle, job_orgs, submit
 from training_jobs import bundle as bundles
 from training_jobs.spec import load_spec
@@ -47,14 +47,20 @@ def beta_key(world: JobOrgs) -> bytes:
 
 
 def signed(world: JobOrgs, path: str, body: dict[str, Any]) -> httpx.Response:
-    envelope = seal(body, private_key=beta_key(world), recipient=world.acme.address)
-    return httpx.post(f"{world.acme.node.url}{path}", json=envelope, timeout=60)
+    beta = dsp_peer.identity(world.beta.node.url, beta_key(world), "Beta")
+    return dsp_peer.post(beta, world.acme.node.url, path, body, timeout=60)
 
 
 def assert_refused(response: httpx.Response, *words: str) -> None:
+    """A 4xx saying why: a problem document (the API, Agora's job extension) or, on a DSP
+    binding route, a DSP error message (``…Error`` with ``code`` and ``reason``)."""
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
-    detail = response.json()["detail"]
+    error = response.json()
+    if response.headers["content-type"].startswith("application/problem+json"):
+        detail = error["detail"]
+    else:
+        assert str(error["@type"]).endswith("Error") and error["code"], error
+        detail = " ".join(error["reason"])
     assert all(word in detail for word in words), detail
 
 
@@ -116,7 +122,7 @@ def test_a_third_job_of_a_two_use_agreement_is_rejected_with_the_reason(
         },
     )
     assert raw.status_code == 201, raw.text
-    assert raw.json()["body"]["state"] == "REJECTED" and "use" in raw.json()["body"]["reason"]
+    assert raw.json()["state"] == "REJECTED" and "use" in raw.json()["reason"], raw.json()
     assert world.acme.api("GET", f"/agreements/{agreement}").json()["uses"] == 2
 
 

@@ -21,36 +21,35 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from eth_account import Account
 
 from connector import blobs
-from connector.envelope import seal
+from connector.dsp.identity import NodeIdentity
 from federation.secagg import SecAggClient, SecAggConfig
 from federation.secagg_protocol import round_context, sign_advert
+from tests import dsp_peer
 from tests.fl_orgs import FlOrgs, accuracy_curve, create, fl_orgs, follow, spec
 from tests.services import Org, wait_until
 
 pytestmark = [pytest.mark.slow]
 
 
-def _send(to: Org, path: str, body: dict[str, Any], key: bytes, blob: bytes | None = None) -> tuple[int, str]:
-    """One signed protocol message straight to a node's own port (around its proxy): the
-    status and the problem's detail."""
+def _send(
+    to: Org, path: str, body: dict[str, Any], signer: NodeIdentity, blob: bytes | None = None
+) -> tuple[int, str]:
+    """One protocol message with ``signer``'s token, straight to a node's own port (around its
+    proxy, whose URL is the node's DID): the status and the refusal's words."""
+    public = to.node.env["AGORA_PUBLIC_URL"]
     if blob is None:
-        envelope = seal(body, private_key=key, recipient=to.address)
-        response = httpx.post(to.node.url + path, json=envelope, timeout=60)
+        raw, media = json.dumps(body).encode(), "application/json"
     else:
-        envelope = seal(blobs.bind(body, blob), private_key=key, recipient=to.address)
-        response = httpx.post(
-            to.node.url + path,
-            content=blobs.pack(envelope, blob),
-            headers={"Content-Type": blobs.MEDIA_TYPE},
-            timeout=60,
-        )
-    detail = response.json().get("detail", "") if response.status_code >= 400 else ""
-    return response.status_code, str(detail)
+        raw, media = blobs.pack(blobs.bind(body, blob), blob), blobs.MEDIA_TYPE
+    response = dsp_peer.post_raw(signer, public, to.node.url + path, raw, content_type=media)
+    if response.status_code < 400:
+        return response.status_code, ""
+    error = response.json()
+    return response.status_code, str(error.get("detail") or " ".join(error.get("reason") or []))
 
 
 def _round(orgs: FlOrgs, federation_id: str, number: int) -> dict[str, Any] | None:
@@ -88,6 +87,13 @@ def test_forged_and_out_of_turn_secure_aggregation_messages_are_refused_and_chan
         key = {org.address: org.node.org_key() for org in (orgs.coordinator, *orgs.providers)}
         stranger = bytes(Account.create().key)
         front = orgs.extra["proxies"]
+        # who signs a message's token: each organisation at its public URL (its proxy), and a
+        # stranger no node knows
+        sender = {
+            key[o.address]: dsp_peer.identity(front[o.address].url, key[o.address])
+            for o in (orgs.coordinator, *orgs.providers)
+        }
+        sender[stranger] = dsp_peer.identity("http://127.0.0.1:9", stranger, "stranger")
         results: dict[str, Counter[int]] = {"to the coordinator": Counter(), "to a provider": Counter()}
 
         # -- provider to coordinator, while the honest adverts wait -----------------------------
@@ -170,7 +176,9 @@ def test_forged_and_out_of_turn_secure_aggregation_messages_are_refused_and_chan
                 ),
             ]
             for path, body, signer, blob, expected in junk:
-                status, detail = _send(orgs.coordinator, f"/dsp/federations/{fid}{path}", body, signer, blob)
+                status, detail = _send(
+                    orgs.coordinator, f"/dsp/federations/{fid}{path}", body, sender[signer], blob
+                )
                 print("to the coordinator:", path, status, detail)
                 results["to the coordinator"][status] += 1
                 assert expected in detail, (path, expected, detail)
@@ -188,7 +196,7 @@ def test_forged_and_out_of_turn_secure_aggregation_messages_are_refused_and_chan
         ask = {"federation": fid, "round": 1, "type": "SecAggUnmask"}
         stage = f"/dsp/federations/{fid}/secagg/stage"
         as_coordinator = key[orgs.coordinator.address]
-        status, _ = _send(b, stage, {**ask, "survivors": survivors, "dropped": []}, as_coordinator)
+        status, _ = _send(b, stage, {**ask, "survivors": survivors, "dropped": []}, sender[as_coordinator])
         assert status == 200, status  # the very same request: the same answer again, nothing more
         for body, expected in (
             (
@@ -197,7 +205,7 @@ def test_forged_and_out_of_turn_secure_aggregation_messages_are_refused_and_chan
             ),
             ({"federation": fid, "round": 1, "type": "SecAggKeys", "keys": {}}, "answered already"),
         ):
-            status, detail = _send(b, stage, body, as_coordinator)
+            status, detail = _send(b, stage, body, sender[as_coordinator])
             print("to a provider:", body["type"], status, detail)
             results["to a provider"][status] += 1
             assert expected in detail, (body, detail)
@@ -290,7 +298,7 @@ def test_forged_and_out_of_turn_secure_aggregation_messages_are_refused_and_chan
                 ),
             ]
             for path, body, signer, blob, expected in junk:
-                status, detail = _send(b, path, body, signer, blob)
+                status, detail = _send(b, path, body, sender[signer], blob)
                 print("to a provider:", path, status, detail)
                 results["to a provider"][status] += 1
                 assert expected in detail, (path, expected, detail)

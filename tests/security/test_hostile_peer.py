@@ -3,7 +3,8 @@
 Acme Wind (a provider that answers registered participants, ``AGORA_ACCEPT_REGISTERED_
 PARTICIPANTS=true``) and Beta Analytics (a consumer with default settings and tight outbound
 limits) are honest. The hostile node registers itself on the same chain under Beta's name
-and sits behind a front (:mod:`tests.security.hostile`) that re-signs what it changes. It
+and sits behind a front (:mod:`tests.security.hostile`) that alters its replies and DID
+document and signs the messages it makes up with the hostile organisation's key. It
 tries to get listed without being added, to point callbacks, data addresses and its stated
 endpoint at an internal service, to redirect the crawler there, and to drown or stall the
 crawler. The internal service counts every request: none may reach it, and every refusal
@@ -22,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.envelope import open_envelope, seal
-from tests import services
+from connector.dsp.identity import did_for_url
+from marketplace.policy.odrl import ACTIONS
+from tests import dsp_peer, services
 from tests.security.hostile import HostileFront, InternalService
 
 pytestmark = pytest.mark.slow
@@ -40,9 +42,14 @@ class World:
     key: bytes  # the hostile organisation's key
 
     def signed(self, to: services.Org, path: str, body: dict[str, Any]) -> httpx.Response:
-        """A protocol message from the hostile organisation, posted straight to ``to``."""
-        envelope = seal(body, private_key=self.key, recipient=to.address)
-        return httpx.post(f"{to.node.url}{path}", json=envelope, timeout=30)
+        """A protocol message from the hostile organisation (its token, for ``to``), posted
+        straight to ``to``."""
+        return dsp_peer.post(self.front.identity, to.node.url, path, body)
+
+
+def reason(response: httpx.Response) -> str:
+    """The reason of a DSP error message (a binding route's refusal)."""
+    return " ".join(response.json()["reason"])
 
 
 def transfer_while(world: World, mode: str) -> tuple[dict[str, Any], httpx.Response]:
@@ -94,10 +101,15 @@ def request_message(offering_id: str, callback: str, pid: str) -> dict[str, Any]
             "@type": "Offer",
             "@id": "urn:x",
             "target": f"urn:uuid:{offering_id}",
-            "permission": [{"action": "use"}],
+            "permission": [
+                {
+                    "action": ACTIONS["download"],
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"}
+                    ],
+                }
+            ],
         },
-        "agora:purpose": "research",
-        "agora:accessMode": "download",
     }
 
 
@@ -174,9 +186,10 @@ def test_registration_on_the_chain_makes_no_one_a_peer(world: World) -> None:
     refused = world.signed(
         world.beta, "/dsp/catalog/request", {"@context": DSP, "@type": "CatalogRequestMessage"}
     )
-    assert refused.status_code == 403
-    assert refused.json()["detail"] == (
-        f"{world.hostile.address} is not a peer of this node; the operator adds peers with agora peers add"
+    assert refused.status_code == 403 and refused.json()["code"] == "not-a-peer"
+    assert reason(refused) == (
+        f"{did_for_url(world.front.url)} is not a peer of this node; "
+        "the operator adds peers with agora peers add"
     )
     offering = next(i["offering_id"] for i in catalog(world.acme) if i["name"] == "open")
     negotiation = world.signed(
@@ -184,7 +197,7 @@ def test_registration_on_the_chain_makes_no_one_a_peer(world: World) -> None:
         "/dsp/negotiations/request",
         request_message(offering, f"{world.front.url}/dsp", "urn:uuid:h-1"),
     )
-    assert negotiation.status_code == 403 and "not a peer of this node" in negotiation.json()["detail"]
+    assert negotiation.status_code == 403 and "not a peer of this node" in reason(negotiation)
     assert world.hostile.address not in participants(world.beta), "a refused sender leaves no record"
     # Beta's crawler works (it lists Acme's offerings) and never touches the hostile node
     services.wait_until(
@@ -201,9 +214,7 @@ def test_a_registered_participant_may_ask_but_is_never_listed(world: World) -> N
         world.acme, "/dsp/catalog/request", {"@context": DSP, "@type": "CatalogRequestMessage"}
     )
     assert answer.status_code == 200, answer.text
-    listed = {
-        d["agora:name"] for d in open_envelope(answer.json(), recipient=world.hostile.address).body["dataset"]
-    }
+    listed = {d["agora:name"] for d in answer.json()["dataset"]}
     assert "open" in listed
     assert "partners" not in listed, "a name claimed on chain does not satisfy participantName"
     known = participants(world.acme)
@@ -229,7 +240,7 @@ def test_a_callback_to_another_origin_is_refused_and_recorded(world: World) -> N
         acme, "/dsp/negotiations/request", request_message(names["open"], internal_callback, "urn:uuid:h-2")
     )
     assert r.status_code == 400, r.text
-    detail = r.json()["detail"]
+    detail = reason(r)
     assert f"callbackAddress {internal_callback} is refused" in detail
     assert f"verified origin {world.front.url}" in detail
     recorded = [n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == "urn:uuid:h-2"]
@@ -256,7 +267,7 @@ def test_a_callback_to_another_origin_is_refused_and_recorded(world: World) -> N
         "callbackAddress": internal_callback,
     }
     moved = world.signed(acme, f"/dsp/negotiations/{waiting['id']}/events", event)
-    assert moved.status_code == 400 and "is refused" in moved.json()["detail"]
+    assert moved.status_code == 400 and "is refused" in reason(moved)
     history = acme.api("GET", f"/negotiations/{waiting['id']}").json()["history"]
     assert history[-1]["accepted"] is False and "is refused" in history[-1]["reason"]
 
@@ -379,6 +390,7 @@ def test_a_data_address_on_another_origin_is_refused(world: World) -> None:
         world.front.mode = "pass"
     assert r.status_code == 403, r.text
     assert f"the data address {world.internal.url}/steal is refused" in r.json()["detail"]
+    assert [s.status_code for s in world.front.sent] == [200], "the start message was taken"
     latest = beta.api("GET", "/transfers").json()[0]
     assert latest["state"] == "TERMINATED" and "is refused" in latest["reason"]
     assert world.internal.hits == []

@@ -1,6 +1,6 @@
 """The bounds documents from outside are held to before anything parses them (no servers).
 
-``kernel.limits`` scans JSON and YAML without recursion; the envelope, the JSON-RPC handler,
+``kernel.limits`` scans JSON and YAML without recursion; the identity token, the JSON-RPC handler,
 the token reader, the bundle lister and the error rebuilder each refuse their hostile
 input with the reason instead of crashing.
 """
@@ -151,27 +151,41 @@ def test_the_recursion_limit_is_put_back_for_the_evm_and_never_raised() -> None:
         sys.setrecursionlimit(before)
 
 
-def test_an_envelope_is_checked_cheaply_before_it_is_canonicalised() -> None:
+def test_an_identity_token_is_checked_cheaply_before_its_signature() -> None:
+    """The form of a token (its size, its shape, who it names) is checked before any key is
+    looked up; then the signature, and only then what the claims say."""
     from eth_account import Account
 
-    from connector.envelope import EnvelopeRejected, open_envelope, seal
+    from connector.dsp.identity import TokenRejected, read_did_document, read_token, sign, verify_token
+    from tests import dsp_peer
 
-    key = Account.create().key
-    me = Account.create().address
-    envelope = seal({"hello": 1}, private_key=key, recipient=me)
-    # a value canonical JSON cannot hold: reached only if the cheap checks pass
-    uncanonical = {**envelope, "body": {"n": 2**80}}
-    with pytest.raises(EnvelopeRejected, match="addressed to"):
-        open_envelope(uncanonical, recipient=Account.create().address)
-    with pytest.raises(EnvelopeRejected, match="timestamp is"):
-        open_envelope({**uncanonical, "timestamp": 1}, recipient=me)
-    with pytest.raises(EnvelopeRejected, match=r"expected 0x and 130 hex digits"):
-        open_envelope({**envelope, "signature": "0x" + "ab" * 10_000}, recipient=me)
-    with pytest.raises(EnvelopeRejected, match="timestamp must be an integer"):
-        open_envelope({**envelope, "timestamp": True}, recipient=me)
-    with pytest.raises(EnvelopeRejected, match="signature is malformed"):
-        open_envelope(uncanonical, recipient=me)
-    assert open_envelope(envelope, recipient=me).body == {"hello": 1}
+    me = dsp_peer.identity("http://127.0.0.1:8001", Account.create().key)
+    key = read_did_document(me.did, me.document()).keys[me.kid]
+    audience = "did:web:127.0.0.1%3A8002"
+    with pytest.raises(TokenRejected, match="does not hold a compact JWT"):
+        read_token("Bearer " + "a" * 10_000 + ".b.c")
+    with pytest.raises(TokenRejected, match="cannot be read"):
+        read_token("Bearer e30.not-base64!.x")
+    with pytest.raises(TokenRejected, match="names its sender in the Authorization header"):
+        read_token(None)
+    other = dsp_peer.identity("http://127.0.0.1:8003", Account.create().key)
+    with pytest.raises(TokenRejected, match="iss and sub are the sender's DID"):
+        read_token(sign({"iss": me.did, "sub": other.did}, other._key, me.kid))
+    with pytest.raises(TokenRejected, match="kid must name a key of its issuer's DID"):
+        read_token(sign({"iss": me.did, "sub": me.did}, other._key, other.kid))
+    forged = read_token(sign({"iss": me.did, "sub": me.did, "aud": audience}, other._key, me.kid))
+    with pytest.raises(TokenRejected, match="is not signed by"):
+        verify_token(forged, key, audience=audience, body=None)
+    no_expiry = read_token(me.token(audience, exp=True))
+    with pytest.raises(TokenRejected, match="has no expiry"):
+        verify_token(no_expiry, key, audience=audience, body=None)
+    too_long = read_token(me.token(audience, exp=2**62))
+    with pytest.raises(TokenRejected, match="at most 3600 s are accepted"):
+        verify_token(too_long, key, audience=audience, body=None)
+    bound = read_token(me.token(audience, b"{}"))
+    with pytest.raises(TokenRejected, match="not the one the token was signed for"):
+        verify_token(bound, key, audience=audience, body=b"{ }")
+    assert verify_token(bound, key, audience=audience, body=b"{}")["iss"] == me.did
 
 
 def test_json_rpc_refuses_big_batches_and_odd_methods() -> None:
@@ -230,12 +244,14 @@ def test_an_integer_field_of_a_protocol_message_refuses_infinity() -> None:
 
 def test_a_peers_refusal_keeps_its_type_and_status() -> None:
     from connector.agreements import UseDenied
+    from connector.dsp.gate import ReplayedMessage
 
     denied = from_problem(
         {"type": "https://agora.dev/problems/use-denied", "detail": "all 2 uses are spent"}, 403
     )
     assert isinstance(denied, UseDenied) and (denied.status, denied.detail) == (403, "all 2 uses are spent")
-    assert from_problem({"type": "https://agora.dev/problems/replayed-message"}, 409).status == 409
+    replayed = from_problem({"type": "https://agora.dev/problems/replayed-message"}, 409)
+    assert isinstance(replayed, ReplayedMessage) and replayed.status == 409
     assert from_problem({"type": "https://agora.dev/problems/made-up"}, 418).status == 500
 
 
@@ -272,15 +288,15 @@ class _DeepPeer:
 def _client_of(peer: _DeepPeer) -> Any:
     from eth_account import Account
 
-    from connector.client import PeerClient
+    from connector.dsp.client import PeerClient
+    from connector.dsp.identity import did_for_url
     from kernel.addresses import AddressRules
     from kernel.outbound import OutboundClient, OutboundPolicy
+    from tests import dsp_peer
 
     outbound = OutboundClient(OutboundPolicy(rules=AddressRules(allow_loopback=True)))
-    me = Account.create()
-    return PeerClient(
-        peer.url, outbound=outbound, private_key=me.key, own_address=me.address, peer_address=me.address
-    )
+    me = dsp_peer.identity("http://127.0.0.1:8001", Account.create().key)
+    return PeerClient(peer.url + "/dsp", outbound=outbound, identity=me, peer_did=did_for_url(peer.url))
 
 
 @pytest.mark.parametrize("status", [200, 403])
@@ -291,7 +307,7 @@ def test_a_peers_deeply_nested_reply_is_refused_not_parsed(status: int) -> None:
     client = _client_of(peer)
     try:
         with pytest.raises(AgoraError) as refused:  # not a RecursionError, not a crash
-            client.post("/dsp/catalog/request", {"@type": "CatalogRequestMessage"})
+            client.post("/catalog/request", {"@type": "CatalogRequestMessage"})
         assert refused.value.status < 500 or "refused" in refused.value.detail
         if status == 200:
             assert "nests deeper" in refused.value.detail
@@ -299,19 +315,33 @@ def test_a_peers_deeply_nested_reply_is_refused_not_parsed(status: int) -> None:
         peer.close()
 
 
+def _dsp_error(code: str) -> dict[str, Any]:
+    return {"@type": "CatalogError", "code": code, "reason": ["d" * 10_000, "e" * 10_000]}
+
+
 @pytest.mark.parametrize(
-    ("status", "problem_type"),
-    [(400, "https://evil.example/made-up"), (500, "https://agora.dev/problems/error"), (500, "x")],
+    ("status", "document"),
+    [
+        (400, {"type": "https://evil.example/made-up", "title": "t", "status": 400, "detail": "d" * 10_000}),
+        (
+            500,
+            {"type": "https://agora.dev/problems/error", "title": "t", "status": 500, "detail": "d" * 10_000},
+        ),
+        (500, {"type": "x", "title": "t", "status": 500, "detail": "d" * 10_000}),
+        (400, _dsp_error("made-up")),  # a DSP error message whose code no error class has
+    ],
 )
-def test_a_peers_unknown_or_internal_error_is_a_502_of_this_node(status: int, problem_type: str) -> None:
+def test_a_peers_unknown_or_internal_error_is_a_502_of_this_node(
+    status: int, document: dict[str, Any]
+) -> None:
     """What another node says went wrong on its side never becomes a 5xx of this node's own."""
     from kernel.errors import PeerError
 
-    body = json.dumps({"type": problem_type, "title": "t", "status": status, "detail": "d" * 10_000})
-    peer = _DeepPeer(status, body.encode(), "application/problem+json")
+    media = "application/json" if "code" in document else "application/problem+json"
+    peer = _DeepPeer(status, json.dumps(document).encode(), media)
     try:
         with pytest.raises(PeerError) as refused:
-            _client_of(peer).post("/dsp/catalog/request", {"@type": "CatalogRequestMessage"})
+            _client_of(peer).post("/catalog/request", {"@type": "CatalogRequestMessage"})
         assert refused.value.status == 502 and peer.url in refused.value.detail
         assert len(refused.value.detail) < 700, "a peer's words are bounded"
     finally:

@@ -1,20 +1,29 @@
 """Trust in peers inside one node (in-process, real SQLite): who is listed, how names read,
-where the dispatcher and duties may send, and what the participants API refuses to call."""
+where the dispatcher and duties may send, what the participants API refuses to call, and
+which tokens name a sender (a replayed one, one for another node, one for another body, one
+from a stranger, one from a host whose DID document lists a peer's key)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from eth_account import Account
+from joserfc.jwk import ECKey
 from sqlmodel import Session, select
 
+from connector.dsp.identity import DID_CONTEXT, NodeIdentity, did_for_url, participant_id, read_did_document
 from connector.models import Agreement, OutboundMessage, Participant, UsageRecord
 from connector.services import labels
 from kernel.db import transaction
-from tests.security.hostile import InternalService
+from tests import dsp_peer
+from tests.security.hostile import DidHost, InternalService
+
+DSP = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+ASK = json.dumps({"@context": DSP, "@type": "CatalogRequestMessage"}).encode()
 
 
 @pytest.fixture
@@ -176,3 +185,130 @@ def test_a_transfer_request_with_a_callback_elsewhere_is_refused_and_recorded(
     assert row.state == "TERMINATED" and "is refused" in row.reason
     assert agreement is not None and agreement.uses == 0, "a refused request takes no use"
     assert internal.hits == []
+
+
+# Tokens ----------------------------------------------------------------------------------
+
+
+def _peer(runtime: Any, url: str = "http://127.0.0.1:9") -> NodeIdentity:
+    """A peer as ``agora peers add`` records it (its DID and the keys of its document)."""
+    me = dsp_peer.identity(url, Account.create().key, "Peer")
+    keys = read_did_document(me.did, me.document()).keys
+    with transaction(runtime.engine) as session:
+        session.add(
+            Participant(
+                address=me.address,
+                name="Peer",
+                endpoint=url,
+                trusted=True,
+                did=me.did,
+                kind="agora",
+                dsp_url=f"{url}/dsp",
+                keys=keys,
+            )
+        )
+    return me
+
+
+def _ask(client: Any, headers: dict[str, str], body: bytes = ASK) -> Any:
+    return client.post("/dsp/catalog/request", content=body, headers=headers)
+
+
+def _refusal(response: Any, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["@type"] == "CatalogError" and error["code"] == code, error
+    return " ".join(error["reason"])
+
+
+def test_a_replayed_token_is_refused(runtime: Any, client: Any) -> None:
+    peer = _peer(runtime)
+    headers = dsp_peer.headers(peer, runtime.settings.public_url, ASK)
+    assert _ask(client, headers).status_code == 200
+    reason = _refusal(_ask(client, headers), 409, "replayed-message")
+    assert "was already received" in reason and peer.address in reason
+    fresh = dsp_peer.headers(peer, runtime.settings.public_url, ASK)
+    assert _ask(client, fresh).status_code == 200, "a new token (another jti) is taken"
+
+
+def test_a_token_for_another_node_is_refused(runtime: Any, client: Any) -> None:
+    peer = _peer(runtime)
+    elsewhere = "http://127.0.0.1:8001"
+    reason = _refusal(_ask(client, dsp_peer.headers(peer, elsewhere, ASK)), 401, "token-rejected")
+    assert (
+        reason
+        == f"the token is meant for {did_for_url(elsewhere)}, not for this node ({runtime.identity.did})"
+    )
+
+
+def test_a_token_bound_to_another_body_is_refused(runtime: Any, client: Any) -> None:
+    peer = _peer(runtime)
+    signed = dsp_peer.headers(peer, runtime.settings.public_url, ASK)
+    other = json.dumps({"@context": DSP, "@type": "CatalogRequestMessage", "filter": [{"x": 1}]}).encode()
+    reason = _refusal(_ask(client, signed, other), 401, "token-rejected")
+    assert reason == "the request's body is not the one the token was signed for"
+
+
+def test_a_stranger_is_refused_without_a_request_to_its_host(
+    runtime: Any, client: Any, internal: InternalService
+) -> None:
+    """The token names a DID whose host is the internal service: nothing asks for its document."""
+    stranger = dsp_peer.stranger(internal.url)
+    reason = _refusal(
+        _ask(client, dsp_peer.headers(stranger, runtime.settings.public_url, ASK)), 403, "not-a-peer"
+    )
+    assert reason.startswith(f"{stranger.did} is not a peer of this node")
+    with Session(runtime.engine) as session:
+        assert session.exec(select(Participant).where(Participant.did == stranger.did)).first() is None
+    assert internal.hits == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: ParticipantService.add_peer records the stranger under the address its "
+    "document binds (the peer's), overwriting the peer's DID, endpoint and DSP base",
+)
+def test_a_document_listing_a_peers_key_does_not_make_its_host_that_peer(
+    runtime: Any, client: Any, auth: Any
+) -> None:
+    """A stranger's DID document lists a peer's public key and address beside its own P-256
+    key: it can sign only with its own key, so it may at most be a participant of its own."""
+    peer = _peer(runtime)
+    host = DidHost()
+    try:
+        did = did_for_url(host.url)
+        own = ECKey.generate_key("P-256", private=True)
+        mine = {k: v for k, v in own.as_dict(private=False).items() if k in ("kty", "crv", "x", "y")}
+        borrowed = peer.document()["verificationMethod"][0]
+        host.document = {
+            "@context": DID_CONTEXT,
+            "id": did,
+            "verificationMethod": [
+                {"id": f"{did}#key-1", "type": "JsonWebKey2020", "controller": did, "publicKeyJwk": mine},
+                {**borrowed, "id": f"{did}#org", "controller": did},
+            ],
+        }
+        added = client.post("/api/v1/participants", json={"url": host.url}, headers=auth("admin"))
+        print(f"\nadding the stranger: {added.status_code} {added.text[:300]}")
+        kept = client.get("/api/v1/participants", headers=auth()).json()
+        rows = {p["address"]: p for p in kept}
+        assert (rows[peer.address]["did"], rows[peer.address]["endpoint"]) == (peer.did, peer.url), (
+            "the peer's record is not the stranger's to change"
+        )
+        if added.status_code == 201:
+            assert added.json()["address"] == participant_id(did) != peer.address
+            assert rows[participant_id(did)]["did"] == did
+        else:
+            assert added.status_code == 400, added.text
+        # signing with its own key, it is never taken for the peer
+        answer = _ask(
+            client, dsp_peer.key_headers(did, f"{did}#key-1", own, runtime.settings.public_url, ASK)
+        )
+        assert answer.status_code in (200, 401, 403), answer.text
+        with Session(runtime.engine) as session:
+            sender = session.exec(select(Participant).where(Participant.did == did)).first()
+        assert sender is None or sender.address != peer.address
+        # and the peer itself still is
+        assert _ask(client, dsp_peer.headers(peer, runtime.settings.public_url, ASK)).status_code == 200
+    finally:
+        host.stop()
