@@ -13,6 +13,7 @@ import typer
 
 from connector.cli import agreements_app, negotiate_command, negotiations_app, transfer_command, transfers_app
 from connector.cli import app as peers_app
+from connector.dcp.cli import app as credentials_app
 from contracts.cli import contracts_app, devchain, run_verify
 from federation.cli import app as fl_app
 from kernel.cli import HomeOpt, console, err_console, fail, handle_errors
@@ -46,6 +47,7 @@ app.add_typer(agreements_app, name="agreements")
 app.command("negotiate")(negotiate_command)
 app.command("transfer")(transfer_command)
 app.add_typer(transfers_app, name="transfers")
+app.add_typer(credentials_app, name="credentials")
 app.add_typer(policy_app, name="policy")
 app.command()(devchain)
 app.command("catalog")(catalog_command)
