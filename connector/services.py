@@ -121,6 +121,12 @@ class ParticipantService:
             row = session.get(Participant, address)
             if row is not None and row.is_self:
                 raise InvalidInput("that is this node itself", errors=[FieldError("url", "this node")])
+            if row is not None and row.did and row.did != document.did and (row.trusted or row.is_self):
+                raise InvalidInput(
+                    f"{document.did} names the address of peer {row.name} ({address}), whose DID is "
+                    f"{row.did}; remove that peer first if it moved",
+                    errors=[FieldError("did", "another peer's address")],
+                )
             other = session.exec(
                 select(Participant).where(Participant.did == document.did, Participant.address != address)
             ).first()

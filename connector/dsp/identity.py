@@ -181,9 +181,39 @@ def _bound_key(did: str, document: dict[str, Any]) -> tuple[str, str] | None:
             continue
         mid = str(method.get("id", ""))
         mid = did + mid if mid.startswith("#") else mid
-        if derived.lower() == account.lower() and mid.startswith(did + "#"):
+        if (
+            derived.lower() == account.lower()
+            and mid.startswith(did + "#")
+            and _proven(did, document, derived)
+        ):
             return mid, str(derived)
     return None
+
+
+def binding_message(did: str) -> bytes:
+    """What an Agora node's organisation key signs to bind its address to its DID."""
+    return f"agora:binding:{did}".encode()
+
+
+def _proven(did: str, document: dict[str, Any], address: str) -> bool:
+    """Whether the document's AgoraNode service carries the address's signature over the DID:
+    a public key anyone can copy proves nothing; this signature only its holder can make."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    services = document.get("service") or []
+    for service in services if isinstance(services, list) else []:
+        if not isinstance(service, dict) or service.get("type") != AGORA_SERVICE:
+            continue
+        proof = service.get("binding")
+        if not isinstance(proof, str) or len(proof) != 132:
+            return False
+        try:
+            signer = Account.recover_message(encode_defunct(binding_message(did)), signature=proof)
+        except Exception:  # any malformed signature is just no proof
+            return False
+        return bool(signer.lower() == address.lower())
+    return False
 
 
 # This node's identity -----------------------------------------------------------------------
@@ -234,6 +264,7 @@ class NodeIdentity:
                     "type": AGORA_SERVICE,
                     "serviceEndpoint": self.url,
                     "name": self.name,
+                    "binding": self.binding(),
                 },
                 {
                     "id": f"{self.did}#dsp",
@@ -243,6 +274,14 @@ class NodeIdentity:
                 *services,
             ],
         }
+
+    def binding(self) -> str:
+        """The organisation key's signature over this node's DID (see :func:`binding_message`)."""
+        from eth_account import Account
+        from eth_account.messages import encode_defunct
+
+        signed = Account.sign_message(encode_defunct(binding_message(self.did)), self._private_key())
+        return "0x" + bytes(signed.signature).hex()
 
     def token(self, audience: str, body: bytes | None = None, **claims: Any) -> str:
         """A self-issued ID token for ``audience`` (a DID), binding ``body`` when given."""

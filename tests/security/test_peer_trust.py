@@ -263,11 +263,6 @@ def test_a_stranger_is_refused_without_a_request_to_its_host(
     assert internal.hits == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: ParticipantService.add_peer records the stranger under the address its "
-    "document binds (the peer's), overwriting the peer's DID, endpoint and DSP base",
-)
 def test_a_document_listing_a_peers_key_does_not_make_its_host_that_peer(
     runtime: Any, client: Any, auth: Any
 ) -> None:
