@@ -195,6 +195,7 @@ class AgreementService:
             mode=mode,
             agreed_at=as_utc(row.created_at),
             uses=row.uses,
+            credentials=row.terms.get("credentials"),
         )
         return allowed, why
 
@@ -217,6 +218,7 @@ class AgreementService:
             mode=mode,
             agreed_at=as_utc(row.created_at),
             uses=max(uses - 1, 0),
+            credentials=row.terms.get("credentials"),
         )
         out = []
         for duty in duties:

@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
+import connector.dcp.routes
 import connector.dsp.routes
 import connector.negotiation_routes
 import connector.routes
@@ -47,6 +48,7 @@ DOMAINS = (
     connector.routes,
     connector.negotiation_routes,
     connector.dsp.routes,
+    connector.dcp.routes,
     contracts.routes,
     training_jobs.routes,
     federation.routes,
@@ -190,6 +192,7 @@ def create_app(runtime: Runtime) -> Litestar:
                 "provenance_service": runtime.provenance,
                 "chain_getter": runtime.chain,
                 "did_document": runtime.did_document,
+                "dcp_service": runtime.dcp,
                 "protocol_gate": runtime.protocol,
                 "job_service": runtime.jobs,
                 "job_provider": runtime.job_provider,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from connector.agreements import AgreementService
 from connector.crawler import CatalogCrawler
+from connector.dcp.service import DcpService
 from connector.dispatcher import Dispatcher
 from connector.downloads import DownloadService
 from connector.dsp.client import PeerClients, resolve_did
@@ -41,6 +42,7 @@ from kernel.db import backend_name, make_engine
 from kernel.errors import AgoraError, ConfigurationError
 from kernel.outbound import OutboundClient, OutboundPolicy
 from kernel.storage import ObjectStore
+from kernel.worker import BackgroundWorker
 from marketplace.aliases import AliasService
 from marketplace.catalog import CatalogService
 from marketplace.manifests.service import ManifestService
@@ -82,6 +84,7 @@ class Runtime:
     # what this node chooses where DSP leaves a choice, per negotiation / transfer (a
     # conformance profile adds its own): callables returning options, later ones winning
     negotiation_options: list[Callable[[str, str], dict[str, str]]] = field(default_factory=list)
+    dcp: DcpService | None = None
     transfer_options: list[Callable[[str], dict[str, str]]] = field(default_factory=list)
     crawler: CatalogCrawler | None = None
     publisher: PublishService | None = None
@@ -100,6 +103,7 @@ class Runtime:
     local_rounds: LocalRounds | None = None
     validations: Validations | None = None
     quality_worker: QualityWorker | None = None
+    conformance: BackgroundWorker | None = None  # connector.dsp.conformance (conformance runs)
     _sandbox: Sandbox | None = None
     _chain: Chain | None = None
     _chain_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -190,7 +194,10 @@ class Runtime:
 
     def did_document(self) -> dict[str, object]:
         """This node's DID document, served at /.well-known/did.json."""
-        return self.identity.document(chain_id=self.settings.chain_id)
+        from connector.dcp.presentation import credential_service_entry
+
+        entry = credential_service_entry(self.identity.did, self.settings.public_url)
+        return self.identity.document(chain_id=self.settings.chain_id, services=[entry])
 
     def resolve_did(self, did: str) -> DidDocument:
         return resolve_did(did, self.outbound, use_https=self.settings.did_web_use_https)
@@ -204,6 +211,8 @@ class Runtime:
                 worker.stop()
         if self.quality_worker is not None:
             self.quality_worker.stop()
+        if self.conformance is not None:
+            self.conformance.stop()
         self.notary.stop()
         if self.crawler is not None:
             self.crawler.stop()
@@ -317,6 +326,10 @@ def build_runtime(settings: Settings) -> Runtime:
         registry_lookup=runtime.registered_participant,
         accept_registered=settings.accept_registered_participants,
     )
+    runtime.dcp = DcpService.build(
+        engine, identity=identity, private_key=runtime.org_key, outbound=outbound, resolve=runtime.resolve_did
+    )
+    runtime.peer_clients.claims = runtime.dcp.presenting
     if settings.dsp_test_participant and settings.dsp_test_token.get_secret_value():
         from connector.dsp.gate import TestPeer
         from connector.dsp.identity import participant_id
@@ -346,9 +359,11 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.publisher = PublishService(
         offerings, runtime.aliases, store, jobs=runtime.jobs, coordinator=runtime.coordinator
     )
+    test_peer = runtime.protocol.test_peer.address if runtime.protocol.test_peer else None
     runtime.crawler = CatalogCrawler(
         runtime.catalog,
-        peers=participants.peers,
+        # a conformance suite's connector has no catalog to mirror (the TCK answers 404)
+        peers=lambda: [p for p in participants.peers() if p.address != test_peer],
         outbound=outbound,
         clients=runtime.peer_clients,
         interval=settings.catalog_crawl_interval,
@@ -376,6 +391,7 @@ def _connect_negotiations(runtime: Runtime, *, token_key: object) -> None:
         verified_endpoint=verified_endpoint,
         housekeeping=lambda: negotiations.expire(),
         on_given_up=lambda message, error: given_up(message.negotiation_id, error),
+        on_delivered=lambda message, reply: negotiations.on_delivered(message.negotiation_id, reply),
         send_delay=settings.dsp_send_delay,
     )
 

@@ -99,6 +99,17 @@ class DcpService:
             )
         return view(self.holder.add(credential, actor=actor, source="import"))
 
+    def verified(self, claims: dict[str, Any], did: str, types: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The caller's verified credentials of ``types`` (``{type: claims}``): its presentation,
+        fetched from its credential service with the access token its request carried."""
+        return self.verifier.verify(claims, self.resolve(did), [type_scope(t) for t in types])
+
+    def presenting(self, verifier: str) -> dict[str, str]:
+        """The ``token`` claim this node's requests to ``verifier`` carry: read access to the
+        credentials it holds (none when it holds none)."""
+        types = sorted({row.type for row in self.holder.all()})
+        return {"token": self.access_token(verifier, types)} if types else {}
+
     def held(self) -> list[dict[str, Any]]:
         return [view(r) for r in self.holder.all()]
 

@@ -49,15 +49,22 @@ class PeerClient:
     """Talks to one peer at its DSP base, as this node (its token for the peer's DID)."""
 
     def __init__(
-        self, base_url: str, *, outbound: OutboundClient, identity: NodeIdentity, peer_did: str
+        self,
+        base_url: str,
+        *,
+        outbound: OutboundClient,
+        identity: NodeIdentity,
+        peer_did: str,
+        claims: Callable[[str], dict[str, Any]] = lambda _did: {},
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.outbound = outbound
         self.identity = identity
         self.peer_did = peer_did
+        self._claims = claims
 
     def _headers(self, content: bytes, media_type: str = "application/json") -> dict[str, str]:
-        token = self.identity.token(self.peer_did, content)
+        token = self.identity.token(self.peer_did, content, **self._claims(self.peer_did))
         return {"Authorization": f"Bearer {token}", "Content-Type": media_type}
 
     def post(
@@ -153,11 +160,16 @@ class PeerClients:
     """Makes the client for a participant from what this node knows of it."""
 
     def __init__(
-        self, outbound: OutboundClient, identity: NodeIdentity, lookup: Callable[[str], Participant | None]
+        self,
+        outbound: OutboundClient,
+        identity: NodeIdentity,
+        lookup: Callable[[str], Participant | None],
+        claims: Callable[[str], dict[str, Any]] = lambda _did: {},
     ) -> None:
         self.outbound = outbound
         self.identity = identity
         self._lookup = lookup
+        self.claims = claims  # what every token adds (the access token of this node's credentials)
 
     def to(self, address: str, base_url: str | None = None) -> PeerClient:
         """A client for participant ``address`` at its DSP base (or ``base_url``)."""
@@ -169,6 +181,7 @@ class PeerClients:
             outbound=self.outbound,
             identity=self.identity,
             peer_did=peer.did,
+            claims=self.claims,
         )
 
 

@@ -102,11 +102,21 @@ async def negotiation_request(
     request: Request[Any, Any, Any],
     protocol_gate: NamedDependency[ProtocolGate],
     negotiation_service: NamedDependency[NegotiationService],
+    dcp_service: NamedDependency[Any],
 ) -> dict[str, Any]:
-    """A consumer starts a negotiation: 201 with the ContractNegotiation in REQUESTED."""
+    """A consumer starts a negotiation: 201 with the ContractNegotiation in REQUESTED. An
+    offering whose policy names credentials has them verified (the requester's presentation,
+    fetched with the access token its token carries)."""
     opened = await open_request(request, protocol_gate)
+
+    def credentials(types: list[str]) -> dict[str, dict[str, Any]]:
+        verified: dict[str, dict[str, Any]] = dcp_service.verified(opened.claims, opened.sender_did, types)
+        return verified
+
     reply: dict[str, Any] = await to_thread.run_sync(
-        negotiation_service.on_request, opened.sender, opened.sender_endpoint, opened.body
+        lambda: negotiation_service.on_request(
+            opened.sender, opened.sender_endpoint, opened.body, credentials=credentials
+        )
     )
     return _for(opened.sender_kind, reply)
 

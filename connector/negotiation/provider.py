@@ -10,6 +10,7 @@ FINALIZED. While the chain is down it waits in VERIFIED and the upkeep retries.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import Session
@@ -25,6 +26,8 @@ from connector.negotiation.terms import (
     agreement_terms,
     asked_version,
     check_signature,
+    credential_context,
+    credential_types,
     max_uses_of,
     policy_decision,
     typed_data_of,
@@ -48,7 +51,13 @@ def _required(body: dict[str, Any], key: str) -> str:
 class ProviderSide(NegotiationCore):
     # The decision -------------------------------------------------------------------------
 
-    def on_request(self, sender: str, sender_endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    def on_request(
+        self,
+        sender: str,
+        sender_endpoint: str,
+        body: dict[str, Any],
+        credentials: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
         """A consumer's ContractRequestMessage: decide by the offering's policy.
 
         The offering is the offer's ``target`` (or the one its ``@id`` names), the purpose
@@ -109,17 +118,27 @@ class ProviderSide(NegotiationCore):
             offering = self._offering_terms(offering_id, _asked(row))
         except AgoraError as exc:
             offering, missing = None, exc.detail
+        unverified = ""
+        if offering is not None and (types := credential_types(offering["policy"])):
+            # asked before the transaction: the requester's credential service is another party
+            try:
+                verified = credentials(types) if credentials is not None else {}
+            except AgoraError as exc:
+                verified, unverified = {}, exc.detail
+            row.offer = {**row.offer, "agora:credentials": credential_context(verified)}
         with transaction(self.engine) as session:
             self._open(session, row, signer=sender, message=body)
             if offering is None:
                 reason = missing if asked else f"no such offering: {missing}"
                 self._terminate(session, row, reason, signer=self.address)
             else:
-                self._decide(session, row, offering)
+                self._decide(session, row, offering, unverified)
         self._wake()
         return self.state_message(row)
 
-    def _decide(self, session: Session, row: Negotiation, offering: dict[str, Any]) -> None:
+    def _decide(
+        self, session: Session, row: Negotiation, offering: dict[str, Any], unverified: str = ""
+    ) -> None:
         """Terminate a request the offering does not allow, hold one for a person, or agree.
         A request whose action names no mode (ODRL ``use``) asks for the offering's first:
         ``download`` when it is offered."""
@@ -137,10 +156,15 @@ class ProviderSide(NegotiationCore):
             )
             return
         allowed, why, _ = policy_decision(
-            offering["policy"], participant=row.counterparty, purpose=row.purpose, mode=mode
+            offering["policy"],
+            participant=row.counterparty,
+            purpose=row.purpose,
+            mode=mode,
+            credentials=(row.offer or {}).get("agora:credentials"),
         )
         if not allowed:
-            self._terminate(session, row, f"the policy denies it: {why}", signer=self.address)
+            note = f" (the requester's credentials were not verified: {unverified})" if unverified else ""
+            self._terminate(session, row, f"the policy denies it: {why}{note}", signer=self.address)
             return
         action = self.choice(row, "on_request", "wait" if offering.get("approval") == "manual" else "agree")
         self._act(session, row, action, offering, "policy (automatic approval)")

@@ -47,6 +47,11 @@ def agreement_terms(
         "purpose": row.purpose,
         "accessMode": row.access_mode,
         "policy": policy,
+        **(
+            {"credentials": row.offer["agora:credentials"]}
+            if (row.offer or {}).get("agora:credentials")
+            else {}
+        ),
         "issued": utcnow().isoformat(),
         "validUntil": valid_until_of(policy),
         "chain": chain,
@@ -126,8 +131,10 @@ def policy_decision(
     mode: str,
     agreed_at: datetime | None = None,
     uses: int = 0,
+    credentials: dict[str, Any] | None = None,
 ) -> tuple[bool, str, list[dict[str, Any]]]:
-    """Allowed?, why (the failed constraints in words), and the duties that come with it."""
+    """Allowed?, why (the failed constraints in words), and the duties that come with it.
+    ``credentials``: the requester's verified credentials (:func:`credential_context`)."""
     if not policy:
         return False, "the offering is offered to no other organisation (it has no policy)", []
     from marketplace.policy import RequestContext, compile_policy, parse_policy
@@ -150,12 +157,52 @@ def policy_decision(
             "agreed_at": agreed_at,
             "uses": uses,
             **budget,
+            **(credentials or {}),
         }
     )
     decision = compile_policy(parsed).evaluate(context)
     failed = [r.explanation for r in decision.reasons if not r.satisfied]
     why = decision.summary + (": " + "; ".join(failed) if failed and not decision.allowed else "")
     return decision.allowed, why, [{"action": d.action, "target": d.target} for d in decision.duties]
+
+
+def credential_types(policy: dict[str, Any] | None) -> list[str]:
+    """The credential types the policy's ``credential`` and ``credentialClaim`` constraints
+    name (what a requester must present), in order; none for a policy that asks for none."""
+    if not policy:
+        return []
+    from marketplace.policy import Constraint, expand, parse_policy
+
+    found: list[str] = []
+    rules = expand(parse_policy(policy))
+    for rule in [*rules.permissions, *rules.prohibitions]:
+        for c in _atoms(list(getattr(rule, "constraints", [])), Constraint):
+            if c.leftOperand not in ("credential", "credentialClaim"):
+                continue
+            for value in c.rightOperand if isinstance(c.rightOperand, list) else [c.rightOperand]:
+                name = str(value).split(".", 1)[0] if c.leftOperand == "credentialClaim" else str(value)
+                if name and name not in found:
+                    found.append(name)
+    return found
+
+
+def _atoms(nodes: list[Any], atom: type) -> list[Any]:
+    out: list[Any] = []
+    for node in nodes:
+        out.extend([node] if isinstance(node, atom) else _atoms(list(getattr(node, "members", [])), atom))
+    return out
+
+
+def credential_context(verified: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Verified credentials ``{type: claims}`` as the policy reads them: the types, and each
+    scalar claim as ``Type.claim=value``."""
+    claims = [
+        f"{kind}.{name}={value}"
+        for kind, subject in verified.items()
+        for name, value in subject.items()
+        if name != "id" and isinstance(value, str | int | float | bool)
+    ]
+    return {"credentials": sorted(verified)[:256], "credential_claims": sorted(claims)[:256]}
 
 
 def valid_until_of(policy: dict[str, Any] | None) -> int:

@@ -89,6 +89,14 @@ class RequestContext(BaseModel):
     dp_delta: float | None = Field(
         default=None, gt=0, lt=1, allow_inf_nan=False, description="federate: the δ of that budget"
     )
+    credentials: list[Text] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="the types of the requester's verified credentials (from issuers this node trusts)",
+    )
+    credential_claims: list[Text] = Field(
+        default_factory=list, max_length=MAX_LIST, description='their claims as "Type.claim=value"'
+    )
 
 
 @dataclass(slots=True)
@@ -144,6 +152,8 @@ _GETTERS: dict[str, Callable[[RequestContext], Any]] = {
     "accessMode": attrgetter("mode"),
     "dpEpsilon": attrgetter("dp_epsilon"),
     "dpDelta": attrgetter("dp_delta"),
+    "credential": attrgetter("credentials"),
+    "credentialClaim": attrgetter("credential_claims"),
 }
 
 

@@ -39,6 +39,8 @@ LABELS: dict[str, str] = {
     "accessMode": "access mode",
     "dpEpsilon": "the privacy budget ε",
     "dpDelta": "the privacy budget δ",
+    "credential": "verified credentials",
+    "credentialClaim": "verified credential claims",
 }
 
 MISSING: dict[str, str] = {
@@ -53,6 +55,8 @@ MISSING: dict[str, str] = {
     "accessMode": "no access mode was given",
     "dpEpsilon": "no privacy budget ε was stated (federated learning without differential privacy)",
     "dpDelta": "no privacy budget δ was stated",
+    "credential": "no verified credential was presented",
+    "credentialClaim": "no verified credential was presented",
 }
 
 # (when it holds, when it does not) for each family of operand kinds and operator

@@ -62,6 +62,8 @@ LeftOperand = Literal[
     "accessMode",
     "dpEpsilon",
     "dpDelta",
+    "credential",
+    "credentialClaim",
 ]
 Operator = Literal["eq", "neq", "lt", "lteq", "gt", "gteq", "isAnyOf", "isNoneOf", "isAllOf"]
 TemplateName = Literal[
@@ -114,6 +116,10 @@ OPERAND_KINDS: dict[str, Kind] = {
     "accessMode": Kind.MODE,
     "dpEpsilon": Kind.EPSILON,
     "dpDelta": Kind.DELTA,
+    # verified credentials (DCP): the types the requester holds from trusted issuers, and
+    # their claims as "Type.claim=value" (e.g. "MembershipCredential.membership=gold")
+    "credential": Kind.SET,
+    "credentialClaim": Kind.SET,
 }
 
 _EQUALITY = ("eq", "neq", "isAnyOf", "isNoneOf")

@@ -42,6 +42,8 @@ LEFT_OPERANDS: dict[str, str] = {
     "accessMode": AGORA_NS + "accessMode",
     "dpEpsilon": AGORA_NS + "dpEpsilon",
     "dpDelta": AGORA_NS + "dpDelta",
+    "credential": AGORA_NS + "credential",
+    "credentialClaim": AGORA_NS + "credentialClaim",
 }
 DUTY_ACTIONS: dict[str, str] = {"log": AGORA_NS + "log", "notify": "odrl:inform", "delete": "odrl:delete"}
 
