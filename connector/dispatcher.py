@@ -57,6 +57,7 @@ class Dispatcher(BackgroundWorker):
         outbound: OutboundClient,
         verified_endpoint: Callable[[str], str | None],
         on_given_up: Callable[[OutboundMessage, str], None] | None = None,
+        on_delivered: Callable[[OutboundMessage, dict[str, Any]], None] | None = None,
         housekeeping: Callable[[], object] | None = None,
         max_attempts: int = 8,
         base_delay: float = 0.5,
@@ -67,6 +68,7 @@ class Dispatcher(BackgroundWorker):
         self.outbound = outbound
         self._verified_endpoint = verified_endpoint
         self._on_given_up = on_given_up
+        self._on_delivered = on_delivered
         self._housekeeping = housekeeping
         self.max_attempts = max_attempts
         self.base_delay = base_delay
@@ -125,7 +127,7 @@ class Dispatcher(BackgroundWorker):
             self._give_up(message, refusal)
             return False
         try:
-            self.peers.to(message.recipient).post_url(message.url, message.body)
+            reply, _ = self.peers.to(message.recipient).post_url(message.url, message.body)
         except ServiceUnavailable as exc:
             self._retry(message, exc.detail)
             return False
@@ -142,6 +144,8 @@ class Dispatcher(BackgroundWorker):
             row = session.get(OutboundMessage, message.id)
             if row is not None:
                 row.status, row.attempts, row.last_error = "SENT", row.attempts + 1, ""
+        if self._on_delivered is not None:
+            self._on_delivered(message, reply)
         return True
 
     def _retry(self, message: OutboundMessage, error: str) -> None:

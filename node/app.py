@@ -21,6 +21,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
 import connector.dcp.routes
+import connector.dsp.conformance
 import connector.dsp.routes
 import connector.negotiation_routes
 import connector.routes
@@ -49,6 +50,7 @@ DOMAINS = (
     connector.negotiation_routes,
     connector.dsp.routes,
     connector.dcp.routes,
+    connector.dsp.conformance,
     contracts.routes,
     training_jobs.routes,
     federation.routes,
@@ -146,6 +148,7 @@ def create_app(runtime: Runtime) -> Litestar:
             runtime.crawler.start()
         if runtime.dispatcher is not None:
             runtime.dispatcher.start()
+        runtime.conformance = connector.dsp.conformance.install(runtime)
         if settings.jobs_workers > 0:
             from node.jobs import job_pool
 

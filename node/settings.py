@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     dsp_test_callback: str = Field(
         default="", max_length=500, description="the test connector's DSP base (its callbacks' origin)"
     )
+    dsp_conformance: bool = Field(
+        default=False,
+        description="conformance runs only, with the dsp_test_* settings: seed the Eclipse DSP TCK's "
+        "datasets and agreements and play its cases' scripts (connector/dsp/conformance.py)",
+    )
     dsp_send_delay: float = Field(
         default=0.0,
         ge=0,

@@ -129,6 +129,21 @@ class NegotiationService(ProviderSide, ConsumerSide):
             self._wake()
         return len(late)
 
+    def on_delivered(self, negotiation_id: str | None, reply: dict[str, Any]) -> None:
+        """A peer's answer to a message of this side's: the provider answering the consumer's
+        request names its pid (``providerPid``), which every later message to it carries."""
+        provider_pid = reply.get("providerPid")
+        if (
+            not negotiation_id
+            or reply.get("@type") != "ContractNegotiation"
+            or not isinstance(provider_pid, str)
+        ):
+            return
+        with transaction(self.engine) as session:
+            row = session.get(Negotiation, negotiation_id, with_for_update=True)
+            if row is not None and row.role == "consumer" and not row.peer_pid and provider_pid:
+                row.peer_pid = provider_pid[:64]
+
     def on_given_up(self, negotiation_id: str | None, error: str) -> None:
         """The dispatcher could not deliver a message: terminate with the reason."""
         if negotiation_id is None:
