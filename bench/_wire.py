@@ -9,7 +9,7 @@ Two modes:
 * ``http``: HTTP/1.1 is followed message by message (keep-alive, ``Content-Length`` or chunked
   bodies), so each exchange is one :class:`Exchange`: method, path, bytes of the request and of
   the response as they crossed the socket (start line, headers and body), and for a signed
-  protocol message the fields of its envelope that say what it was (``sender``, ``recipient``
+  protocol message the fields that say what it was (``sender``, ``recipient`` from its token
   and, from its body, ``type``, ``round``, ``evaluate_only``, ``blob_bytes``).
 * ``tcp``: every chunk forwarded is a :class:`Chunk` (time, direction, bytes): for gRPC over
   HTTP/2, where one long-lived stream carries all the messages, and the caller attributes the
@@ -156,19 +156,30 @@ class _Message:
         return end + 1
 
     def envelope(self) -> dict[str, Any]:
-        """What a signed protocol message says it is (from its envelope body), else {}."""
+        """What a protocol message says it is (its JSON, the line before its bytes), and who sent
+        it to whom (the ``iss`` and ``aud`` of its token, read unchecked), else {}."""
         data = self.body_peek
         if "signed-blob" in self.headers.get("content-type", ""):
             data = data.split(b"\n", 1)[0]
         try:
-            envelope = json.loads(data)
-            body = envelope["body"]
-        except (ValueError, KeyError, TypeError):
+            body = json.loads(data)
+        except ValueError:
             return {}
         if not isinstance(body, dict):
             return {}
         fields = {k: body[k] for k in ("type", "round", "evaluate_only", "blob_bytes") if k in body}
-        return fields | {k: envelope[k] for k in ("sender", "recipient") if k in envelope}
+        return fields | _token_parties(self.headers.get("authorization", ""))
+
+
+def _token_parties(authorization: str) -> dict[str, Any]:
+    import base64
+
+    try:
+        payload = authorization.removeprefix("Bearer ").split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return {"sender": claims.get("iss"), "recipient": claims.get("aud")} if isinstance(claims, dict) else {}
 
 
 class _Proxy:

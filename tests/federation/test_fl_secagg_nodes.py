@@ -254,10 +254,10 @@ def _bytes_per_round(orgs: FlOrgs, federation_id: str) -> dict[int, tuple[int, i
                 if f"/dsp/federations/{federation_id}" not in request.start:
                     continue
                 if request.header("content-type").startswith(blobs.MEDIA_TYPE):
-                    envelope, _ = blobs.split(request.body, max_bytes=1 << 30)
+                    message, _ = blobs.split(request.body, max_bytes=1 << 30)
                 else:
-                    envelope = json.loads(request.body)
-                number = envelope["body"].get("round")
+                    message = json.loads(request.body)
+                number = message.get("round")
                 if isinstance(number, int):
                     totals[number][0] += len(request.body) + (len(response.body) if response else 0)
                     totals[number][1] += 1

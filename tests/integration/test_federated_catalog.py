@@ -123,22 +123,15 @@ def test_federated_catalog_between_two_nodes(tmp_path: Path) -> None:
 
 
 def test_catalog_request_requires_a_known_signed_sender(live_node: services.LiveNode) -> None:
-    from eth_account import Account
+    from tests import dsp_peer
 
-    from connector.envelope import seal
-
-    address = httpx.get(f"{live_node.url}/health").json()["participant"]
-    stranger = Account.create()
     message = {
         "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
         "@type": "CatalogRequestMessage",
         "filter": [],
     }
-    r = httpx.post(
-        f"{live_node.url}/dsp/catalog/request",
-        json=seal(message, private_key=stranger.key, recipient=address),
-    )
+    r = dsp_peer.post(dsp_peer.stranger(), live_node.url, "/dsp/catalog/request", message)
     assert r.status_code == 403
-    assert "not a peer of this node" in r.json()["detail"]
+    assert r.json()["@type"] == "CatalogError" and "not a peer of this node" in r.json()["reason"][0]
     unsigned = httpx.post(f"{live_node.url}/dsp/catalog/request", json=message)
     assert unsigned.status_code == 401

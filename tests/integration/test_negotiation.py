@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import services
+from tests import dsp_peer, services
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +222,6 @@ def test_fifty_parallel_uses_of_a_ten_use_agreement(orgs: tuple[services.Org, se
 
 def test_illegal_transition_is_refused_and_recorded(orgs: tuple[services.Org, services.Org]) -> None:
     """A known, correctly signed peer sends a message its negotiation's state does not allow."""
-    from connector.envelope import seal
-
     acme, beta = orgs
     done = wait_state(beta, negotiate(acme, beta, "vibration", "research", "compute")["id"], ("FINALIZED",))
     provider_id = done["peer_pid"]
@@ -234,10 +232,14 @@ def test_illegal_transition_is_refused_and_recorded(orgs: tuple[services.Org, se
         "consumerPid": done["id"],
         "agora:signature": done["agreement"]["consumer_signature"],
     }
-    envelope = seal(message, private_key=org_key(beta), recipient=acme.address)
-    r = httpx.post(f"{acme.node.url}/dsp/negotiations/{provider_id}/agreement/verification", json=envelope)
+    r = dsp_peer.post(
+        dsp_peer.as_node(beta.node),
+        acme.node.url,
+        f"/dsp/negotiations/{provider_id}/agreement/verification",
+        message,
+    )
     assert r.status_code == 409, r.text
-    assert "FINALIZED" in r.json()["detail"]
+    assert r.json()["@type"] == "ContractNegotiationError" and "FINALIZED" in r.json()["reason"][0]
     history = acme.api("GET", f"/negotiations/{provider_id}").json()
     assert history["state"] == "FINALIZED"
     refused = [e for e in history["history"] if not e["accepted"]]
@@ -245,22 +247,11 @@ def test_illegal_transition_is_refused_and_recorded(orgs: tuple[services.Org, se
 
 
 def test_unknown_sender_is_refused(orgs: tuple[services.Org, services.Org]) -> None:
-    from eth_account import Account
-
-    from connector.envelope import seal
-
     acme, _ = orgs
-    stranger = Account.create()
-    envelope = seal({"@type": "ContractRequestMessage"}, private_key=stranger.key, recipient=acme.address)
-    r = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
-    assert r.status_code == 403 and "not a peer of this node" in r.json()["detail"]
-
-
-def org_key(org: services.Org) -> bytes:
-    from eth_account import Account
-
-    keystore = json.loads((org.node.home / "keystore.json").read_text())
-    return bytes(Account.decrypt(keystore, "test-passphrase"))
+    r = dsp_peer.post(
+        dsp_peer.stranger(), acme.node.url, "/dsp/negotiations/request", {"@type": "ContractRequestMessage"}
+    )
+    assert r.status_code == 403 and "not a peer of this node" in r.json()["reason"][0]
 
 
 def test_cli_negotiate_transfer_and_verify(orgs: tuple[services.Org, services.Org], tmp_path: Path) -> None:
@@ -304,8 +295,6 @@ def test_cli_negotiate_transfer_and_verify(orgs: tuple[services.Org, services.Or
 
 
 def test_replayed_message_is_refused(orgs: tuple[services.Org, services.Org]) -> None:
-    from connector.envelope import seal
-
     acme, beta = orgs
     body = {
         "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
@@ -316,23 +305,29 @@ def test_replayed_message_is_refused(orgs: tuple[services.Org, services.Org]) ->
             "@type": "Offer",
             "@id": "urn:x",
             "target": f"urn:uuid:{offering_id(acme, 'vibration')}",
-            "permission": [{"action": "use"}],
+            "permission": [
+                {
+                    "action": "https://agora.dev/ns/policy#compute",
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"}
+                    ],
+                }
+            ],
         },
-        "agora:purpose": "research",
-        "agora:accessMode": "compute",
     }
-    envelope = seal(body, private_key=org_key(beta), recipient=acme.address)
-    first = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
-    assert first.status_code == 201
-    again = httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=envelope)
-    assert again.status_code == 409 and "already received" in again.json()["detail"]
-    forged = dict(envelope, signature="0x" + "11" * 65)
-    assert httpx.post(f"{acme.node.url}/dsp/negotiations/request", json=forged).status_code == 401
+    raw = json.dumps(body).encode()
+    headers = dsp_peer.headers(dsp_peer.as_node(beta.node), acme.node.url, raw)
+    url = f"{acme.node.url}/dsp/negotiations/request"
+    first = httpx.post(url, content=raw, headers=headers)
+    assert first.status_code == 201, first.text
+    again = httpx.post(url, content=raw, headers=headers)
+    assert again.status_code == 409 and "already received" in again.json()["reason"][0]
+    token = headers["Authorization"]
+    forged = {**headers, "Authorization": token[: token.rindex(".") + 1] + "A" * 86}
+    assert httpx.post(url, content=raw, headers=forged).status_code == 401
 
 
 def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[services.Org, services.Org]) -> None:
-    from connector.envelope import seal
-
     acme, beta = orgs
     started = negotiate(acme, beta, "manual", "research", "download")  # waits for approval at Acme
     provider_side(acme, started["id"])
@@ -354,9 +349,10 @@ def test_tampered_agreement_terms_are_refused_and_recorded(orgs: tuple[services.
         "agora:terms": terms,
         "agora:signature": "0x" + "22" * 65,
     }
-    envelope = seal(message, private_key=org_key(acme), recipient=beta.address)
-    r = httpx.post(f"{beta.node.url}/dsp/negotiations/{started['id']}/agreement", json=envelope)
-    assert r.status_code == 400 and "purpose" in r.json()["detail"]
+    r = dsp_peer.post(
+        dsp_peer.as_node(acme.node), beta.node.url, f"/dsp/negotiations/{started['id']}/agreement", message
+    )
+    assert r.status_code == 400 and "purpose" in r.json()["reason"][0]
     shown = beta.api("GET", f"/negotiations/{started['id']}").json()
     assert shown["state"] == "REQUESTED"
     refused = [e for e in shown["history"] if not e["accepted"]]
@@ -476,8 +472,6 @@ def test_negotiation_times_out_with_the_reason(tmp_path: Path) -> None:
 
 
 def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[services.Org, services.Org]) -> None:
-    from connector.envelope import seal
-
     acme, beta = orgs
     pid = "urn:uuid:slipped-policy-0001"
     body = {
@@ -490,16 +484,18 @@ def test_a_policy_slipped_into_the_request_is_ignored(orgs: tuple[services.Org, 
             "@id": "urn:x",
             "target": f"urn:uuid:{offering_id(acme, 'vibration')}",
             "agora:policy": {"template": "provide-access"},
-            "permission": [{"action": "use"}],
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"}
+                    ],
+                }
+            ],
         },
-        "agora:purpose": "research",
-        "agora:accessMode": "download",
     }
-    r = httpx.post(
-        f"{acme.node.url}/dsp/negotiations/request",
-        json=seal(body, private_key=org_key(beta), recipient=acme.address),
-    )
-    assert r.status_code == 201
+    r = dsp_peer.post(dsp_peer.as_node(beta.node), acme.node.url, "/dsp/negotiations/request", body)
+    assert r.status_code == 201, r.text
     agreement = acme.api("GET", f"/agreements/{provider_side(acme, pid)['agreement_id']}").json()
     assert agreement["terms"]["policy"] == {"template": "n-times-usage", "params": {"count": 10}}
     assert agreement["max_uses"] == 10
@@ -524,8 +520,6 @@ def test_three_nodes_on_one_chain(orgs: tuple[services.Org, services.Org], tmp_p
         provider_view = acme.api("GET", f"/agreements/{mine['agreement']['id']}").json()
         assert provider_view["consumer"] == gamma.address
         # Beta cannot use Gamma's agreement
-        from connector.envelope import seal
-
         request = {
             "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
             "@type": "TransferRequestMessage",
@@ -534,10 +528,9 @@ def test_three_nodes_on_one_chain(orgs: tuple[services.Org, services.Org], tmp_p
             "format": "HttpData-PULL",
             "callbackAddress": f"{beta.node.url}/dsp",
         }
-        r = httpx.post(
-            f"{acme.node.url}/dsp/transfers/request",
-            json=seal(request, private_key=org_key(beta), recipient=acme.address),
+        r = dsp_peer.post(dsp_peer.as_node(beta.node), acme.node.url, "/dsp/transfers/request", request)
+        assert (
+            r.status_code == 403 and r.json()["@type"] == "TransferError" and "not" in r.json()["reason"][0]
         )
-        assert r.status_code == 403 and "not" in r.json()["detail"]
     finally:
         third.stop()
