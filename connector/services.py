@@ -124,7 +124,7 @@ class ParticipantService:
             if row is not None and row.did and row.did != document.did and (row.trusted or row.is_self):
                 raise InvalidInput(
                     f"{document.did} names the address of peer {row.name} ({address}), whose DID is "
-                    f"{row.did}; remove that peer first if it moved",
+                    f"{row.did}",
                     errors=[FieldError("did", "another peer's address")],
                 )
             other = session.exec(
