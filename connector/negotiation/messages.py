@@ -203,3 +203,26 @@ def event_message(row: Negotiation, event_type: str, **fields: Any) -> dict[str,
 
 def termination_message(row: Negotiation, reason: str) -> dict[str, Any]:
     return dsp(row, TERMINATION_MESSAGE, code="agora:terminated", reason=[reason])
+
+
+UNSPECIFIED = "unspecified"  # the purpose of a request whose offer names none
+
+
+def required(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"the message lacks {key}", errors=[FieldError(key, "required")])
+    return value
+
+
+def offered_dataset(offer: dict[str, Any]) -> str:
+    """The offering a request's offer is on: its ``target`` (``urn:uuid:…`` or as this
+    catalog names it), else the offering of its ``@id`` (``urn:agora:offer:<id>[:<version>]``)."""
+    target = offer.get("target")
+    target = target.get("@id") if isinstance(target, dict) else target
+    if isinstance(target, str) and target:
+        return target.removeprefix("urn:uuid:")[:64]
+    offer_id = str(offer.get("@id") or "")
+    if offer_id.startswith("urn:agora:offer:"):
+        return offer_id.removeprefix("urn:agora:offer:").split(":", 1)[0][:64]
+    return ""

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from connector.models import Agreement, Negotiation
 from connector.negotiation import messages
 from connector.negotiation.core import NegotiationCore, new_pid
+from connector.negotiation.messages import UNSPECIFIED, offered_dataset, required
 from connector.negotiation.states import REQUESTED, IllegalTransition
 from connector.negotiation.terms import (
     ALIAS,
@@ -38,15 +39,6 @@ from kernel.canonical import canonical_hash
 from kernel.db import transaction, utcnow
 from kernel.errors import AgoraError, FieldError, InvalidInput
 
-UNSPECIFIED = "unspecified"  # the purpose of a request whose offer names none
-
-
-def _required(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"the message lacks {key}", errors=[FieldError(key, "required")])
-    return value
-
 
 class ProviderSide(NegotiationCore):
     # The decision -------------------------------------------------------------------------
@@ -63,7 +55,7 @@ class ProviderSide(NegotiationCore):
         The offering is the offer's ``target`` (or the one its ``@id`` names), the purpose
         and the access mode are read from the offer (:func:`messages.requested_use`); the
         answers go to the ``callbackAddress`` as given, once it is on the sender's origin."""
-        consumer_pid = _required(body, "consumerPid")
+        consumer_pid = required(body, "consumerPid")
         offer = body.get("offer")
         if not isinstance(offer, dict):
             raise InvalidInput(
@@ -404,16 +396,3 @@ class ProviderSide(NegotiationCore):
             bytes.fromhex(agreement.consumer_signature[2:]),
         )
         return result.tx_hash, result.block_number
-
-
-def offered_dataset(offer: dict[str, Any]) -> str:
-    """The offering a request's offer is on: its ``target`` (``urn:uuid:…`` or as this
-    catalog names it), else the offering of its ``@id`` (``urn:agora:offer:<id>[:<version>]``)."""
-    target = offer.get("target")
-    target = target.get("@id") if isinstance(target, dict) else target
-    if isinstance(target, str) and target:
-        return target.removeprefix("urn:uuid:")[:64]
-    offer_id = str(offer.get("@id") or "")
-    if offer_id.startswith("urn:agora:offer:"):
-        return offer_id.removeprefix("urn:agora:offer:").split(":", 1)[0][:64]
-    return ""
