@@ -154,12 +154,26 @@ def run_agora(net: AgoraNet, partitioning: str, profile: Path | None = None, **s
         raise RuntimeError(f"the federation ended {done['state']}: {done['reason']}")
     finished = time.time()
     exchanges, _ = net.tap.take()
+    _name_parties(net, exchanges)
     done["detail"] = net.coordinator.api("GET", f"/federations/{fed['id']}").json()
     say(
         f"Agora {partitioning}: {fed['id']} {done['state']} in {finished - started:.1f} s, "
         f"{len(exchanges)} protocol messages counted"
     )
     return AgoraRun(federation=done, started=started, finished=finished, exchanges=exchanges)
+
+
+def _name_parties(net: AgoraNet, exchanges: list[Exchange]) -> None:
+    """The tap names a message's sender and recipient by the DIDs of its token (``iss``,
+    ``aud``); the coordinator's records name providers by address: the DIDs become addresses."""
+    from connector.dsp.identity import did_for_url
+
+    addresses = {did_for_url(url): address for address, url in net.public.items()}
+    for exchange in exchanges:
+        for party in ("sender", "recipient"):
+            did = exchange.message.get(party)
+            if isinstance(did, str) and did in addresses:
+                exchange.message[party] = addresses[did]
 
 
 def wire(run: AgoraRun, numbers: set[int], members: int) -> dict[str, Any]:
