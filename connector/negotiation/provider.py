@@ -120,13 +120,14 @@ class ProviderSide(NegotiationCore):
             row.offer = {**row.offer, "agora:credentials": credential_context(verified)}
         with transaction(self.engine) as session:
             self._open(session, row, signer=sender, message=body)
+            created = self.state_message(row)  # DSP: the answer is the negotiation as created
             if offering is None:
                 reason = missing if asked else f"no such offering: {missing}"
                 self._terminate(session, row, reason, signer=self.address)
             else:
                 self._decide(session, row, offering, unverified)
         self._wake()
-        return self.state_message(row)
+        return created
 
     def _decide(
         self, session: Session, row: Negotiation, offering: dict[str, Any], unverified: str = ""
