@@ -199,6 +199,11 @@ class AgreementService:
         )
         return allowed, why
 
+    def still_holds(self, agreement_id: str, mode: str) -> str | None:
+        """Why the agreement no longer allows ``mode`` (final, in force, the policy), without
+        taking a use; None when it does."""
+        return self._refusal(self.as_provider(agreement_id), mode)
+
     def _refusal(self, row: Agreement, mode: str) -> str | None:
         if not (row.finalized or row.tx_hash):
             return "the agreement is not final yet (the negotiation is not FINALIZED)"

@@ -46,6 +46,7 @@ from kernel.db import as_utc, fetch, transaction
 from kernel.errors import (
     AgoraError,
     ConfigurationError,
+    Conflict,
     FieldError,
     Forbidden,
     InvalidInput,
@@ -292,7 +293,7 @@ class TransferService:
                 TransferProcess,
                 transfer_id,
                 f"no transfer {transfer_id} in progress",
-                where=lambda t: t.role == "provider" and t.state in ("STARTED", "COMPLETED"),
+                where=lambda t: t.role == "provider" and t.state == "STARTED",
             )
         if str(claims.get("aud", "")).lower() != row.counterparty.lower():
             raise Forbidden("the token was issued to another participant")
@@ -379,11 +380,18 @@ class TransferService:
         target = TARGETS[kind]
         LIFECYCLE.check(row.state, target)
         if kind == "start" and row.role == "provider":  # the consumer resumes a suspended transfer
+            if (row.data_address or {}).get("suspended_by") != "consumer":
+                raise Conflict("the provider suspended this transfer: only the provider resumes it")
+            refusal = self.agreements.still_holds(row.agreement_id, "download")
+            if refusal:
+                raise TransferRefused(f"the transfer cannot resume: {refusal}")
             self._start(session, row, f"resumed by {who}")
             return
         reason = f"{MESSAGES[kind]} from {who}"
         if kind in ("suspension", "termination"):
             reason += f": {_reason(body)}"
+        if kind == "suspension" and row.role == "provider":
+            row.data_address = {**(row.data_address or {}), "suspended_by": "consumer"}
         if kind == "start":
             address = body.get("dataAddress")
             if not isinstance(address, dict):
@@ -414,8 +422,13 @@ class TransferService:
             target = TARGETS[kind]
             LIFECYCLE.check(row.state, target)
             if kind == "start" and row.role == "provider":
+                refusal = self.agreements.still_holds(row.agreement_id, "download")
+                if refusal:
+                    raise TransferRefused(f"the transfer cannot resume: {refusal}")
                 self._start(session, row, f"resumed by {actor}")
             else:
+                if kind == "suspension" and row.role == "provider":
+                    row.data_address = {**(row.data_address or {}), "suspended_by": "provider"}
                 self.move(session, row, target, f"{reason or action} (by {actor})")
                 extra = (
                     {"code": action, "reason": [reason or action]}

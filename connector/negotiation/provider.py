@@ -39,6 +39,10 @@ from kernel.canonical import canonical_hash
 from kernel.db import transaction, utcnow
 from kernel.errors import AgoraError, FieldError, InvalidInput
 
+CREDENTIALS = "agora:credentials"  # what this node verified of the requester's credentials
+# keys of an offer only the provider sets: a consumer's are dropped, never decided on
+PROVIDERS_OWN = ("agora:policy", CREDENTIALS, ALIAS, VERSION)
+
 
 class ProviderSide(NegotiationCore):
     # The decision -------------------------------------------------------------------------
@@ -91,11 +95,7 @@ class ProviderSide(NegotiationCore):
             # the terms come from the provider's own policy (or its counter-offer), never from the
             # request: a policy the consumer slips into its offer is dropped here
             offer={
-                **{
-                    k: v
-                    for k, v in dict(body.get("offer") or {}).items()
-                    if k not in ("agora:policy", ALIAS, VERSION)
-                },
+                **{k: v for k, v in dict(body.get("offer") or {}).items() if k not in PROVIDERS_OWN},
                 **asked,
             },
             deadline=utcnow() + self.timeout,
@@ -117,7 +117,7 @@ class ProviderSide(NegotiationCore):
                 verified = credentials(types) if credentials is not None else {}
             except AgoraError as exc:
                 verified, unverified = {}, exc.detail
-            row.offer = {**row.offer, "agora:credentials": credential_context(verified)}
+            row.offer = {**row.offer, CREDENTIALS: credential_context(verified)}
         with transaction(self.engine) as session:
             self._open(session, row, signer=sender, message=body)
             created = self.state_message(row)  # DSP: the answer is the negotiation as created
@@ -130,7 +130,12 @@ class ProviderSide(NegotiationCore):
         return created
 
     def _decide(
-        self, session: Session, row: Negotiation, offering: dict[str, Any], unverified: str = ""
+        self,
+        session: Session,
+        row: Negotiation,
+        offering: dict[str, Any],
+        unverified: str = "",
+        choice: tuple[str, str] | None = None,
     ) -> None:
         """Terminate a request the offering does not allow, hold one for a person, or agree.
         A request whose action names no mode (ODRL ``use``) asks for the offering's first:
@@ -153,13 +158,14 @@ class ProviderSide(NegotiationCore):
             participant=row.counterparty,
             purpose=row.purpose,
             mode=mode,
-            credentials=(row.offer or {}).get("agora:credentials"),
+            credentials=(row.offer or {}).get(CREDENTIALS),
         )
         if not allowed:
             note = f" (the requester's credentials were not verified: {unverified})" if unverified else ""
             self._terminate(session, row, f"the policy denies it: {why}{note}", signer=self.address)
             return
-        action = self.choice(row, "on_request", "wait" if offering.get("approval") == "manual" else "agree")
+        key, default = choice or ("on_request", "wait" if offering.get("approval") == "manual" else "agree")
+        action = self.choice(row, key, default)
         self._act(session, row, action, offering, "policy (automatic approval)")
 
     def _act(
@@ -193,16 +199,18 @@ class ProviderSide(NegotiationCore):
             message=body,
             reason="the consumer asked again (a counter-request)",
         )
-        row.offer = {k: v for k, v in offer.items() if k not in ("agora:policy", ALIAS, VERSION)} | _asked(
-            row
+        verified = (row.offer or {}).get(CREDENTIALS)  # what this node verified, never the consumer's word
+        row.offer = {
+            **{k: v for k, v in offer.items() if k not in PROVIDERS_OWN},
+            **_asked(row),
+            **({CREDENTIALS: verified} if verified else {}),
+        }
+        self._decide(
+            session,
+            row,
+            self._offering_terms(row.offering_id, _asked(row)),
+            choice=("on_counter_request", "wait"),
         )
-        action = self.choice(row, "on_counter_request", "wait")
-        if action != "wait":
-            self._act(
-                session, row, action, self._offering_terms(row.offering_id, _asked(row)), "the provider"
-            )
-        else:
-            row.reason = "waiting for a person at the provider to answer the counter-request"
 
     def approve(self, negotiation_id: str, actor: str) -> dict[str, Any]:
         with transaction(self.engine) as session:

@@ -94,7 +94,7 @@ class NegotiationService(ProviderSide, ConsumerSide):
 
     def _on_termination(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         reasons = body.get("reason") or []
-        text = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
+        text = ("; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons))[:500]
         self._terminate(
             session,
             row,

@@ -157,13 +157,26 @@ def policy_decision(
             "agreed_at": agreed_at,
             "uses": uses,
             **budget,
-            **(credentials or {}),
+            **_credential_fields(credentials),
         }
     )
     decision = compile_policy(parsed).evaluate(context)
     failed = [r.explanation for r in decision.reasons if not r.satisfied]
     why = decision.summary + (": " + "; ".join(failed) if failed and not decision.allowed else "")
     return decision.allowed, why, [{"action": d.action, "target": d.target} for d in decision.duties]
+
+
+def _credential_fields(credentials: Any) -> dict[str, list[str]]:
+    """The two credential fields of a request context, from what this node verified, and
+    nothing else (a dict of other fields never reaches the context)."""
+    if not isinstance(credentials, dict):
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in ("credentials", "credential_claims"):
+        value = credentials.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[key] = value[:256]
+    return out
 
 
 def credential_types(policy: dict[str, Any] | None) -> list[str]:

@@ -105,3 +105,39 @@ def test_a_policy_decides_on_verified_credentials(
     denied = negotiate(beta, acme, platinum)
     assert denied["state"] == "TERMINATED"
     assert "MembershipCredential.membership=platinum" in denied["reason"], denied["reason"]
+
+
+@pytest.mark.parametrize(
+    "forged", [{"participant": "0x" + "a1" * 20}, {"credentials": ["x"]}, ["x"], {"bogus": 1}]
+)
+def test_a_consumer_cannot_state_its_own_credentials(
+    orgs: tuple[services.Org, services.Org], forged: Any
+) -> None:
+    """What the provider decides on is what it verified: an ``agora:credentials`` the consumer
+    slips into its offer is dropped (no other context field, no 5xx)."""
+    from tests import dsp_peer
+
+    acme, beta = orgs
+    chosen = offer(
+        acme,
+        f"only-a1-{abs(hash(json.dumps(forged))) % 10_000}",
+        {"template": "connector-restricted-usage", "params": {"participants": ["0x" + "A1" * 20]}},
+    )
+    pid = f"urn:uuid:forged-{abs(hash(json.dumps(forged))) % 10_000:04d}-0000-0000-000000000000"
+    body = {
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
+        "@type": "ContractRequestMessage",
+        "consumerPid": pid,
+        "callbackAddress": f"{beta.node.url}/dsp",
+        "offer": {
+            "@type": "Offer",
+            "@id": f"urn:agora:offer:{chosen}",
+            "target": f"urn:uuid:{chosen}",
+            "permission": [{"action": "use"}],
+            "agora:credentials": forged,
+        },
+    }
+    r = dsp_peer.post(dsp_peer.as_node(beta.node), acme.node.url, "/dsp/negotiations/request", body)
+    assert r.status_code == 201, r.text
+    mine = next(n for n in acme.api("GET", "/negotiations").json() if n["peer_pid"] == pid)
+    assert mine["state"] == "TERMINATED" and "not" in mine["reason"], mine
