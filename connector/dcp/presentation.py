@@ -98,9 +98,17 @@ class CredentialService:
         self.trust = trust
         self.clock = clock
 
-    def _caller(self, authorization: str | None, raw: bytes) -> Caller:
+    def _caller(
+        self, authorization: str | None, raw: bytes, admit: Callable[[str], None] | None = None
+    ) -> Caller:
         return check_caller(
-            self.engine, authorization, raw, audience=self.signer.did, resolve=self.resolve, now=self.clock()
+            self.engine,
+            authorization,
+            raw,
+            audience=self.signer.did,
+            resolve=self.resolve,
+            now=self.clock(),
+            admit=admit,
         )
 
     # Resolution API --------------------------------------------------------------------
@@ -157,12 +165,14 @@ class CredentialService:
     # Storage and Offer APIs ------------------------------------------------------------
 
     def _issuer(self, authorization: str | None, raw: bytes) -> Caller:
-        caller = self._caller(authorization, raw)
-        if not self.trust.knows(caller.did):
-            raise Forbidden(
-                f"{caller.did[:160]} is not an issuer this node trusts (agora credentials trust add)"
-            )
-        return caller
+        """A trusted issuer, judged before its DID document is asked for."""
+
+        def admit(did: str) -> None:
+            if not self.trust.knows(did):
+                trust_add = "agora credentials trust add"
+                raise Forbidden(f"{did[:160]} is not an issuer this node trusts ({trust_add})")
+
+        return self._caller(authorization, raw, admit)
 
     def receive(self, authorization: str | None, raw: bytes, body: Any) -> dict[str, Any]:
         """Take a CredentialMessage: keep the credentials an ISSUED one delivers."""

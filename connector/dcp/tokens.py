@@ -66,12 +66,16 @@ def check_caller(
     audience: str,
     resolve: Resolver,
     now: float | None = None,
+    admit: Callable[[str], None] | None = None,
 ) -> Caller:
-    """The caller of a credential API, its token checked, or :class:`TokenRejected`."""
+    """The caller of a credential API, its token checked, or :class:`TokenRejected`;
+    ``admit`` judges the caller's DID before any request leaves for its document."""
     text = (authorization or "").strip()
     if text[:7].lower() != "bearer ":
         raise TokenRejected("the credential APIs take a self-issued token as 'Authorization: Bearer <jwt>'")
     unverified = read_token(text)
+    if admit is not None:
+        admit(unverified.did)
     try:
         document = resolve(unverified.did)
     except TokenRejected:

@@ -411,7 +411,7 @@ def verify_token(
         raise TokenRejected(f"the token expires in {int(exp - at)} s; at most {MAX_TOKEN_TTL} s are accepted")
     nbf = claims.get("nbf")
     if isinstance(nbf, int) and not isinstance(nbf, bool) and nbf > at + MAX_SKEW:
-        raise TokenRejected(f"the token is not valid for another {int(nbf - at)} s (nbf)")
+        raise TokenRejected(f"the token is not valid yet: not valid for another {int(nbf - at)} s (nbf)")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
         raise TokenRejected("the token needs a jti of 8 to 128 characters (replay defence)")
