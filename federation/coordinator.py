@@ -187,9 +187,7 @@ class Coordinator:
                 "layout": fed.layout,
             }
             try:
-                reply = self.client(member.endpoint, member.provider).post_blob(
-                    "/federations", body, bundle
-                )
+                reply = self.client(member.endpoint, member.provider).post_blob("/federations", body, bundle)
             except AgoraError as exc:
                 return member.id, REFUSED, f"the provider could not be reached: {exc.detail}"[:MAX_REASON], {}
             joined = reply.get("state") == CREATED
