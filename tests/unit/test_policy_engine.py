@@ -139,15 +139,25 @@ def test_access_mode_operators_match_the_reference(data: st.DataObject) -> None:
     check_single(atom("accessMode", operator, right), REFERENCE[operator](mode, right), mode=mode)
 
 
+SET_OPERANDS = {
+    "participantGroup": ("groups", ["partners", "research", "gold", "silver"]),
+    "credential": ("credentials", ["MembershipCredential", "IsoCertificate", "DemoCredential"]),
+    "credentialClaim": (
+        "credential_claims",
+        ["MembershipCredential.level=gold", "MembershipCredential.level=silver", "IsoCertificate.iso=27001"],
+    ),
+}
+
+
+@pytest.mark.parametrize("left", sorted(SET_OPERANDS))
 @given(data=st.data())
-def test_group_operators_match_the_reference(data: st.DataObject) -> None:
-    names = st.sampled_from(["partners", "research", "gold", "silver"])
+def test_set_operators_match_the_reference(left: str, data: st.DataObject) -> None:
+    field, pool = SET_OPERANDS[left]
+    names = st.sampled_from(pool)
     operator = data.draw(operators(Kind.SET))
     right = data.draw(right_for(operator, names))
-    groups = data.draw(st.lists(names, max_size=4, unique=True))
-    check_single(
-        atom("participantGroup", operator, right), SET_REFERENCE[operator](groups, right), groups=groups
-    )
+    held = data.draw(st.lists(names, max_size=4, unique=True))
+    check_single(atom(left, operator, right), SET_REFERENCE[operator](held, right), **{field: held})
 
 
 ZONES = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))])
@@ -208,7 +218,7 @@ def test_privacy_budget_operators_match_the_reference(left: str, data: st.DataOb
 
 
 def test_every_operand_kind_is_covered_by_a_property_test() -> None:
-    tested = {"purpose", "participantName", "region", "participant", "accessMode", "participantGroup"}
+    tested = {"purpose", "participantName", "region", "participant", "accessMode", *SET_OPERANDS}
     tested |= {"dateTime", "elapsedTime", "count", "dpEpsilon", "dpDelta"}
     assert tested == set(OPERAND_KINDS)
 
