@@ -213,7 +213,7 @@ class ConsumerSide(NegotiationCore):
             reason="terms and provider signature checked",
         )
         mine = "0x" + sign_agreement(self._private_key(), typed).hex()
-        row.agreement_id = str(terms["agreement"])
+        row.agreement_id = _unused_agreement_id(session, str(terms["agreement"]))
         session.add(
             Agreement(
                 id=row.agreement_id,
@@ -261,7 +261,9 @@ class ConsumerSide(NegotiationCore):
             reason="agreement checked (a DSP connector: valid under DSP, no chain record)",
         )
         terms = plain_terms(row, agreement, provider=sender, consumer=self.address)
-        row.agreement_id = "0x" + canonical_hash({"provider": sender, "agreement": peer_id})
+        row.agreement_id = _unused_agreement_id(
+            session, "0x" + canonical_hash({"provider": sender, "agreement": peer_id})
+        )
         session.add(
             Agreement(
                 id=row.agreement_id,
@@ -300,3 +302,11 @@ class ConsumerSide(NegotiationCore):
             if not plain:
                 agreement.tx_hash = body.get("agora:tx")
                 agreement.block_number = body.get("agora:block")
+
+
+def _unused_agreement_id(session: Session, agreement_id: str) -> str:
+    """The id a provider chose for a new agreement, refused when an agreement already holds it
+    (a provider reusing an id must not reach the primary key as a server error)."""
+    if session.get(Agreement, agreement_id) is not None:
+        raise InvalidInput(f"agreement {agreement_id[:80]} already exists: a new agreement needs a new id")
+    return agreement_id

@@ -72,10 +72,10 @@ class Provider:
         }
         self.send("offers", "ContractOfferMessage", error=error, offer=offer)
 
-    def agree(self, *, error: bool = False) -> None:
+    def agree(self, *, error: bool = False, agreement_id: str | None = None) -> None:
         agreement = {
             "@type": "Agreement",
-            "@id": new_id(),
+            "@id": agreement_id or new_id(),
             "target": self.dataset,
             "permission": [{"action": "use"}],
             "timestamp": "2025-01-01T00:00:00Z",
