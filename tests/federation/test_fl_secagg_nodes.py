@@ -141,7 +141,10 @@ def test_a_coordinator_killed_between_two_stages_resumes_the_secure_round(tmp_pa
     again (the provider answers with the shares it gave the first time) and the round completes
     with all three."""
     with fl_orgs(tmp_path, 3, iid=True, proxied=True) as orgs:
-        document = spec(orgs, rounds=3, min_participants=3, round_deadline="90s", secure_aggregation=SECURE)
+        # a stage lasts a quarter of the round's deadline and the coordinator's downtime counts
+        # against it: 240 s leaves a loaded machine a minute to restart the node; a stage
+        # closes as soon as all three answered, so the case takes no longer for it
+        document = spec(orgs, rounds=3, min_participants=3, round_deadline="240s", secure_aggregation=SECURE)
         document["recipe"]["local_epochs"] = 8
         fed = create(orgs, document)
         assert orgs.coordinator.api("POST", f"/federations/{fed['id']}/start").status_code == 200
