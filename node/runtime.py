@@ -330,6 +330,15 @@ def build_runtime(settings: Settings) -> Runtime:
         engine, identity=identity, private_key=runtime.org_key, outbound=outbound, resolve=runtime.resolve_did
     )
     runtime.peer_clients.claims = runtime.dcp.presenting
+    if settings.dcp_scopes:
+        from connector.dcp.membership import Membership
+
+        runtime.protocol.membership = Membership(
+            settings.dcp_scopes,
+            verifier=runtime.dcp.verifier,
+            resolve=runtime.resolve_did,
+            use_https=settings.did_web_use_https,
+        )
     if settings.dsp_test_participant and settings.dsp_test_token.get_secret_value():
         from connector.dsp.gate import TestPeer
         from connector.dsp.identity import participant_id

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="answer participants known only from the on-chain registry (they may ask, "
         "negotiate and use agreements; they are never crawled or listed)",
     )
+    dcp_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="data space membership: the DCP scopes (comma separated, e.g. "
+        "org.eclipse.dspace.dcp.vc.type:MembershipCredential:read) naming credentials every DSP "
+        "caller must present; a caller that is not a peer is then admitted when they verify",
+    )
     did: str = Field(default="", description="this node's DID (did:web); default: the did:web of public_url")
     did_web_use_https: bool = Field(
         default=True,
@@ -196,6 +202,23 @@ class Settings(BaseSettings):
     def _split_dirs(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [p for p in value.split(":") if p]
+        return value
+
+    @field_validator("dcp_scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("dcp_scopes", mode="after")
+    @classmethod
+    def _check_scopes(cls, value: list[str]) -> list[str]:
+        from connector.dcp.tokens import parse_scopes
+
+        for scope in value:
+            if " " in scope or len(scope) > 300 or not parse_scopes([scope]):
+                raise ValueError(f"{scope[:100]!r} is not a DCP read scope (alias:discriminator:read)")
         return value
 
     @field_validator("import_dirs", mode="after")

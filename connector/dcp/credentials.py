@@ -8,7 +8,10 @@ with the credential itself under ``vc``: ``@context``, ``id``, ``type``
 ``credentialSubject`` (``id`` and the claims). The header's ``kid`` names the issuer's
 verification method, so anyone can check it against the issuer's DID document.
 
-The JWT times and the ``vc`` dates are checked both, and without the few minutes of leeway
+A VC 2.0 credential (profile ``vc20-bssl/jwt``) is read too: its JWT's claims are the
+credential itself (no ``vc`` claim), with ``validFrom`` and ``validUntil`` for the dates.
+
+The JWT times and the credential's dates are checked both, and without the few minutes of leeway
 self-issued tokens get: a credential whose ``expirationDate`` passed a minute ago is expired
 (the DCP conformance suite sets only the ``vc`` dates wrong).
 """
@@ -21,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +41,7 @@ FORMATS = ("jwt", "vc11-sl2021/jwt")  # what a CredentialMessage may name
 LEEWAY = 5  # seconds of clock difference tolerated on a credential's own times
 MAX_CREDENTIAL_BYTES = 64 * 1024
 MAX_DAYS = 3650
+MAX_SCHEMAS = 4
 TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
 _ALGORITHMS = {("EC", "secp256k1"): "ES256K", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
 
@@ -158,10 +162,12 @@ class Credential:
     type: str  # the first type besides VerifiableCredential
     types: tuple[str, ...]
     claims: dict[str, Any]  # credentialSubject without its id
-    issued_at: float | None  # vc.issuanceDate
+    issued_at: float | None  # the later of vc.issuanceDate and vc.validFrom
     not_before: float | None  # JWT nbf
-    expires_at: float | None  # the earlier of JWT exp and vc.expirationDate
+    expires_at: float | None  # the earliest of JWT exp, vc.expirationDate and vc.validUntil
     status: dict[str, Any] | None  # vc.credentialStatus
+    schemas: tuple[dict[str, Any], ...] = ()  # vc.credentialSchema (one or a list)
+    document: dict[str, Any] = field(default_factory=dict, compare=False)  # the credential's JSON
 
     @property
     def expires(self) -> datetime | None:
@@ -186,9 +192,9 @@ def read_jwt(raw: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def parse_credential(raw: str) -> Credential:
     """Read a JWT credential's shape: its issuer, subject, type, claims and times."""
     header, claims = read_jwt(raw, "the credential")
-    vc = claims.get("vc")
-    if not isinstance(vc, dict):
-        raise CredentialRefused("the JWT holds no credential (no 'vc' claim)")
+    vc = credential_body(claims)
+    if vc is None:
+        raise CredentialRefused("the JWT holds no credential (no 'vc' claim, no VC 2.0 credential)")
     issuer = vc.get("issuer", claims.get("iss"))
     issuer = issuer.get("id") if isinstance(issuer, dict) else issuer
     if not isinstance(issuer, str) or not issuer.startswith("did:") or claims.get("iss", issuer) != issuer:
@@ -217,7 +223,13 @@ def parse_credential(raw: str) -> Credential:
     status = vc.get("credentialStatus")
     if status is not None and not isinstance(status, dict):
         raise CredentialRefused("the credential's credentialStatus is not an object")
-    expiry = [t for t in (_seconds(claims.get("exp")), _date(vc.get("expirationDate"))) if t is not None]
+    schema = vc.get("credentialSchema")
+    schemas = schema if isinstance(schema, list) else [] if schema is None else [schema]
+    if len(schemas) > MAX_SCHEMAS or not all(isinstance(s, dict) for s in schemas):
+        raise CredentialRefused(f"the credential's credentialSchema is not up to {MAX_SCHEMAS} objects")
+    times = (_seconds(claims.get("exp")), _date(vc.get("expirationDate")), _date(vc.get("validUntil")))
+    expiry = [t for t in times if t is not None]
+    starts = [t for t in (_date(vc.get("issuanceDate")), _date(vc.get("validFrom"))) if t is not None]
     return Credential(
         raw=raw.strip(),
         kid=kid,
@@ -227,11 +239,24 @@ def parse_credential(raw: str) -> Credential:
         type=named[0],
         types=tuple(named),
         claims={k: v for k, v in subject_part.items() if k != "id"},
-        issued_at=_date(vc.get("issuanceDate", vc.get("validFrom"))),
+        issued_at=max(starts) if starts else None,
         not_before=_seconds(claims.get("nbf")),
         expires_at=min(expiry) if expiry else None,
         status=status,
+        schemas=tuple(schemas),
+        document=vc,
     )
+
+
+def credential_body(claims: dict[str, Any]) -> dict[str, Any] | None:
+    """The credential a JWT carries: its ``vc`` claim (VC 1.1 JWT), or the claims themselves
+    when they are a VC 2.0 credential (``vc+jwt``: ``@context`` and ``credentialSubject``)."""
+    vc = claims.get("vc")
+    if isinstance(vc, dict):
+        return vc
+    if "vc" not in claims and "credentialSubject" in claims and "@context" in claims:
+        return claims
+    return None
 
 
 def _seconds(value: Any) -> float | None:
@@ -253,7 +278,8 @@ def _date(value: Any) -> float | None:
 
 
 def check_times(credential: Credential, now: float | None = None) -> None:
-    """Refuse a credential not yet valid (issuanceDate, nbf) or expired (expirationDate, exp)."""
+    """Refuse a credential not yet valid (issuanceDate, validFrom, nbf) or expired
+    (expirationDate, validUntil, exp)."""
     at = time.time() if now is None else now
     name = f"{credential.type} {credential.id[:80]}"
     if credential.issued_at is not None and credential.issued_at > at + LEEWAY:

@@ -11,8 +11,10 @@ unread), and takes the answer only when every check holds:
   caller (``iss``) for this node (``aud``), current;
 * every credential is signed by a key of its issuer's DID document, is about the caller
   (``credentialSubject.id``), comes from an issuer the operator trusts for its type, is
-  valid now (``issuanceDate``, ``expirationDate``, ``nbf``, ``exp``) and, when it has a status
-  entry, is not revoked or suspended in its issuer's status list;
+  valid now (``issuanceDate``/``validFrom``, ``expirationDate``/``validUntil``, ``nbf``, ``exp``),
+  when it has a status entry is not revoked or suspended in its issuer's status list, and
+  satisfies the JSON Schemas its ``credentialSchema`` names
+  (:mod:`connector.dcp.credential_schema`);
 * every credential type the scopes ask for is there.
 
 The result is each type's ``credentialSubject`` claims; :func:`credential_claims_context`
@@ -27,10 +29,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from connector.dcp.credential_schema import Schemas, schema_fetcher
 from connector.dcp.credentials import (
     LEEWAY,
     CredentialRefused,
     check_signature,
+    credential_body,
     read_jwt,
     verified_credential,
 )
@@ -47,6 +51,7 @@ MAX_ANSWER_BYTES = 1024 * 1024
 MAX_PRESENTATIONS = 8
 MAX_CREDENTIALS = 64
 CLAIM_PREFIX = "agora:credential."
+ENVELOPE_PREFIXES = ("data:application/vc+jwt,", "data:application/vc+sd-jwt,", "data:application/jwt,")
 
 
 class TokenSigner(Protocol):
@@ -67,6 +72,7 @@ class Verifier:
         trust: TrustedIssuers,
         clock: Callable[[], float] = time.time,
         fetch_status: Callable[[str], bytes] | None = None,
+        fetch_schema: Callable[[str], bytes] | None = None,
     ) -> None:
         self.identity = identity
         self.outbound = outbound
@@ -74,6 +80,7 @@ class Verifier:
         self.trust = trust
         self.clock = clock
         self.fetch_status = fetch_status or fetcher(outbound)
+        self.schemas = Schemas(fetch_schema or schema_fetcher(outbound))
 
     def verify(
         self, claims: dict[str, Any], document: DidDocument, scopes: Sequence[str]
@@ -119,6 +126,7 @@ class Verifier:
                         f"{credential.issuer[:160]} is not an issuer this node trusts for {credential.type}"
                     )
                 status.check(credential, issuers[credential.issuer])
+                self.schemas.check(credential)
                 verified.setdefault(credential.type, dict(credential.claims))
         missing = sorted(wanted - set(verified))
         if missing:
@@ -182,20 +190,23 @@ class Verifier:
             raise CredentialRefused("the presentation expired")
         if isinstance(nbf, int | float) and nbf > at + LEEWAY:
             raise CredentialRefused("the presentation is not valid yet")
-        body = claims.get("vp")
+        body = claims.get("vp", claims if "verifiableCredential" in claims else None)
         body = body[0] if isinstance(body, list) and body else body
         credentials = body.get("verifiableCredential") if isinstance(body, dict) else None
+        if isinstance(credentials, str | dict):
+            credentials = [credentials]
         if not isinstance(credentials, list) or not credentials:
             raise CredentialRefused(f"{holder[:160]}'s presentation holds no credentials")
-        if len(credentials) > MAX_CREDENTIALS or not all(isinstance(c, str) for c in credentials):
+        raw = [enveloped(c) for c in credentials[: MAX_CREDENTIALS + 1]]
+        if len(raw) > MAX_CREDENTIALS or not all(isinstance(c, str) for c in raw):
             raise CredentialRefused(f"a presentation holds at most {MAX_CREDENTIALS} JWT credentials")
-        return list(credentials)
+        return [c for c in raw if isinstance(c, str)]
 
     def _issuer(self, raw: str, known: dict[str, DidDocument]) -> DidDocument:
         """The DID document of the credential's issuer (resolved once per verification)."""
         _, claims = read_jwt(raw, "the credential")
-        vc = claims.get("vc")
-        issuer = vc.get("issuer", claims.get("iss")) if isinstance(vc, dict) else claims.get("iss")
+        vc = credential_body(claims)
+        issuer = vc.get("issuer", claims.get("iss")) if vc is not None else claims.get("iss")
         issuer = issuer.get("id") if isinstance(issuer, dict) else issuer
         if not isinstance(issuer, str):
             raise CredentialRefused("a presented credential names no issuer")
@@ -207,6 +218,16 @@ class Verifier:
                     f"the DID document of issuer {issuer[:160]} cannot be read: {exc.detail}"
                 ) from None
         return known[issuer]
+
+
+def enveloped(credential: Any) -> Any:
+    """A presented credential as its compact JWT: as it is, or out of a VC 2.0
+    ``EnvelopedVerifiableCredential`` (``id`` = ``data:application/vc+jwt,<jwt>``)."""
+    if isinstance(credential, dict) and credential.get("type") == "EnvelopedVerifiableCredential":
+        data = credential.get("id")
+        if isinstance(data, str) and data.startswith(ENVELOPE_PREFIXES):
+            return data.split(",", 1)[1]
+    return credential
 
 
 def credential_claims_context(verified: dict[str, dict[str, Any]]) -> dict[str, Any]:

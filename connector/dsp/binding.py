@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MAX_MESSAGE_BYTES = 1024 * 1024
 DSP_CONTEXT = [DSP_CONTEXT_URL]  # the "@context" of every protocol message
 VERSION = "2025-1"
+DSPACE = "https://w3id.org/dspace/2025/1/"  # the namespace of DSP's terms
 BASE_PATH = "/dsp"  # where this node serves the binding (advertised, never assumed of a peer)
 
 
@@ -98,13 +99,23 @@ async def open_blob_request(
 
 
 def catalog_request_since(body: dict[str, Any]) -> datetime | None:
-    """Check a ``CatalogRequestMessage``; the ``agora:modifiedSince`` filter, if any."""
-    if body.get("@type") != "CatalogRequestMessage":
+    """Check a ``CatalogRequestMessage``; the ``agora:modifiedSince`` filter, if any. The
+    message may also come expanded, without a context (``@type`` and ``filter`` as their
+    ``https://w3id.org/dspace/2025/1/`` IRIs, a single filter as an object), as the DCP
+    conformance suite sends it."""
+    kind = body.get("@type")
+    if kind not in (
+        "CatalogRequestMessage",
+        "dspace:CatalogRequestMessage",
+        DSPACE + "CatalogRequestMessage",
+    ):
         raise InvalidInput(
-            f"expected a CatalogRequestMessage, got {body.get('@type')!r}",
+            f"expected a CatalogRequestMessage, got {kind!r}",
             errors=[FieldError("@type", "wrong type")],
         )
-    filters = body.get("filter", [])
+    filters = body.get("filter", body.get(DSPACE + "filter", []))
+    if isinstance(filters, dict):
+        filters = [filters]
     if not isinstance(filters, list):
         raise InvalidInput("filter must be an array", errors=[FieldError("filter", "not an array")])
     for item in filters:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +41,10 @@ from connector.dsp.identity import (
     DidDocument,
     NodeIdentity,
     TokenRejected,
+    Unverified,
+    check_claims,
+    did_document_url,
+    participant_id,
     read_token,
     verify_token,
 )
@@ -48,6 +52,9 @@ from connector.models import Participant, SeenNonce
 from kernel.addresses import origin
 from kernel.db import transaction, utcnow
 from kernel.errors import AgoraError
+
+if TYPE_CHECKING:
+    from connector.dcp.membership import Membership
 
 RegistryLookup = Callable[[str], tuple[str, str] | None]  # address -> (name, endpoint) on chain
 Resolver = Callable[[str], DidDocument]  # DID -> its checked document (outbound request)
@@ -97,6 +104,7 @@ class Opened:
     sender_kind: str = "agora"  # agora | dsp
     token_id: str = ""
     claims: dict[str, Any] = field(default_factory=dict)
+    credentials: dict[str, dict[str, Any]] = field(default_factory=dict)  # verified membership
 
 
 class ProtocolGate:
@@ -119,6 +127,7 @@ class ProtocolGate:
         self._refreshed: dict[str, float] = {}
         self._lock = threading.Lock()
         self.test_peer: TestPeer | None = None
+        self.membership: Membership | None = None  # AGORA_DCP_SCOPES: what every caller presents
 
     def accept(self, authorization: str | None, raw: bytes, body: dict[str, Any]) -> Opened:
         """The verified request, or a :class:`TokenRejected` subclass with the reason."""
@@ -138,6 +147,9 @@ class ProtocolGate:
                 sender_kind="dsp",
             )
         unverified = read_token(authorization)
+        membership = self.membership
+        if membership is not None and not self._is_peer(unverified.did):
+            return self._admit_member(membership, unverified, raw, body)
         row = self._participant(unverified.did)
         key = (row.keys or {}).get(unverified.kid)
         if key is None and self._may_refresh(unverified.did):
@@ -151,6 +163,9 @@ class ProtocolGate:
                 "an Agora node's token binds the request's body (agora:sha256); this one does not"
             )
         self._remember(row.address, str(claims["jti"]))
+        credentials: dict[str, dict[str, Any]] = {}
+        if membership is not None and not row.is_self:
+            credentials = membership.verify(claims, membership.document(unverified.did))
         trusted = row.trusted or row.is_self
         return Opened(
             sender=row.address,
@@ -162,7 +177,83 @@ class ProtocolGate:
             sender_kind=row.kind,
             token_id=str(claims["jti"]),
             claims=claims,
+            credentials=credentials,
         )
+
+    def _is_peer(self, did: str) -> bool:
+        with Session(self.engine) as session:
+            row = session.exec(select(Participant).where(Participant.did == did)).first()
+        return row is not None and (row.trusted or row.is_self)
+
+    def _admit_member(
+        self, membership: Membership, unverified: Unverified, raw: bytes, body: dict[str, Any]
+    ) -> Opened:
+        """A caller that is not a peer, admitted on its membership presentation. Its token's
+        form, audience, times and ``jti`` are checked (and the ``jti`` looked up) before its
+        DID document is fetched; then the signature, then the presentation."""
+        did, nonce_owner = unverified.did, participant_id(unverified.did)
+        check_claims(unverified, audience=self.identity.did, body=raw)
+        jti = str(unverified.claims["jti"])
+        if self._seen(nonce_owner, jti):
+            raise ReplayedMessage(f"token {jti[:128]} from {did[:160]} was already received")
+        document = membership.document(did)
+        key = document.keys.get(unverified.kid)
+        if key is None:
+            raise TokenRejected(f"{did[:160]}'s DID document lists no key {unverified.kid[:200]}")
+        claims = verify_token(unverified, key, audience=self.identity.did, body=raw)
+        kind = "agora" if document.address else "dsp"
+        if kind == "agora" and BODY_CLAIM not in claims:
+            raise TokenRejected(
+                "an Agora node's token binds the request's body (agora:sha256); this one does not"
+            )
+        self._remember(nonce_owner, jti)
+        credentials = membership.verify(claims, document)
+        row = self._member_row(did, document, kind, use_https=membership.use_https)
+        return Opened(
+            sender=row.address,
+            body=body,
+            sender_did=did,
+            sender_name=row.name,
+            sender_endpoint=row.endpoint,
+            sender_trusted=False,
+            sender_kind=kind,
+            token_id=jti,
+            claims=claims,
+            credentials=credentials,
+        )
+
+    def _member_row(self, did: str, document: DidDocument, kind: str, *, use_https: bool) -> Participant:
+        """The untrusted participant row of an admitted member (kept so its agreements and
+        callbacks have a verified endpoint: the origin of its did:web)."""
+        from urllib.parse import urlsplit
+
+        where = urlsplit(did_document_url(did, use_https=use_https))
+        url = f"{where.scheme}://{where.netloc}"
+        address = document.participant
+        with transaction(self.engine) as session:
+            row = session.get(Participant, address)
+            if row is None:
+                row = Participant(address=address, name=did[:200], endpoint=url, trusted=False)
+                session.add(row)
+            elif row.trusted or row.is_self or (row.did not in (None, did)):
+                raise UnknownSender(f"{did[:160]} claims the address of another participant")
+            row.did, row.keys, row.kind, row.endpoint, row.updated_at = (
+                did,
+                document.keys,
+                kind,
+                url,
+                utcnow(),
+            )
+            session.flush()
+            session.expunge(row)
+        return row
+
+    def _seen(self, sender: str, jti: str) -> bool:
+        with Session(self.engine) as session:
+            found = session.exec(
+                select(SeenNonce.id).where(SeenNonce.sender == sender, SeenNonce.nonce == jti)
+            ).first()
+        return found is not None
 
     def _participant(self, did: str) -> Participant:
         with Session(self.engine) as session:

@@ -52,6 +52,7 @@ BODY_CLAIM = "agora:sha256"  # an Agora node binds the request's body into its t
 AGORA_SERVICE = "AgoraNode"
 KEY_FRAGMENT = "org"
 _ALGORITHMS = {("EC", "secp256k1"): "ES256K", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
+SIGNING_ALGORITHMS = tuple(_ALGORITHMS.values())
 DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
 
 
@@ -344,6 +345,7 @@ class Unverified:
     kid: str
     did: str
     claims: dict[str, Any]
+    alg: str = ""  # the header's alg
 
 
 def read_token(authorization: str | None) -> Unverified:
@@ -371,7 +373,12 @@ def read_token(authorization: str | None) -> Unverified:
         kid = iss + kid
     if not kid.startswith(iss + "#"):
         raise TokenRejected("the token's kid must name a key of its issuer's DID")
-    return Unverified(token, kid, iss, claims)
+    alg = header.get("alg")
+    if alg not in SIGNING_ALGORITHMS:
+        raise TokenRejected(
+            f"the identity token is not signed by a key algorithm this node accepts ({str(alg)[:20]})"
+        )
+    return Unverified(token, kid, iss, claims, str(alg))
 
 
 def verify_token(
@@ -392,6 +399,14 @@ def verify_token(
         jws.deserialize_compact(unverified.token, key, algorithms=[alg])
     except (JoseError, ValueError):
         raise TokenRejected(f"the identity token is not signed by {unverified.kid[:160]}") from None
+    return check_claims(unverified, audience=audience, body=body, now=now)
+
+
+def check_claims(
+    unverified: Unverified, *, audience: str, body: bytes | None, now: float | None = None
+) -> dict[str, Any]:
+    """The token's claims once its audience, times, ``jti`` and body binding hold: all that
+    can be checked before its sender's DID document is fetched (the signature cannot)."""
     claims = unverified.claims
     aud = claims.get("aud")
     if not (aud == audience or (isinstance(aud, list) and audience in aud)):

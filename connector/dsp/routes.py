@@ -110,8 +110,12 @@ async def negotiation_request(
     opened = await open_request(request, protocol_gate)
 
     def credentials(types: list[str]) -> dict[str, dict[str, Any]]:
-        verified: dict[str, dict[str, Any]] = dcp_service.verified(opened.claims, opened.sender_did, types)
-        return verified
+        # the membership presentation the gate verified counts; only what it lacks is fetched
+        missing = [t for t in types if t not in opened.credentials]
+        if not missing:
+            return dict(opened.credentials)
+        verified: dict[str, dict[str, Any]] = dcp_service.verified(opened.claims, opened.sender_did, missing)
+        return {**opened.credentials, **verified}
 
     reply: dict[str, Any] = await to_thread.run_sync(
         lambda: negotiation_service.on_request(

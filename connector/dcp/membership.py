@@ -1,0 +1,104 @@
+"""Data space membership: the credentials every protocol caller presents (``AGORA_DCP_SCOPES``).
+
+When the operator names membership scopes (``org.eclipse.dspace.dcp.vc.type:MembershipCredential:read``
+and the like), the protocol gate (:class:`~connector.dsp.gate.ProtocolGate`) has each caller's
+presentation fetched from its Credential Service and verified
+(:class:`~connector.dcp.verifier.Verifier`) before a catalog, negotiation or transfer request
+is served; a caller that is not a peer may then be admitted on its presentation alone.
+
+The cost an unknown caller can cause is bounded: the gate checks its token's form, algorithm,
+audience, times and ``jti`` before anything is fetched; DID documents are kept for
+:data:`DOCUMENT_TTL` seconds (at most :data:`MAX_ENTRIES` of them), and a verified result per
+(DID, token ``jti``) for as long, so a message read twice (a retried blob) is not verified twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from connector.dcp.tokens import Resolver
+from connector.dcp.verifier import Verifier
+from connector.dsp.identity import DidDocument, TokenRejected
+from kernel.errors import AgoraError
+
+DOCUMENT_TTL = 60.0
+MAX_ENTRIES = 1024
+
+
+class _Expiring:
+    """A small map whose entries live ``ttl`` seconds; the oldest go first when it is full."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._items: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[0] <= self.clock():
+                del self._items[key]
+                return None
+            return item[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = (self.clock() + self.ttl, value)
+            self._items.move_to_end(key)
+            while len(self._items) > MAX_ENTRIES:
+                self._items.popitem(last=False)
+
+
+class Membership:
+    """Checks a caller's membership presentation for the operator's ``scopes``."""
+
+    def __init__(
+        self,
+        scopes: Sequence[str],
+        *,
+        verifier: Verifier,
+        resolve: Resolver,
+        clock: Callable[[], float] = time.monotonic,
+        ttl: float = DOCUMENT_TTL,
+        use_https: bool = True,
+    ) -> None:
+        if not scopes:
+            raise ValueError("membership needs at least one scope")
+        self.scopes = list(scopes)
+        self.use_https = use_https  # how did:web resolves (the origin an admitted caller is kept at)
+        self.verifier = verifier
+        self._resolve = resolve
+        self._documents = _Expiring(ttl, clock)
+        self._verified = _Expiring(ttl, clock)
+
+    def document(self, did: str) -> DidDocument:
+        """``did``'s document (resolved through the node's outbound client, kept a minute)."""
+        known = self._documents.get(did)
+        if isinstance(known, DidDocument):
+            return known
+        try:
+            document = self._resolve(did)
+        except TokenRejected:
+            raise
+        except AgoraError as exc:
+            raise TokenRejected(f"the DID document of {did[:160]} cannot be read: {exc.detail}") from None
+        self._documents.put(did, document)
+        return document
+
+    def verify(self, claims: dict[str, Any], document: DidDocument) -> dict[str, dict[str, Any]]:
+        """The caller's verified credentials ``{type: claims}`` (its token's ``claims`` checked
+        already); :class:`~connector.dcp.credentials.CredentialRefused` or
+        :class:`~connector.dsp.identity.TokenRejected` naming the failed check."""
+        key = (document.did, str(claims.get("jti", "")))
+        known = self._verified.get(key)
+        if isinstance(known, dict):
+            return known
+        verified = self.verifier.verify(claims, document, self.scopes)
+        self._verified.put(key, verified)
+        return verified
