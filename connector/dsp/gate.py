@@ -19,6 +19,16 @@ its own claim, so it is not passed on to ``participantName`` constraints.
 
 A peer's keys are refreshed from its DID document when a token names a key the stored
 document did not list (at most once a minute per peer), so a peer can rotate its key.
+
+With **data space membership** on (``AGORA_DCP_SCOPES``, :mod:`connector.dcp.membership`)
+every caller but this node itself and a conformance suite's test connector presents the
+credentials the scopes name: its presentation is fetched from its Credential Service and
+verified before the request is served, and the verified claims travel with the request
+(:attr:`Opened.credentials`). A caller that is not a peer is then admitted on its
+presentation: its token's form, algorithm, audience, times and ``jti`` are checked first
+(a token seen before is refused there), only then is its ``did:web`` resolved (through the
+node's outbound client) and its signature checked. It is kept as an untrusted participant
+at the origin of its DID (where callbacks to it may go), like a registered participant.
 """
 
 from __future__ import annotations
@@ -237,13 +247,9 @@ class ProtocolGate:
                 session.add(row)
             elif row.trusted or row.is_self or (row.did not in (None, did)):
                 raise UnknownSender(f"{did[:160]} claims the address of another participant")
-            row.did, row.keys, row.kind, row.endpoint, row.updated_at = (
-                did,
-                document.keys,
-                kind,
-                url,
-                utcnow(),
-            )
+            row.did, row.keys, row.kind, row.updated_at = did, document.keys, kind, utcnow()
+            if _origin_of(row.endpoint) != _origin_of(url):
+                row.endpoint = url  # a registry record's endpoint on the DID's origin is kept
             session.flush()
             session.expunge(row)
         return row
@@ -346,6 +352,13 @@ class ProtocolGate:
         with transaction(self.engine) as session:
             result = session.execute(delete(SeenNonce).where(col(SeenNonce.seen_at) < cutoff))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    try:
+        return origin(url)
+    except ValueError:
+        return None
 
 
 def _did_host(did: str) -> str:
