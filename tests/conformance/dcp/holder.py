@@ -48,6 +48,7 @@ DCP_NAMESPACE = "https://w3id.org/dspace-dcp/v1.0"
 DID_CONTEXT = "https://www.w3.org/ns/did/v1"
 VC_CONTEXT = "https://www.w3.org/2018/credentials/v1"
 VC2_CONTEXT = "https://www.w3.org/ns/credentials/v2"
+STATUS_2021_CONTEXT = "https://w3id.org/vc/status-list/2021/v1"
 TYPE_ALIAS = "org.eclipse.dspace.dcp.vc.type"
 MEMBERSHIP = "MembershipCredential"
 SENSITIVE = "SensitiveDataCredential"
@@ -96,10 +97,11 @@ class KeyService:
 
 
 class StatusList:
-    """The suite's BitstringStatusListService: a list of 16 Ki bits, highest bit first."""
+    """The suite's status list service (``dataspacetck.dcp.revocation.type``:
+    ``bitstringstatuslist``, the default, or ``statuslist2021``): 16 Ki bits, highest bit first."""
 
-    def __init__(self, issuer: str, address: str) -> None:
-        self.issuer, self.address = issuer, address
+    def __init__(self, issuer: str, address: str, kind: str = "bitstringstatuslist") -> None:
+        self.issuer, self.address, self.kind = issuer, address, kind
         self.credential_id = str(uuid.uuid4())
         self.bits = bytearray(STATUS_BITS // 8)
 
@@ -112,15 +114,17 @@ class StatusList:
 
     def credential(self) -> dict[str, Any]:
         encoded = base64.urlsafe_b64encode(gzip.compress(bytes(self.bits))).rstrip(b"=").decode()
+        v2021 = self.kind == "statuslist2021"
+        name = "StatusList2021" if v2021 else "BitstringStatusList"
         return {
-            "@context": [VC2_CONTEXT],
+            "@context": [VC_CONTEXT, STATUS_2021_CONTEXT] if v2021 else [VC2_CONTEXT],
             "id": self.credential_id,
-            "type": ["VerifiableCredential", "BitstringStatusListCredential"],
+            "type": ["VerifiableCredential", f"{name}Credential"],
             "issuer": self.issuer,
             "issuanceDate": instant(time.time()),
             "credentialSubject": {
                 "id": self.credential_id,
-                "type": "BitstringStatusList",
+                "type": name,
                 "statusPurpose": "revocation",
                 "encodedList": "u" + encoded,
             },
