@@ -157,6 +157,9 @@ class JobService:
             except ServiceUnavailable as exc:
                 out["stale"] = f"the provider could not be reached: {exc.detail}"
                 return out
+            except InvalidInput as exc:  # e.g. the provider is no longer a peer of this node
+                out["stale"] = f"the provider cannot be asked: {exc.detail}"
+                return out
             with transaction(self.engine) as session:
                 fresh = session.get(Job, job.id, with_for_update=True)
                 assert fresh is not None

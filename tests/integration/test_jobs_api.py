@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from connector.models import Agreement, Participant
 from kernel.db import transaction
 from tests import services
 from training_jobs.models import RUNNING, Job
@@ -49,6 +50,15 @@ def test_a_job_whose_provider_is_unreachable_shows_its_last_state(
     job_id = "urn:uuid:11111111-2222-3333-4444-555555555555"
     with transaction(runtime.engine) as session:
         session.add(
+            Participant(
+                address="0x" + "1" * 40,
+                name="Gone",
+                endpoint=gone,
+                did=f"did:web:127.0.0.1%3A{port}",
+                dsp_url=f"{gone}/dsp",
+            )
+        )
+        session.add(
             Job(
                 id=job_id,
                 role="consumer",
@@ -74,6 +84,13 @@ def test_a_job_whose_provider_is_unreachable_shows_its_last_state(
     page = client.get(f"/ui/jobs/{job_id}")
     assert page.status_code == 200
     assert "the log is not available now" in page.text and "could not be reached" in page.text
+    # the provider removed as a peer: still the last state, with why it was not asked
+    with transaction(runtime.engine) as session:
+        gone_peer = session.get(Participant, "0x" + "1" * 40)
+        assert gone_peer is not None
+        session.delete(gone_peer)
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=auth("catalog:read")).json()
+    assert job["state"] == RUNNING and "not a participant this node has a DID for" in job["stale"]
 
 
 def test_a_job_goes_only_to_the_agreement_providers_verified_endpoint(
@@ -81,7 +98,6 @@ def test_a_job_goes_only_to_the_agreement_providers_verified_endpoint(
 ) -> None:
     """A spec's ``provider`` on another origin (an internal service, say) is refused before any
     request is sent; a provider that is not a peer is refused too."""
-    from connector.models import Agreement, Participant
 
     provider = "0x" + "2" * 40
     agreement_id = "0x" + "cd" * 32
