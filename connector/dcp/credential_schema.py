@@ -15,14 +15,13 @@ else is fetched. A schema that is not valid JSON Schema refuses the credential t
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from connector.dcp.credentials import Credential, CredentialRefused
 from kernel.errors import InvalidInput
+from kernel.expiring import Expiring
 from kernel.limits import loads
 from kernel.outbound import OutboundClient
 
@@ -53,8 +52,7 @@ class Schemas:
     def __init__(self, fetch: Callable[[str], bytes], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.fetch = fetch
         self.clock = clock
-        self._kept: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._kept = Expiring(SCHEMA_TTL, clock, MAX_SCHEMAS_KEPT)
 
     def check(self, credential: Credential) -> None:
         """Refuse ``credential`` unless it satisfies every schema it names."""
@@ -79,10 +77,9 @@ class Schemas:
                 raise CredentialRefused(f"credential {name} violates its schema {url[:200]}: {problem}")
 
     def _schema(self, url: str) -> dict[str, Any]:
-        with self._lock:
-            kept = self._kept.get(url)
-            if kept is not None and kept[0] > self.clock():
-                return kept[1]
+        kept = self._kept.get(url)
+        if isinstance(kept, dict):
+            return kept
         text = self.fetch(url)
         if len(text) > MAX_SCHEMA_BYTES:
             raise CredentialRefused(
@@ -94,10 +91,7 @@ class Schemas:
             raise CredentialRefused(exc.detail) from None
         if not isinstance(schema, dict):
             raise CredentialRefused(f"the credential schema at {url[:200]} is not a JSON Schema object")
-        with self._lock:
-            self._kept[url] = (self.clock() + SCHEMA_TTL, schema)
-            while len(self._kept) > MAX_SCHEMAS_KEPT:
-                self._kept.popitem(last=False)
+        self._kept.put(url, schema)
         return schema
 
 

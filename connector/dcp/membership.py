@@ -14,9 +14,7 @@ audience, times and ``jti`` before anything is fetched; DID documents are kept f
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,35 +22,10 @@ from connector.dcp.tokens import Resolver
 from connector.dcp.verifier import Verifier
 from connector.dsp.identity import DidDocument, TokenRejected
 from kernel.errors import AgoraError
+from kernel.expiring import Expiring
 
 DOCUMENT_TTL = 60.0
 MAX_ENTRIES = 1024
-
-
-class _Expiring:
-    """A small map whose entries live ``ttl`` seconds; the oldest go first when it is full."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
-        self.ttl, self.clock = ttl, clock
-        self._items: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            if item[0] <= self.clock():
-                del self._items[key]
-                return None
-            return item[1]
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._items[key] = (self.clock() + self.ttl, value)
-            self._items.move_to_end(key)
-            while len(self._items) > MAX_ENTRIES:
-                self._items.popitem(last=False)
 
 
 class Membership:
@@ -74,8 +47,8 @@ class Membership:
         self.use_https = use_https  # how did:web resolves (the origin an admitted caller is kept at)
         self.verifier = verifier
         self._resolve = resolve
-        self._documents = _Expiring(ttl, clock)
-        self._verified = _Expiring(ttl, clock)
+        self._documents = Expiring(ttl, clock, MAX_ENTRIES)
+        self._verified = Expiring(ttl, clock, MAX_ENTRIES)
 
     def document(self, did: str) -> DidDocument:
         """``did``'s document (resolved through the node's outbound client, kept a minute)."""
