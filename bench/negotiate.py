@@ -161,6 +161,7 @@ def main() -> None:
                 ).raise_for_status()
             run(5, 1, consumer.url, c_token, provider.url, offering["id"])  # warm-up
             rows = []
+            retried: list[str] = []
             for concurrency in (1, args.concurrency):
                 t0 = time.perf_counter()
                 latencies = run(args.count, concurrency, consumer.url, c_token, provider.url, offering["id"])
@@ -182,6 +183,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     latencies = plain_run(args.count, concurrency, peer, far, dataset)
                     rows.append(("plain DSP", concurrency, latencies, time.perf_counter() - t0))
+                retried = list(peer.retried)
         finally:
             consumer.stop()
             provider.stop()
@@ -199,6 +201,9 @@ def main() -> None:
         print(f"{kind:>10} {concurrency:9d} {p50:8.1f} {p99:8.1f} {rate:15.1f}")
         ok = ok and (kind != "Agora" or concurrency != 1 or p50 < P50_TARGET_MS)
     print("(plain DSP: a consumer with no chain; its agreement is not recorded on chain)")
+    print(f"plain DSP messages the provider answered 503 and the consumer sent again: {len(retried)}")
+    for why in sorted(set(retried))[:5]:
+        print(f"  {why}")
     best_rate = max(len(lat) / wall for kind, _, lat, wall in rows if kind == "Agora")
     print(
         f"\ntargets: p50 < {P50_TARGET_MS:.0f} ms (one at a time): {'met' if ok else 'NOT met'}; "

@@ -55,6 +55,11 @@ def make_engine(url: str, *, pool: bool = True) -> Engine:
         kwargs["poolclass"] = NullPool
     if backend == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        if pool:
+            # more connections than request threads (anyio's 40) and workers: requests queued
+            # behind SQLite's one write lock each hold a connection, and a pool they empty
+            # would stall the writer that holds the lock until the busy timeout
+            kwargs.update(pool_size=10, max_overflow=50)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

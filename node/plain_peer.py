@@ -32,6 +32,7 @@ class PlainPeer:
         self.name = name
         self.key = ECKey.generate_key("P-256")
         self.received: list[dict[str, Any]] = []
+        self.retried: list[str] = []
         self._changed = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = int(self.server.server_address[1])
@@ -89,11 +90,21 @@ class PlainPeer:
     # As a consumer ------------------------------------------------------------------------
 
     def post(self, provider: dict[str, str], path: str, body: dict[str, Any]) -> httpx.Response:
-        return self.http.post(
-            provider["dsp"] + path,
-            json=body,
-            headers={"Authorization": f"Bearer {self.token(provider['did'])}"},
-        )
+        """POST a message; a 503 (the provider busy) is sent again, as connectors retry a
+        dispatch, up to three times with a fresh token, and its answer kept in :attr:`retried`."""
+
+        def send() -> httpx.Response:
+            headers = {"Authorization": f"Bearer {self.token(provider['did'])}"}
+            return self.http.post(provider["dsp"] + path, json=body, headers=headers)
+
+        response = send()
+        for delay in (0.2, 0.4, 0.8):
+            if response.status_code != 503:
+                break
+            self.retried.append(f"{path}: {response.text[:300]}")
+            time.sleep(delay)
+            response = send()
+        return response
 
     def discover(self, url: str) -> dict[str, str]:
         """A provider by its URL: its DSP base (version metadata) and DID (did:web of the URL)."""

@@ -185,7 +185,7 @@ class ConsumerSide(NegotiationCore):
 
     def _on_agreement(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         """Check the provider's terms and signature, sign them too, send the verification."""
-        if self.plain(sender):
+        if self.plain(sender, session):
             self._on_plain_agreement(session, row, sender, body)
             return
         terms = body.get("agora:terms")
@@ -284,7 +284,7 @@ class ConsumerSide(NegotiationCore):
 
     def _on_finalized(self, session: Session, row: Negotiation, sender: str, body: dict[str, Any]) -> None:
         """The provider finalized the agreement (on chain, between Agora nodes): note where, and finish."""
-        plain = self.plain(sender)
+        plain = self.plain(sender, session)
         self._transition(
             session,
             row,

@@ -183,15 +183,21 @@ class NegotiationCore:
         """The options a new negotiation starts with: the node's for the offering, then the request's."""
         return {**self._options(role, offering_id), **(given or {})}
 
-    def plain(self, address: str) -> bool:
+    def _peer(self, address: str, session: Session | None) -> Participant | None:
+        """The participant ``address``, read in ``session`` when one is open: a second
+        connection taken while this one holds SQLite's write lock could wait on a pool the
+        writers queued behind that lock have emptied."""
+        return session.get(Participant, address) if session is not None else self._participant(address)
+
+    def plain(self, address: str, session: Session | None = None) -> bool:
         """Whether ``address`` is a plain DSP connector (not an Agora node): it gets messages
         without Agora's extension, in the DSP context alone."""
-        peer = self._participant(address)
+        peer = self._peer(address, session)
         return peer is not None and peer.kind != "agora"
 
-    def parties(self, row: Negotiation) -> tuple[str, str]:
+    def parties(self, row: Negotiation, session: Session | None = None) -> tuple[str, str]:
         """(provider, consumer) as the peer names them: DIDs for a plain connector."""
-        peer = self._participant(row.counterparty)
+        peer = self._peer(row.counterparty, session)
         them = (
             (peer.did or row.counterparty) if peer is not None and peer.kind != "agora" else row.counterparty
         )
@@ -201,7 +207,8 @@ class NegotiationCore:
     def _send(self, session: Session, row: Negotiation, path: str, body: dict[str, Any]) -> None:
         """Queue ``body`` for the peer at its DSP base (``counterparty_endpoint``: the provider's
         advertised base, or the consumer's ``callbackAddress`` as given)."""
-        message = for_plain_peer(body) if self.plain(row.counterparty) else {**body, "@context": self.context}
+        plain = self.plain(row.counterparty, session)
+        message = for_plain_peer(body) if plain else {**body, "@context": self.context}
         queue_message(
             session,
             recipient=row.counterparty,

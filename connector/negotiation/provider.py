@@ -284,8 +284,8 @@ class ProviderSide(NegotiationCore):
                 terms,
                 signature,
                 callback=self.callback,
-                plain=self.plain(row.counterparty),
-                parties=self.parties(row),
+                plain=self.plain(row.counterparty, session),
+                parties=self.parties(row, session),
             ),
         )
 
@@ -313,7 +313,7 @@ class ProviderSide(NegotiationCore):
         agreement = session.get(Agreement, row.agreement_id) if row.agreement_id else None
         if agreement is None:
             raise IllegalTransition("no agreement to verify yet")
-        plain = self.plain(sender)  # a plain DSP consumer verifies by the message alone
+        plain = self.plain(sender, session)  # a plain DSP consumer verifies by the message alone
         signature = str(body.get("agora:signature") or "")
         if not plain:
             check_signature(typed_data_of(agreement.terms), signature, agreement.consumer, "the consumer")
