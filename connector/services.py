@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from connector.dsp.client import discover_dsp_base
-from connector.dsp.identity import DidDocument, TokenRejected, did_for_url
+from connector.dsp.id_tokens import TokenRejected
+from connector.dsp.identity import DidDocument, did_for_url
 from connector.models import Participant
 from connector.schemas import ParticipantOut
 from kernel import audit

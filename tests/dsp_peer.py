@@ -70,7 +70,7 @@ def key_headers(did: str, kid: str, key: Any, recipient_url: str, body: bytes) -
     import time
     import uuid
 
-    from connector.dsp.identity import BODY_CLAIM, TOKEN_TTL, sign
+    from connector.dsp.id_tokens import BODY_CLAIM, TOKEN_TTL, sign
 
     now = int(time.time())
     claims = {

@@ -32,7 +32,8 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
 
-from connector.dsp.identity import KEY_FRAGMENT, DidDocument, sign
+from connector.dsp.id_tokens import sign
+from connector.dsp.identity import KEY_FRAGMENT, DidDocument
 from kernel.errors import Forbidden, InvalidInput
 
 VC_CONTEXT = "https://www.w3.org/2018/credentials/v1"

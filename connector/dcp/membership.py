@@ -20,7 +20,8 @@ from typing import Any
 
 from connector.dcp.tokens import Resolver
 from connector.dcp.verifier import Verifier
-from connector.dsp.identity import DidDocument, TokenRejected
+from connector.dsp.id_tokens import TokenRejected
+from connector.dsp.identity import DidDocument
 from kernel.errors import AgoraError
 from kernel.expiring import Expiring
 

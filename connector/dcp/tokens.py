@@ -29,14 +29,8 @@ from sqlalchemy.exc import IntegrityError
 
 from connector.dcp.credentials import CredentialRefused, Signer, read_jwt
 from connector.dsp.gate import ReplayedMessage
-from connector.dsp.identity import (
-    MAX_SKEW,
-    DidDocument,
-    TokenRejected,
-    participant_id,
-    read_token,
-    verify_token,
-)
+from connector.dsp.id_tokens import MAX_SKEW, TokenRejected, read_token, verify_token
+from connector.dsp.identity import DidDocument, participant_id
 from connector.models import SeenNonce
 from kernel.db import transaction
 from kernel.errors import AgoraError, InvalidInput

@@ -42,7 +42,8 @@ from connector.dcp.presentation import DCP_CONTEXT
 from connector.dcp.status import StatusLists, fetcher
 from connector.dcp.stores import TrustedIssuers
 from connector.dcp.tokens import Resolver, parse_scopes
-from connector.dsp.identity import DidDocument, TokenRejected
+from connector.dsp.id_tokens import TokenRejected
+from connector.dsp.identity import DidDocument
 from kernel.errors import AgoraError, InvalidInput
 from kernel.limits import JsonLimits, loads
 from kernel.outbound import OutboundClient

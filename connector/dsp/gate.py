@@ -45,19 +45,16 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from connector.dsp.identity import (
+from connector.dsp.id_tokens import (
     BODY_CLAIM,
     MAX_SKEW,
-    DidDocument,
-    NodeIdentity,
     TokenRejected,
     Unverified,
     check_claims,
-    did_document_url,
-    participant_id,
     read_token,
     verify_token,
 )
+from connector.dsp.identity import DidDocument, NodeIdentity, did_document_url, participant_id
 from connector.models import Participant, SeenNonce
 from kernel.addresses import origin
 from kernel.db import transaction, utcnow
@@ -346,7 +343,7 @@ class ProtocolGate:
     def purge_nonces(self) -> int:
         """Forget token ids older than their longest life plus the clock skew (such tokens
         are refused as expired anyway)."""
-        from connector.dsp.identity import MAX_TOKEN_TTL
+        from connector.dsp.id_tokens import MAX_TOKEN_TTL
 
         cutoff = utcnow() - timedelta(seconds=MAX_TOKEN_TTL + 2 * MAX_SKEW)
         with transaction(self.engine) as session:

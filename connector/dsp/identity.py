@@ -5,7 +5,8 @@ signs with its own key (a *self-issued ID token*), whose ``iss`` and ``sub`` are
 ``aud`` the recipient's DID, with a fresh ``jti`` and an expiry minutes away. The receiver
 finds the key in the sender's DID document (``kid`` names the verification method) and
 accepts the token only when the signature holds, it is meant for the receiver, it is
-current, and its ``jti`` was never seen before (:class:`connector.dsp.gate.ProtocolGate`).
+current, and its ``jti`` was never seen before (:class:`connector.dsp.gate.ProtocolGate`;
+the token itself, signed and checked, is :mod:`connector.dsp.id_tokens`).
 
 DIDs are ``did:web``: ``did:web:host%3Aport[:path]`` is the document at
 ``https://host:port[/path]/.well-known/did.json`` (``/path/did.json`` with a path).
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,29 +37,23 @@ from urllib.parse import quote, unquote, urlsplit
 
 from eth_utils.address import is_address, to_checksum_address
 from eth_utils.crypto import keccak
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, OKPKey
+from joserfc.jwk import ECKey
 
+from connector.dsp.id_tokens import (
+    ALGORITHMS,
+    BODY_CLAIM,
+    REQUEST_CLAIM,
+    TOKEN_TTL,
+    TokenRejected,
+    request_claim,
+    sign,
+)
 from kernel.addresses import parse_ip
-from kernel.errors import AgoraError, InvalidInput
+from kernel.errors import InvalidInput
 
-TOKEN_TTL = 300  # seconds a self-issued token lives
-MAX_TOKEN_TTL = 3600  # a token claiming a longer life is refused
-MAX_SKEW = 300  # seconds of clock difference tolerated
-MAX_TOKEN_BYTES = 8 * 1024
-BODY_CLAIM = "agora:sha256"  # an Agora node binds the request's body into its token
 AGORA_SERVICE = "AgoraNode"
 KEY_FRAGMENT = "org"
-_ALGORITHMS = {("EC", "secp256k1"): "ES256K", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
-SIGNING_ALGORITHMS = tuple(_ALGORITHMS.values())
 DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
-
-
-class TokenRejected(AgoraError):
-    type_slug = "token-rejected"
-    status = 401
-    title = "Identity token rejected"
 
 
 # DIDs -------------------------------------------------------------------------------------
@@ -138,7 +132,7 @@ def read_did_document(did: str, document: Any) -> DidDocument:
         mid = str(method.get("id", ""))
         mid = did + mid if mid.startswith("#") else mid
         jwk = {k: v for k, v in method["publicKeyJwk"].items() if k in ("kty", "crv", "x", "y")}
-        if mid.startswith(did + "#") and (jwk.get("kty"), jwk.get("crv")) in _ALGORITHMS:
+        if mid.startswith(did + "#") and (jwk.get("kty"), jwk.get("crv")) in ALGORITHMS:
             keys[mid] = jwk
     if not keys:
         raise TokenRejected(f"the DID document of {did[:120]} lists no key this node can check")
@@ -284,8 +278,16 @@ class NodeIdentity:
         signed = Account.sign_message(encode_defunct(binding_message(self.did)), self._private_key())
         return "0x" + bytes(signed.signature).hex()
 
-    def token(self, audience: str, body: bytes | None = None, **claims: Any) -> str:
-        """A self-issued ID token for ``audience`` (a DID), binding ``body`` when given."""
+    def token(
+        self,
+        audience: str,
+        body: bytes | None = None,
+        *,
+        request: tuple[str, str] | None = None,
+        **claims: Any,
+    ) -> str:
+        """A self-issued ID token for ``audience`` (a DID), binding ``body`` and ``request``
+        (the method and the URL's path) when given."""
         now = int(time.time())
         payload: dict[str, Any] = {
             "iss": self.did,
@@ -299,15 +301,9 @@ class NodeIdentity:
         }
         if body is not None:
             payload[BODY_CLAIM] = hashlib.sha256(body).hexdigest()
+        if request is not None:
+            payload[REQUEST_CLAIM] = request_claim(*request)
         return sign(payload, self._key, self.kid)
-
-
-def sign(claims: dict[str, Any], key: ECKey | OKPKey, kid: str) -> str:
-    """A compact JWS of ``claims`` with the algorithm ``key`` calls for."""
-    alg = _ALGORITHMS[(key.key_type, str(key.as_dict()["crv"]))]
-    header = {"alg": alg, "kid": kid, "typ": "JWT"}
-    payload = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
-    return str(jws.serialize_compact(header, payload, key, algorithms=[alg]))
 
 
 def _secp256k1_jwk(private_key: bytes) -> dict[str, str]:
@@ -332,105 +328,3 @@ def _unb64(text: str) -> bytes:
     if len(text) > 64:
         raise ValueError("not a key coordinate")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-# Checking a token ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Unverified:
-    """A token's header and claims as read, before the signature is checked."""
-
-    token: str
-    kid: str
-    did: str
-    claims: dict[str, Any]
-    alg: str = ""  # the header's alg
-
-
-def read_token(authorization: str | None) -> Unverified:
-    """The token in an ``Authorization`` header (``Bearer`` or bare, as EDC sends it), its form
-    checked: a ``kid`` under the DID that is both ``iss`` and ``sub``."""
-    token = (authorization or "").strip()
-    if token[:7].lower() == "bearer ":
-        token = token[7:].strip()
-    if not token:
-        raise TokenRejected("a protocol request names its sender in the Authorization header (a DCP token)")
-    if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
-        raise TokenRejected("the Authorization header does not hold a compact JWT")
-    try:
-        compact = jws.extract_compact(token.encode())
-        claims = json.loads(compact.payload)
-    except (JoseError, ValueError, UnicodeDecodeError):
-        raise TokenRejected("the identity token cannot be read") from None
-    header = compact.protected
-    if not isinstance(claims, dict):
-        raise TokenRejected("the identity token's claims are not a JSON object")
-    kid, iss = str(header.get("kid") or ""), claims.get("iss")
-    if not isinstance(iss, str) or not iss.startswith("did:") or claims.get("sub") != iss:
-        raise TokenRejected("a self-issued token's iss and sub are the sender's DID")
-    if kid.startswith("#"):
-        kid = iss + kid
-    if not kid.startswith(iss + "#"):
-        raise TokenRejected("the token's kid must name a key of its issuer's DID")
-    alg = header.get("alg")
-    if alg not in SIGNING_ALGORITHMS:
-        raise TokenRejected(
-            f"the identity token is not signed by a key algorithm this node accepts ({str(alg)[:20]})"
-        )
-    return Unverified(token, kid, iss, claims, str(alg))
-
-
-def verify_token(
-    unverified: Unverified,
-    jwk: dict[str, Any],
-    *,
-    audience: str,
-    body: bytes | None,
-    now: float | None = None,
-) -> dict[str, Any]:
-    """The token's claims once its signature, audience, times and body binding hold."""
-    kty, crv = jwk.get("kty"), jwk.get("crv")
-    alg = _ALGORITHMS.get((str(kty), str(crv)))
-    if alg is None:
-        raise TokenRejected(f"keys of type {kty}/{crv} are not accepted")
-    try:
-        key = ECKey.import_key(jwk) if kty == "EC" else OKPKey.import_key(jwk)
-        jws.deserialize_compact(unverified.token, key, algorithms=[alg])
-    except (JoseError, ValueError):
-        raise TokenRejected(f"the identity token is not signed by {unverified.kid[:160]}") from None
-    return check_claims(unverified, audience=audience, body=body, now=now)
-
-
-def check_claims(
-    unverified: Unverified, *, audience: str, body: bytes | None, now: float | None = None
-) -> dict[str, Any]:
-    """The token's claims once its audience, times, ``jti`` and body binding hold: all that
-    can be checked before its sender's DID document is fetched (the signature cannot)."""
-    claims = unverified.claims
-    aud = claims.get("aud")
-    if not (aud == audience or (isinstance(aud, list) and audience in aud)):
-        raise TokenRejected(f"the token is meant for {str(aud)[:160]}, not for this node ({audience})")
-    at = now if now is not None else time.time()
-    exp, iat = claims.get("exp"), claims.get("iat", claims.get("nbf"))
-    if not isinstance(exp, int) or isinstance(exp, bool):
-        raise TokenRejected("the token has no expiry (exp)")
-    if exp < at - MAX_SKEW:
-        raise TokenRejected(f"the token expired {int(at - exp)} s ago")
-    if isinstance(iat, int) and not isinstance(iat, bool):
-        if iat > at + MAX_SKEW:
-            raise TokenRejected(f"the token is issued {int(iat - at)} s in the future (clock skew)")
-        if exp - iat > MAX_TOKEN_TTL:
-            raise TokenRejected(f"the token lives {exp - iat} s; at most {MAX_TOKEN_TTL} s are accepted")
-    elif exp - at > MAX_TOKEN_TTL:
-        raise TokenRejected(f"the token expires in {int(exp - at)} s; at most {MAX_TOKEN_TTL} s are accepted")
-    nbf = claims.get("nbf")
-    if isinstance(nbf, int) and not isinstance(nbf, bool) and nbf > at + MAX_SKEW:
-        raise TokenRejected(f"the token is not valid yet: not valid for another {int(nbf - at)} s (nbf)")
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
-        raise TokenRejected("the token needs a jti of 8 to 128 characters (replay defence)")
-    bound = claims.get(BODY_CLAIM)
-    if bound is not None and (body is None or hashlib.sha256(body).hexdigest() != bound):
-        raise TokenRejected("the request's body is not the one the token was signed for")
-    return claims

@@ -26,7 +26,7 @@ from connector.dcp.stores import HolderStore, TrustedIssuers
 from connector.dcp.tokens import mint_access_token, type_scope
 from connector.dcp.verifier import Verifier
 from connector.dsp.client import resolve_did
-from connector.dsp.identity import read_token
+from connector.dsp.id_tokens import read_token
 from kernel.addresses import AddressRules
 from kernel.errors import AgoraError
 from kernel.outbound import OutboundClient, OutboundPolicy

@@ -142,7 +142,7 @@ def test_a_provider_sends_no_row_and_only_declared_fields(tmp_path: Path) -> Non
 
 def _claims(authorization: str) -> dict[str, object]:
     """The claims of the token in an ``Authorization`` header (read, not checked)."""
-    from connector.dsp.identity import read_token
+    from connector.dsp.id_tokens import read_token
 
     return read_token(authorization).claims
 

@@ -156,7 +156,8 @@ def test_an_identity_token_is_checked_cheaply_before_its_signature() -> None:
     looked up; then the signature, and only then what the claims say."""
     from eth_account import Account
 
-    from connector.dsp.identity import TokenRejected, read_did_document, read_token, sign, verify_token
+    from connector.dsp.id_tokens import TokenRejected, read_token, sign, verify_token
+    from connector.dsp.identity import read_did_document
     from tests import dsp_peer
 
     me = dsp_peer.identity("http://127.0.0.1:8001", Account.create().key)

@@ -16,7 +16,7 @@ from connector.dcp.presentation import DCP_CONTEXT, NotSupported
 from connector.dcp.status import bit_is_set, decode_status_list, encode_status_list
 from connector.dcp.tokens import mint_access_token, parse_scopes, redeem_access_token, type_scope
 from connector.dsp.gate import ReplayedMessage
-from connector.dsp.identity import TokenRejected
+from connector.dsp.id_tokens import TokenRejected
 from kernel.audit import AuditEntry
 from kernel.errors import Forbidden, InvalidInput
 from tests.unit.test_dcp_flow import MEMBERSHIP, SENSITIVE, World, build_world, party

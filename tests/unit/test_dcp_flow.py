@@ -23,7 +23,8 @@ from connector.dcp.status import encode_status_list
 from connector.dcp.stores import HolderStore, TrustedIssuers
 from connector.dcp.tokens import mint_access_token, type_scope
 from connector.dcp.verifier import Verifier, credential_claims_context
-from connector.dsp.identity import DidDocument, NodeIdentity, TokenRejected, read_did_document
+from connector.dsp.id_tokens import TokenRejected
+from connector.dsp.identity import DidDocument, NodeIdentity, read_did_document
 from kernel.db import make_engine
 from kernel.errors import NotFound
 from kernel.outbound import OutboundClient

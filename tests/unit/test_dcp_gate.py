@@ -16,15 +16,8 @@ from sqlmodel import Session
 
 from connector.dsp import gate as gate_module
 from connector.dsp.gate import NotAPeer, ProtocolGate, ReplayedMessage, UnknownSender
-from connector.dsp.identity import (
-    DidDocument,
-    NodeIdentity,
-    TokenRejected,
-    did_for_url,
-    participant_id,
-    read_did_document,
-    sign,
-)
+from connector.dsp.id_tokens import TokenRejected, sign
+from connector.dsp.identity import DidDocument, NodeIdentity, did_for_url, participant_id, read_did_document
 from connector.models import Participant
 from kernel.db import make_engine, transaction, utcnow
 from kernel.errors import ServiceUnavailable

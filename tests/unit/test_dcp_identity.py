@@ -15,20 +15,15 @@ import pytest
 from eth_account import Account
 from joserfc.jwk import ECKey
 
+from connector.dsp.id_tokens import BODY_CLAIM, MAX_TOKEN_TTL, TokenRejected, read_token, sign, verify_token
 from connector.dsp.identity import (
-    BODY_CLAIM,
-    MAX_TOKEN_TTL,
     DidDocument,
     NodeIdentity,
-    TokenRejected,
     agora_address,
     did_document_url,
     did_for_url,
     participant_id,
     read_did_document,
-    read_token,
-    sign,
-    verify_token,
 )
 from kernel.errors import InvalidInput
 from node.settings import Settings

@@ -17,7 +17,8 @@ from sqlmodel import Session
 from connector.dcp.credentials import CredentialRefused
 from connector.dcp.membership import Membership
 from connector.dsp.gate import NotAPeer, ProtocolGate, ReplayedMessage
-from connector.dsp.identity import TokenRejected, participant_id
+from connector.dsp.id_tokens import TokenRejected
+from connector.dsp.identity import participant_id
 from connector.models import Participant
 from kernel.db import transaction
 from tests.conformance.dcp.holder import MEMBERSHIP_SCOPE, KeyService

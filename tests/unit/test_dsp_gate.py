@@ -11,16 +11,14 @@ import pytest
 from eth_account import Account
 
 from connector.dsp.gate import NotAPeer, ProtocolGate, ReplayedMessage, UnknownSender
+from connector.dsp.id_tokens import TokenRejected, read_token, verify_token
 from connector.dsp.identity import (
     DidDocument,
     NodeIdentity,
-    TokenRejected,
     did_document_url,
     did_for_url,
     participant_id,
     read_did_document,
-    read_token,
-    verify_token,
 )
 from connector.models import Participant
 from kernel.db import make_engine, transaction
@@ -130,7 +128,7 @@ def test_a_token_round_trip_and_each_refusal() -> None:
 
 
 def test_a_token_whose_issuer_is_not_its_subject_or_kid_is_refused() -> None:
-    from connector.dsp.identity import sign
+    from connector.dsp.id_tokens import sign
 
     now = int(time.time())
     claims = {
