@@ -10,7 +10,8 @@ unexpired credentials of the scopes both asked and granted (asking for more than
 grants gets less, not an error) in one JWT presentation signed by this node for the verifier.
 
 ``POST /dcp/credentials`` (a ``CredentialMessage``) and ``POST /dcp/offers`` (a
-``CredentialOfferMessage``) are for issuers the operator trusts: a delivered credential is
+``CredentialOfferMessage``) are for issuers the operator trusts: a CredentialMessage names
+its ``status`` (ISSUED or REJECTED), ``issuerPid`` and ``holderPid``; a delivered credential is
 checked (the issuer's signature, this node as its subject, a type trusted from that issuer)
 and kept; an offer is recorded in the audit log for the operator to act on.
 """
@@ -49,6 +50,7 @@ DCP_CONTEXT = "https://w3id.org/dspace-dcp/v1.0/dcp.jsonld"
 PE_CONTEXT = "https://identity.foundation/presentation-exchange/submission/v1"
 VP_TTL = 300
 MAX_CREDENTIALS = 64  # in one delivery, offer or presentation
+MAX_PID = 200  # an issuerPid or holderPid
 
 
 class NotSupported(AgoraError):
@@ -178,13 +180,16 @@ class CredentialService:
         """Take a CredentialMessage: keep the credentials an ISSUED one delivers."""
         caller = self._issuer(authorization, raw)
         message = _message(body, "CredentialMessage")
-        status, issuer_pid = message.get("status"), message.get("issuerPid")
+        status = message.get("status")
         if status not in ("ISSUED", "REJECTED"):
             raise InvalidInput(
                 f"a CredentialMessage's status is ISSUED or REJECTED, not {str(status)[:40]!r}"
             )
-        if not isinstance(issuer_pid, str) or not issuer_pid:
-            raise InvalidInput("a CredentialMessage names its issuerPid")
+        for name in ("issuerPid", "holderPid"):
+            pid = message.get(name)
+            if not isinstance(pid, str) or not 0 < len(pid) <= MAX_PID:
+                raise InvalidInput(f"a CredentialMessage names its {name} (1 to {MAX_PID} characters)")
+        issuer_pid = str(message["issuerPid"])
         if status == "REJECTED":
             self._note(
                 caller.did, "credential.rejected", issuer_pid, {"reason": message.get("rejectionReason")}

@@ -6,7 +6,8 @@ Credential Service (the base its DID document advertises as ``CredentialService`
 ``POST /dcp/presentations/query``, ``POST /dcp/credentials`` (Storage API),
 ``POST /dcp/offers``. Management: ``GET|POST /credentials`` (list, import a JWT),
 ``DELETE /credentials/{id}``, ``POST /credentials/issue`` (sign one as this node),
-``GET|POST|DELETE /credentials/trusted-issuers``.
+``POST /credentials/access-tokens`` (an access token a verifier reads this node's
+credentials with: the holder's token service), ``GET|POST|DELETE /credentials/trusted-issuers``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from litestar.params import FromPath, FromQuery
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.dcp.service import DcpService
+from connector.dcp.tokens import ACCESS_TTL, MAX_SCOPES, mint_access_token, parse_scopes
 from kernel.errors import InvalidInput, PayloadTooLarge
 from kernel.limits import JSON, loads
 from kernel.validation import validate
@@ -80,6 +82,17 @@ class CredentialIssue(BaseModel):
     days: float | None = Field(default=365, gt=0, le=3650, description="days it lives; null: never expires")
 
 
+class AccessTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verifier: str = Field(min_length=5, max_length=500, description="the DID of the verifier it is bound to")
+    scopes: list[str] = Field(
+        min_length=1,
+        max_length=MAX_SCOPES,
+        description="what it grants, e.g. org.eclipse.dspace.dcp.vc.type:MembershipCredential:read",
+    )
+
+
 class TrustedIssuerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -118,6 +131,24 @@ class CredentialController(Controller):
             lambda: dcp_service.issue(body.subject, body.type, body.claims, days=body.days)
         )
         return {"jwt": jwt}
+
+    @post("/access-tokens", opt={"scope": "admin"}, status_code=201)
+    async def access_token(
+        self, request: Request[Any, Any, Any], dcp_service: NamedDependency[DcpService]
+    ) -> dict[str, Any]:
+        """An access token letting one verifier read, once and within minutes, this node's
+        credentials of the scopes given (what the node puts into its self-issued tokens'
+        ``token`` claim; here for a verifier the operator serves by hand)."""
+        body = validate(AccessTokenIn, await request.body(), what="access token request")
+        if not body.verifier.startswith("did:") or any(c.isspace() for c in body.verifier):
+            raise InvalidInput(f"an access token is bound to a verifier's DID, not {body.verifier[:100]!r}")
+        for scope in body.scopes:
+            if len(scope) > 300 or not parse_scopes([scope]):
+                raise InvalidInput(f"{scope[:100]!r} is not a read scope of credentials by type or id")
+        token = await to_thread.run_sync(
+            lambda: mint_access_token(dcp_service.signer, body.verifier, body.scopes)
+        )
+        return {"token": token, "verifier": body.verifier, "scopes": body.scopes, "expires_in": ACCESS_TTL}
 
     @delete("/{credential_id:str}", opt={"scope": "admin"}, status_code=200, sync_to_thread=True)
     def remove_credential(

@@ -4,7 +4,8 @@ this node hands out as a holder.
 A request to this node's Credential Service (a verifier's query, an issuer's delivery or
 offer) carries the caller's self-issued ID token as ``Authorization: Bearer <jwt>``. Unlike
 on the DSP routes the caller need not be a peer: its DID document is resolved (the
-resolver the node is given; its outbound rules apply), the token checked against it
+resolver the node is given; its outbound rules apply) once the token's audience and times
+hold, the token checked against it
 (:func:`connector.dsp.identity.verify_token`, plus ``nbf``), and its ``jti`` kept so the token
 is never accepted twice.
 
@@ -29,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from connector.dcp.credentials import CredentialRefused, Signer, read_jwt
 from connector.dsp.gate import ReplayedMessage
-from connector.dsp.id_tokens import MAX_SKEW, TokenRejected, read_token, verify_token
+from connector.dsp.id_tokens import MAX_SKEW, TokenRejected, check_claims, read_token, verify_token
 from connector.dsp.identity import DidDocument, participant_id
 from connector.models import SeenNonce
 from kernel.db import transaction
@@ -63,13 +64,15 @@ def check_caller(
     admit: Callable[[str], None] | None = None,
 ) -> Caller:
     """The caller of a credential API, its token checked, or :class:`TokenRejected`;
-    ``admit`` judges the caller's DID before any request leaves for its document."""
+    ``admit`` judges the caller's DID, and the token's audience and times are checked, before
+    any request leaves for its document."""
     text = (authorization or "").strip()
     if text[:7].lower() != "bearer ":
         raise TokenRejected("the credential APIs take a self-issued token as 'Authorization: Bearer <jwt>'")
     unverified = read_token(text)
     if admit is not None:
         admit(unverified.did)
+    check_claims(unverified, audience=audience, body=raw, now=now)  # before any fetch
     try:
         document = resolve(unverified.did)
     except TokenRejected:
