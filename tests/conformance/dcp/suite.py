@@ -11,8 +11,9 @@ keys and token shapes are those; :class:`CsSuite` adds the verifier). As the sui
 * the verifier's ID token is ES256, ``kid`` ``<verifier>#<uuid>``, ``iss`` = ``sub`` the
   verifier, ``aud`` the node, a fresh ``jti``, ``iat`` now, ``exp`` in 600 s, and the access
   token in ``token``; the issuer's the same without ``token`` (``createClaims``);
-* the access token (``@AuthToken``) comes from the holder's token service (the suite's
-  ``dataspacetck.sts.url``): the node's ``POST /api/v1/credentials/access-tokens``;
+* the access token (``@AuthToken``) comes from the holder's token service (the suite asks an
+  external one, ``dataspacetck.sts.url``, by OAuth client credentials; here it is the node's
+  own ``POST /api/v1/credentials/access-tokens``, with an admin token);
 * ``@IssueCredentials`` delivers a MembershipCredential and a SensitiveDataCredential about the
   node in one ``CredentialMessage`` (``format`` ``vc11-sl2021/jwt``, the suite's ``holderPid``);
 * an answer is judged as ``verifyCredentials`` judges it: 2xx, a PresentationResponseMessage
