@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,8 +39,14 @@ def stranger(url: str = "http://127.0.0.1:9") -> NodeIdentity:
     return identity(url, secrets.token_bytes(32), "stranger")
 
 
-def headers(sender: NodeIdentity, recipient_url: str, body: bytes, **claims: Any) -> dict[str, str]:
-    token = sender.token(did_for_url(recipient_url), body, **claims)
+def headers(
+    sender: NodeIdentity, recipient_url: str, body: bytes, url: str, method: str = "POST", **claims: Any
+) -> dict[str, str]:
+    """Headers with ``sender``'s token for the node at ``recipient_url``, bound to ``body`` and
+    to the request (``method`` and the path of ``url``, a URL or a path), as an Agora node
+    binds them."""
+    request = (method, urlsplit(url).path)
+    token = sender.token(did_for_url(recipient_url), body, request=request, **claims)
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
@@ -48,18 +55,15 @@ def post(
 ) -> httpx.Response:
     """POST ``body`` (JSON) to ``recipient_url + path`` with ``sender``'s token."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    url = recipient_url.rstrip("/") + path
     return httpx.post(
-        recipient_url.rstrip("/") + path,
-        content=raw,
-        headers=headers(sender, recipient_url, raw, **claims),
-        timeout=timeout,
+        url, content=raw, headers=headers(sender, recipient_url, raw, url, **claims), timeout=timeout
     )
 
 
 def get(sender: NodeIdentity, recipient_url: str, path: str, *, timeout: float = 30.0) -> httpx.Response:
-    return httpx.get(
-        recipient_url.rstrip("/") + path, headers=headers(sender, recipient_url, b""), timeout=timeout
-    )
+    url = recipient_url.rstrip("/") + path
+    return httpx.get(url, headers=headers(sender, recipient_url, b"", url, "GET"), timeout=timeout)
 
 
 def key_headers(did: str, kid: str, key: Any, recipient_url: str, body: bytes) -> dict[str, str]:
@@ -100,6 +104,6 @@ def post_raw(
     return httpx.post(
         url,
         content=raw,
-        headers={**headers(sender, recipient_url, raw), "Content-Type": content_type},
+        headers={**headers(sender, recipient_url, raw, url), "Content-Type": content_type},
         timeout=timeout,
     )

@@ -80,7 +80,7 @@ async def open_request(
         raise InvalidInput("a protocol message is a JSON object")
     request.state[PIDS] = {k: body[k] for k in ("providerPid", "consumerPid") if isinstance(body.get(k), str)}
     authorization = request.headers.get("authorization")
-    return await to_thread.run_sync(gate.accept, authorization, raw, body)
+    return await to_thread.run_sync(gate.accept, authorization, raw, body, _request_line(request))
 
 
 async def open_blob_request(
@@ -94,8 +94,15 @@ async def open_blob_request(
     body, blob = blobs.split(raw, max_bytes=max_bytes)
     if not isinstance(body, dict):
         raise InvalidInput("a protocol message is a JSON object")
-    opened = await to_thread.run_sync(gate.accept, request.headers.get("authorization"), raw, body)
+    opened = await to_thread.run_sync(
+        gate.accept, request.headers.get("authorization"), raw, body, _request_line(request)
+    )
     return opened, blobs.check(opened.body, blob)
+
+
+def _request_line(request: Request[Any, Any, Any]) -> tuple[str, str]:
+    """The method and path a token's ``agora:request`` must name."""
+    return request.method, request.url.path
 
 
 def catalog_request_since(body: dict[str, Any]) -> datetime | None:

@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -63,8 +64,11 @@ class PeerClient:
         self.peer_did = peer_did
         self._claims = claims
 
-    def _headers(self, content: bytes, media_type: str = "application/json") -> dict[str, str]:
-        token = self.identity.token(self.peer_did, content, **self._claims(self.peer_did))
+    def _headers(
+        self, method: str, url: str, content: bytes, media_type: str = "application/json"
+    ) -> dict[str, str]:
+        request = (method, urlsplit(url).path)
+        token = self.identity.token(self.peer_did, content, request=request, **self._claims(self.peer_did))
         return {"Authorization": f"Bearer {token}", "Content-Type": media_type}
 
     def post(
@@ -78,19 +82,20 @@ class PeerClient:
         """POST to a full URL (a callback address the peer gave, checked by the caller)."""
         content = _encode(body)
         response = self.outbound.request(
-            "POST", url, content=content, headers=self._headers(content), params=params
+            "POST", url, content=content, headers=self._headers("POST", url, content), params=params
         )
         return self._reply(response), response
 
     def get(self, path: str) -> dict[str, Any]:
-        response = self.outbound.request("GET", self.base_url + path, headers=self._headers(b""))
+        url = self.base_url + path
+        response = self.outbound.request("GET", url, headers=self._headers("GET", url, b""))
         return self._reply(response)
 
     def post_blob(self, path: str, body: dict[str, Any], blob: bytes) -> dict[str, Any]:
         """A message carrying raw bytes (see :mod:`connector.blobs`); the reply's body."""
-        content = blobs.pack(blobs.bind(body, blob), blob)
+        content, url = blobs.pack(blobs.bind(body, blob), blob), self.base_url + path
         response = self.outbound.request(
-            "POST", self.base_url + path, content=content, headers=self._headers(content, blobs.MEDIA_TYPE)
+            "POST", url, content=content, headers=self._headers("POST", url, content, blobs.MEDIA_TYPE)
         )
         return self._reply(response)
 
@@ -112,9 +117,9 @@ class PeerClient:
     ) -> Iterator[Iterator[bytes]]:
         """A request whose answer is raw bytes (checked by the caller against a digest the
         peer stated elsewhere), streamed in chunks, at most ``max_bytes``."""
-        content = _encode(body)
+        content, url = _encode(body), self.base_url + path
         with self.outbound.stream(
-            "POST", self.base_url + path, content=content, headers=self._headers(content), max_bytes=max_bytes
+            "POST", url, content=content, headers=self._headers("POST", url, content), max_bytes=max_bytes
         ) as response:
             if response.status_code >= 400:
                 response.read()

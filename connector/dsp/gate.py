@@ -48,6 +48,7 @@ from sqlmodel import Session, col, select
 from connector.dsp.id_tokens import (
     BODY_CLAIM,
     MAX_SKEW,
+    REQUEST_CLAIM,
     TokenRejected,
     Unverified,
     check_claims,
@@ -136,8 +137,16 @@ class ProtocolGate:
         self.test_peer: TestPeer | None = None
         self.membership: Membership | None = None  # AGORA_DCP_SCOPES: what every caller presents
 
-    def accept(self, authorization: str | None, raw: bytes, body: dict[str, Any]) -> Opened:
-        """The verified request, or a :class:`TokenRejected` subclass with the reason."""
+    def accept(
+        self,
+        authorization: str | None,
+        raw: bytes,
+        body: dict[str, Any],
+        request: tuple[str, str] | None = None,
+    ) -> Opened:
+        """The verified request, or a :class:`TokenRejected` subclass with the reason.
+        ``request`` is the method and path as received: an Agora node's token must name them
+        (:data:`REQUEST_CLAIM`) as well as the body; without it only the body is bound."""
         test = self.test_peer
         if (
             test is not None
@@ -156,7 +165,7 @@ class ProtocolGate:
         unverified = read_token(authorization)
         membership = self.membership
         if membership is not None and not self._is_peer(unverified.did):
-            return self._admit_member(membership, unverified, raw, body)
+            return self._admit_member(membership, unverified, raw, body, request)
         row = self._participant(unverified.did)
         key = (row.keys or {}).get(unverified.kid)
         if key is None and self._may_refresh(unverified.did):
@@ -164,11 +173,9 @@ class ProtocolGate:
             key = (row.keys or {}).get(unverified.kid)
         if key is None:
             raise TokenRejected(f"{unverified.did[:160]}'s DID document lists no key {unverified.kid[:200]}")
-        claims = verify_token(unverified, key, audience=self.identity.did, body=raw)
-        if row.kind == "agora" and BODY_CLAIM not in claims:
-            raise TokenRejected(
-                "an Agora node's token binds the request's body (agora:sha256); this one does not"
-            )
+        claims = verify_token(unverified, key, audience=self.identity.did, body=raw, request=request)
+        if row.kind == "agora":
+            _require_binding(claims, request)
         self._remember(row.address, str(claims["jti"]))
         credentials: dict[str, dict[str, Any]] = {}
         if membership is not None and not row.is_self:
@@ -193,13 +200,18 @@ class ProtocolGate:
         return row is not None and (row.trusted or row.is_self)
 
     def _admit_member(
-        self, membership: Membership, unverified: Unverified, raw: bytes, body: dict[str, Any]
+        self,
+        membership: Membership,
+        unverified: Unverified,
+        raw: bytes,
+        body: dict[str, Any],
+        request: tuple[str, str] | None,
     ) -> Opened:
         """A caller that is not a peer, admitted on its membership presentation. Its token's
         form, audience, times and ``jti`` are checked (and the ``jti`` looked up) before its
         DID document is fetched; then the signature, then the presentation."""
         did, nonce_owner = unverified.did, participant_id(unverified.did)
-        check_claims(unverified, audience=self.identity.did, body=raw)
+        check_claims(unverified, audience=self.identity.did, body=raw, request=request)
         jti = str(unverified.claims["jti"])
         if self._seen(nonce_owner, jti):
             raise ReplayedMessage(f"token {jti[:128]} from {did[:160]} was already received")
@@ -207,12 +219,10 @@ class ProtocolGate:
         key = document.keys.get(unverified.kid)
         if key is None:
             raise TokenRejected(f"{did[:160]}'s DID document lists no key {unverified.kid[:200]}")
-        claims = verify_token(unverified, key, audience=self.identity.did, body=raw)
+        claims = verify_token(unverified, key, audience=self.identity.did, body=raw, request=request)
         kind = "agora" if document.address else "dsp"
-        if kind == "agora" and BODY_CLAIM not in claims:
-            raise TokenRejected(
-                "an Agora node's token binds the request's body (agora:sha256); this one does not"
-            )
+        if kind == "agora":
+            _require_binding(claims, request)
         self._remember(nonce_owner, jti)
         credentials = membership.verify(claims, document)
         row = self._member_row(did, document, kind, use_https=membership.use_https)
@@ -368,3 +378,16 @@ def _did_host(did: str) -> str:
 def describe(opened: Opened) -> dict[str, Any]:
     """Who sent a message, as the negotiation log records it."""
     return {"participant": opened.sender, "did": opened.sender_did, "kind": opened.sender_kind}
+
+
+def _require_binding(claims: dict[str, Any], request: tuple[str, str] | None) -> None:
+    """An Agora node binds its token to the body and to the request (checked by
+    :func:`~connector.dsp.id_tokens.check_claims`); a token of one that does not is refused."""
+    if BODY_CLAIM not in claims:
+        raise TokenRejected(
+            "an Agora node's token binds the request's body (agora:sha256); this one does not"
+        )
+    if request is not None and REQUEST_CLAIM not in claims:
+        raise TokenRejected(
+            "an Agora node's token names the request it is for (agora:request); this one does not"
+        )

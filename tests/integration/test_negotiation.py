@@ -316,8 +316,8 @@ def test_replayed_message_is_refused(orgs: tuple[services.Org, services.Org]) ->
         },
     }
     raw = json.dumps(body).encode()
-    headers = dsp_peer.headers(dsp_peer.as_node(beta.node), acme.node.url, raw)
     url = f"{acme.node.url}/dsp/negotiations/request"
+    headers = dsp_peer.headers(dsp_peer.as_node(beta.node), acme.node.url, raw, url)
     first = httpx.post(url, content=raw, headers=headers)
     assert first.status_code == 201, first.text
     again = httpx.post(url, content=raw, headers=headers)

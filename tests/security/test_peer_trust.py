@@ -210,8 +210,11 @@ def _peer(runtime: Any, url: str = "http://127.0.0.1:9") -> NodeIdentity:
     return me
 
 
+CATALOG = "/dsp/catalog/request"
+
+
 def _ask(client: Any, headers: dict[str, str], body: bytes = ASK) -> Any:
-    return client.post("/dsp/catalog/request", content=body, headers=headers)
+    return client.post(CATALOG, content=body, headers=headers)
 
 
 def _refusal(response: Any, status: int, code: str) -> str:
@@ -223,18 +226,18 @@ def _refusal(response: Any, status: int, code: str) -> str:
 
 def test_a_replayed_token_is_refused(runtime: Any, client: Any) -> None:
     peer = _peer(runtime)
-    headers = dsp_peer.headers(peer, runtime.settings.public_url, ASK)
+    headers = dsp_peer.headers(peer, runtime.settings.public_url, ASK, CATALOG)
     assert _ask(client, headers).status_code == 200
     reason = _refusal(_ask(client, headers), 409, "replayed-message")
     assert "was already received" in reason and peer.address in reason
-    fresh = dsp_peer.headers(peer, runtime.settings.public_url, ASK)
+    fresh = dsp_peer.headers(peer, runtime.settings.public_url, ASK, CATALOG)
     assert _ask(client, fresh).status_code == 200, "a new token (another jti) is taken"
 
 
 def test_a_token_for_another_node_is_refused(runtime: Any, client: Any) -> None:
     peer = _peer(runtime)
     elsewhere = "http://127.0.0.1:8001"
-    reason = _refusal(_ask(client, dsp_peer.headers(peer, elsewhere, ASK)), 401, "token-rejected")
+    reason = _refusal(_ask(client, dsp_peer.headers(peer, elsewhere, ASK, CATALOG)), 401, "token-rejected")
     assert (
         reason
         == f"the token is meant for {did_for_url(elsewhere)}, not for this node ({runtime.identity.did})"
@@ -243,7 +246,7 @@ def test_a_token_for_another_node_is_refused(runtime: Any, client: Any) -> None:
 
 def test_a_token_bound_to_another_body_is_refused(runtime: Any, client: Any) -> None:
     peer = _peer(runtime)
-    signed = dsp_peer.headers(peer, runtime.settings.public_url, ASK)
+    signed = dsp_peer.headers(peer, runtime.settings.public_url, ASK, CATALOG)
     other = json.dumps({"@context": DSP, "@type": "CatalogRequestMessage", "filter": [{"x": 1}]}).encode()
     reason = _refusal(_ask(client, signed, other), 401, "token-rejected")
     assert reason == "the request's body is not the one the token was signed for"
@@ -255,7 +258,7 @@ def test_a_stranger_is_refused_without_a_request_to_its_host(
     """The token names a DID whose host is the internal service: nothing asks for its document."""
     stranger = dsp_peer.stranger(internal.url)
     reason = _refusal(
-        _ask(client, dsp_peer.headers(stranger, runtime.settings.public_url, ASK)), 403, "not-a-peer"
+        _ask(client, dsp_peer.headers(stranger, runtime.settings.public_url, ASK, CATALOG)), 403, "not-a-peer"
     )
     assert reason.startswith(f"{stranger.did} is not a peer of this node")
     with Session(runtime.engine) as session:
@@ -304,6 +307,8 @@ def test_a_document_listing_a_peers_key_does_not_make_its_host_that_peer(
             sender = session.exec(select(Participant).where(Participant.did == did)).first()
         assert sender is None or sender.address != peer.address
         # and the peer itself still is
-        assert _ask(client, dsp_peer.headers(peer, runtime.settings.public_url, ASK)).status_code == 200
+        assert (
+            _ask(client, dsp_peer.headers(peer, runtime.settings.public_url, ASK, CATALOG)).status_code == 200
+        )
     finally:
         host.stop()

@@ -231,6 +231,33 @@ def test_an_agora_token_must_bind_the_body(tmp_path: Path) -> None:
         gate.accept(unbound, b"{}", {})
 
 
+def test_an_agora_token_is_good_for_the_request_it_names_only(tmp_path: Path) -> None:
+    """A token taken off the wire (its body is empty, as on every GET) cannot be spent on
+    another route, another method, or where the request is not known."""
+    gate = _gate(tmp_path, accept_registered=False)
+    here = ("GET", "/dsp/negotiations/urn:uuid:a")
+
+    def bound(request: tuple[str, str]) -> str:
+        return "Bearer " + ALICE_ID.token(BOB_ID.did, b"", request=request)
+
+    assert gate.accept(bound(here), b"", {}, here).sender == ALICE.address
+    proxied = ("GET", "/gateway/dsp/negotiations/urn:uuid:a")  # a reverse proxy's prefix
+    assert gate.accept(bound(proxied), b"", {}, here).sender == ALICE.address
+    elsewhere = [
+        ("GET", "/dsp/negotiations/urn:uuid:b"),
+        ("GET", "/dsp/transfers/urn:uuid:a"),
+        ("POST", "/dsp/negotiations/urn:uuid:a"),
+        ("GET", "/dsp/negotiations/urn:uuid:a/x"),
+    ]
+    for other in elsewhere:
+        with pytest.raises(TokenRejected, match="signed for another request"):
+            gate.accept(bound(here), b"", {}, other)
+    with pytest.raises(TokenRejected, match="signed for another request"):
+        gate.accept(bound(here), b"", {})
+    with pytest.raises(TokenRejected, match=r"names the request it is for \(agora:request\)"):
+        gate.accept("Bearer " + ALICE_ID.token(BOB_ID.did, b""), b"", {}, here)
+
+
 def test_registered_participants_when_the_operator_opts_in(tmp_path: Path) -> None:
     from sqlmodel import Session
 
