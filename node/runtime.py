@@ -330,6 +330,15 @@ def build_runtime(settings: Settings) -> Runtime:
         engine, identity=identity, private_key=runtime.org_key, outbound=outbound, resolve=runtime.resolve_did
     )
     runtime.peer_clients.claims = runtime.dcp.presenting
+    if settings.dcp_sts_client_id:
+        from connector.dcp.sts import SecureTokenService
+
+        runtime.dcp.sts = SecureTokenService(
+            identity=identity,
+            signer=runtime.dcp.signer,
+            client_id=settings.dcp_sts_client_id,
+            client_secret=settings.dcp_sts_client_secret.get_secret_value(),
+        )
     if settings.dcp_scopes:
         from connector.dcp.membership import Membership
 

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -81,6 +81,15 @@ class Settings(BaseSettings):
         description="data space membership: the DCP scopes (comma separated, e.g. "
         "org.eclipse.dspace.dcp.vc.type:MembershipCredential:read) naming credentials every DSP "
         "caller must present; a caller that is not a peer is then admitted when they verify",
+    )
+    dcp_sts_client_id: str = Field(
+        default="",
+        max_length=200,
+        description="the client id of the holder's token service (POST /dcp/sts/token, for a verifier "
+        "driven from outside such as the Eclipse DCP TCK); with dcp_sts_client_secret; off when empty",
+    )
+    dcp_sts_client_secret: SecretStr = Field(
+        default=SecretStr(""), description="the token service's client secret (at least 24 characters)"
     )
     did: str = Field(default="", description="this node's DID (did:web); default: the did:web of public_url")
     did_web_use_https: bool = Field(
@@ -220,6 +229,17 @@ class Settings(BaseSettings):
             if " " in scope or len(scope) > 300 or not parse_scopes([scope]):
                 raise ValueError(f"{scope[:100]!r} is not a DCP read scope (alias:discriminator:read)")
         return value
+
+    @model_validator(mode="after")
+    def _check_sts(self) -> Settings:
+        from connector.dcp.sts import MIN_SECRET
+
+        secret = self.dcp_sts_client_secret.get_secret_value()
+        if bool(self.dcp_sts_client_id) != bool(secret):
+            raise ValueError("the token service needs both dcp_sts_client_id and dcp_sts_client_secret")
+        if secret and len(secret) < MIN_SECRET:
+            raise ValueError(f"dcp_sts_client_secret must be at least {MIN_SECRET} characters")
+        return self
 
     @field_validator("import_dirs", mode="after")
     @classmethod

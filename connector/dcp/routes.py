@@ -21,7 +21,8 @@ from litestar.params import FromPath, FromQuery
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.dcp.service import DcpService
-from connector.dcp.tokens import ACCESS_TTL, MAX_SCOPES, mint_access_token, parse_scopes
+from connector.dcp.sts import check_grant, unconfigured
+from connector.dcp.tokens import ACCESS_TTL, MAX_SCOPES, mint_access_token
 from kernel.errors import InvalidInput, PayloadTooLarge
 from kernel.limits import JSON, loads
 from kernel.validation import validate
@@ -65,6 +66,18 @@ async def credential_offer(request: Request[Any, Any, Any], dcp_service: NamedDe
     raw, body = await _message(request)
     authorization = request.headers.get("authorization")
     return await to_thread.run_sync(dcp_service.credentials.offer, authorization, raw, body)
+
+
+@post("/dcp/sts/token", tags=["credentials"], status_code=200)
+async def sts_token(request: Request[Any, Any, Any], dcp_service: NamedDependency[DcpService]) -> Any:
+    """The holder's Secure Token Service (:mod:`connector.dcp.sts`): an OAuth 2.0
+    client-credentials request answered with an ID token carrying an access token for the
+    ``audience`` verifier; 404 unless the operator configured its client."""
+    sts = dcp_service.sts
+    if sts is None:
+        raise unconfigured()
+    raw = await request.body()
+    return await to_thread.run_sync(sts.token, raw, request.headers.get("content-type"))
 
 
 class CredentialImport(BaseModel):
@@ -140,11 +153,7 @@ class CredentialController(Controller):
         credentials of the scopes given (what the node puts into its self-issued tokens'
         ``token`` claim; here for a verifier the operator serves by hand)."""
         body = validate(AccessTokenIn, await request.body(), what="access token request")
-        if not body.verifier.startswith("did:") or any(c.isspace() for c in body.verifier):
-            raise InvalidInput(f"an access token is bound to a verifier's DID, not {body.verifier[:100]!r}")
-        for scope in body.scopes:
-            if len(scope) > 300 or not parse_scopes([scope]):
-                raise InvalidInput(f"{scope[:100]!r} is not a read scope of credentials by type or id")
+        check_grant(body.verifier, body.scopes)
         token = await to_thread.run_sync(
             lambda: mint_access_token(dcp_service.signer, body.verifier, body.scopes)
         )
@@ -190,4 +199,4 @@ class CredentialController(Controller):
 
 
 api_handlers = [CredentialController]
-public_handlers = [presentation_query, credential_message, credential_offer]
+public_handlers = [presentation_query, credential_message, credential_offer, sts_token]

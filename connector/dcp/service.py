@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from connector.dcp.credentials import CredentialRefused, Signer, issue_credential, verified_credential
 from connector.dcp.presentation import CredentialService
 from connector.dcp.stores import HolderStore, TrustedIssuers, view
+from connector.dcp.sts import SecureTokenService
 from connector.dcp.tokens import Resolver, mint_access_token, type_scope
 from connector.dcp.verifier import TokenSigner, Verifier
 from kernel.errors import AgoraError, InvalidInput
@@ -33,6 +34,7 @@ class DcpService:
     credentials: CredentialService
     verifier: Verifier
     resolve: Resolver
+    sts: SecureTokenService | None = None  # AGORA_DCP_STS_*: tokens for a verifier driven from outside
 
     @classmethod
     def build(

@@ -255,3 +255,13 @@ def test_routes(net: Net) -> None:
 
         removed = client.delete("/api/v1/credentials/trusted-issuers", params={"did": net.issuer.did})
         assert removed.status_code == 200 and client.get("/api/v1/credentials/trusted-issuers").json() == []
+
+        granted = client.post(
+            "/api/v1/credentials/access-tokens", json={"verifier": net.verifier.did, "scopes": [M]}
+        )
+        assert granted.status_code == 201 and granted.json()["expires_in"] == 300, granted.text
+        ask = {"verifier": net.verifier.did, "scopes": ["org.eclipse.dspace.dcp.vc.type:X:write"]}
+        refused = client.post("/api/v1/credentials/access-tokens", json=ask)
+        assert refused.status_code == 400 and "not a read scope" in refused.json()["detail"]
+        unconfigured = client.post("/dcp/sts/token", content=b"grant_type=client_credentials")
+        assert unconfigured.status_code == 404 and "AGORA_DCP_STS_CLIENT_ID" in unconfigured.json()["detail"]

@@ -11,9 +11,10 @@ keys and token shapes are those; :class:`CsSuite` adds the verifier). As the sui
 * the verifier's ID token is ES256, ``kid`` ``<verifier>#<uuid>``, ``iss`` = ``sub`` the
   verifier, ``aud`` the node, a fresh ``jti``, ``iat`` now, ``exp`` in 600 s, and the access
   token in ``token``; the issuer's the same without ``token`` (``createClaims``);
-* the access token (``@AuthToken``) comes from the holder's token service (the suite asks an
-  external one, ``dataspacetck.sts.url``, by OAuth client credentials; here it is the node's
-  own ``POST /api/v1/credentials/access-tokens``, with an admin token);
+* the access token (``@AuthToken``) comes from the holder's Secure Token Service, asked as
+  the suite asks an external one (``dataspacetck.sts.url`` = ``<node>/dcp/sts``, OAuth client
+  credentials with ``dataspacetck.sts.client.id`` and ``.secret``): the node runs with
+  ``AGORA_DCP_STS_CLIENT_ID`` and ``AGORA_DCP_STS_CLIENT_SECRET`` set;
 * ``@IssueCredentials`` delivers a MembershipCredential and a SensitiveDataCredential about the
   node in one ``CredentialMessage`` (``format`` ``vc11-sl2021/jwt``, the suite's ``holderPid``);
 * an answer is judged as ``verifyCredentials`` judges it: 2xx, a PresentationResponseMessage
@@ -51,6 +52,10 @@ from tests.conformance.dcp.holder import (
 VC11_JWT = "vc11-sl2021/jwt"
 VC_TYPE = "VerifiableCredential"
 _ALGORITHMS = {"P-256": "ES256", "secp256k1": "ES256K"}
+
+
+STS_CLIENT_ID = "dcp-tck"  # dataspacetck.sts.client.id
+STS_CLIENT_SECRET = "tck-client-secret-of-24-chars"  # dataspacetck.sts.client.secret
 
 
 class CsSuite(TckParties):
@@ -184,15 +189,28 @@ class CredentialServiceUnderTest:
         return httpx.post(self.endpoint + path, content=compact(message), headers=headers, timeout=60)
 
     def access_token(self, *scopes: str) -> str:
-        """``@AuthToken``: read access for the suite's verifier, from the node's token service."""
+        """``@AuthToken``: read access for the suite's verifier, from the holder's Secure Token
+        Service as the suite asks for it when ``dataspacetck.sts.url`` is set: a
+        client-credentials form to ``<sts.url>/token``, the ``token`` claim of the
+        ``access_token`` it answers."""
         response = httpx.post(
-            f"{self.node.url}/api/v1/credentials/access-tokens",
-            json={"verifier": self.suite.verifier_did, "scopes": list(scopes)},
-            headers={"Authorization": f"Bearer {self.admin}"},
+            f"{self.sts_url}/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": STS_CLIENT_ID,
+                "client_secret": STS_CLIENT_SECRET,
+                "audience": self.suite.verifier_did,
+                "bearer_access_scope": " ".join(scopes),
+            },
             timeout=60,
         )
-        assert response.status_code == 201, response.text
-        return str(response.json()["token"])
+        assert response.status_code == 200, response.text
+        return str(verify_jwt(response.json()["access_token"])["token"])
+
+    @property
+    def sts_url(self) -> str:
+        """``dataspacetck.sts.url``: the node's token service, without ``/token``."""
+        return f"{self.node.url}/dcp/sts"
 
     def query(self, access_token: str, message: dict[str, Any]) -> httpx.Response:
         """``createPresentationRequest``: the message with the verifier's ID token carrying ``access_token``."""
@@ -232,7 +250,12 @@ class CredentialServiceUnderTest:
 def credential_service(home: Path) -> Iterator[CredentialServiceUnderTest]:
     """A node in ``home`` trusting the suite's issuer, and the suite's parties on loopback."""
     suite = CsSuite()
-    node = services.start_node(home, "DCP Holder Org")
+    node = services.start_node(
+        home,
+        "DCP Holder Org",
+        AGORA_DCP_STS_CLIENT_ID=STS_CLIENT_ID,
+        AGORA_DCP_STS_CLIENT_SECRET=STS_CLIENT_SECRET,
+    )
     try:
         suite.node_did = httpx.get(f"{node.url}/.well-known/did.json", timeout=10).json()["id"]
         node.cli("credentials", "trust", "add", suite.issuer_did)
