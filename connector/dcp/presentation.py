@@ -40,8 +40,10 @@ from connector.dcp.tokens import (
     check_caller,
     parse_scopes,
     query_scopes,
+    read_access_token,
     redeem_access_token,
 )
+from connector.dsp.id_tokens import Unverified
 from kernel.audit import record
 from kernel.db import transaction
 from kernel.errors import AgoraError, Forbidden, InvalidInput
@@ -101,7 +103,7 @@ class CredentialService:
         self.clock = clock
 
     def _caller(
-        self, authorization: str | None, raw: bytes, admit: Callable[[str], None] | None = None
+        self, authorization: str | None, raw: bytes, admit: Callable[[Unverified], None] | None = None
     ) -> Caller:
         return check_caller(
             self.engine,
@@ -116,8 +118,14 @@ class CredentialService:
     # Resolution API --------------------------------------------------------------------
 
     def query(self, authorization: str | None, raw: bytes, body: Any) -> dict[str, Any]:
-        """Answer a verifier's PresentationQueryMessage."""
-        caller = self._caller(authorization, raw)
+        """Answer a verifier's PresentationQueryMessage. The access token the verifier's token
+        carries must be one this node issued it before the verifier's DID is resolved."""
+
+        def admit(unverified: Unverified) -> None:
+            token = unverified.claims.get("token")
+            read_access_token(self.signer, token, verifier=unverified.did, now=self.clock())
+
+        caller = self._caller(authorization, raw, admit)
         message = _message(body, "PresentationQueryMessage")
         if "presentationDefinition" in message:
             if "scope" in message:
@@ -169,7 +177,8 @@ class CredentialService:
     def _issuer(self, authorization: str | None, raw: bytes) -> Caller:
         """A trusted issuer, judged before its DID document is asked for."""
 
-        def admit(did: str) -> None:
+        def admit(unverified: Unverified) -> None:
+            did = unverified.did
             if not self.trust.knows(did):
                 trust_add = "agora credentials trust add"
                 raise Forbidden(f"{did[:160]} is not an issuer this node trusts ({trust_add})")

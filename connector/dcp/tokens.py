@@ -30,7 +30,14 @@ from sqlalchemy.exc import IntegrityError
 
 from connector.dcp.credentials import CredentialRefused, Signer, read_jwt
 from connector.dsp.gate import ReplayedMessage
-from connector.dsp.id_tokens import MAX_SKEW, TokenRejected, check_claims, read_token, verify_token
+from connector.dsp.id_tokens import (
+    MAX_SKEW,
+    TokenRejected,
+    Unverified,
+    check_claims,
+    read_token,
+    verify_token,
+)
 from connector.dsp.identity import DidDocument, participant_id
 from connector.models import SeenNonce
 from kernel.db import transaction
@@ -61,18 +68,18 @@ def check_caller(
     audience: str,
     resolve: Resolver,
     now: float | None = None,
-    admit: Callable[[str], None] | None = None,
+    admit: Callable[[Unverified], None] | None = None,
 ) -> Caller:
     """The caller of a credential API, its token checked, or :class:`TokenRejected`;
-    ``admit`` judges the caller's DID, and the token's audience and times are checked, before
-    any request leaves for its document."""
+    the token's audience and times are checked, and ``admit`` judges the token as read (its
+    DID, what it carries), before any request leaves for its document."""
     text = (authorization or "").strip()
     if text[:7].lower() != "bearer ":
         raise TokenRejected("the credential APIs take a self-issued token as 'Authorization: Bearer <jwt>'")
     unverified = read_token(text)
-    if admit is not None:
-        admit(unverified.did)
     check_claims(unverified, audience=audience, body=raw, now=now)  # before any fetch
+    if admit is not None:
+        admit(unverified)
     try:
         document = resolve(unverified.did)
     except TokenRejected:
@@ -174,6 +181,17 @@ def redeem_access_token(
     engine: Engine, signer: Signer, token: Any, *, verifier: str, now: float | None = None
 ) -> set[Scope]:
     """The scopes an access token this node issued grants ``verifier``; it is then used up."""
+    jti, scopes = read_access_token(signer, token, verifier=verifier, now=now)
+    remember(engine, participant_id(signer.did), "access:" + jti)
+    return scopes
+
+
+def read_access_token(
+    signer: Signer, token: Any, *, verifier: str, now: float | None = None
+) -> tuple[str, set[Scope]]:
+    """The ``jti`` and scopes of an access token this node issued to ``verifier``, checked
+    (signature, binding, expiry) but not used up: what can be known without the database or
+    the verifier's DID document."""
     if not isinstance(token, str) or not token:
         raise TokenRejected("the verifier's token carries no access token ('token' claim)")
     try:
@@ -199,5 +217,4 @@ def redeem_access_token(
         raise TokenRejected("the access token expired")
     if not isinstance(jti, str) or not 8 <= len(jti) <= 120 or not isinstance(scope, str):
         raise TokenRejected("the access token has no jti or scope")
-    remember(engine, participant_id(signer.did), "access:" + jti)
-    return parse_scopes(scope.split())
+    return jti, parse_scopes(scope.split())

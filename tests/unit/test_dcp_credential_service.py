@@ -221,3 +221,24 @@ def test_status_list_bits_are_highest_first() -> None:
         bit_is_set(bits, 131_072)
     with pytest.raises(CredentialRefused, match="not base64url of GZIP"):
         decode_status_list("u" + "A" * 40)
+
+
+def test_a_query_without_an_access_token_of_ours_fetches_no_document(w: World) -> None:
+    """A stranger's query is judged on the access token it carries before its DID is resolved."""
+    asked: list[str] = []
+    resolve = w.service.resolve
+
+    def counting(did: str) -> Any:
+        asked.append(did)
+        return resolve(did)
+
+    w.service.resolve = counting
+    for access, reason in [("faketoken", "not one this node issued"), (None, "no access token")]:
+        with pytest.raises(TokenRejected, match=reason):
+            _ask(w, access=access)
+    other = mint_access_token(w.holder.signer, w.issuer.did, [M])
+    with pytest.raises(TokenRejected, match="issued to another party"):
+        _ask(w, access=other)
+    assert asked == []
+    assert _ask(w)["type"] == "PresentationResponseMessage"
+    assert asked == [w.verifier.did]
