@@ -204,7 +204,9 @@ class Verifier:
         return [c for c in raw if isinstance(c, str)]
 
     def _issuer(self, raw: str, known: dict[str, DidDocument]) -> DidDocument:
-        """The DID document of the credential's issuer (resolved once per verification)."""
+        """The DID document of the credential's issuer (resolved once per verification), asked
+        for only when the issuer is one this node trusts (for some type; the type is checked
+        once the credential is verified)."""
         _, claims = read_jwt(raw, "the credential")
         vc = credential_body(claims)
         issuer = vc.get("issuer", claims.get("iss")) if vc is not None else claims.get("iss")
@@ -212,6 +214,8 @@ class Verifier:
         if not isinstance(issuer, str):
             raise CredentialRefused("a presented credential names no issuer")
         if issuer not in known:
+            if not self.trust.knows(issuer):
+                raise CredentialRefused(f"{issuer[:160]} is not an issuer this node trusts")
             try:
                 known[issuer] = self.resolve(issuer)
             except AgoraError as exc:

@@ -211,6 +211,27 @@ def test_verifier_refusals(world: World, make: Any, reason: str) -> None:
     assert info.value.status == 403 and "\n" not in info.value.detail
 
 
+def test_an_untrusted_issuers_document_is_never_asked_for(world: World) -> None:
+    """A presented credential from an issuer this node does not trust is refused before a
+    request leaves for that issuer's DID document (a slow host cannot hold the verifier)."""
+    stranger = party("https://stranger.example", "stranger")
+    world.documents[stranger.did] = stranger.identity.document()
+    asked: list[str] = []
+    resolve = world.checker.resolve
+
+    def counting(did: str) -> Any:
+        asked.append(did)
+        return resolve(did)
+
+    world.checker.resolve = counting
+    answer = world.answer_with(world.issue(by=stranger))
+    with pytest.raises(CredentialRefused, match="not an issuer this node trusts"):
+        world.checker.check(answer, world.holder_document(), [type_scope(MEMBERSHIP)])
+    assert stranger.did not in asked
+    world.checker.check(world.answer_with(world.issue()), world.holder_document(), [type_scope(MEMBERSHIP)])
+    assert world.issuer.did in asked
+
+
 def test_issuer_trusted_for_another_type_only(world: World) -> None:
     world.verifier_trust.remove(world.issuer.did, actor="test")
     world.verifier_trust.add(world.issuer.did, SENSITIVE, actor="test")
