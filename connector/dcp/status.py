@@ -10,7 +10,8 @@ entry's ``statusPurpose`` says): the credential is refused.
 The list is fetched through the node's outbound client, capped in size, and its inflated
 bits capped too. It is either a JWT (then the credential's issuer must have signed it) or the
 plain JSON of the credential, as the issuer serves it at the URL it signed into the
-credential.
+credential; plain JSON only over HTTPS (or from a loopback host), since over plain HTTP
+anyone on the path could clear a revoked credential's bit.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from connector.dcp.credentials import Credential, CredentialRefused, check_signature, read_jwt
 from connector.dsp.identity import DidDocument
+from kernel.addresses import is_loopback_url
 from kernel.errors import InvalidInput
 from kernel.limits import loads
 from kernel.outbound import OutboundClient
@@ -145,6 +147,11 @@ class StatusLists:
             check_signature(text.decode(), kid, issuer, f"the status list at {url[:200]}")
             document = claims.get("vc", claims)
         else:
+            if not (url.startswith("https://") or is_loopback_url(url)):
+                raise CredentialRefused(
+                    f"the status list at {url[:200]} is unsigned JSON over plain HTTP: "
+                    "an unsigned list is read over HTTPS only"
+                )
             try:
                 document = loads(text, what=f"the status list at {url[:200]}")
             except InvalidInput as exc:

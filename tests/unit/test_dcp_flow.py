@@ -268,6 +268,42 @@ def test_revoked_through_a_status_list(world: World) -> None:
                 world.checker.check(answer, world.holder_document(), scopes)
 
 
+def test_an_unsigned_status_list_over_plain_http_is_refused(world: World) -> None:
+    """Over plain HTTP anyone on the path could clear a bit: an unsigned list is read over
+    HTTPS (or from a loopback host) only; the same list as the issuer's JWT is read anywhere."""
+    url = "http://issuer.example/status/1"
+    entry = {
+        "type": "BitstringStatusListEntry",
+        "statusPurpose": "revocation",
+        "statusListIndex": "5",
+        "statusListCredential": url,
+    }
+    status_list = {
+        "issuer": world.issuer.did,
+        "type": ["VerifiableCredential", "BitstringStatusListCredential"],
+        "credentialSubject": {
+            "type": "BitstringStatusList",
+            "statusPurpose": "revocation",
+            "encodedList": encode_status_list([]),
+        },
+    }
+    scopes = [type_scope(MEMBERSHIP)]
+    world.status_lists[url] = json.dumps(status_list).encode()
+    with pytest.raises(CredentialRefused, match="unsigned JSON over plain HTTP"):
+        world.checker.check(world.answer_with(world.issue(status=entry)), world.holder_document(), scopes)
+    world.status_lists[url] = world.issuer.signer.sign({"iss": world.issuer.did, "vc": status_list}).encode()
+    answer = world.answer_with(world.issue(status=entry))
+    assert world.checker.check(answer, world.holder_document(), scopes) == {
+        MEMBERSHIP: {"membership": "gold"}
+    }
+    loopback = {**entry, "statusListCredential": "http://127.0.0.1:9/status/1"}
+    world.status_lists[loopback["statusListCredential"]] = json.dumps(status_list).encode()
+    answer = world.answer_with(world.issue(status=loopback))
+    assert world.checker.check(answer, world.holder_document(), scopes) == {
+        MEMBERSHIP: {"membership": "gold"}
+    }
+
+
 def test_empty_presentations_are_refused(world: World) -> None:
     scopes = [type_scope(MEMBERSHIP)]
     with pytest.raises(CredentialRefused, match="empty presentation"):
