@@ -11,6 +11,11 @@ A schema is fetched through the node's outbound client (its address rules apply)
 credential's signature and its issuer's trust were checked, so only a trusted issuer's URL
 is ever fetched. References inside a schema (``$ref``) resolve within it only: nothing
 else is fetched. A schema that is not valid JSON Schema refuses the credential too.
+
+The schema's regular expressions (``pattern``, ``patternProperties`` and what
+``additionalProperties`` leaves to them) are matched with a time limit: each match at most
+:data:`PATTERN_SECONDS`, all of one check at most :data:`CHECK_SECONDS`; a schema whose
+patterns take longer refuses the credential, so a hostile pattern cannot hold the verifier.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from kernel.expiring import Expiring
 from kernel.limits import loads
 from kernel.outbound import OutboundClient
 
+PATTERN_SECONDS = 0.1  # one regular expression match
+CHECK_SECONDS = 1.0  # every match of one credential's check
+SLOW = f"takes too long to match (over {PATTERN_SECONDS} s once or {CHECK_SECONDS} s in all): not checked"
 MAX_SCHEMA_BYTES = 256 * 1024
 SCHEMA_TTL = 300.0
 MAX_SCHEMAS_KEPT = 256
@@ -106,8 +114,10 @@ def violation(schema: dict[str, Any], instance: Any) -> str | None:
     try:
         cls = validators.validator_for(schema, default=validators.Draft202012Validator)
         cls.check_schema(schema)
-        validator = cls(schema, registry=Registry())
+        validator = _timed(cls, _Clock(time.monotonic() + CHECK_SECONDS))(schema, registry=Registry())
         error = best_match(validator.iter_errors(instance))
+    except _PatternRefused as exc:
+        return f"the schema's pattern {exc.pattern[:80]!r} {exc.why}"
     except SchemaError as exc:
         return f"the schema is not valid JSON Schema ({exc.message[:200]})"
     except Unresolvable as exc:
@@ -118,3 +128,69 @@ def violation(schema: dict[str, Any], instance: Any) -> str | None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "the top level"
     return f"{error.message[:200]} (at {where[:120]})"
+
+
+class _PatternRefused(Exception):
+    def __init__(self, pattern: str, why: str) -> None:
+        self.pattern, self.why = pattern, why
+
+
+class _Clock:
+    """The deadline of one check: every match gets what is left, at most PATTERN_SECONDS."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def search(self, pattern: str, text: str) -> bool:
+        import regex
+
+        left = min(PATTERN_SECONDS, self.deadline - time.monotonic())
+        if left <= 0:
+            raise _PatternRefused(pattern, SLOW)
+        try:
+            return regex.search(pattern, text, timeout=left) is not None
+        except TimeoutError:
+            raise _PatternRefused(pattern, SLOW) from None
+        except regex.error:
+            raise _PatternRefused(pattern, "is not a regular expression") from None
+
+
+def _timed(cls: Any, clock: _Clock) -> Any:
+    """``cls`` with its regular-expression keywords matched by ``clock``."""
+    from jsonschema import validators
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator: Any, value: str, instance: Any, schema: Any) -> Any:
+        if validator.is_type(instance, "string") and not clock.search(value, instance):
+            yield ValidationError(f"{instance[:80]!r} does not match {value[:80]!r}")
+
+    def pattern_properties(validator: Any, value: dict[str, Any], instance: Any, schema: Any) -> Any:
+        if not validator.is_type(instance, "object"):
+            return
+        for expression, subschema in value.items():
+            for key, item in instance.items():
+                if clock.search(expression, key):
+                    yield from validator.descend(item, subschema, path=key, schema_path=expression)
+
+    def additional_properties(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        if not validator.is_type(instance, "object"):
+            return
+        named, expressions = schema.get("properties", {}), list(schema.get("patternProperties", {}))
+        extras = [
+            key for key in instance if key not in named and not any(clock.search(e, key) for e in expressions)
+        ]
+        if validator.is_type(value, "object"):
+            for key in extras:
+                yield from validator.descend(instance[key], value, path=key)
+        elif value is False and extras:
+            listed = ", ".join(repr(k)[:80] for k in sorted(extras)[:10])
+            yield ValidationError(f"additional properties are not allowed ({listed})")
+
+    return validators.extend(
+        cls,
+        {
+            "pattern": pattern,
+            "patternProperties": pattern_properties,
+            "additionalProperties": additional_properties,
+        },
+    )
