@@ -68,7 +68,7 @@ class Membership:
     def verify(self, claims: dict[str, Any], document: DidDocument) -> dict[str, dict[str, Any]]:
         """The caller's verified credentials ``{type: claims}`` (its token's ``claims`` checked
         already); :class:`~connector.dcp.credentials.CredentialRefused` or
-        :class:`~connector.dsp.identity.TokenRejected` naming the failed check."""
+        :class:`~connector.dsp.id_tokens.TokenRejected` naming the failed check."""
         key = (document.did, str(claims.get("jti", "")))
         known = self._verified.get(key)
         if isinstance(known, dict):

@@ -5,9 +5,8 @@ A request to this node's Credential Service (a verifier's query, an issuer's del
 offer) carries the caller's self-issued ID token as ``Authorization: Bearer <jwt>``. Unlike
 on the DSP routes the caller need not be a peer: its DID document is resolved (the
 resolver the node is given; its outbound rules apply) once the token's audience and times
-hold, the token checked against it
-(:func:`connector.dsp.identity.verify_token`, plus ``nbf``), and its ``jti`` kept so the token
-is never accepted twice.
+hold, the token checked against it (:func:`connector.dsp.id_tokens.verify_token`, plus
+``nbf``), and its ``jti`` kept so the token is never accepted twice.
 
 An **access token** is what a holder gives a verifier so the verifier may read its
 credentials: a JWT this node signs for itself (``iss`` = ``aud`` = its DID), bound to the

@@ -19,7 +19,7 @@ unread), and takes the answer only when every check holds:
 
 The result is each type's ``credentialSubject`` claims; :func:`credential_claims_context`
 flattens them for the policy engine. Any failed check is one :class:`CredentialRefused`
-(or :class:`~connector.dsp.identity.TokenRejected` for a missing token) naming it.
+(or :class:`~connector.dsp.id_tokens.TokenRejected` for a missing token) naming it.
 """
 
 from __future__ import annotations
