@@ -25,7 +25,7 @@ UPDATE_FIELDS = {
     "eval_metrics", "privacy", "train_seconds", "blob_sha256", "blob_bytes",
 }  # fmt: skip
 REPLY_FIELDS = {"federation", "state", "reason", "num_train", "dataset_sha256", "offering", "round"}
-TOKEN_CLAIMS = {"iss", "sub", "aud", "jti", "iat", "nbf", "exp", "agora:sha256"}
+TOKEN_CLAIMS = {"iss", "sub", "aud", "jti", "iat", "nbf", "exp", "agora:sha256", "agora:request"}
 FIT_METRICS = {"train_loss", "train_accuracy", "loss", "accuracy"}
 EVAL_METRICS = {"loss", "accuracy", "num_examples"}
 
@@ -110,7 +110,9 @@ def test_a_provider_sends_no_row_and_only_declared_fields(tmp_path: Path) -> Non
         tensor_bytes = 0
         for request, _ in updates:
             body, blob = blobs.split(request.body, max_bytes=1 << 30)
-            assert set(_claims(request.header("authorization"))) <= TOKEN_CLAIMS
+            claims = _claims(request.header("authorization"))
+            assert set(claims) <= TOKEN_CLAIMS, set(claims) - TOKEN_CLAIMS
+            assert claims["agora:request"] == request.start.split("?")[0]  # the method and path, no more
             assert set(body) <= UPDATE_FIELDS, set(body) - UPDATE_FIELDS
             assert set(body["fit_metrics"]) <= FIT_METRICS and set(body["eval_metrics"]) <= EVAL_METRICS
             assert all(
