@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -166,12 +167,13 @@ def check_claims(
 
 
 def _same_request(claimed: Any, request: tuple[str, str] | None) -> bool:
-    """Whether the method and path a token names are the request's; the token's path may
-    carry a prefix (a reverse proxy's) before the path the node received."""
+    """Whether the method and path a token names are the request's, compared percent-decoded;
+    the token's path may carry a prefix (a reverse proxy's) before the path the node received."""
     if request is None or not isinstance(claimed, str):
         return False
     method, _, path = claimed.partition(" ")
     received_method, received_path = request
+    path, received_path = unquote(path), unquote(received_path)  # as sent, as routed (decoded)
     return (
         method == received_method.upper()
         and received_path.startswith("/")

@@ -243,6 +243,11 @@ def test_an_agora_token_is_good_for_the_request_it_names_only(tmp_path: Path) ->
     assert gate.accept(bound(here), b"", {}, here).sender == ALICE.address
     proxied = ("GET", "/gateway/dsp/negotiations/urn:uuid:a")  # a reverse proxy's prefix
     assert gate.accept(bound(proxied), b"", {}, here).sender == ALICE.address
+    encoded = ("GET", "/dsp/catalog/datasets/data%20set")  # as sent; routed decoded
+    assert (
+        gate.accept(bound(encoded), b"", {}, ("GET", "/dsp/catalog/datasets/data set")).sender
+        == ALICE.address
+    )
     elsewhere = [
         ("GET", "/dsp/negotiations/urn:uuid:b"),
         ("GET", "/dsp/transfers/urn:uuid:a"),
