@@ -19,7 +19,7 @@ from connector.dsp.gate import ReplayedMessage
 from connector.dsp.id_tokens import TokenRejected
 from kernel.audit import AuditEntry
 from kernel.errors import Forbidden, InvalidInput
-from tests.unit.test_dcp_flow import MEMBERSHIP, SENSITIVE, World, build_world, party
+from tests.unit.test_dcp_flow import MEMBERSHIP, SENSITIVE, World, build_world, counting, party
 
 M = type_scope(MEMBERSHIP)
 
@@ -226,13 +226,7 @@ def test_status_list_bits_are_highest_first() -> None:
 def test_a_query_without_an_access_token_of_ours_fetches_no_document(w: World) -> None:
     """A stranger's query is judged on the access token it carries before its DID is resolved."""
     asked: list[str] = []
-    resolve = w.service.resolve
-
-    def counting(did: str) -> Any:
-        asked.append(did)
-        return resolve(did)
-
-    w.service.resolve = counting
+    w.service.resolve = counting(w.service.resolve, asked)
     for access, reason in [("faketoken", "not one this node issued"), (None, "no access token")]:
         with pytest.raises(TokenRejected, match=reason):
             _ask(w, access=access)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,16 @@ class World:
         return {"type": "PresentationResponseMessage", "presentation": [vp]}
 
 
+def counting(resolve: Callable[[str], DidDocument], asked: list[str]) -> Callable[[str], DidDocument]:
+    """``resolve``, noting in ``asked`` every DID it is asked for."""
+
+    def resolving(did: str) -> DidDocument:
+        asked.append(did)
+        return resolve(did)
+
+    return resolving
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return build_world(tmp_path)
@@ -217,13 +228,7 @@ def test_an_untrusted_issuers_document_is_never_asked_for(world: World) -> None:
     stranger = party("https://stranger.example", "stranger")
     world.documents[stranger.did] = stranger.identity.document()
     asked: list[str] = []
-    resolve = world.checker.resolve
-
-    def counting(did: str) -> Any:
-        asked.append(did)
-        return resolve(did)
-
-    world.checker.resolve = counting
+    world.checker.resolve = counting(world.checker.resolve, asked)
     answer = world.answer_with(world.issue(by=stranger))
     with pytest.raises(CredentialRefused, match="not an issuer this node trusts"):
         world.checker.check(answer, world.holder_document(), [type_scope(MEMBERSHIP)])
