@@ -4,21 +4,14 @@ meaning (``pattern``, ``patternProperties``, ``additionalProperties`` left to th
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from connector.dcp.credential_schema import PATTERN_SECONDS, violation
+from connector.dcp.credential_schema import violation
 
 HOSTILE = "^(a|a)*$"  # backtracks exponentially: seconds, then hours, as the text grows
 SLOW_TEXT = "a" * 40 + "!"
-
-
-def timed(schema: dict[str, Any], instance: Any) -> tuple[str | None, float]:
-    started = time.monotonic()
-    outcome = violation(schema, instance)
-    return outcome, time.monotonic() - started
 
 
 @pytest.mark.parametrize(
@@ -34,23 +27,23 @@ def timed(schema: dict[str, Any], instance: Any) -> tuple[str | None, float]:
     ids=["pattern", "patternProperties", "additionalProperties"],
 )
 def test_a_hostile_pattern_refuses_within_its_limit(schema: dict[str, Any], instance: Any) -> None:
-    outcome, took = timed(schema, instance)
+    """Unlimited, the match would not end in this test's lifetime; the refusal says the
+    per-match limit stopped it (how long that takes is the limit's, not measured here)."""
+    outcome = violation(schema, instance)
     assert outcome is not None and "takes too long to match" in outcome, outcome
-    assert took < PATTERN_SECONDS * 4, took
 
 
 def test_many_slow_matches_stop_at_the_checks_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two hundred matches, each well inside a (here generous) per-match limit, would take
-    seconds: the check stops at its own limit (here 0.5 s)."""
+    """Two hundred matches, each well inside a (here generous, 5 s) per-match limit, would take
+    seconds: only the check's own limit (here 0.5 s) can refuse them."""
     import connector.dcp.credential_schema as module
 
     monkeypatch.setattr(module, "PATTERN_SECONDS", 5.0)
     monkeypatch.setattr(module, "CHECK_SECONDS", 0.5)
     schema = {"type": "object", "properties": {f"p{i}": {"pattern": HOSTILE} for i in range(200)}}
     instance = {f"p{i}": "a" * 18 + "!" for i in range(200)}
-    outcome, took = timed(schema, instance)
-    assert outcome is not None and "takes too long" in outcome, outcome
-    assert 0.4 < took < 1.5, took
+    outcome = violation(schema, instance)
+    assert outcome is not None and "takes too long" in outcome, outcome  # no match reaches 5 s
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,26 @@ def test_settings_need_both_and_a_long_secret(tmp_path: Path, monkeypatch: pytes
     assert Settings(home=tmp_path).dcp_sts_client_secret.get_secret_value() == SECRET
     with pytest.raises(ValueError, match="at least 24"):
         SecureTokenService(identity=None, signer=None, client_id="tck", client_secret="short")  # type: ignore[arg-type]
+
+
+def test_settings_load_the_credential_side_only_when_it_is_configured(tmp_path: Path) -> None:
+    """Every command builds Settings: unless the token service or membership scopes are set,
+    building them must not import the credential modules (0.4 s of joserfc and the verifier)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from node.settings import Settings; Settings(home=sys.argv[1]); "
+        "print(sorted(m for m in ('connector.dcp.sts', 'connector.dcp.tokens') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
+    plain = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert plain.returncode == 0 and plain.stdout.strip() == "[]", plain.stderr[-500:]
+    configured = {**env, "AGORA_DCP_STS_CLIENT_ID": CLIENT, "AGORA_DCP_STS_CLIENT_SECRET": SECRET}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], env=configured, capture_output=True, text=True
+    )
+    assert loaded.returncode == 0 and "connector.dcp.sts" in loaded.stdout, loaded.stderr[-500:]

@@ -14,7 +14,7 @@ where the suite has it for both, as pytest ids ``cs_06_05_01_…`` (``/credentia
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey
 
 from tests.conformance.dcp.holder import MEMBERSHIP, SENSITIVE, compact
-from tests.conformance.dcp.suite import CredentialServiceUnderTest, CsSuite, credential_service
+from tests.conformance.dcp.suite import CredentialServiceUnderTest, CsSuite
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,6 @@ OFFERS = Api("CredentialOfferMessage", "/offers", lambda suite: suite.offer_mess
 BOTH = pytest.mark.parametrize(
     "api", [pytest.param(CREDENTIALS, id="cs_06_05_01"), pytest.param(OFFERS, id="cs_06_06_01")]
 )
-
-
-@pytest.fixture(scope="module")
-def holder_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CredentialServiceUnderTest]:
-    with credential_service(tmp_path_factory.mktemp("dcp-cs-issuance")) as node:
-        yield node
-
-
-@pytest.fixture
-def cs(holder_node: CredentialServiceUnderTest) -> CredentialServiceUnderTest:
-    holder_node.suite.reset()
-    return holder_node
 
 
 def assert_2xx(response: httpx.Response) -> None:

@@ -18,28 +18,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conformance.dcp.holder import DCP_CONTEXT, MEMBERSHIP, MEMBERSHIP_SCOPE, SENSITIVE, SENSITIVE_SCOPE
-from tests.conformance.dcp.suite import CredentialServiceUnderTest, credential_service, document
+from tests.conformance.dcp.suite import CredentialServiceUnderTest, document
 
 PRESENTATION_QUERY = "/presentations/query"
-
-
-@pytest.fixture(scope="module")
-def holder_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CredentialServiceUnderTest]:
-    with credential_service(tmp_path_factory.mktemp("dcp-cs-presentation")) as node:
-        yield node
-
-
-@pytest.fixture
-def cs(holder_node: CredentialServiceUnderTest) -> CredentialServiceUnderTest:
-    holder_node.suite.reset()
-    return holder_node
 
 
 def query_message(**properties: Any) -> dict[str, Any]:
